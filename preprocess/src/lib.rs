@@ -1,0 +1,26 @@
+//! maskrate's preprocessor: corpus files → token shards, tokenizing once.
+//!
+//! 1. [`input`] finds input files and their formats; [`records`] splits them into raw records.
+//! 2. [`encode`] parses each record's text field and tokenizes it (worker threads).
+//! 3. [`pipeline`] runs reader → workers → ordered writer with bounded queues, committing shards
+//!    through `shared::shard::ShardWriter` and journaling progress ([`journal`]).
+//! 4. [`run`] prepares or resumes the output directory and writes `manifest.json` last.
+//! 5. [`merge`] and [`inspect`] work on finished shard sets.
+//!
+//! Invariant: the output depends only on the inputs and the options in [`config::OutputOptions`],
+//! never on `--threads`, timing or interruptions.
+
+pub mod cli;
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod input;
+pub mod inspect;
+pub mod journal;
+pub mod merge;
+pub mod pipeline;
+pub mod progress;
+pub mod records;
+pub mod run;
+
+pub use error::{Error, Result};

@@ -1,0 +1,70 @@
+//! The error type of the `shared` crate: every variant names the file (and field or record) at fault.
+
+use std::path::{Path, PathBuf};
+
+/// Errors from reading or writing shards, manifests, tokenizers and schedule specs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An I/O operation on `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A shard, index or manifest does not have the expected layout.
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    /// A JSON document (manifest, state) could not be parsed.
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The tokenizer file could not be loaded or lacks a required token.
+    #[error("tokenizer {what}: {msg}")]
+    Tokenizer { what: String, msg: String },
+    /// Two shard sets or a shard set and a model disagree about the tokenizer.
+    #[error("tokenizer mismatch: {0}")]
+    TokenizerMismatch(String),
+    /// A masking-rate or learning-rate schedule spec is malformed.
+    #[error("bad schedule {spec:?}: {msg}\n{}", crate::schedule::GRAMMAR)]
+    Schedule { spec: String, msg: String },
+    /// A sampler or loader option is invalid.
+    #[error("invalid option: {0}")]
+    Config(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    /// A layout or validation failure in `path`.
+    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// Adds a path to `std::io::Result`s.
+pub trait IoContext<T> {
+    /// Maps an I/O error to [`Error::Io`] naming `path`.
+    fn with_path(self, path: impl AsRef<Path>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn with_path(self, path: impl AsRef<Path>) -> Result<T> {
+        self.map_err(|e| Error::io(path, e))
+    }
+}

@@ -1,0 +1,19 @@
+//! maskrate's shared library: everything both binaries agree on, and nothing about tensors.
+//!
+//! 1. [`shard`]: the on-disk token-shard format (Megatron-LM MMIDIDX pairs + `manifest.json`),
+//!    its atomic writer and zero-copy reader.
+//! 2. [`tokenizer`]: the tokenizer fingerprint recorded with every shard set.
+//! 3. [`schedule`]: masking-rate and learning-rate schedules as pure functions of the step.
+//! 4. [`sampler`]: sequences, order and masking: batch = f(seed, step).
+//! 5. [`atomic`]: write-temporary-then-rename helpers used for every output file.
+//!
+//! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
+
+pub mod atomic;
+pub mod error;
+pub mod sampler;
+pub mod schedule;
+pub mod shard;
+pub mod tokenizer;
+
+pub use error::{Error, Result};

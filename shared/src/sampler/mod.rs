@@ -1,0 +1,40 @@
+//! The step-aware masking sampler: whole-document shards → fixed-length sequences → a seeded
+//! order → masked batches whose rate is the schedule's value at the batch's own step.
+//!
+//! - [`sequence::Sequences`]: truncate or pack layout over a [`crate::shard::ShardSet`].
+//! - [`order::Permutation`]: O(1) per-epoch shuffling.
+//! - [`mask::mask_sequence`]: choice (Bernoulli, exact, whole-word) and 80/10/10 replacement.
+//! - [`batch::MaskingSampler`]: `batch(step, slots)`, a pure function of the seed and step.
+//! - [`loader::Loader`]: prefetching on a background thread.
+
+pub mod batch;
+pub mod loader;
+pub mod mask;
+pub mod order;
+pub mod sequence;
+
+pub use batch::{Batch, BatchPlan, MaskingSampler, SamplerConfig};
+pub use loader::{Loader, LoaderConfig, MicroBatch};
+pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
+pub use sequence::{Layout, Sequences};
+
+use crate::tokenizer::LoadedTokenizer;
+
+impl MaskVocab {
+    /// Derives the masking vocabulary from a tokenizer.
+    pub fn from_tokenizer(t: &LoadedTokenizer) -> Self {
+        let n = t.info.vocab_size;
+        let mut is_special = vec![false; n];
+        for &id in &t.info.special_ids {
+            if (id as usize) < n {
+                is_special[id as usize] = true;
+            }
+        }
+        MaskVocab {
+            mask_id: t.info.mask_id,
+            vocab_size: n as u32,
+            is_special,
+            is_continuation: t.continuation_mask(),
+        }
+    }
+}

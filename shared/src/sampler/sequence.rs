@@ -1,0 +1,193 @@
+//! Turning whole-document shards into fixed-length training sequences.
+//!
+//! - `truncate` (the paper's layout): sequence *j* is document *j*'s first `seq_len - 2` tokens
+//!   between [CLS] and [SEP], padded with [PAD].
+//! - `pack`: the documents form one stream, each followed by [SEP]; sequence *j* is [CLS], the
+//!   stream's tokens `j·(seq_len-2) .. (j+1)·(seq_len-2)`, [SEP]. No padding; the incomplete tail
+//!   of the stream is dropped.
+
+use crate::error::{Error, Result};
+use crate::shard::ShardSet;
+use crate::tokenizer::TokenizerInfo;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// How documents become sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// One document per sequence, cut to fit, padded.
+    #[default]
+    Truncate,
+    /// Documents concatenated with [SEP] separators into full sequences.
+    Pack,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "truncate" => Ok(Layout::Truncate),
+            "pack" => Ok(Layout::Pack),
+            _ => Err(Error::Config(format!(
+                "layout {s:?}: expected truncate or pack"
+            ))),
+        }
+    }
+}
+
+/// Fixed-length sequences over a shard set.
+pub struct Sequences {
+    shards: Arc<ShardSet>,
+    layout: Layout,
+    seq_len: usize,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+    /// Truncate layout with a length floor: the documents kept, in order.
+    kept_docs: Option<Vec<u64>>,
+    count: u64,
+}
+
+impl Sequences {
+    /// Builds the sequence view. `min_doc_tokens` > 1 skips shorter documents (truncate layout only).
+    pub fn new(
+        shards: Arc<ShardSet>,
+        tokenizer: &TokenizerInfo,
+        layout: Layout,
+        seq_len: usize,
+        min_doc_tokens: usize,
+    ) -> Result<Self> {
+        if seq_len < 3 {
+            return Err(Error::Config(format!(
+                "--seq-len {seq_len}: needs at least 3 ([CLS], one token, [SEP])"
+            )));
+        }
+        let mut kept_docs = None;
+        let count = match layout {
+            Layout::Truncate => {
+                if min_doc_tokens > 1 {
+                    let kept: Vec<u64> = (0..shards.len())
+                        .filter(|&d| shards.doc_len(d) >= min_doc_tokens)
+                        .collect();
+                    let n = kept.len() as u64;
+                    kept_docs = Some(kept);
+                    n
+                } else {
+                    shards.len()
+                }
+            }
+            Layout::Pack => {
+                if min_doc_tokens > 1 {
+                    return Err(Error::Config(
+                        "--min-doc-tokens applies to the truncate layout only".into(),
+                    ));
+                }
+                (shards.num_tokens() + shards.len()) / (seq_len as u64 - 2)
+            }
+        };
+        if count == 0 {
+            return Err(Error::Config(format!(
+                "the shards ({} documents, {} tokens) give no {layout:?} sequence of length {seq_len}",
+                shards.len(),
+                shards.num_tokens()
+            )));
+        }
+        Ok(Sequences {
+            shards,
+            layout,
+            seq_len,
+            cls: tokenizer.cls_id,
+            sep: tokenizer.sep_id,
+            pad: tokenizer.pad_id,
+            kept_docs,
+            count,
+        })
+    }
+
+    /// Number of sequences in one epoch.
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// Always false: construction fails when there is no sequence.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Sequence length, special tokens included.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The shard set read.
+    pub fn shards(&self) -> &Arc<ShardSet> {
+        &self.shards
+    }
+
+    /// Writes sequence `j` into `out` (length `seq_len`); returns the unpadded length.
+    pub fn fill(&self, j: u64, out: &mut [u32]) -> usize {
+        debug_assert_eq!(out.len(), self.seq_len);
+        let body = self.seq_len - 2;
+        out[0] = self.cls;
+        match self.layout {
+            Layout::Truncate => {
+                let doc = self.kept_docs.as_ref().map_or(j, |k| k[j as usize]);
+                let tokens = self.shards.doc(doc);
+                let n = tokens.len().min(body);
+                tokens.slice(0..n).copy_to(&mut out[1..1 + n]);
+                out[1 + n] = self.sep;
+                out[2 + n..].fill(self.pad);
+                n + 2
+            }
+            Layout::Pack => {
+                let start = j * body as u64;
+                let mut doc = self.doc_at_stream(start);
+                let mut offset = (start - self.stream_start(doc)) as usize;
+                let mut at = 1;
+                while at < 1 + body {
+                    let tokens = self.shards.doc(doc);
+                    if offset < tokens.len() {
+                        let n = (tokens.len() - offset).min(1 + body - at);
+                        tokens
+                            .slice(offset..offset + n)
+                            .copy_to(&mut out[at..at + n]);
+                        at += n;
+                        offset += n;
+                    } else {
+                        out[at] = self.sep; // the separator that follows every document
+                        at += 1;
+                        doc += 1;
+                        offset = 0;
+                    }
+                }
+                out[self.seq_len - 1] = self.sep;
+                self.seq_len
+            }
+        }
+    }
+
+    /// Position of document `doc`'s first token in the packed stream (documents + separators).
+    fn stream_start(&self, doc: u64) -> u64 {
+        self.shards.doc_token_start(doc) + doc
+    }
+
+    /// The document whose tokens or trailing separator hold stream position `p`.
+    fn doc_at_stream(&self, p: u64) -> u64 {
+        let (mut lo, mut hi) = (0u64, self.shards.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.stream_start(mid) <= p {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo - 1
+    }
+}

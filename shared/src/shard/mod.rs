@@ -1,0 +1,76 @@
+//! The on-disk token-shard format. This module is the only code that opens shard files.
+//!
+//! A shard directory holds shard pairs `shard-NNNNN.bin` / `shard-NNNNN.idx` in Megatron-LM's
+//! indexed-dataset layout (see [`idx`] for the byte layout) and a `manifest.json` ([`manifest`])
+//! written last. Each document is one Megatron "sequence" and one Megatron "document", stored whole:
+//! no [CLS]/[SEP], no truncation unless the preprocessor was asked for it.
+//!
+//! - [`writer::ShardWriter`] appends documents and commits a shard pair atomically.
+//! - [`reader::ShardSet`] maps one or more shard directories and serves document *i* in O(1)
+//!   without copying.
+
+pub mod idx;
+pub mod manifest;
+pub mod reader;
+pub mod writer;
+
+pub use manifest::{InputFile, Manifest, ShardEntry, Totals};
+pub use reader::{ShardSet, Tokens};
+pub use writer::ShardWriter;
+
+#[cfg(target_endian = "big")]
+compile_error!("maskrate shards are little-endian and are mapped without conversion: big-endian hosts are not supported");
+
+/// Width of the token ids in a shard's `.bin` file, with Megatron's dtype codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenDtype {
+    /// `numpy.uint16`, Megatron code 8: every id < 65,536.
+    Uint16,
+    /// `numpy.int32`, Megatron code 4.
+    Int32,
+}
+
+impl TokenDtype {
+    /// The narrowest dtype that holds every id of a vocabulary of `vocab_size` tokens.
+    pub fn for_vocab(vocab_size: usize) -> Self {
+        if vocab_size <= 1 << 16 {
+            TokenDtype::Uint16
+        } else {
+            TokenDtype::Int32
+        }
+    }
+
+    /// Megatron's `DType` code stored in the `.idx` header.
+    pub fn code(self) -> u8 {
+        match self {
+            TokenDtype::Uint16 => 8,
+            TokenDtype::Int32 => 4,
+        }
+    }
+
+    /// The dtype for a Megatron code, if maskrate can read it.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            8 => Some(TokenDtype::Uint16),
+            4 => Some(TokenDtype::Int32),
+            _ => None,
+        }
+    }
+
+    /// Bytes per token.
+    pub fn size(self) -> usize {
+        match self {
+            TokenDtype::Uint16 => 2,
+            TokenDtype::Int32 => 4,
+        }
+    }
+}
+
+/// File name stem of shard number `n` (`shard-00042`).
+pub fn shard_name(n: usize) -> String {
+    format!("shard-{n:05}")
+}
+
+/// Name of the manifest file in a shard directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
