@@ -1,0 +1,464 @@
+//! The step-aware masking sampler: statistics, invariants and determinism.
+
+mod common;
+
+use shared::sampler::{
+    BatchPlan, Layout, Loader, LoaderConfig, MaskVocab, MaskingConfig, MaskingSampler,
+    SamplerConfig, Sequences, IGNORE_LABEL,
+};
+use shared::schedule::MaskSchedule;
+use shared::shard::ShardSet;
+use shared::tokenizer::LoadedTokenizer;
+use std::sync::Arc;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    set: Arc<ShardSet>,
+    tok: LoadedTokenizer,
+    docs: Vec<Vec<u32>>,
+}
+
+fn fixture() -> Fixture {
+    let docs = common::sample_docs();
+    let dir = tempfile::tempdir().unwrap();
+    let set = common::write_set(dir.path(), &docs, 64);
+    Fixture {
+        _dir: dir,
+        set,
+        tok: LoadedTokenizer::load(None).unwrap(),
+        docs,
+    }
+}
+
+fn sampler(
+    f: &Fixture,
+    layout: Layout,
+    seq_len: usize,
+    batch: usize,
+    steps: u64,
+    schedule: &str,
+    masking: MaskingConfig,
+) -> MaskingSampler {
+    let seqs = Sequences::new(f.set.clone(), &f.tok.info, layout, seq_len, 1).unwrap();
+    let cfg = SamplerConfig {
+        seed: 1234,
+        global_batch: batch,
+        total_steps: steps,
+        schedule: schedule.parse().unwrap(),
+        masking,
+    };
+    MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&f.tok), cfg).unwrap()
+}
+
+/// |observed - expected| within `z` standard deviations of a binomial(n, p).
+fn within_binomial(observed: u64, n: u64, p: f64, z: f64) -> bool {
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (observed as f64 - n as f64 * p).abs() <= z * sd
+}
+
+#[test]
+fn realised_rate_and_split_match_the_configuration_within_binomial_bounds() {
+    let f = fixture();
+    let s = sampler(
+        &f,
+        Layout::Truncate,
+        128,
+        256,
+        10,
+        "constant:0.3",
+        MaskingConfig::default(),
+    );
+    let mut counts = shared::sampler::MaskCounts::default();
+    for step in 0..8 {
+        counts.add(&s.global_batch(step).counts);
+    }
+    // Bernoulli choice; the at-least-one rule only adds to sequences with no draw (p = 0.7^n, negligible here).
+    assert!(
+        within_binomial(counts.chosen, counts.maskable, 0.3, 5.0),
+        "{counts:?}"
+    );
+    assert!(
+        within_binomial(counts.as_mask, counts.chosen, 0.8, 5.0),
+        "{counts:?}"
+    );
+    assert!(
+        within_binomial(counts.as_random, counts.chosen, 0.1, 5.0),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.as_mask + counts.as_random + counts.as_kept,
+        counts.chosen
+    );
+    // A deliberately wrong expectation must fail the same check (the bound is not vacuous).
+    assert!(!within_binomial(counts.chosen, counts.maskable, 0.28, 5.0));
+}
+
+#[test]
+fn configurable_split_all_mask_and_random_only() {
+    let f = fixture();
+    let all_mask = MaskingConfig {
+        mask_fraction: 1.0,
+        random_fraction: 0.0,
+        ..Default::default()
+    };
+    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", all_mask).global_batch(0);
+    assert_eq!(b.counts.as_mask, b.counts.chosen);
+    let random = MaskingConfig {
+        mask_fraction: 0.0,
+        random_fraction: 1.0,
+        ..Default::default()
+    };
+    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", random).global_batch(0);
+    assert_eq!(b.counts.as_random, b.counts.chosen);
+    let bad = MaskingConfig {
+        mask_fraction: 0.8,
+        random_fraction: 0.3,
+        ..Default::default()
+    };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn specials_and_padding_are_never_masked_and_labels_hold_originals() {
+    let f = fixture();
+    for layout in [Layout::Truncate, Layout::Pack] {
+        let s = sampler(
+            &f,
+            layout,
+            64,
+            128,
+            10,
+            "constant:0.5",
+            MaskingConfig::default(),
+        );
+        let vocab = MaskVocab::from_tokenizer(&f.tok);
+        let b = s.global_batch(3);
+        let mut original = vec![0u32; 64];
+        for r in 0..b.rows() {
+            s.sequences().fill(b.sequence_ids[r], &mut original);
+            let row = r * 64..(r + 1) * 64;
+            let (ids, labels, attn) = (
+                &b.input_ids[row.clone()],
+                &b.labels[row.clone()],
+                &b.attention_mask[row],
+            );
+            let mut chosen = 0;
+            for p in 0..64 {
+                if labels[p] == IGNORE_LABEL {
+                    assert_eq!(ids[p], original[p], "unchosen positions are untouched");
+                } else {
+                    chosen += 1;
+                    assert_eq!(labels[p] as u32, original[p]);
+                    assert!(
+                        !vocab.is_special[original[p] as usize],
+                        "special token {} masked",
+                        original[p]
+                    );
+                    assert_eq!(attn[p], 1);
+                    assert!(
+                        !vocab.is_special[ids[p] as usize] || ids[p] == vocab.mask_id,
+                        "random replacement is special"
+                    );
+                }
+                assert_eq!(
+                    attn[p] == 0,
+                    original[p] == f.tok.info.pad_id,
+                    "attention mask = not padding"
+                );
+            }
+            assert!(chosen >= 1, "every sequence has a prediction");
+        }
+        // Flat positions agree with labels.
+        let from_labels: Vec<u32> = b
+            .labels
+            .iter()
+            .enumerate()
+            .filter(|(_, &l)| l != IGNORE_LABEL)
+            .map(|(i, _)| i as u32)
+            .collect();
+        assert_eq!(b.masked_positions, from_labels);
+        assert!(b
+            .masked_positions
+            .iter()
+            .zip(&b.masked_labels)
+            .all(|(&p, &l)| b.labels[p as usize] as u32 == l));
+    }
+}
+
+#[test]
+fn exact_mode_masks_round_rate_times_n_and_at_least_one() {
+    let f = fixture();
+    let exact = MaskingConfig {
+        exact: true,
+        ..Default::default()
+    };
+    let s = sampler(&f, Layout::Truncate, 128, 64, 10, "constant:0.15", exact);
+    let b = s.global_batch(0);
+    let vocab = MaskVocab::from_tokenizer(&f.tok);
+    for r in 0..b.rows() {
+        let row = r * 128..(r + 1) * 128;
+        let n = b.input_ids[row.clone()]
+            .iter()
+            .zip(&b.labels[row.clone()])
+            .filter(|(&id, &l)| l != IGNORE_LABEL || !vocab.is_special[id as usize])
+            .count();
+        let chosen = b.labels[row].iter().filter(|&&l| l != IGNORE_LABEL).count();
+        assert_eq!(
+            chosen,
+            ((0.15 * n as f64).round() as usize).max(1),
+            "row {r}, {n} maskable"
+        );
+    }
+    // Tiny rate: still one per sequence.
+    let s = sampler(
+        &f,
+        Layout::Truncate,
+        16,
+        64,
+        10,
+        "constant:0.001",
+        MaskingConfig::default(),
+    );
+    let b = s.global_batch(0);
+    for r in 0..b.rows() {
+        assert!(b.labels[r * 16..(r + 1) * 16]
+            .iter()
+            .any(|&l| l != IGNORE_LABEL));
+    }
+}
+
+#[test]
+fn whole_word_masking_takes_every_piece_of_a_word() {
+    let f = fixture();
+    let wwm = MaskingConfig {
+        whole_word: true,
+        ..Default::default()
+    };
+    let s = sampler(&f, Layout::Truncate, 128, 128, 10, "constant:0.3", wwm);
+    let vocab = MaskVocab::from_tokenizer(&f.tok);
+    let b = s.global_batch(0);
+    let mut continuation_masked = 0;
+    for r in 0..b.rows() {
+        let row = r * 128..(r + 1) * 128;
+        let labels = &b.labels[row.clone()];
+        let mut original = vec![0u32; 128];
+        s.sequences().fill(b.sequence_ids[r], &mut original);
+        for p in 1..128 {
+            if vocab.is_continuation[original[p] as usize]
+                && !vocab.is_special[original[p - 1] as usize]
+            {
+                // A piece and the piece it continues are chosen together.
+                assert_eq!(
+                    labels[p] == IGNORE_LABEL,
+                    labels[p - 1] == IGNORE_LABEL,
+                    "row {r} pos {p}"
+                );
+                continuation_masked += (labels[p] != IGNORE_LABEL) as usize;
+            }
+        }
+    }
+    assert!(
+        continuation_masked > 10,
+        "the sample has many ## pieces; some must be masked"
+    );
+}
+
+#[test]
+fn same_seed_and_step_give_the_same_batch_whatever_the_loader() {
+    let f = fixture();
+    let s = Arc::new(sampler(
+        &f,
+        Layout::Truncate,
+        128,
+        64,
+        20,
+        "linear:0.3:0.15",
+        MaskingConfig::default(),
+    ));
+    let plan = BatchPlan {
+        global_batch: 64,
+        world_size: 1,
+        rank: 0,
+        micro_batch: 16,
+    };
+    let collect = |threads, prefetch, start| -> Vec<_> {
+        Loader::start(
+            s.clone(),
+            plan,
+            start,
+            20,
+            LoaderConfig { threads, prefetch },
+        )
+        .unwrap()
+        .map(|m| m.batch)
+        .collect()
+    };
+    let one = collect(1, 1, 0);
+    let four = collect(4, 8, 0);
+    assert_eq!(one.len(), 20 * 4);
+    assert_eq!(one, four);
+    let resumed = collect(2, 3, 13);
+    assert_eq!(&one[13 * 4..], &resumed[..]);
+    // Different steps differ; the rate follows the schedule at each step.
+    assert_ne!(one[0].input_ids, one[4].input_ids);
+    assert_eq!(one[0].rate, 0.3);
+    assert!((one[19 * 4].rate - 0.15).abs() < 1e-12);
+    // A different seed gives a different batch.
+    let mut cfg = s.config().clone();
+    cfg.seed += 1;
+    let other = MaskingSampler::new(
+        Sequences::new(f.set.clone(), &f.tok.info, Layout::Truncate, 128, 1).unwrap(),
+        MaskVocab::from_tokenizer(&f.tok),
+        cfg,
+    )
+    .unwrap();
+    assert_ne!(other.global_batch(0).input_ids, s.global_batch(0).input_ids);
+}
+
+#[test]
+fn ranks_and_micro_batches_union_to_the_global_batch() {
+    let f = fixture();
+    let s = sampler(
+        &f,
+        Layout::Pack,
+        64,
+        48,
+        10,
+        "constant:0.15",
+        MaskingConfig::default(),
+    );
+    let global = s.global_batch(5);
+    for world_size in [1usize, 2, 3, 4] {
+        let mut rows: Vec<u32> = Vec::new();
+        let mut labels: Vec<i32> = Vec::new();
+        for rank in 0..world_size {
+            let plan = BatchPlan {
+                global_batch: 48,
+                world_size,
+                rank,
+                micro_batch: 4,
+            };
+            plan.validate().unwrap();
+            for m in 0..plan.accumulation_steps() {
+                let b = s.batch(5, plan.slots(m));
+                rows.extend(&b.input_ids);
+                labels.extend(&b.labels);
+            }
+        }
+        assert_eq!(rows, global.input_ids, "world size {world_size}");
+        assert_eq!(labels, global.labels);
+    }
+    assert!(BatchPlan {
+        global_batch: 48,
+        world_size: 5,
+        rank: 0,
+        micro_batch: 4
+    }
+    .validate()
+    .is_err());
+}
+
+#[test]
+fn every_sequence_is_seen_once_per_epoch_and_epochs_reshuffle() {
+    let f = fixture();
+    let n = f.docs.len(); // 300 documents, truncate layout: 300 sequences
+    let s = sampler(
+        &f,
+        Layout::Truncate,
+        32,
+        60,
+        100,
+        "constant:0.15",
+        MaskingConfig::default(),
+    );
+    let epoch = |e: u64| -> Vec<u64> {
+        (e * 5..(e + 1) * 5)
+            .flat_map(|step| s.global_batch(step).sequence_ids)
+            .collect()
+    };
+    let (e0, e1) = (epoch(0), epoch(1));
+    let mut sorted = e0.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..n as u64).collect::<Vec<_>>());
+    assert_ne!(e0, e1, "a new epoch has a new order");
+    assert_eq!(s.epoch_at(5), 1);
+    // A batch straddling the boundary (batch 70 does not divide 300).
+    let s = sampler(
+        &f,
+        Layout::Truncate,
+        32,
+        70,
+        100,
+        "constant:0.15",
+        MaskingConfig::default(),
+    );
+    let seen: Vec<u64> = (0..5)
+        .flat_map(|step| s.global_batch(step).sequence_ids)
+        .collect();
+    let mut first: Vec<u64> = seen[..300].to_vec();
+    first.sort();
+    assert_eq!(first, (0..300).collect::<Vec<_>>());
+}
+
+#[test]
+fn truncate_and_pack_layouts() {
+    let f = fixture();
+    let info = &f.tok.info;
+    let t = Sequences::new(f.set.clone(), info, Layout::Truncate, 16, 1).unwrap();
+    let mut row = vec![0u32; 16];
+    for (j, doc) in f.docs.iter().enumerate().take(50) {
+        let used = t.fill(j as u64, &mut row);
+        let n = doc.len().min(14);
+        assert_eq!(used, n + 2);
+        assert_eq!(row[0], info.cls_id);
+        assert_eq!(&row[1..1 + n], &doc[..n]);
+        assert_eq!(row[1 + n], info.sep_id);
+        assert!(row[2 + n..].iter().all(|&x| x == info.pad_id));
+    }
+    // Pack: bodies of consecutive sequences re-form the stream doc0 [SEP] doc1 [SEP] ...
+    let p = Sequences::new(f.set.clone(), info, Layout::Pack, 16, 1).unwrap();
+    let stream: Vec<u32> = f
+        .docs
+        .iter()
+        .flat_map(|d| d.iter().copied().chain([info.sep_id]))
+        .collect();
+    assert_eq!(p.len(), stream.len() as u64 / 14);
+    let mut rebuilt = Vec::new();
+    for j in 0..p.len() {
+        assert_eq!(p.fill(j, &mut row), 16);
+        assert_eq!((row[0], row[15]), (info.cls_id, info.sep_id));
+        rebuilt.extend_from_slice(&row[1..15]);
+    }
+    assert_eq!(rebuilt, stream[..rebuilt.len()]);
+    // Length floor (truncate only).
+    let floor = Sequences::new(f.set.clone(), info, Layout::Truncate, 16, 200).unwrap();
+    assert_eq!(
+        floor.len(),
+        f.docs.iter().filter(|d| d.len() >= 200).count() as u64
+    );
+    assert!(Sequences::new(f.set.clone(), info, Layout::Pack, 16, 200).is_err());
+}
+
+#[test]
+fn schedule_is_read_at_the_batchs_own_step() {
+    let f = fixture();
+    let s = sampler(
+        &f,
+        Layout::Truncate,
+        128,
+        256,
+        101,
+        "linear:0.3:0.15",
+        MaskingConfig::default(),
+    );
+    let sched: MaskSchedule = "linear:0.3:0.15".parse().unwrap();
+    for step in [0u64, 50, 100] {
+        let b = s.global_batch(step);
+        assert_eq!(b.rate, sched.rate(step, 101));
+        assert!(
+            within_binomial(b.counts.chosen, b.counts.maskable, b.rate, 5.0),
+            "step {step}: {:?}",
+            b.counts
+        );
+    }
+}
