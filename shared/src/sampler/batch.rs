@@ -6,7 +6,7 @@
 //! data-parallel rank or micro-batch split, so ranks' slices of a step union to the single-rank
 //! global batch and a resumed run rebuilds exactly the batches it would have seen.
 
-use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
+use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
 use super::order::{seed_of, Permutation};
 use super::sequence::Sequences;
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 
 /// Domain-separation tags for the sampler's seeds.
-const ORDER_TAG: u64 = 0x6f72_6465_72;
+const ORDER_TAG: u64 = 0x006f_7264_6572;
 const MASK_TAG: u64 = 0x6d61_736b;
 
 /// A masked batch, row-major `[rows, seq_len]`.
@@ -121,8 +121,14 @@ impl MaskingSampler {
     pub fn sequence_at(&self, step: u64, slot: usize) -> u64 {
         let n = self.sequences.len();
         let g = step * self.cfg.global_batch as u64 + slot as u64;
-        let (epoch, within) = (g / n, g % n);
-        Permutation::new(n, seed_of(&[self.cfg.seed, ORDER_TAG, epoch])).apply(within)
+        self.epoch_permutation(g / n).apply(g % n)
+    }
+
+    fn epoch_permutation(&self, epoch: u64) -> Permutation {
+        Permutation::new(
+            self.sequences.len(),
+            seed_of(&[self.cfg.seed, ORDER_TAG, epoch]),
+        )
     }
 
     /// Epoch (0-based) that step `step` starts in.
@@ -144,25 +150,35 @@ impl MaskingSampler {
         );
         let (rows, len) = (slots.len(), self.sequences.seq_len());
         let rate = self.rate_at(step);
+        // Zeroed allocations: pages are first touched by the parallel tasks below.
         let mut input_ids = vec![0u32; rows * len];
-        let mut labels = vec![IGNORE_LABEL; rows * len];
+        let mut labels = vec![0i32; rows * len];
         let mut attention_mask = vec![0u8; rows * len];
         let mut sequence_ids = vec![0u64; rows];
         const ROWS_PER_TASK: usize = 32;
-        let counts = input_ids
+        let epoch_len = self.sequences.len();
+        let parts: Vec<(MaskCounts, Vec<u32>)> = input_ids
             .par_chunks_mut(len * ROWS_PER_TASK)
             .zip(labels.par_chunks_mut(len * ROWS_PER_TASK))
             .zip(attention_mask.par_chunks_mut(len * ROWS_PER_TASK))
             .zip(sequence_ids.par_chunks_mut(ROWS_PER_TASK))
             .enumerate()
             .map(|(task, (((ids, labels), attn), seq_ids))| {
-                let mut scratch = Vec::with_capacity(len);
+                let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
+                let mut positions = Vec::new();
                 let mut counts = MaskCounts::default();
-                for r in 0..seq_ids.len() {
-                    let slot = slots.start + task * ROWS_PER_TASK + r;
+                let first_slot = slots.start + task * ROWS_PER_TASK;
+                let mut perm: Option<(u64, Permutation)> = None;
+                for (r, seq_id) in seq_ids.iter_mut().enumerate() {
+                    let slot = first_slot + r;
+                    let g = step * self.cfg.global_batch as u64 + slot as u64;
+                    let epoch = g / epoch_len;
+                    if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                        perm = Some((epoch, self.epoch_permutation(epoch)));
+                    }
+                    let seq = perm.as_ref().expect("set above").1.apply(g % epoch_len);
+                    *seq_id = seq;
                     let row = r * len..(r + 1) * len;
-                    let seq = self.sequence_at(step, slot);
-                    seq_ids[r] = seq;
                     let used = self.sequences.fill(seq, &mut ids[row.clone()]);
                     attn[row.start..row.start + used].fill(1);
                     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
@@ -179,21 +195,21 @@ impl MaskingSampler {
                         &self.cfg.masking,
                         &self.vocab,
                         &mut scratch,
+                        &mut chosen,
                     );
                     counts.add(&c);
+                    let base = ((task * ROWS_PER_TASK + r) * len) as u32;
+                    positions.extend(chosen.iter().map(|&p| base + p));
                 }
-                counts
+                (counts, positions)
             })
-            .reduce(MaskCounts::default, |mut a, b| {
-                a.add(&b);
-                a
-            });
-        let masked_positions: Vec<u32> = labels
-            .iter()
-            .enumerate()
-            .filter(|(_, &l)| l != IGNORE_LABEL)
-            .map(|(i, _)| i as u32)
             .collect();
+        let mut counts = MaskCounts::default();
+        let mut masked_positions = Vec::with_capacity(parts.iter().map(|(_, p)| p.len()).sum());
+        for (c, p) in &parts {
+            counts.add(c);
+            masked_positions.extend_from_slice(p);
+        }
         let masked_labels = masked_positions
             .iter()
             .map(|&p| labels[p as usize] as u32)

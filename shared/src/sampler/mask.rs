@@ -103,10 +103,12 @@ fn unit<R: Rng>(rng: &mut R) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Masks `ids[..len]` in place at `rate`, writing originals into `labels` (IGNORE elsewhere).
+/// Masks `ids` in place at `rate`, writing originals into `labels` (IGNORE elsewhere) and the
+/// chosen positions, ascending, into `chosen`.
 ///
 /// `scratch` is reused between calls to avoid allocation. At least one position is chosen
 /// whenever the sequence has a maskable token.
+#[allow(clippy::too_many_arguments)]
 pub fn mask_sequence<R: Rng>(
     rng: &mut R,
     ids: &mut [u32],
@@ -115,12 +117,79 @@ pub fn mask_sequence<R: Rng>(
     cfg: &MaskingConfig,
     vocab: &MaskVocab,
     scratch: &mut Vec<u32>,
+    chosen: &mut Vec<u32>,
 ) -> MaskCounts {
     let mut counts = MaskCounts::default();
     labels.fill(IGNORE_LABEL);
-    // Units that are chosen together: single tokens, or words (a start and its ## continuations).
-    // `scratch` holds unit start positions; a unit ends where the next starts or at a special token.
-    scratch.clear();
+    chosen.clear();
+    if !cfg.exact && !cfg.whole_word {
+        choose_bernoulli(rng, ids, rate, vocab, &mut counts, chosen);
+    } else {
+        choose_units(rng, ids, rate, cfg, vocab, scratch, &mut counts, chosen);
+    }
+    if counts.maskable == 0 {
+        return counts;
+    }
+    counts.chosen = chosen.len() as u64;
+    replace(rng, ids, labels, cfg, vocab, &mut counts, chosen);
+    counts
+}
+
+/// Independent draws per token (the common case), in one pass.
+fn choose_bernoulli<R: Rng>(
+    rng: &mut R,
+    ids: &[u32],
+    rate: f64,
+    vocab: &MaskVocab,
+    counts: &mut MaskCounts,
+    chosen: &mut Vec<u32>,
+) {
+    let threshold = (rate * 4_294_967_296.0) as u64;
+    let mut bits = 0u64;
+    let mut have = 0;
+    for (i, &id) in ids.iter().enumerate() {
+        if vocab.is_special[id as usize] {
+            continue;
+        }
+        counts.maskable += 1;
+        if have == 0 {
+            bits = rng.next_u64();
+            have = 2;
+        }
+        let draw = bits & 0xffff_ffff;
+        bits >>= 32;
+        have -= 1;
+        if draw < threshold {
+            chosen.push(i as u32);
+        }
+    }
+    if chosen.is_empty() && counts.maskable > 0 {
+        // At least one prediction per sequence: the k-th maskable token, k uniform.
+        let k = uniform_below(rng, counts.maskable as u32);
+        let p = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| !vocab.is_special[id as usize])
+            .nth(k as usize)
+            .map(|(i, _)| i)
+            .expect("k < maskable");
+        chosen.push(p as u32);
+    }
+}
+
+/// Exact counts and/or whole words: choose units (tokens, or words with their ## pieces).
+#[allow(clippy::too_many_arguments)]
+fn choose_units<R: Rng>(
+    rng: &mut R,
+    ids: &[u32],
+    rate: f64,
+    cfg: &MaskingConfig,
+    vocab: &MaskVocab,
+    starts: &mut Vec<u32>,
+    counts: &mut MaskCounts,
+    chosen: &mut Vec<u32>,
+) {
+    starts.clear();
     for (i, &id) in ids.iter().enumerate() {
         if vocab.is_special[id as usize] {
             continue;
@@ -131,17 +200,16 @@ pub fn mask_sequence<R: Rng>(
             && i > 0
             && !vocab.is_special[ids[i - 1] as usize];
         if !continues {
-            scratch.push(i as u32);
+            starts.push(i as u32);
         }
     }
     if counts.maskable == 0 {
-        return counts;
+        return;
     }
-    let unit_end = |u: usize, starts: &[u32]| -> usize {
-        let start = starts[u] as usize;
+    let unit_end = |start: usize| -> usize {
         let mut end = start + 1;
-        while end < ids.len()
-            && cfg.whole_word
+        while cfg.whole_word
+            && end < ids.len()
             && !vocab.is_special[ids[end] as usize]
             && vocab.is_continuation[ids[end] as usize]
         {
@@ -149,48 +217,52 @@ pub fn mask_sequence<R: Rng>(
         }
         end
     };
-    let units = scratch.len();
-    // Mark chosen units by setting the label; originals are still in `ids`.
-    let choose = |u: usize, labels: &mut [i32], starts: &[u32]| -> u64 {
-        let (s, e) = (starts[u] as usize, unit_end(u, starts));
-        for p in s..e {
-            labels[p] = ids[p] as i32;
-        }
-        (e - s) as u64
-    };
+    let units = starts.len();
     if cfg.exact {
-        let target = ((rate * counts.maskable as f64).round() as u64).max(1);
+        let target = ((rate * counts.maskable as f64).round() as usize).max(1);
         // Partial Fisher-Yates over units; add units while they fit the target.
         for k in 0..units {
-            if counts.chosen >= target {
+            if chosen.len() >= target {
                 break;
             }
             let pick = k + uniform_below(rng, (units - k) as u32) as usize;
-            scratch.swap(k, pick);
-            let len = (unit_end(k, scratch) - scratch[k] as usize) as u64;
-            if counts.chosen > 0 && counts.chosen + len > target {
+            starts.swap(k, pick);
+            let (s, e) = (starts[k] as usize, unit_end(starts[k] as usize));
+            if !chosen.is_empty() && chosen.len() + (e - s) > target {
                 continue;
             }
-            counts.chosen += choose(k, labels, scratch);
+            chosen.extend(s as u32..e as u32);
         }
+        chosen.sort_unstable();
     } else {
         let threshold = (rate * 4_294_967_296.0) as u64;
-        for u in 0..units {
+        for &start in starts.iter() {
             if (rng.next_u32() as u64) < threshold {
-                counts.chosen += choose(u, labels, scratch);
+                let s = start as usize;
+                chosen.extend(s as u32..unit_end(s) as u32);
             }
         }
-        if counts.chosen == 0 {
-            let u = uniform_below(rng, units as u32) as usize;
-            counts.chosen += choose(u, labels, scratch);
+        if chosen.is_empty() {
+            let s = starts[uniform_below(rng, units as u32) as usize] as usize;
+            chosen.extend(s as u32..unit_end(s) as u32);
         }
     }
-    // Replace chosen positions.
+}
+
+/// Applies the mask/random/keep split to the chosen positions and records labels.
+fn replace<R: Rng>(
+    rng: &mut R,
+    ids: &mut [u32],
+    labels: &mut [i32],
+    cfg: &MaskingConfig,
+    vocab: &MaskVocab,
+    counts: &mut MaskCounts,
+    chosen: &[u32],
+) {
     let random_cut = cfg.mask_fraction + cfg.random_fraction;
-    for p in 0..ids.len() {
-        if labels[p] == IGNORE_LABEL {
-            continue;
-        }
+    for &p in chosen {
+        let p = p as usize;
+        labels[p] = ids[p] as i32;
         let u = unit(rng);
         if u < cfg.mask_fraction {
             ids[p] = vocab.mask_id;
@@ -207,5 +279,4 @@ pub fn mask_sequence<R: Rng>(
             counts.as_kept += 1;
         }
     }
-    counts
 }

@@ -28,7 +28,7 @@ const ROUNDS: u64 = 6;
 pub struct Permutation {
     n: u64,
     half_bits: u32,
-    key: u64,
+    round_keys: [u64; ROUNDS as usize],
 }
 
 impl Permutation {
@@ -36,14 +36,19 @@ impl Permutation {
     pub fn new(n: u64, key: u64) -> Self {
         let bits = 64 - n.saturating_sub(1).leading_zeros();
         let half_bits = bits.div_ceil(2).max(1);
-        Permutation { n, half_bits, key }
+        let round_keys = std::array::from_fn(|r| mix64(key ^ r as u64));
+        Permutation {
+            n,
+            half_bits,
+            round_keys,
+        }
     }
 
     fn feistel(&self, x: u64) -> u64 {
         let mask = (1u64 << self.half_bits) - 1;
         let (mut left, mut right) = (x >> self.half_bits, x & mask);
-        for round in 0..ROUNDS {
-            let f = mix64(right ^ mix64(self.key ^ round)) & mask;
+        for &round_key in &self.round_keys {
+            let f = mix64(right ^ round_key) & mask;
             (left, right) = (right, left ^ f);
         }
         (left << self.half_bits) | right

@@ -296,7 +296,8 @@ mod tests {
     fn view_rejects_each_corruption_with_the_path_and_field() {
         let mut good = Vec::new();
         write_index(&mut good, TokenDtype::Uint16, &[2, 2]).unwrap();
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Corruption = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Corruption, &str)> = vec![
             (Box::new(|b: &mut Vec<u8>| b[0] = b'X'), "bad magic"),
             (
                 Box::new(|b: &mut Vec<u8>| b[9] = 2),
