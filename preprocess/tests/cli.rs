@@ -572,3 +572,30 @@ fn unfinished_directories_are_refused_by_readers() {
         .to_string();
     assert!(err.contains("no manifest.json"), "{err}");
 }
+
+#[test]
+fn zstd_and_plain_json_lines_give_the_same_ids_as_gzip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(sample().join("c4-train.00000-of-01024.json.gz")).unwrap(),
+    )
+    .read_to_end(&mut plain)
+    .unwrap();
+    std::fs::write(dir.path().join("c4.jsonl"), &plain).unwrap();
+    std::fs::write(
+        dir.path().join("c4.jsonl.zst"),
+        zstd::encode_all(&plain[..], 3).unwrap(),
+    )
+    .unwrap();
+    let reference = reference_ids();
+    for name in ["c4.jsonl", "c4.jsonl.zst"] {
+        let out = dir.path().join(format!("out-{name}"));
+        ok(preprocess(&[&dir.path().join(name), &"--out", &out]));
+        let set = ShardSet::open(&out).unwrap();
+        assert_eq!(set.len(), reference.len() as u64, "{name}");
+        for (i, (_, ids)) in reference.iter().enumerate() {
+            assert_eq!(&set.doc(i as u64).to_vec(), ids, "{name} document {i}");
+        }
+    }
+}
