@@ -19,6 +19,7 @@ pub struct DataArgs {
     pub shards: Vec<PathBuf>,
     /// Masking-rate schedule over the run, e.g. constant:0.15, linear:0.3:0.15, cosine:0.3:0.15@0.5.
     #[arg(long, default_value = "constant:0.15", value_parser = parse_schedule, long_help = shared::schedule::GRAMMAR)]
+    #[serde(with = "schedule_spec")]
     pub schedule: MaskSchedule,
     /// Sequence length including [CLS] and [SEP].
     #[arg(long, default_value_t = 128)]
@@ -52,6 +53,20 @@ pub struct DataArgs {
     pub prefetch: usize,
 }
 
+/// Schedules are stored as their spec strings (`linear:0.3:0.15`) in configs.
+mod schedule_spec {
+    use shared::schedule::MaskSchedule;
+
+    pub fn serialize<S: serde::Serializer>(s: &MaskSchedule, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&s.to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MaskSchedule, D::Error> {
+        let s: String = serde::Deserialize::deserialize(de)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 fn parse_schedule(s: &str) -> std::result::Result<MaskSchedule, String> {
     s.parse().map_err(|e: shared::Error| e.to_string())
 }
@@ -64,6 +79,8 @@ pub struct Data {
     pub tokenizer: LoadedTokenizer,
     /// The sampler.
     pub sampler: Arc<MaskingSampler>,
+    /// Sequences held out for evaluation (excluded from `sampler`).
+    pub held_out: Option<Sequences>,
 }
 
 impl DataArgs {
@@ -79,16 +96,32 @@ impl DataArgs {
 
     /// Opens the shards and builds the sampler for a `total_steps` run of `global_batch` sequences per step.
     pub fn open(&self, global_batch: usize, total_steps: u64) -> Result<Data> {
+        self.open_with_holdout(global_batch, total_steps, 0)
+    }
+
+    /// As [`DataArgs::open`], holding the last `held_out` sequences out of training.
+    pub fn open_with_holdout(
+        &self,
+        global_batch: usize,
+        total_steps: u64,
+        held_out: u64,
+    ) -> Result<Data> {
         let shards = Arc::new(ShardSet::open_many(&self.shards)?);
         let tokenizer = LoadedTokenizer::load_from_shards(&self.shards[0], shards.tokenizer())
             .context("loading the tokenizer stored with the shards")?;
-        let sequences = Sequences::new(
+        let all = Sequences::new(
             shards.clone(),
             &tokenizer.info,
             self.layout,
             self.seq_len,
             self.min_doc_tokens,
         )?;
+        let (sequences, held_out) = if held_out > 0 {
+            let (train, eval) = all.split_tail(held_out).context("--eval-sequences")?;
+            (train, Some(eval))
+        } else {
+            (all, None)
+        };
         let cfg = SamplerConfig {
             seed: self.seed,
             global_batch,
@@ -105,6 +138,7 @@ impl DataArgs {
             shards,
             tokenizer,
             sampler,
+            held_out,
         })
     }
 }

@@ -1,9 +1,23 @@
 //! maskrate's trainer: shards → step-aware masking sampler → BERT MLM, and the tools around it.
 //!
 //! - [`data`]: the flags that fix the data stream, shared by training and inspection.
+//! - [`model`]: BERT for masked LM on candle (MLM head at masked positions only).
+//! - [`optim`]: decoupled AdamW and gradient clipping.
+//! - [`train`]: the training loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
-//! - [`plot`]: PNG charts.
+//! - [`plot`], [`plots`]: PNG charts; [`config`]: TOML config files; [`device`]: `--device`.
+//!
+//! Invariant: the device is a parameter everywhere; nothing assumes CPU except where a test says so.
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod device;
+pub mod eval;
 pub mod inspect;
+pub mod metrics;
+pub mod model;
+pub mod optim;
 pub mod plot;
+pub mod plots;
+pub mod train;

@@ -1,24 +1,47 @@
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use trainer::inspect::InspectBatchArgs;
+use trainer::train::TrainArgs;
 
 const EXAMPLES: &str = "\
 Examples:
+  trainer --shards shards/ --schedule linear:0.3:0.15 --out runs/linear     # the paper's recipe (BERT-base)
+  trainer --shards sample-shards/ --model mini --steps 200 --batch-size 64 --micro-batch 32 --out runs/mini
+  trainer --config run.toml --steps 100 --out runs/short                    # flags override the file
+  trainer --shards shards/ --out runs/linear --resume                       # continue after a stop
+  trainer plot runs/constant runs/linear --out plots/
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
 #[derive(Debug, Parser)]
-#[command(name = "trainer", version, after_help = EXAMPLES)]
+#[command(name = "trainer", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show the masked batch of any step, or the realised masking rate over a run (--stats).
     InspectBatch(InspectBatchArgs),
+    /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
+    Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+struct PlotArgs {
+    /// Run directories.
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// Directory for the PNGs.
+    #[arg(long, default_value = "plots")]
+    out: PathBuf,
 }
 
 fn main() {
@@ -29,8 +52,27 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    match Cli::parse().command {
-        Command::InspectBatch(args) => print!("{}", trainer::inspect::run(&args)?),
+    let argv = trainer::config::merge_config_file(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(argv);
+    match cli.command {
+        Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::run(&args)?),
+        Some(Command::Plot(args)) => {
+            for p in trainer::plots::compare(&args.runs, &args.out)? {
+                println!("wrote {}", p.display());
+            }
+        }
+        None => {
+            let interrupted = Arc::new(AtomicBool::new(false));
+            let flag = interrupted.clone();
+            ctrlc::set_handler(move || {
+                if flag.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!("\ninterrupt: finishing this step, then saving a checkpoint");
+            })?;
+            let summary = trainer::train::run(&cli.train, interrupted)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
     }
     Ok(())
 }

@@ -45,7 +45,9 @@ pub struct Sequences {
     sep: u32,
     pad: u32,
     /// Truncate layout with a length floor: the documents kept, in order.
-    kept_docs: Option<Vec<u64>>,
+    kept_docs: Option<Arc<Vec<u64>>>,
+    /// First sequence of this view (views split train and held-out sequences).
+    offset: u64,
     count: u64,
 }
 
@@ -71,7 +73,7 @@ impl Sequences {
                         .filter(|&d| shards.doc_len(d) >= min_doc_tokens)
                         .collect();
                     let n = kept.len() as u64;
-                    kept_docs = Some(kept);
+                    kept_docs = Some(Arc::new(kept));
                     n
                 } else {
                     shards.len()
@@ -101,8 +103,31 @@ impl Sequences {
             sep: tokenizer.sep_id,
             pad: tokenizer.pad_id,
             kept_docs,
+            offset: 0,
             count,
         })
+    }
+
+    /// Splits off the last `held_out` sequences: returns (the rest, the held-out ones).
+    pub fn split_tail(self, held_out: u64) -> Result<(Sequences, Sequences)> {
+        if held_out == 0 || held_out >= self.count {
+            return Err(Error::Config(format!(
+                "cannot hold out {held_out} of {} sequences",
+                self.count
+            )));
+        }
+        let mut tail = Sequences {
+            shards: self.shards.clone(),
+            kept_docs: self.kept_docs.clone(),
+            ..self
+        };
+        tail.offset = self.offset + self.count - held_out;
+        tail.count = held_out;
+        let head = Sequences {
+            count: self.count - held_out,
+            ..self
+        };
+        Ok((head, tail))
     }
 
     /// Number of sequences in one epoch.
@@ -133,6 +158,8 @@ impl Sequences {
     /// Writes sequence `j` into `out` (length `seq_len`); returns the unpadded length.
     pub fn fill(&self, j: u64, out: &mut [u32]) -> usize {
         debug_assert_eq!(out.len(), self.seq_len);
+        debug_assert!(j < self.count);
+        let j = j + self.offset;
         let body = self.seq_len - 2;
         out[0] = self.cls;
         match self.layout {

@@ -1,0 +1,99 @@
+//! `metrics.jsonl`: one JSON object per logged step (training) or evaluation.
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Record {
+    /// A training step.
+    Train {
+        /// Step index (0-based).
+        step: u64,
+        /// Learning rate used.
+        lr: f64,
+        /// Masking rate used.
+        mask_rate: f64,
+        /// Mean MLM loss over the step's micro-batches.
+        loss: f64,
+        /// Masked-token accuracy.
+        accuracy: f64,
+        /// Gradient norm before clipping.
+        grad_norm: f64,
+        /// Non-padding tokens per second.
+        tokens_per_sec: f64,
+        /// Seconds this step waited for data.
+        data_wait_sec: f64,
+    },
+    /// A held-out evaluation after `step` steps.
+    Eval {
+        /// Steps completed.
+        step: u64,
+        /// MLM loss at the fixed evaluation rate.
+        loss: f64,
+        /// Masked-token accuracy.
+        accuracy: f64,
+    },
+}
+
+impl Record {
+    /// The step of the record.
+    pub fn step(&self) -> u64 {
+        match self {
+            Record::Train { step, .. } | Record::Eval { step, .. } => *step,
+        }
+    }
+}
+
+/// Appends records, flushing each line.
+pub struct MetricsLog {
+    file: std::fs::File,
+}
+
+impl MetricsLog {
+    /// Opens `path`, first dropping records of steps at or after `keep_before` (a resumed run redoes them).
+    pub fn open(path: &Path, keep_before: u64) -> Result<Self> {
+        let kept: Vec<String> = if path.exists() {
+            read(path)?
+                .into_iter()
+                .filter(|r| match r {
+                    Record::Train { step, .. } => *step < keep_before,
+                    Record::Eval { step, .. } => *step <= keep_before,
+                })
+                .map(|r| serde_json::to_string(&r).expect("serializes"))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        for line in kept {
+            writeln!(file, "{line}")?;
+        }
+        Ok(MetricsLog { file })
+    }
+
+    /// Appends one record.
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        writeln!(self.file, "{}", serde_json::to_string(r)?)?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// Reads every record of a `metrics.jsonl`.
+pub fn read(path: &Path) -> Result<Vec<Record>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: bad record", path.display(), i + 1))
+        })
+        .collect()
+}

@@ -1,0 +1,15 @@
+//! The BERT masked-language model, written on candle-core/candle-nn primitives that train.
+//!
+//! - [`config`]: sizes and presets.
+//! - [`params`]: named, seeded parameters (HF `BertForMaskedLM` names).
+//! - [`ops`]: LayerNorm, softmax and dropout composed from differentiable ops.
+//! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
+
+pub mod bert;
+pub mod config;
+pub mod ops;
+pub mod params;
+
+pub use bert::{Bert, MlmInputs, MlmOutput};
+pub use config::BertConfig;
+pub use params::ParamStore;

@@ -1,0 +1,59 @@
+//! Differentiable building blocks composed from candle ops that have a backward pass.
+//!
+//! candle-nn 0.11's `ops::layer_norm`, `ops::softmax_last_dim` (and `LayerNorm::forward` on
+//! contiguous input) have no backward: gradients stop there silently. Nothing here uses them.
+
+use candle_core::{Result, Tensor, D};
+use rand_core::Rng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centered = x.broadcast_sub(&mean)?;
+    let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// Softmax over the last dimension (max subtracted as a constant for stability).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    e.broadcast_div(&sum)
+}
+
+/// Seeded inverted dropout: masks come from a counter-based stream so runs are reproducible.
+pub struct Dropout {
+    rng: Xoshiro256PlusPlus,
+    p: f64,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` drawing from `rng`.
+    pub fn new(rng: Xoshiro256PlusPlus, p: f64) -> Self {
+        Dropout { rng, p }
+    }
+
+    /// Zeroes each element with probability p and scales the rest by 1/(1-p).
+    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let n = x.elem_count();
+        let threshold = (self.p * 4_294_967_296.0) as u64;
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        let mut mask = Vec::with_capacity(n);
+        while mask.len() < n {
+            let bits = self.rng.next_u64();
+            for half in [bits & 0xffff_ffff, bits >> 32] {
+                if mask.len() < n {
+                    mask.push(if half < threshold { 0.0 } else { keep });
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        x.mul(&mask)
+    }
+}

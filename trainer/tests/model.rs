@@ -1,0 +1,331 @@
+//! Model and training-loop tests on tiny configurations (CPU).
+
+#[path = "../../shared/tests/common/mod.rs"]
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use clap::Parser;
+use trainer::metrics::{read, Record};
+use trainer::model::ops::Dropout;
+use trainer::model::{Bert, BertConfig, MlmInputs, ParamStore};
+use trainer::train::TrainArgs;
+
+fn tiny(vocab: usize) -> BertConfig {
+    BertConfig {
+        vocab_size: vocab,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 32,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        dropout: 0.1,
+        pre_ln: false,
+        initializer_range: 0.02,
+    }
+}
+
+fn inputs(dev: &Device, vocab: u32) -> MlmInputs {
+    let (b, l) = (3usize, 8usize);
+    let ids: Vec<u32> = (0..b * l).map(|i| (i as u32 * 7 + 3) % vocab).collect();
+    let mut mask = vec![1f32; b * l];
+    mask[b * l - 2..].fill(0.0); // padding at the end of the last row
+    let positions: Vec<u32> = vec![1, 4, 9, 13, 18];
+    let labels: Vec<u32> = positions.iter().map(|&p| (p * 5 + 1) % vocab).collect();
+    MlmInputs {
+        input_ids: Tensor::from_vec(ids, (b, l), dev).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (b, l), dev).unwrap(),
+        masked_positions: Tensor::from_vec(positions, 5, dev).unwrap(),
+        masked_labels: Tensor::from_vec(labels, 5, dev).unwrap(),
+    }
+}
+
+#[test]
+fn every_parameter_receives_a_nonzero_gradient() {
+    let dev = Device::Cpu;
+    for pre_ln in [false, true] {
+        let cfg = BertConfig { pre_ln, ..tiny(50) };
+        let params = ParamStore::new(&dev, 1);
+        let model = Bert::new(cfg, &params).unwrap();
+        let mut dropout = Some(Dropout::new(
+            rand_xoshiro::Xoshiro256PlusPlus::from_seed_u64(7),
+            0.1,
+        ));
+        let out = model.mlm_loss(&inputs(&dev, 50), &mut dropout).unwrap();
+        let grads = out.loss.backward().unwrap();
+        let vars = params.named_vars();
+        assert_eq!(
+            vars.len(),
+            5 + 16 * 2 + 5,
+            "embeddings 5, 16 per layer, head 5"
+        );
+        for (name, var) in vars {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "{name}: zero gradient (pre_ln={pre_ln})");
+        }
+    }
+}
+
+trait FromSeed {
+    fn from_seed_u64(s: u64) -> Self;
+}
+impl FromSeed for rand_xoshiro::Xoshiro256PlusPlus {
+    fn from_seed_u64(s: u64) -> Self {
+        <Self as rand_core::SeedableRng>::seed_from_u64(s)
+    }
+}
+
+/// Analytic gradients against central finite differences (f64 model copy of a tiny config).
+#[test]
+fn gradients_match_finite_differences() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig {
+        dropout: 0.0,
+        initializer_range: 0.5,
+        ..tiny(20)
+    };
+    let params = ParamStore::new(&dev, 3);
+    let model = Bert::new(cfg, &params).unwrap();
+    let inp = inputs(&dev, 20);
+    let loss_of = |model: &Bert| {
+        model
+            .mlm_loss(&inp, &mut None)
+            .unwrap()
+            .loss
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let grads = model
+        .mlm_loss(&inp, &mut None)
+        .unwrap()
+        .loss
+        .backward()
+        .unwrap();
+    let mut checked = 0;
+    for (name, var) in params.named_vars() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // The entry with the largest gradient: finite differences in f32 need a signal well above noise.
+        let (k, &gk) = g
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+            .unwrap();
+        if gk.abs() < 1e-3 {
+            continue;
+        }
+        let h = 1e-2f32;
+        let probe = |delta: f32| {
+            let mut v = base.clone();
+            v[k] += delta;
+            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                .unwrap();
+            loss_of(&model)
+        };
+        let numeric = (probe(h) - probe(-h)) / (2.0 * h as f64);
+        var.set(&Tensor::from_vec(base.clone(), var.shape(), &dev).unwrap())
+            .unwrap();
+        let rel = (numeric - gk as f64).abs() / (gk.abs() as f64).max(1e-3);
+        assert!(rel < 0.05, "{name}[{k}]: analytic {gk}, numeric {numeric}");
+        checked += 1;
+    }
+    assert!(checked >= 20, "only {checked} parameters checked");
+}
+
+#[derive(Parser)]
+struct Cmd {
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+fn train_args(shards: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> TrainArgs {
+    let mut argv: Vec<String> = vec![
+        "trainer".into(),
+        "--shards".into(),
+        shards.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    for a in [
+        "--model",
+        "tiny",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--intermediate",
+        "64",
+        "--layers",
+        "2",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "16",
+        "--micro-batch",
+        "8",
+        "--eval-sequences",
+        "32",
+        "--eval-batch",
+        "16",
+        "--quiet",
+    ] {
+        argv.push(a.into());
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    Cmd::parse_from(argv).train
+}
+
+fn shards() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = common::sample_docs();
+    common::write_set(dir.path(), &docs, 100);
+    let p = dir.path().to_path_buf();
+    (dir, p)
+}
+
+fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
+    read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| {
+            if let Record::Train { step, loss, .. } = r {
+                Some((step, loss))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
+    let (_keep, shards) = shards();
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    let common = [
+        "--steps",
+        "6",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "3",
+        "--keep",
+        "0",
+        "--schedule",
+        "linear:0.3:0.15",
+        "--lr",
+        "1e-3",
+    ];
+    let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    trainer::train::run(&train_args(&shards, &a, &common), flag()).unwrap();
+    trainer::train::run(&train_args(&shards, &b, &common), flag()).unwrap();
+    // Pretend run b died after step 3: drop its later checkpoint, then resume.
+    std::fs::remove_dir_all(b.join("checkpoints/step-0000006")).unwrap();
+    let mut resume = common.to_vec();
+    resume.push("--resume");
+    trainer::train::run(&train_args(&shards, &b, &resume), flag()).unwrap();
+    let (la, lb) = (train_losses(&a), train_losses(&b));
+    assert_eq!(la.len(), 6);
+    assert_eq!(la, lb, "bit-identical losses after resuming");
+    // Checkpoints round-trip: the final parameters are identical too.
+    let (ca, cb) = (
+        trainer::checkpoint::load(&a.join("checkpoints/step-0000006")).unwrap(),
+        trainer::checkpoint::load(&b.join("checkpoints/step-0000006")).unwrap(),
+    );
+    for (name, t) in &ca.model {
+        let u = &cb.model[name];
+        assert_eq!(
+            t.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            u.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{name}"
+        );
+    }
+    assert!(
+        a.join("train-loss.png").exists()
+            && a.join("config.toml").exists()
+            && a.join("summary.json").exists()
+    );
+    // A changed setting is refused on resume.
+    let mut other = resume.clone();
+    other[9] = "cosine:0.3:0.15";
+    let err = trainer::train::run(&train_args(&shards, &b, &other), flag())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("different settings"), "{err}");
+    // Starting over in a directory with checkpoints is refused.
+    let err = trainer::train::run(&train_args(&shards, &a, &common), flag())
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn a_tiny_model_overfits_a_fixed_batch() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig {
+        dropout: 0.0,
+        ..tiny(50)
+    };
+    let params = ParamStore::new(&dev, 5);
+    let model = Bert::new(cfg, &params).unwrap();
+    let mut opt = trainer::optim::AdamW::new(
+        params.named_vars(),
+        trainer::optim::AdamWConfig {
+            peak_lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    let inp = inputs(&dev, 50);
+    let first = model
+        .mlm_loss(&inp, &mut None)
+        .unwrap()
+        .loss
+        .to_scalar::<f32>()
+        .unwrap();
+    let mut last = first;
+    for _ in 0..100 {
+        let loss = model.mlm_loss(&inp, &mut None).unwrap().loss;
+        last = loss.to_scalar::<f32>().unwrap();
+        let g = loss.backward().unwrap();
+        let grads: Vec<Tensor> = opt
+            .vars()
+            .iter()
+            .map(|v| {
+                g.get(v.as_tensor())
+                    .cloned()
+                    .unwrap_or_else(|| v.as_tensor().zeros_like().unwrap())
+            })
+            .collect();
+        opt.step(&grads, 1e-2).unwrap();
+    }
+    // ln(50) ≈ 3.9 at the start; memorising 5 labels drives the loss far below that.
+    assert!(first > 3.0, "{first}");
+    assert!(last < first / 10.0, "loss {first} -> {last}");
+}
