@@ -91,3 +91,80 @@ fn sample_shards_feed_inspect_batch_at_the_scheduled_rate() {
     let bad = run("trainer", &[&"inspect-batch", &"--shards", &empty]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no manifest.json"));
 }
+
+#[test]
+fn sample_shards_train_a_model_with_a_schedule_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    run_ok(
+        "preprocess",
+        &[&data("c4-sample"), &"--out", &shards, &"--quiet"],
+    );
+    let run_dir = dir.path().join("run");
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        "model = \"tiny\"\nhidden = 32\nheads = 2\nintermediate = 64\nseq_len = 32\nsteps = 100\n",
+    )
+    .unwrap();
+    let out = run_ok(
+        "trainer",
+        &[
+            &"--config",
+            &config,
+            &"--shards",
+            &shards,
+            &"--steps",
+            &"8",
+            &"--batch-size",
+            &"16",
+            &"--micro-batch",
+            &"8",
+            &"--schedule",
+            &"linear:0.3:0.15",
+            &"--eval-sequences",
+            &"32",
+            &"--eval-every",
+            &"4",
+            &"--out",
+            &run_dir,
+            &"--quiet",
+        ],
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        summary["steps"], 8,
+        "flags override the config file's steps = 100"
+    );
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let train: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "train").collect();
+    assert_eq!(train.len(), 8);
+    assert_eq!(train[0]["mask_rate"], 0.3);
+    assert!((train[7]["mask_rate"].as_f64().unwrap() - 0.15).abs() < 1e-12);
+    assert!(train
+        .iter()
+        .all(|r| r["loss"].as_f64().unwrap().is_finite()));
+    assert_eq!(records.iter().filter(|r| r["kind"] == "eval").count(), 2);
+    let saved = std::fs::read_to_string(run_dir.join("config.toml")).unwrap();
+    assert!(
+        saved.contains("hidden = 32") && saved.contains("schedule = \"linear:0.3:0.15\""),
+        "{saved}"
+    );
+    for png in ["train-loss.png", "eval-loss.png", "mask-rate.png", "lr.png"] {
+        assert_eq!(
+            &std::fs::read(run_dir.join(png)).unwrap()[..4],
+            b"\x89PNG",
+            "{png}"
+        );
+    }
+    let plots = dir.path().join("plots");
+    run_ok("trainer", &[&"plot", &run_dir, &run_dir, &"--out", &plots]);
+    assert!(plots.join("eval-loss.png").exists());
+    let export = dir.path().join("hf");
+    run_ok("trainer", &[&"export", &run_dir, &"--out", &export]);
+    assert!(export.join("model.safetensors").exists() && export.join("config.json").exists());
+}

@@ -4,6 +4,7 @@
 //! - [`model`]: BERT for masked LM on candle (MLM head at masked positions only).
 //! - [`optim`]: decoupled AdamW and gradient clipping.
 //! - [`train`]: the training loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
+//! - [`export`]: HuggingFace `BertForMaskedLM` checkpoints.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
 //! - [`plot`], [`plots`]: PNG charts; [`config`]: TOML config files; [`device`]: `--device`.
 //!
@@ -14,6 +15,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod export;
 pub mod inspect;
 pub mod metrics;
 pub mod model;

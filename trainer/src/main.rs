@@ -13,6 +13,7 @@ Examples:
   trainer --config run.toml --steps 100 --out runs/short                    # flags override the file
   trainer --shards shards/ --out runs/linear --resume                       # continue after a stop
   trainer plot runs/constant runs/linear --out plots/
+  trainer export runs/linear --out hf/linear       # loads with transformers BertForMaskedLM
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png";
 
@@ -30,8 +31,19 @@ struct Cli {
 enum Command {
     /// Show the masked batch of any step, or the realised masking rate over a run (--stats).
     InspectBatch(InspectBatchArgs),
+    /// Write a HuggingFace BertForMaskedLM checkpoint (model.safetensors, config.json, tokenizer) of a run.
+    Export(ExportArgs),
     /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
     Plot(PlotArgs),
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// Run directory (its latest checkpoint is exported).
+    run: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -56,6 +68,11 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse_from(argv);
     match cli.command {
         Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::run(&args)?),
+        Some(Command::Export(args)) => {
+            for p in trainer::export::export(&args.run, &args.out)? {
+                println!("wrote {}", p.display());
+            }
+        }
         Some(Command::Plot(args)) => {
             for p in trainer::plots::compare(&args.runs, &args.out)? {
                 println!("wrote {}", p.display());

@@ -277,6 +277,10 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
     }
     std::fs::write(out.join("config.toml"), crate::config::to_toml(args)?)?;
     std::fs::write(
+        out.join(shared::tokenizer::TOKENIZER_FILE),
+        &data.tokenizer.json,
+    )?;
+    std::fs::write(
         out.join("config.json"),
         serde_json::to_vec_pretty(&config_json)?,
     )?;

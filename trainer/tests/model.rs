@@ -329,3 +329,83 @@ fn a_tiny_model_overfits_a_fixed_batch() {
     assert!(first > 3.0, "{first}");
     assert!(last < first / 10.0, "loss {first} -> {last}");
 }
+
+#[test]
+fn export_writes_hf_names_shapes_and_config() {
+    let (_keep, shards) = shards();
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run");
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    trainer::train::run(
+        &train_args(&shards, &run, &["--steps", "1", "--eval-every", "0"]),
+        flag,
+    )
+    .unwrap();
+    let out = root.path().join("hf");
+    trainer::export::export(&run, &out).unwrap();
+    let tensors =
+        candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (h, v, i) = (32usize, 30522usize, 64usize);
+    let mut expected: Vec<(String, Vec<usize>)> = vec![
+        ("bert.embeddings.word_embeddings.weight".into(), vec![v, h]),
+        (
+            "bert.embeddings.position_embeddings.weight".into(),
+            vec![512, h],
+        ),
+        (
+            "bert.embeddings.token_type_embeddings.weight".into(),
+            vec![2, h],
+        ),
+        ("bert.embeddings.LayerNorm.weight".into(), vec![h]),
+        ("bert.embeddings.LayerNorm.bias".into(), vec![h]),
+        ("cls.predictions.bias".into(), vec![v]),
+        ("cls.predictions.decoder.weight".into(), vec![v, h]),
+        ("cls.predictions.decoder.bias".into(), vec![v]),
+        ("cls.predictions.transform.dense.weight".into(), vec![h, h]),
+        ("cls.predictions.transform.dense.bias".into(), vec![h]),
+        ("cls.predictions.transform.LayerNorm.weight".into(), vec![h]),
+        ("cls.predictions.transform.LayerNorm.bias".into(), vec![h]),
+    ];
+    for l in 0..2 {
+        let p = format!("bert.encoder.layer.{l}");
+        for (n, s) in [
+            ("attention.self.query.weight", vec![h, h]),
+            ("attention.self.query.bias", vec![h]),
+            ("attention.self.key.weight", vec![h, h]),
+            ("attention.self.key.bias", vec![h]),
+            ("attention.self.value.weight", vec![h, h]),
+            ("attention.self.value.bias", vec![h]),
+            ("attention.output.dense.weight", vec![h, h]),
+            ("attention.output.dense.bias", vec![h]),
+            ("attention.output.LayerNorm.weight", vec![h]),
+            ("attention.output.LayerNorm.bias", vec![h]),
+            ("intermediate.dense.weight", vec![i, h]),
+            ("intermediate.dense.bias", vec![i]),
+            ("output.dense.weight", vec![h, i]),
+            ("output.dense.bias", vec![h]),
+            ("output.LayerNorm.weight", vec![h]),
+            ("output.LayerNorm.bias", vec![h]),
+        ] {
+            expected.push((format!("{p}.{n}"), s));
+        }
+    }
+    let mut got: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["architectures"][0], "BertForMaskedLM");
+    assert_eq!(
+        (
+            cfg["hidden_size"].as_u64(),
+            cfg["num_hidden_layers"].as_u64(),
+            cfg["intermediate_size"].as_u64()
+        ),
+        (Some(32), Some(2), Some(64))
+    );
+    assert!(out.join("tokenizer.json").exists() && out.join("maskrate_check.safetensors").exists());
+}

@@ -1,0 +1,115 @@
+//! `trainer export RUN --out DIR`: a HuggingFace `BertForMaskedLM` checkpoint
+//! (`model.safetensors`, `config.json`, tokenizer files) from a run's latest checkpoint.
+//!
+//! Parameter names are already HF's; the export adds the tied decoder entries
+//! (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias) and,
+//! for checking, maskrate's logits on a fixed input (`maskrate_check.safetensors`), which
+//! `scripts/compare_hf.py` compares with `transformers`.
+
+use crate::checkpoint;
+use crate::model::{Bert, BertConfig, ParamStore};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Token ids of the check input (a fixed, valid sequence for any vocabulary ≥ 1,000).
+pub fn check_input_ids(cfg: &BertConfig) -> Vec<u32> {
+    (0..16u32)
+        .map(|i| (101 + i * 37) % cfg.vocab_size as u32)
+        .collect()
+}
+
+/// Exports `run`'s latest checkpoint into `out`; returns the files written.
+pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+    let (_, dir) = checkpoint::list(run)?
+        .pop()
+        .with_context(|| format!("{} has no checkpoint", run.display()))?;
+    let loaded = checkpoint::load(&dir)?;
+    let cfg: BertConfig = serde_json::from_value(loaded.state.config["run"]["model"].clone())
+        .context("checkpoint lacks the model config")?;
+    if cfg.pre_ln {
+        bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
+    }
+    std::fs::create_dir_all(out)?;
+    let mut tensors: HashMap<String, Tensor> = loaded.model.clone();
+    tensors.insert(
+        "cls.predictions.decoder.weight".into(),
+        tensors["bert.embeddings.word_embeddings.weight"].clone(),
+    );
+    tensors.insert(
+        "cls.predictions.decoder.bias".into(),
+        tensors["cls.predictions.bias"].clone(),
+    );
+    let mut written = Vec::new();
+    let model_path = out.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &model_path)?;
+    written.push(model_path);
+    let tok = &loaded.state.config["run"]["tokenizer"];
+    let hf = serde_json::json!({
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": cfg.dropout,
+        "attention_probs_dropout_prob": cfg.dropout,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "type_vocab_size": cfg.type_vocab_size,
+        "initializer_range": cfg.initializer_range,
+        "layer_norm_eps": cfg.layer_norm_eps,
+        "pad_token_id": tok["pad_id"],
+        "position_embedding_type": "absolute",
+        "tie_word_embeddings": true,
+    });
+    let config_path = out.join("config.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&hf)?)?;
+    written.push(config_path);
+    let tok_src = run.join(shared::tokenizer::TOKENIZER_FILE);
+    if tok_src.exists() {
+        let dst = out.join(shared::tokenizer::TOKENIZER_FILE);
+        std::fs::copy(&tok_src, &dst)?;
+        written.push(dst);
+        let tc = out.join("tokenizer_config.json");
+        std::fs::write(
+            &tc,
+            serde_json::to_vec_pretty(
+                &serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings, "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]", "unk_token": "[UNK]" }),
+            )?,
+        )?;
+        written.push(tc);
+    }
+    // maskrate's logits on a fixed input, for scripts/compare_hf.py.
+    let dev = Device::Cpu;
+    let params = ParamStore::new(&dev, 0);
+    let model = Bert::new(cfg, &params)?;
+    for (name, var) in params.named_vars() {
+        var.set(&loaded.model[&name])?;
+    }
+    let ids = check_input_ids(&cfg);
+    let n = ids.len();
+    let input = Tensor::from_vec(ids.clone(), (1, n), &dev)?;
+    let hidden = model.encode(
+        &input,
+        &Tensor::ones((1, n), candle_core::DType::F32, &dev)?,
+        &mut None,
+    )?;
+    let positions = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
+    let logits = model.mlm_logits(&hidden, &positions)?;
+    let check = out.join("maskrate_check.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([
+            (
+                "input_ids".to_string(),
+                input.to_dtype(candle_core::DType::I64)?,
+            ),
+            ("logits".to_string(), logits),
+        ]),
+        &check,
+    )?;
+    written.push(check);
+    Ok(written)
+}
