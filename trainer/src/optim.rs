@@ -4,8 +4,10 @@
 //! Weight decay is decoupled from the gradient and scaled by the schedule, not by the learning
 //! rate itself: `p ← p · (1 − wd · lr_t / lr_peak)`, then the Adam step `p ← p − lr_t · m̂ / (√v̂ + ε)`.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 /// Optimizer hyper-parameters (the learning rate comes from the schedule each step).
@@ -23,13 +25,84 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+/// Adam moments: host vectors updated in place on the CPU, tensors on other devices.
+enum Moments {
+    Host { m: Vec<f32>, v: Vec<f32> },
+    Device { m: Tensor, v: Tensor },
+}
+
 /// One optimised parameter.
 struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
+}
+
+/// The fused AdamW update over a parameter (in place) and its gradient, on the CPU: one pass, no
+/// allocation (candle's tensor-op AdamW allocates ~10 full-size tensors per parameter per step).
+struct FusedStep<'a> {
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+    lr: f32,
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    decay: f32,
+}
+
+impl InplaceOp2 for FusedStep<'_> {
+    fn name(&self) -> &'static str {
+        "fused-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("fused-adamw: f32 parameters and gradients only")
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused-adamw: contiguous tensors only")
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        let (m, v): (&mut [f32], &mut [f32]) = (&mut m, &mut v);
+        if m.len() != p.len() || g.len() != p.len() {
+            candle_core::bail!(
+                "fused-adamw: {} parameters, {} gradients, {} moments",
+                p.len(),
+                g.len(),
+                m.len()
+            );
+        }
+        let (lr, b1, b2, c1, c2, eps, decay) = (
+            self.lr, self.b1, self.b2, self.c1, self.c2, self.eps, self.decay,
+        );
+        const CHUNK: usize = 1 << 15;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for i in 0..p.len() {
+                    let gi = g[i];
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    let update = (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
+                    p[i] = p[i] * decay - lr * update;
+                }
+            });
+        Ok(())
+    }
 }
 
 /// The optimizer and its state.
@@ -51,12 +124,20 @@ impl AdamW {
         let slots = params
             .into_iter()
             .map(|(name, var)| {
-                let z = var.as_tensor().zeros_like()?;
+                let moments = if var.device().is_cpu() {
+                    let n = var.elem_count();
+                    Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
+                } else {
+                    let z = var.as_tensor().zeros_like()?;
+                    Moments::Device { m: z.clone(), v: z }
+                };
                 Ok(Slot {
                     decay: decays(&name),
                     name,
-                    m: z.clone(),
-                    v: z,
+                    moments,
                     var,
                 })
             })
@@ -82,14 +163,30 @@ impl AdamW {
         let c2 = 1.0 - b2.powi(self.t as i32);
         let decay = 1.0 - self.cfg.weight_decay * lr / self.cfg.peak_lr;
         for (slot, g) in self.slots.iter_mut().zip(grads) {
-            slot.m = ((&slot.m * b1)? + (g * (1.0 - b1))?)?;
-            slot.v = ((&slot.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let m_hat = (&slot.m / c1)?;
-            let v_hat = (&slot.v / c2)?;
-            let update = (m_hat / (v_hat.sqrt()? + self.cfg.eps)?)?;
-            let p = slot.var.as_tensor();
-            let p = if slot.decay { (p * decay)? } else { p.clone() };
-            slot.var.set(&(p - (update * lr)?)?)?;
+            let decay = if slot.decay { decay } else { 1.0 };
+            match &mut slot.moments {
+                Moments::Host { m, v } => {
+                    let op = FusedStep {
+                        m: RefCell::new(m),
+                        v: RefCell::new(v),
+                        lr: lr as f32,
+                        b1: b1 as f32,
+                        b2: b2 as f32,
+                        c1: c1 as f32,
+                        c2: c2 as f32,
+                        eps: self.cfg.eps as f32,
+                        decay: decay as f32,
+                    };
+                    slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                }
+                Moments::Device { m, v } => {
+                    *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
+                    *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+                    let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.cfg.eps)?)?;
+                    let p = (slot.var.as_tensor() * decay)?;
+                    slot.var.set(&(p - (update * lr)?)?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -98,8 +195,18 @@ impl AdamW {
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
+            let (m, v) = match &s.moments {
+                Moments::Host { m, v } => {
+                    let shape = s.var.shape();
+                    (
+                        Tensor::from_slice(m, shape, &candle_core::Device::Cpu).expect("shape"),
+                        Tensor::from_slice(v, shape, &candle_core::Device::Cpu).expect("shape"),
+                    )
+                }
+                Moments::Device { m, v } => (m.clone(), v.clone()),
+            };
+            out.insert(format!("m.{}", s.name), m);
+            out.insert(format!("v.{}", s.name), v);
         }
         out
     }
@@ -112,8 +219,26 @@ impl AdamW {
                     .remove(&k)
                     .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")))
             };
-            s.m = take(&mut tensors, format!("m.{}", s.name))?.to_device(s.var.device())?;
-            s.v = take(&mut tensors, format!("v.{}", s.name))?.to_device(s.var.device())?;
+            let m = take(&mut tensors, format!("m.{}", s.name))?;
+            let v = take(&mut tensors, format!("v.{}", s.name))?;
+            if m.dims() != s.var.dims() || v.dims() != s.var.dims() {
+                candle_core::bail!(
+                    "optimizer state for {}: shape {:?}, expected {:?}",
+                    s.name,
+                    m.dims(),
+                    s.var.dims()
+                );
+            }
+            s.moments = match &s.moments {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1()?,
+                    v: v.flatten_all()?.to_vec1()?,
+                },
+                Moments::Device { .. } => Moments::Device {
+                    m: m.to_device(s.var.device())?,
+                    v: v.to_device(s.var.device())?,
+                },
+            };
         }
         self.t = t;
         Ok(())
