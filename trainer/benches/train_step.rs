@@ -15,7 +15,11 @@ use trainer::model::ops::Dropout;
 use trainer::model::{Bert, BertConfig, MlmInputs, ParamStore};
 use trainer::optim::{AdamW, AdamWConfig};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    trainer::alloc::keep_freed_pages();
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

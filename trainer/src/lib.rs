@@ -10,6 +10,7 @@
 //!
 //! Invariant: the device is a parameter everywhere; nothing assumes CPU except where a test says so.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

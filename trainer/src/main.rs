@@ -56,7 +56,11 @@ struct PlotArgs {
     out: PathBuf,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
+    trainer::alloc::keep_freed_pages();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
