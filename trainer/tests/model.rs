@@ -409,3 +409,79 @@ fn export_writes_hf_names_shapes_and_config() {
     );
     assert!(out.join("tokenizer.json").exists() && out.join("maskrate_check.safetensors").exists());
 }
+
+/// The fused CPU kernels agree with the composed ops, forward and backward.
+#[test]
+fn fused_kernels_match_composed_ops() {
+    use trainer::model::ops::{
+        layer_norm, layer_norm_composed, softmax_composed, softmax_last_dim,
+    };
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_vec(
+        trainer::model::params::normal_samples(6 * 10, 2.0, 9),
+        (6, 10),
+        &dev,
+    )
+    .unwrap();
+    let w = Tensor::from_vec(
+        trainer::model::params::normal_samples(10, 1.0, 10),
+        10,
+        &dev,
+    )
+    .unwrap();
+    let b = Tensor::from_vec(
+        trainer::model::params::normal_samples(10, 1.0, 11),
+        10,
+        &dev,
+    )
+    .unwrap();
+    let probe = Tensor::from_vec(
+        trainer::model::params::normal_samples(60, 1.0, 12),
+        (6, 10),
+        &dev,
+    )
+    .unwrap();
+    let close = |a: &Tensor, b: &Tensor| {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "max difference {d}");
+    };
+    type Op = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let pairs: [(Op, Op); 2] = [
+        (
+            |x, w, b| layer_norm(x, w, b, 1e-12),
+            |x, w, b| layer_norm_composed(x, w, b, 1e-12),
+        ),
+        (|x, _, _| softmax_last_dim(x), |x, _, _| softmax_composed(x)),
+    ];
+    for (fused, composed) in pairs {
+        let (yf, yc) = (
+            fused(x.as_tensor(), &w, &b).unwrap(),
+            composed(x.as_tensor(), &w, &b).unwrap(),
+        );
+        close(&yf, &yc);
+        // Gradients of <y, probe> with respect to x.
+        let gf = (yf * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gc = (yc * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            gf.get(x.as_tensor()).unwrap(),
+            gc.get(x.as_tensor()).unwrap(),
+        );
+    }
+}

@@ -7,8 +7,23 @@ use candle_core::{Result, Tensor, D};
 use rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+fn use_fused(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if use_fused(x) {
+        let normed = x
+            .contiguous()?
+            .apply_op1(super::fused::Normalize { eps: eps as f32 })?;
+        return normed.broadcast_mul(weight)?.broadcast_add(bias);
+    }
+    layer_norm_composed(x, weight, bias, eps)
+}
+
+/// [`layer_norm`] from elementary ops (any device).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -16,8 +31,16 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// Softmax over the last dimension (max subtracted as a constant for stability).
+/// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if use_fused(x) {
+        return x.contiguous()?.apply_op1(super::fused::Softmax);
+    }
+    softmax_composed(x)
+}
+
+/// [`softmax_last_dim`] from elementary ops, max subtracted as a constant (any device).
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
