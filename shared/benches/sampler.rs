@@ -5,58 +5,15 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shared::sampler::{Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
-use shared::shard::{InputFile, Manifest, ShardSet, ShardWriter, TokenDtype, Totals};
 use shared::tokenizer::LoadedTokenizer;
-use std::io::Read;
-use std::path::Path;
-use std::sync::Arc;
 
-fn sample_set(dir: &Path, tok: &LoadedTokenizer) -> Arc<ShardSet> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/reference/c4-sample-ids.jsonl.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    let dtype = TokenDtype::for_vocab(tok.info.vocab_size);
-    let mut w = ShardWriter::create(dir, 0, dtype).unwrap();
-    let mut totals = Totals::default();
-    for l in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let ids: Vec<u32> = v["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
-        w.push(&ids).unwrap();
-        totals.documents += 1;
-        totals.tokens += ids.len() as u64;
-    }
-    let shards = vec![w.finish().unwrap()];
-    std::fs::write(dir.join("tokenizer.json"), &tok.json).unwrap();
-    Manifest {
-        format: shared::shard::manifest::FORMAT_NAME.into(),
-        format_version: shared::shard::manifest::FORMAT_VERSION,
-        tokenizer: tok.info.clone(),
-        token_dtype: dtype,
-        totals,
-        shards,
-        inputs: vec![InputFile {
-            path: "bench".into(),
-            size: 0,
-        }],
-        options: serde_json::json!({}),
-    }
-    .save(dir)
-    .unwrap();
-    Arc::new(ShardSet::open(dir).unwrap())
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let tok = LoadedTokenizer::load(None).unwrap();
-    let set = sample_set(dir.path(), &tok);
+    let set = common::write_set(dir.path(), &common::sample_docs(), 100);
     let mut group = c.benchmark_group("masking_sampler");
     for (rows, layout) in [
         (4096usize, Layout::Truncate),

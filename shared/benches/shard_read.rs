@@ -3,44 +3,22 @@
 //! Run: `cargo bench -p maskrate-shared --bench shard_read`
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use shared::shard::{InputFile, Manifest, ShardSet, ShardWriter, TokenDtype, Totals};
+use shared::shard::ShardSet;
 use shared::tokenizer::LoadedTokenizer;
 use std::hint::black_box;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let tok = LoadedTokenizer::load(None).unwrap();
-    let dtype = TokenDtype::for_vocab(tok.info.vocab_size);
     // 64 shards of 2,000 synthetic documents (50..250 tokens).
-    let mut shards = Vec::new();
-    let mut totals = Totals::default();
-    for s in 0..64 {
-        let mut w = ShardWriter::create(dir.path(), s, dtype).unwrap();
-        for d in 0..2000u32 {
-            let len = 50 + (d * 7919 + s as u32) % 200;
-            let ids: Vec<u32> = (0..len).map(|i| (i * 31 + d) % 30000 + 500).collect();
-            w.push(&ids).unwrap();
-            totals.documents += 1;
-            totals.tokens += len as u64;
-        }
-        shards.push(w.finish().unwrap());
-    }
-    std::fs::write(dir.path().join("tokenizer.json"), &tok.json).unwrap();
-    Manifest {
-        format: shared::shard::manifest::FORMAT_NAME.into(),
-        format_version: shared::shard::manifest::FORMAT_VERSION,
-        tokenizer: tok.info.clone(),
-        token_dtype: dtype,
-        totals,
-        shards,
-        inputs: vec![InputFile {
-            path: "bench".into(),
-            size: 0,
-        }],
-        options: serde_json::json!({}),
-    }
-    .save(dir.path())
-    .unwrap();
+    let docs: Vec<Vec<u32>> = (0..64 * 2000u32)
+        .map(|k| {
+            let (s, d) = (k / 2000, k % 2000);
+            let len = 50 + (d * 7919 + s) % 200;
+            (0..len).map(|i| (i * 31 + d) % 30000 + 500).collect()
+        })
+        .collect();
+    shared::shard::writer::write_documents(dir.path(), &tok, &docs, 2000).unwrap();
     c.bench_function("open_64_shards", |b| {
         b.iter(|| ShardSet::open(dir.path()).unwrap())
     });

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use shared::shard::{InputFile, Manifest, ShardSet, ShardWriter, TokenDtype, Totals};
-use shared::tokenizer::{LoadedTokenizer, TOKENIZER_FILE};
+use shared::shard::ShardSet;
+use shared::tokenizer::LoadedTokenizer;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,33 +32,6 @@ pub fn sample_docs() -> Vec<Vec<u32>> {
 /// Writes `docs` as a shard set in `dir`, `per_shard` documents per shard.
 pub fn write_set(dir: &Path, docs: &[Vec<u32>], per_shard: usize) -> Arc<ShardSet> {
     let tok = LoadedTokenizer::load(None).unwrap();
-    let dtype = TokenDtype::for_vocab(tok.info.vocab_size);
-    let mut shards = Vec::new();
-    let mut totals = Totals::default();
-    for (n, chunk) in docs.chunks(per_shard).enumerate() {
-        let mut w = ShardWriter::create(dir, n, dtype).unwrap();
-        for d in chunk {
-            w.push(d).unwrap();
-            totals.documents += 1;
-            totals.tokens += d.len() as u64;
-        }
-        shards.push(w.finish().unwrap());
-    }
-    std::fs::write(dir.join(TOKENIZER_FILE), &tok.json).unwrap();
-    Manifest {
-        format: shared::shard::manifest::FORMAT_NAME.into(),
-        format_version: shared::shard::manifest::FORMAT_VERSION,
-        tokenizer: tok.info,
-        token_dtype: dtype,
-        totals,
-        shards,
-        inputs: vec![InputFile {
-            path: "test".into(),
-            size: 0,
-        }],
-        options: serde_json::json!({}),
-    }
-    .save(dir)
-    .unwrap();
+    shared::shard::writer::write_documents(dir, &tok, docs, per_shard).unwrap();
     Arc::new(ShardSet::open(dir).unwrap())
 }
