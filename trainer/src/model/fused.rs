@@ -21,6 +21,38 @@ fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32],
 
 const ROWS_PER_TASK: usize = 64;
 
+/// Applies `f(out_row, x_row)` to every row of length `dim`, rows split across the rayon pool.
+fn map_rows(x: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(dim * ROWS_PER_TASK)
+        .zip(x.par_chunks(dim * ROWS_PER_TASK))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
+                f(o, x);
+            }
+        });
+    out
+}
+
+/// As [`map_rows`] over two inputs of the same shape: `f(out_row, a_row, b_row)`.
+fn map_rows2(
+    a: &[f32],
+    b: &[f32],
+    dim: usize,
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(dim * ROWS_PER_TASK)
+        .zip(a.par_chunks(dim * ROWS_PER_TASK))
+        .zip(b.par_chunks(dim * ROWS_PER_TASK))
+        .for_each(|((o, a), b)| {
+            for ((o, a), b) in o.chunks_mut(dim).zip(a.chunks(dim)).zip(b.chunks(dim)) {
+                f(o, a, b);
+            }
+        });
+    out
+}
+
 /// Softmax over the last dimension.
 pub struct Softmax;
 
@@ -31,21 +63,16 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dim) = f32_rows(s, l, "softmax")?;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(dim * ROWS_PER_TASK)
-            .zip(x.par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
-                    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = (x - max).exp();
-                        sum += *o;
-                    }
-                    let inv = 1.0 / sum;
-                    o.iter_mut().for_each(|o| *o *= inv);
-                }
-            });
+        let out = map_rows(x, dim, |o, x| {
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = (x - max).exp();
+                sum += *o;
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|o| *o *= inv);
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -73,18 +100,12 @@ impl CustomOp2 for SoftmaxBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let (y, dim) = f32_rows(s1, l1, "softmax bwd")?;
         let (dy, _) = f32_rows(s2, l2, "softmax bwd")?;
-        let mut out = vec![0f32; y.len()];
-        out.par_chunks_mut(dim * ROWS_PER_TASK)
-            .zip(y.par_chunks(dim * ROWS_PER_TASK))
-            .zip(dy.par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|((o, y), dy)| {
-                for ((o, y), dy) in o.chunks_mut(dim).zip(y.chunks(dim)).zip(dy.chunks(dim)) {
-                    let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-                    for ((o, &y), &dy) in o.iter_mut().zip(y).zip(dy) {
-                        *o = y * (dy - dot);
-                    }
-                }
-            });
+        let out = map_rows2(y, dy, dim, |o, y, dy| {
+            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
+            for ((o, &y), &dy) in o.iter_mut().zip(y).zip(dy) {
+                *o = y * (dy - dot);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
@@ -109,18 +130,13 @@ impl CustomOp1 for Normalize {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dim) = f32_rows(s, l, "layer norm")?;
-        let mut out = vec![0f32; x.len()];
         let eps = self.eps;
-        out.par_chunks_mut(dim * ROWS_PER_TASK)
-            .zip(x.par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
-                    let (mean, inv_std) = row_stats(x, eps);
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = (x - mean) * inv_std;
-                    }
-                }
-            });
+        let out = map_rows(x, dim, |o, x| {
+            let (mean, inv_std) = row_stats(x, eps);
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = (x - mean) * inv_std;
+            }
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -152,26 +168,20 @@ impl CustomOp2 for NormalizeBackward {
         let (x, dim) = f32_rows(s1, l1, "layer norm bwd")?;
         let (dy, _) = f32_rows(s2, l2, "layer norm bwd")?;
         let eps = self.eps;
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(dim * ROWS_PER_TASK)
-            .zip(x.par_chunks(dim * ROWS_PER_TASK))
-            .zip(dy.par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|((o, x), dy)| {
-                for ((o, x), dy) in o.chunks_mut(dim).zip(x.chunks(dim)).zip(dy.chunks(dim)) {
-                    let (mean, inv_std) = row_stats(x, eps);
-                    let n = dim as f32;
-                    let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
-                    for (&x, &dy) in x.iter().zip(dy) {
-                        sum_dy += dy;
-                        sum_dy_xhat += dy * (x - mean) * inv_std;
-                    }
-                    let (mean_dy, mean_dy_xhat) = (sum_dy / n, sum_dy_xhat / n);
-                    for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
-                        let xhat = (x - mean) * inv_std;
-                        *o = inv_std * (dy - mean_dy - xhat * mean_dy_xhat);
-                    }
-                }
-            });
+        let out = map_rows2(x, dy, dim, |o, x, dy| {
+            let (mean, inv_std) = row_stats(x, eps);
+            let n = dim as f32;
+            let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
+            for (&x, &dy) in x.iter().zip(dy) {
+                sum_dy += dy;
+                sum_dy_xhat += dy * (x - mean) * inv_std;
+            }
+            let (mean_dy, mean_dy_xhat) = (sum_dy / n, sum_dy_xhat / n);
+            for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
+                let xhat = (x - mean) * inv_std;
+                *o = inv_std * (dy - mean_dy - xhat * mean_dy_xhat);
+            }
+        });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
