@@ -167,4 +167,82 @@ fn sample_shards_train_a_model_with_a_schedule_and_plots() {
     let export = dir.path().join("hf");
     run_ok("trainer", &[&"export", &run_dir, &"--out", &export]);
     assert!(export.join("model.safetensors").exists() && export.join("config.json").exists());
+
+    // Downstream: the GLUE suite (MNLI first, RTE starting from its model) and BLiMP on the export.
+    let glue = dir.path().join("glue");
+    let out = run_ok(
+        "trainer",
+        &[
+            &"glue",
+            &"--checkpoint",
+            &run_dir,
+            &"--data",
+            &data("glue"),
+            &"--tasks",
+            &"RTE,MNLI",
+            &"--max-train",
+            &"24",
+            &"--epochs",
+            &"1",
+            &"--predict-test",
+            &"--quiet",
+            &"--out",
+            &glue,
+        ],
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| RTE | accuracy |") && table.contains("**average**"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(glue.join("glue.json")).unwrap()).unwrap();
+    let tasks = report["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[0]["task"], "Mnli", "MNLI runs first");
+    assert!(tasks[1]["init_from"]
+        .as_str()
+        .unwrap()
+        .ends_with("MNLI/model"));
+    assert_eq!(tasks[1]["train_examples"], 24);
+    assert_eq!(tasks[1]["dev_examples"][0], 100);
+    let predictions = std::fs::read_to_string(glue.join("RTE/RTE.tsv")).unwrap();
+    assert_eq!(predictions.lines().count(), 21, "header + 20 test rows");
+    assert!(predictions
+        .lines()
+        .skip(1)
+        .all(|l| l.ends_with("\tentailment") || l.ends_with("\tnot_entailment")));
+    let blimp = dir.path().join("blimp");
+    run_ok(
+        "trainer",
+        &[
+            &"blimp",
+            &"--checkpoint",
+            &export,
+            &"--data",
+            &data("blimp"),
+            &"--max-pairs",
+            &"3",
+            &"--quiet",
+            &"--out",
+            &blimp,
+        ],
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blimp.join("blimp.json")).unwrap()).unwrap();
+    assert_eq!(report["overall"]["total"], 15);
+    assert_eq!(report["by_paradigm"].as_object().unwrap().len(), 5);
+    let bad = run(
+        "trainer",
+        &[
+            &"finetune",
+            &"--checkpoint",
+            &run_dir,
+            &"--task",
+            &"squad",
+            &"--data",
+            &glue,
+        ],
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown GLUE task \"squad\""));
 }

@@ -5,6 +5,7 @@
 //! - [`optim`]: decoupled AdamW and gradient clipping.
 //! - [`train`]: the training loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
 //! - [`export`]: HuggingFace `BertForMaskedLM` checkpoints.
+//! - [`downstream`]: GLUE fine-tuning and BLiMP scoring of checkpoints.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
 //! - [`plot`], [`plots`]: PNG charts; [`config`]: TOML config files; [`device`]: `--device`.
 //!
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod downstream;
 pub mod eval;
 pub mod export;
 pub mod inspect;

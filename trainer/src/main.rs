@@ -14,6 +14,9 @@ Examples:
   trainer --shards shards/ --out runs/linear --resume                       # continue after a stop
   trainer plot runs/constant runs/linear --out plots/
   trainer export runs/linear --out hf/linear       # loads with transformers BertForMaskedLM
+  trainer glue --checkpoint runs/linear --data ../shared/data/glue --seeds 5   # fine-tune, dev table
+  trainer finetune --checkpoint runs/linear --task RTE --data glue/RTE --init-from runs/linear/glue/MNLI/model
+  trainer blimp --checkpoint runs/linear --data ../shared/data/blimp
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png";
 
@@ -35,6 +38,12 @@ enum Command {
     Export(ExportArgs),
     /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
     Plot(PlotArgs),
+    /// Fine-tune a checkpoint on one GLUE task (dev metrics, mean ± std over seeds).
+    Finetune(trainer::downstream::finetune::FinetuneArgs),
+    /// Fine-tune on every GLUE task present and write a JSON and markdown table.
+    Glue(trainer::downstream::glue::GlueArgs),
+    /// Score BLiMP minimal pairs by pseudo-log-likelihood (zero-shot).
+    Blimp(trainer::downstream::blimp::BlimpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,6 +90,18 @@ fn real_main() -> Result<()> {
             for p in trainer::plots::compare(&args.runs, &args.out)? {
                 println!("wrote {}", p.display());
             }
+        }
+        Some(Command::Finetune(args)) => {
+            let r = trainer::downstream::finetune::run(&args)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        Some(Command::Glue(args)) => {
+            let r = trainer::downstream::glue::run(&args)?;
+            print!("{}", r.markdown());
+        }
+        Some(Command::Blimp(args)) => {
+            let r = trainer::downstream::blimp::run(&args)?;
+            print!("{}", r.markdown());
         }
         None => {
             let interrupted = Arc::new(AtomicBool::new(false));

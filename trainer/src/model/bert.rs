@@ -6,20 +6,23 @@ use super::ops::{layer_norm, softmax_last_dim, Dropout};
 use super::params::{Init, ParamStore};
 use candle_core::{DType, Device, Result, Tensor, D};
 
-struct Linear {
+/// A dense layer `y = x·Wᵀ + b` with HF `weight`/`bias` names.
+pub struct Linear {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl Linear {
-    fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
+    /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
+    pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
         Ok(Linear {
             weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
             bias: p.get(&format!("{name}.bias"), &[out], Init::Zeros)?,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.dims() {
             [b, l, h] => {
@@ -191,10 +194,23 @@ impl Bert {
         }
     }
 
-    /// Final hidden states `[B, L, H]`. `dropout` = `None` for evaluation.
+    /// Final hidden states `[B, L, H]` of single segments (token type 0). `dropout` = `None`
+    /// for evaluation.
     pub fn encode(
         &self,
         input_ids: &Tensor,
+        attention_mask: &Tensor,
+        dropout: &mut Option<Dropout>,
+    ) -> Result<Tensor> {
+        self.encode_with_types(input_ids, None, attention_mask, dropout)
+    }
+
+    /// Final hidden states `[B, L, H]`; `token_type_ids` `[B, L]` u32 marks sentence pairs'
+    /// second segments (`None` = all type 0).
+    pub fn encode_with_types(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
         dropout: &mut Option<Dropout>,
     ) -> Result<Tensor> {
@@ -211,8 +227,16 @@ impl Bert {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, h))?;
         let positions = self.position_embeddings.narrow(0, 0, l)?;
-        let types = self.token_type_embeddings.narrow(0, 0, 1)?;
-        let x = words.broadcast_add(&positions)?.broadcast_add(&types)?;
+        let x = words.broadcast_add(&positions)?;
+        let x = match token_type_ids {
+            Some(types) => {
+                (x + self
+                    .token_type_embeddings
+                    .index_select(&types.flatten_all()?, 0)?
+                    .reshape((b, l, h))?)?
+            }
+            None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
+        };
         let mut x = Self::maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
         // Additive mask: 0 for tokens, -10000 for padding, shaped [B, 1, 1, L].
         let bias = ((attention_mask - 1.0)? * 10000.0)?.reshape((b, 1, 1, l))?;

@@ -12,6 +12,6 @@ pub mod fused;
 pub mod ops;
 pub mod params;
 
-pub use bert::{Bert, MlmInputs, MlmOutput};
+pub use bert::{Bert, Linear, MlmInputs, MlmOutput};
 pub use config::BertConfig;
 pub use params::ParamStore;
