@@ -246,3 +246,73 @@ fn sample_shards_train_a_model_with_a_schedule_and_plots() {
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown GLUE task \"squad\""));
 }
+
+#[test]
+fn a_tiny_sweep_trains_evaluates_skips_finished_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let exp = dir.path().join("tiny.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"
+name = "tiny"
+out = "{out}"
+report = "{out}/REPORT.md"
+schedules = ["constant:0.15", "linear:0.3:0.15"]
+baseline = "constant:0.15"
+seeds = [0]
+[data]
+inputs = ["{out}/no-such-corpus"]
+fallback = "{sample}"
+preprocess_args = ["--quiet"]
+[train]
+model = "tiny"
+hidden = 32
+heads = 2
+intermediate = 64
+seq_len = 32
+steps = 6
+batch_size = 8
+micro_batch = 8
+eval_every = 3
+eval_sequences = 16
+quiet = true
+[blimp]
+data = "{blimp}"
+fallback = "{blimp}"
+max_pairs = 2
+[glue]
+data = "{glue}"
+fallback = "{glue}"
+tasks = ["SST-2"]
+max_train = 16
+max_eval = 20
+epochs = 1
+"#,
+            out = out.display(),
+            sample = data("c4-sample").display(),
+            blimp = data("blimp").display(),
+            glue = data("glue").display(),
+        ),
+    )
+    .unwrap();
+    maskrate_e2e::binary("preprocess");
+    run_ok("trainer", &[&"sweep", &exp]);
+    let report = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    assert!(report.contains("| `constant:0.15` | 1 |"), "{report}");
+    assert!(report.contains("| `linear:0.3:0.15` | 1 |"), "{report}");
+    assert!(report.contains("SST-2"), "{report}");
+    for run in ["constant-0.15-seed0", "linear-0.3-0.15-seed0"] {
+        let r = out.join("runs").join(run);
+        assert!(r.join("blimp/blimp.json").exists() && r.join("glue/glue.json").exists());
+    }
+    assert!(out.join("sweep-eval-loss.png").exists());
+    // A second run finds everything done and trains nothing.
+    let again = run_ok("trainer", &[&"sweep", &exp]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(err.matches("complete, skipped").count(), 2, "{err}");
+    assert!(!err.contains("training "), "{err}");
+    let plan = run_ok("trainer", &[&"sweep", &exp, &"--dry-run"]);
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("Complete; blimp done, glue done"));
+}

@@ -6,6 +6,7 @@
 //! - [`train`]: the training loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
 //! - [`export`]: HuggingFace `BertForMaskedLM` checkpoints.
 //! - [`downstream`]: GLUE fine-tuning and BLiMP scoring of checkpoints.
+//! - [`sweep`]: many schedules × seeds on one shard set, evaluated alike, and the generated report.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
 //! - [`plot`], [`plots`]: PNG charts; [`config`]: TOML config files; [`device`]: `--device`.
 //!
@@ -25,4 +26,5 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod plots;
+pub mod sweep;
 pub mod train;

@@ -17,6 +17,8 @@ Examples:
   trainer glue --checkpoint runs/linear --data ../shared/data/glue --seeds 5   # fine-tune, dev table
   trainer finetune --checkpoint runs/linear --task RTE --data glue/RTE --init-from runs/linear/glue/MNLI/model
   trainer blimp --checkpoint runs/linear --data ../shared/data/blimp
+  trainer sweep experiments/small.toml              # the paper's comparison, sized for 2 CPU cores
+  trainer sweep experiments/small.toml --dry-run    # what is done and what is left
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png";
 
@@ -44,6 +46,9 @@ enum Command {
     Glue(trainer::downstream::glue::GlueArgs),
     /// Score BLiMP minimal pairs by pseudo-log-likelihood (zero-shot).
     Blimp(trainer::downstream::blimp::BlimpArgs),
+    /// Run an experiment (experiments/*.toml): preprocess once, train every schedule x seed,
+    /// evaluate, write the report. Resumable; finished parts are skipped.
+    Sweep(trainer::sweep::SweepArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +108,7 @@ fn real_main() -> Result<()> {
             let r = trainer::downstream::blimp::run(&args)?;
             print!("{}", r.markdown());
         }
+        Some(Command::Sweep(args)) => trainer::sweep::run(&args)?,
         None => {
             let interrupted = Arc::new(AtomicBool::new(false));
             let flag = interrupted.clone();

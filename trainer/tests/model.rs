@@ -453,7 +453,11 @@ fn fused_kernels_match_composed_ops() {
         assert!(d < 1e-5, "max difference {d}");
     };
     type Op = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
-    let pairs: [(Op, Op); 2] = [
+    let pairs: [(Op, Op); 3] = [
+        (
+            |x, w, _| trainer::model::ops::add_bias(x, w),
+            |x, w, _| x.broadcast_add(w),
+        ),
         (
             |x, w, b| layer_norm(x, w, b, 1e-12),
             |x, w, b| layer_norm_composed(x, w, b, 1e-12),
@@ -483,5 +487,87 @@ fn fused_kernels_match_composed_ops() {
             gf.get(x.as_tensor()).unwrap(),
             gc.get(x.as_tensor()).unwrap(),
         );
+    }
+}
+
+/// The fused cross-entropy equals candle-nn's (loss and gradient) and counts arg-max hits.
+#[test]
+fn fused_cross_entropy_matches_candle_nn() {
+    use trainer::model::ops::cross_entropy_and_correct;
+    let dev = Device::Cpu;
+    let (m, v) = (7usize, 300usize);
+    let x = candle_core::Var::from_vec(
+        trainer::model::params::normal_samples(m * v, 3.0, 21),
+        (m, v),
+        &dev,
+    )
+    .unwrap();
+    let rows = x.as_tensor().to_vec2::<f32>().unwrap();
+    // Labels: the arg-max for rows 0 and 3, something else elsewhere.
+    let labels: Vec<u32> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let arg = (0..v).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u32;
+            if i == 0 || i == 3 {
+                arg
+            } else {
+                (arg + 1 + i as u32) % v as u32
+            }
+        })
+        .collect();
+    let labels = Tensor::from_vec(labels, m, &dev).unwrap();
+    let (loss, correct) = cross_entropy_and_correct(x.as_tensor(), &labels).unwrap();
+    let reference = candle_nn::loss::cross_entropy(x.as_tensor(), &labels).unwrap();
+    let (a, b) = (
+        loss.to_scalar::<f32>().unwrap(),
+        reference.to_scalar::<f32>().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5 * b.abs(), "{a} vs {b}");
+    assert_eq!(correct, 2);
+    let gf = loss.backward().unwrap();
+    let gr = reference.backward().unwrap();
+    let d = (gf.get(x.as_tensor()).unwrap() - gr.get(x.as_tensor()).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6, "gradient max difference {d}");
+}
+
+/// The fused bias add's gradients (input and bias) equal broadcast_add's, on a 3-d input.
+#[test]
+fn fused_bias_add_gradients_match() {
+    let dev = Device::Cpu;
+    let x = candle_core::Var::from_vec(
+        trainer::model::params::normal_samples(2 * 70 * 9, 1.0, 31),
+        (2, 70, 9),
+        &dev,
+    )
+    .unwrap();
+    let b = candle_core::Var::from_vec(trainer::model::params::normal_samples(9, 1.0, 32), 9, &dev)
+        .unwrap();
+    let probe = Tensor::from_vec(
+        trainer::model::params::normal_samples(2 * 70 * 9, 1.0, 33),
+        (2, 70, 9),
+        &dev,
+    )
+    .unwrap();
+    let grads = |y: Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let gf = grads(trainer::model::ops::add_bias(x.as_tensor(), b.as_tensor()).unwrap());
+    let gc = grads(x.as_tensor().broadcast_add(b.as_tensor()).unwrap());
+    for v in [x.as_tensor(), b.as_tensor()] {
+        let d = (gf.get(v).unwrap() - gc.get(v).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "max difference {d}");
     }
 }

@@ -2,9 +2,9 @@
 //! with the MLM head evaluated only at the masked positions.
 
 use super::config::BertConfig;
-use super::ops::{layer_norm, softmax_last_dim, Dropout};
+use super::ops::{add_bias, cross_entropy_and_correct, layer_norm, softmax_last_dim, Dropout};
 use super::params::{Init, ParamStore};
-use candle_core::{DType, Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 
 /// A dense layer `y = x·Wᵀ + b` with HF `weight`/`bias` names.
 pub struct Linear {
@@ -32,7 +32,7 @@ impl Linear {
             }
             _ => x.matmul(&w)?,
         };
-        y.broadcast_add(&self.bias)
+        add_bias(&y, &self.bias)
     }
 }
 
@@ -292,22 +292,18 @@ impl Bert {
         let t = self
             .head_norm
             .forward(&self.head_dense.forward(&picked)?.gelu_erf()?)?;
-        t.matmul(&self.word_embeddings.t()?)?
-            .broadcast_add(&self.head_bias)
+        add_bias(
+            &t.matmul(&self.word_embeddings.t()?)?,
+            &self.head_bias,
+        )
     }
 
     /// Forward pass and masked-LM loss on one micro-batch.
     pub fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
         let hidden = self.encode(&inputs.input_ids, &inputs.attention_mask, dropout)?;
         let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &inputs.masked_labels)?;
+        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
         let predicted = inputs.masked_labels.dim(0)?;
-        let correct = logits
-            .argmax(D::Minus1)?
-            .eq(&inputs.masked_labels)?
-            .to_dtype(DType::F32)?
-            .sum_all()?
-            .to_scalar::<f32>()? as usize;
         Ok(MlmOutput {
             loss,
             correct,

@@ -185,3 +185,183 @@ impl CustomOp2 for NormalizeBackward {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
+
+/// Cross-entropy per row of logits `[M, V]` against u32 labels `[M]`, in one pass: output `[M, 2]`
+/// holding each row's loss (`logsumexp − x[label]`) and 1.0 where the row's first arg-max is the
+/// label (0.0 otherwise), so accuracy needs no second pass. Only the loss column has a gradient.
+pub struct CrossEntropyRows;
+
+fn ce_row(x: &[f32], label: usize) -> (f32, f32, usize) {
+    let (mut max, mut arg) = (f32::NEG_INFINITY, 0);
+    for (j, &v) in x.iter().enumerate() {
+        if v > max {
+            max = v;
+            arg = j;
+        }
+    }
+    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    let lse = max + sum.ln();
+    (lse - x[label], lse, arg)
+}
+
+fn u32_labels<'a>(s: &'a CpuStorage, l: &Layout, rows: usize) -> Result<&'a [u32]> {
+    let CpuStorage::U32(data) = s else {
+        candle_core::bail!("cross-entropy: u32 labels only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("cross-entropy: contiguous labels only")
+    };
+    if b - a != rows {
+        candle_core::bail!("cross-entropy: {} labels for {rows} rows", b - a);
+    }
+    Ok(&data[a..b])
+}
+
+impl CustomOp2 for CrossEntropyRows {
+    fn name(&self) -> &'static str {
+        "cross-entropy-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "cross-entropy")?;
+        let rows = x.len() / dim.max(1);
+        let labels = u32_labels(s2, l2, rows)?;
+        if let Some(&bad) = labels.iter().find(|&&t| t as usize >= dim) {
+            candle_core::bail!("cross-entropy: label {bad} outside {dim} classes");
+        }
+        let mut out = vec![0f32; rows * 2];
+        out.par_chunks_mut(2)
+            .zip(x.par_chunks(dim))
+            .zip(labels.par_iter())
+            .for_each(|((o, x), &t)| {
+                let (loss, _, arg) = ce_row(x, t as usize);
+                o[0] = loss;
+                o[1] = (arg == t as usize) as u8 as f32;
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = logits.contiguous()?.apply_op3_no_bwd(
+            &labels.contiguous()?,
+            &grad.contiguous()?,
+            &CrossEntropyRowsBackward,
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, d out `[M, 2]`).
+struct CrossEntropyRowsBackward;
+
+impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
+    fn name(&self) -> &'static str {
+        "cross-entropy-rows-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "cross-entropy bwd")?;
+        let rows = x.len() / dim.max(1);
+        let labels = u32_labels(s2, l2, rows)?;
+        let (dout, _) = f32_rows(s3, l3, "cross-entropy bwd")?;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .zip(labels.par_iter().zip(dout.par_chunks(2)))
+            .for_each(|((o, x), (&t, d))| {
+                let (_, lse, _) = ce_row(x, t as usize);
+                let g = d[0];
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = (v - lse).exp() * g;
+                }
+                o[t as usize] -= g;
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `x + b` with `b` broadcast over the rows of `x` (`[.., N]` + `[N]`). Its backward sums the
+/// gradient's rows sequentially into per-task partial sums: candle's generic reduction over the
+/// leading dimension walks memory with a stride of N, which for the vocabulary-sized MLM bias
+/// (N = 30,522) was the largest reduction of the step.
+pub struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "add bias")?;
+        let (b, n) = f32_rows(s2, l2, "add bias")?;
+        if n != dim || b.len() != dim {
+            candle_core::bail!("add bias: bias of {} for rows of {dim}", b.len());
+        }
+        let out = map_rows(x, dim, |o, x| {
+            for ((o, &x), &b) in o.iter_mut().zip(x).zip(b) {
+                *o = x + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let db = grad.apply_op1_no_bwd(&SumRows)?.reshape(b.shape())?;
+        Ok((Some(grad), Some(db)))
+    }
+}
+
+/// Sum over all leading dimensions: `[.., N]` → `[N]`, reading memory in order.
+struct SumRows;
+
+impl CustomOp1 for SumRows {
+    fn name(&self) -> &'static str {
+        "sum-rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s, l, "sum rows")?;
+        let add = |mut acc: Vec<f32>, row: &[f32]| {
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            acc
+        };
+        let out = x
+            .par_chunks(dim * ROWS_PER_TASK)
+            .map(|block| block.chunks(dim).fold(vec![0f32; dim], add))
+            .reduce(|| vec![0f32; dim], |a, b| add(a, &b));
+        Ok((CpuStorage::F32(out), Shape::from(dim)))
+    }
+}

@@ -31,6 +31,14 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
     normed.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
+/// `x + bias` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`.
+pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if use_fused(x) {
+        return x.contiguous()?.apply_op2(bias, super::fused::AddBias);
+    }
+    x.broadcast_add(bias)
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if use_fused(x) {
@@ -45,6 +53,27 @@ pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     e.broadcast_div(&sum)
+}
+
+/// Mean cross-entropy of logits `[M, V]` against u32 labels `[M]` (differentiable), and how many
+/// rows' arg-max equals the label.
+pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
+    if use_fused(logits) {
+        let rows = logits
+            .contiguous()?
+            .apply_op2(&labels.contiguous()?, super::fused::CrossEntropyRows)?;
+        let loss = rows.narrow(1, 0, 1)?.mean_all()?;
+        let correct = rows.narrow(1, 1, 1)?.sum_all()?.to_scalar::<f32>()? as usize;
+        return Ok((loss, correct));
+    }
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    Ok((loss, correct))
 }
 
 /// Seeded inverted dropout: masks come from a counter-based stream so runs are reproducible.

@@ -1,0 +1,387 @@
+//! `trainer sweep EXPERIMENT.toml`: the paper's comparison as one resumable experiment.
+//!
+//! Reads top to bottom: preprocess the corpus once → train every (schedule, seed) with identical
+//! model, data order and budget → evaluate each final checkpoint (held-out MLM loss comes from the
+//! run itself; BLiMP; GLUE) → write the report ([`report`]). Every step is a child process of the
+//! `preprocess`/`trainer` binaries and is skipped when its output is complete, so a killed sweep
+//! continues where it stopped; `--phase` runs one part.
+
+pub mod report;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Where the corpus comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataSection {
+    /// Inputs to preprocess (all must exist to be used).
+    pub inputs: Vec<PathBuf>,
+    /// Used instead when an input is missing (e.g. the bundled sample).
+    pub fallback: PathBuf,
+    /// Extra `preprocess` flags.
+    #[serde(default)]
+    pub preprocess_args: Vec<String>,
+}
+
+/// BLiMP evaluation of every run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlimpSection {
+    /// BLiMP directory.
+    pub data: PathBuf,
+    /// Used when `data` is missing.
+    pub fallback: PathBuf,
+    /// Pairs per paradigm (all when absent).
+    pub max_pairs: Option<usize>,
+}
+
+/// GLUE evaluation of every run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GlueSection {
+    /// GLUE directory.
+    pub data: PathBuf,
+    /// Used when `data` is missing.
+    pub fallback: PathBuf,
+    /// Tasks (all present when empty).
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// Training examples per task (all when absent).
+    pub max_train: Option<usize>,
+    /// Dev examples per dev file (all when absent).
+    pub max_eval: Option<usize>,
+    /// Epochs for every task (the paper's per task when absent).
+    pub epochs: Option<usize>,
+    /// Fine-tuning seeds per task.
+    #[serde(default = "one")]
+    pub seeds: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// An experiment description (`experiments/*.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Name shown in the report.
+    pub name: String,
+    /// Directory for shards, runs and the report's plots.
+    pub out: PathBuf,
+    /// Path of the generated report.
+    pub report: PathBuf,
+    /// The corpus.
+    pub data: DataSection,
+    /// Masking-rate schedules compared.
+    pub schedules: Vec<String>,
+    /// The schedule the others are measured against (steps to its final eval loss).
+    pub baseline: String,
+    /// Seeds (model init, data order, masks): each schedule is trained once per seed.
+    pub seeds: Vec<u64>,
+    /// Training settings shared by every run (any `trainer` flag, as in `--config` files).
+    pub train: toml::Table,
+    /// BLiMP, if evaluated.
+    pub blimp: Option<BlimpSection>,
+    /// GLUE, if evaluated.
+    pub glue: Option<GlueSection>,
+}
+
+impl SweepConfig {
+    /// Reads and checks an experiment file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: SweepConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for s in cfg.schedules.iter().chain([&cfg.baseline]) {
+            s.parse::<shared::schedule::MaskSchedule>()
+                .map_err(|e| anyhow::anyhow!("{}: schedule {s:?}: {e}", path.display()))?;
+        }
+        if !cfg.schedules.contains(&cfg.baseline) {
+            bail!(
+                "{}: baseline {:?} is not among the schedules",
+                path.display(),
+                cfg.baseline
+            );
+        }
+        if cfg.seeds.is_empty() {
+            bail!("{}: no seeds", path.display());
+        }
+        for key in ["shards", "schedule", "seed", "out", "resume", "config"] {
+            if cfg.train.contains_key(key) {
+                bail!(
+                    "{}: [train] must not set {key:?}; the sweep sets it per run",
+                    path.display()
+                );
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Steps of every run.
+    pub fn steps(&self) -> Result<u64> {
+        self.train
+            .get("steps")
+            .and_then(|v| v.as_integer())
+            .map(|v| v as u64)
+            .context("[train] needs steps")
+    }
+
+    /// The shard directory.
+    pub fn shards(&self) -> PathBuf {
+        self.out.join("shards")
+    }
+
+    /// The run directory of (schedule, seed).
+    pub fn run_dir(&self, schedule: &str, seed: u64) -> PathBuf {
+        self.out.join("runs").join(run_name(schedule, seed))
+    }
+
+    /// The corpus actually used: the inputs when all exist, else the fallback.
+    pub fn corpus(&self) -> (Vec<PathBuf>, bool) {
+        if !self.data.inputs.is_empty() && self.data.inputs.iter().all(|p| p.exists()) {
+            (self.data.inputs.clone(), false)
+        } else {
+            (vec![self.data.fallback.clone()], true)
+        }
+    }
+}
+
+/// A run's directory name: `linear-0.3-0.15-seed0` for `linear:0.3:0.15`, seed 0.
+pub fn run_name(schedule: &str, seed: u64) -> String {
+    let slug: String = schedule
+        .chars()
+        .map(|c| match c {
+            ':' | '@' | '/' => '-',
+            c => c,
+        })
+        .collect();
+    format!("{slug}-seed{seed}")
+}
+
+/// How far a run has got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// No checkpoint.
+    New,
+    /// Has checkpoints but not the last step: continue with `--resume`.
+    Partial(u64),
+    /// Its last checkpoint is the final step.
+    Complete,
+}
+
+/// The state of the run in `dir` with a budget of `steps`.
+pub fn run_state(dir: &Path, steps: u64) -> Result<RunState> {
+    Ok(match crate::checkpoint::list(dir)?.last() {
+        None => RunState::New,
+        Some((s, _)) if *s >= steps => RunState::Complete,
+        Some((s, _)) => RunState::Partial(*s),
+    })
+}
+
+/// Which parts to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Everything, in order.
+    All,
+    /// Preprocess the corpus.
+    Preprocess,
+    /// Train the runs.
+    Train,
+    /// BLiMP and GLUE of finished runs.
+    Eval,
+    /// Write the report from whatever is finished.
+    Report,
+}
+
+/// `trainer sweep` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SweepArgs {
+    /// Experiment file (see experiments/).
+    pub experiment: PathBuf,
+    /// Run only this part (each part skips what is already complete).
+    #[arg(long, value_enum, default_value_t = Phase::All)]
+    pub phase: Phase,
+    /// Print what would run and the state of each run, without running anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        bail!(
+            "{} not found beside {}; build both binaries (cargo build --release)",
+            path.display(),
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
+fn run_child(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("sweep: {what}\n  $ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); re-run the sweep to continue from here");
+    }
+    Ok(())
+}
+
+fn existing(primary: &Path, fallback: &Path) -> PathBuf {
+    if primary.exists() {
+        primary.to_path_buf()
+    } else {
+        fallback.to_path_buf()
+    }
+}
+
+/// Runs the sweep (or one phase of it).
+pub fn run(args: &SweepArgs) -> Result<()> {
+    let cfg = SweepConfig::load(&args.experiment)?;
+    let steps = cfg.steps()?;
+    let shards = cfg.shards();
+    let (corpus, fallback) = cfg.corpus();
+    let want = |p: Phase| args.phase == Phase::All || args.phase == p;
+    if args.dry_run {
+        println!(
+            "corpus: {}{}",
+            corpus
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if fallback { " (fallback)" } else { "" }
+        );
+        println!(
+            "shards: {} ({})",
+            shards.display(),
+            if shards.join("manifest.json").exists() {
+                "done"
+            } else {
+                "to do"
+            }
+        );
+        for s in &cfg.schedules {
+            for &seed in &cfg.seeds {
+                let dir = cfg.run_dir(s, seed);
+                let state = run_state(&dir, steps)?;
+                let evals = [("blimp", "blimp/blimp.json"), ("glue", "glue/glue.json")]
+                    .iter()
+                    .map(|(n, f)| {
+                        format!(
+                            "{n} {}",
+                            if dir.join(f).exists() {
+                                "done"
+                            } else {
+                                "to do"
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                println!("{}: {state:?}; {evals}", dir.display());
+            }
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&cfg.out)?;
+    if want(Phase::Preprocess) && !shards.join("manifest.json").exists() {
+        let mut cmd = Command::new(sibling_binary("preprocess")?);
+        cmd.args(&corpus).arg("--out").arg(&shards);
+        cmd.args(&cfg.data.preprocess_args);
+        run_child(&mut cmd, "preprocessing the corpus once")?;
+    }
+    let train_toml = cfg.out.join("train.toml");
+    std::fs::write(&train_toml, toml::to_string(&cfg.train)?)?;
+    let me = std::env::current_exe()?;
+    if want(Phase::Train) {
+        for &seed in &cfg.seeds {
+            for s in &cfg.schedules {
+                let dir = cfg.run_dir(s, seed);
+                let state = run_state(&dir, steps)?;
+                if state == RunState::Complete {
+                    eprintln!("sweep: {} complete, skipped", dir.display());
+                    continue;
+                }
+                let mut cmd = Command::new(&me);
+                cmd.arg("--config")
+                    .arg(&train_toml)
+                    .arg("--shards")
+                    .arg(&shards)
+                    .arg("--schedule")
+                    .arg(s)
+                    .arg("--seed")
+                    .arg(seed.to_string())
+                    .arg("--out")
+                    .arg(&dir);
+                if matches!(state, RunState::Partial(_)) {
+                    cmd.arg("--resume");
+                }
+                run_child(&mut cmd, &format!("training {}", run_name(s, seed)))?;
+            }
+        }
+    }
+    if want(Phase::Eval) {
+        for &seed in &cfg.seeds {
+            for s in &cfg.schedules {
+                let dir = cfg.run_dir(s, seed);
+                if run_state(&dir, steps)? != RunState::Complete {
+                    eprintln!("sweep: {} not trained yet, not evaluated", dir.display());
+                    continue;
+                }
+                if let Some(b) = &cfg.blimp {
+                    if !dir.join("blimp/blimp.json").exists() {
+                        let mut cmd = Command::new(&me);
+                        cmd.arg("blimp")
+                            .arg("--checkpoint")
+                            .arg(&dir)
+                            .arg("--data")
+                            .arg(existing(&b.data, &b.fallback))
+                            .arg("--quiet");
+                        if let Some(m) = b.max_pairs {
+                            cmd.arg("--max-pairs").arg(m.to_string());
+                        }
+                        run_child(&mut cmd, &format!("BLiMP of {}", run_name(s, seed)))?;
+                    }
+                }
+                if let Some(g) = &cfg.glue {
+                    if !dir.join("glue/glue.json").exists() {
+                        let mut cmd = Command::new(&me);
+                        cmd.arg("glue")
+                            .arg("--checkpoint")
+                            .arg(&dir)
+                            .arg("--data")
+                            .arg(existing(&g.data, &g.fallback))
+                            .arg("--seeds")
+                            .arg(g.seeds.to_string())
+                            .arg("--quiet");
+                        if !g.tasks.is_empty() {
+                            cmd.arg("--tasks").arg(g.tasks.join(","));
+                        }
+                        for (flag, v) in [
+                            ("--max-train", g.max_train),
+                            ("--max-eval", g.max_eval),
+                            ("--epochs", g.epochs),
+                        ] {
+                            if let Some(v) = v {
+                                cmd.arg(flag).arg(v.to_string());
+                            }
+                        }
+                        run_child(&mut cmd, &format!("GLUE of {}", run_name(s, seed)))?;
+                    }
+                }
+            }
+        }
+    }
+    if want(Phase::Report) {
+        let text = report::write(&cfg, &args.experiment)?;
+        eprintln!(
+            "sweep: wrote {} ({} lines)",
+            cfg.report.display(),
+            text.lines().count()
+        );
+    }
+    Ok(())
+}
