@@ -107,9 +107,13 @@ pub struct TrainArgs {
     /// Evaluate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 1000)]
     pub eval_every: u64,
-    /// Documents (truncate layout) or sequences (pack) held out for evaluation, from the end of the shards.
+    /// Documents (truncate layout) or sequences (pack) held out for evaluation, from the end of the
+    /// shards (or taken from the end of --eval-shards).
     #[arg(long, default_value_t = 256)]
     pub eval_sequences: u64,
+    /// Evaluate on this separate shard set (same tokenizer) instead of holding out training data.
+    #[arg(long, value_name = "DIR")]
+    pub eval_shards: Option<PathBuf>,
     /// Sequences per evaluation forward pass.
     #[arg(long, default_value_t = 64)]
     pub eval_batch: usize,
@@ -206,14 +210,46 @@ pub struct Summary {
     pub data_wait_share: f64,
 }
 
+/// The last `--eval-sequences` sequences of a separate shard set, laid out like the training data.
+fn eval_sequences_from(
+    dir: &std::path::Path,
+    args: &TrainArgs,
+    data: &crate::data::Data,
+) -> Result<shared::sampler::Sequences> {
+    let set = shared::shard::ShardSet::open_many(std::slice::from_ref(&dir.to_path_buf()))
+        .with_context(|| format!("--eval-shards {}", dir.display()))?;
+    set.tokenizer()
+        .ensure_same(data.shards.tokenizer(), dir, &args.data.shards[0])?;
+    let all = shared::sampler::Sequences::new(
+        Arc::new(set),
+        &data.tokenizer.info,
+        args.data.layout,
+        args.data.seq_len,
+        args.data.min_doc_tokens,
+    )?;
+    if args.eval_sequences == 0 || args.eval_sequences >= all.len() {
+        return Ok(all);
+    }
+    let (_, tail) = all.split_tail(args.eval_sequences)?;
+    Ok(tail)
+}
+
 /// Trains as configured; `interrupted` is set by Ctrl-C (a checkpoint is saved, then it returns).
 pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
     let out = args.out.clone().context("--out RUN_DIR is required")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let device = device::parse(&args.device)?;
-    let data = args
-        .data
-        .open_with_holdout(args.batch_size, args.steps, args.eval_sequences)?;
+    let held_out_of_training = if args.eval_shards.is_some() {
+        0
+    } else {
+        args.eval_sequences
+    };
+    let mut data =
+        args.data
+            .open_with_holdout(args.batch_size, args.steps, held_out_of_training)?;
+    if let Some(dir) = &args.eval_shards {
+        data.held_out = Some(eval_sequences_from(dir, args, &data)?);
+    }
     let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
     let plan = BatchPlan {
         global_batch: args.batch_size,

@@ -571,3 +571,172 @@ fn fused_bias_add_gradients_match() {
         assert!(d < 1e-4, "max difference {d}");
     }
 }
+
+#[test]
+fn a_diverging_run_stops_with_the_last_good_checkpoint() {
+    let (_keep, shards) = shards();
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("nan");
+    // A learning rate of 1e30 makes the weights overflow within a few steps.
+    let args = train_args(
+        &shards,
+        &run,
+        &[
+            "--steps",
+            "20",
+            "--save-every",
+            "1",
+            "--keep",
+            "0",
+            "--lr",
+            "1e30",
+            "--warmup",
+            "0",
+        ],
+    );
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let err = trainer::train::run(&args, flag)
+        .expect_err("diverges")
+        .to_string();
+    assert!(
+        err.contains("is NaN") || err.contains("is inf") || err.contains("norm is"),
+        "{err}"
+    );
+    assert!(err.contains("stopping"), "{err}");
+    let saved = trainer::checkpoint::list(&run).unwrap();
+    let (last, dir) = saved.last().expect("a checkpoint before the divergence");
+    assert!(*last < 20);
+    let loaded = trainer::checkpoint::load(dir).unwrap();
+    for (name, t) in &loaded.model {
+        let finite = t
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite());
+        assert!(finite, "{name} in the kept checkpoint is finite");
+    }
+}
+
+#[test]
+fn eval_shards_are_used_instead_of_a_held_out_split() {
+    let (_keep, shards) = shards();
+    let other = tempfile::tempdir().unwrap();
+    let docs: Vec<Vec<u32>> = common::sample_docs().into_iter().rev().take(20).collect();
+    common::write_set(other.path(), &docs, 100);
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("r");
+    let eval_dir = other.path().display().to_string();
+    let args = train_args(
+        &shards,
+        &run,
+        &[
+            "--steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--eval-shards",
+            &eval_dir,
+        ],
+    );
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let summary = trainer::train::run(&args, flag).unwrap();
+    assert!(summary.final_eval.is_some());
+    let evals = read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r, Record::Eval { .. }))
+        .count();
+    assert_eq!(evals, 2);
+    let err = trainer::train::run(
+        &train_args(
+            &shards,
+            &root.path().join("bad"),
+            &["--steps", "1", "--eval-shards", "/no/such/dir"],
+        ),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .expect_err("missing eval shards")
+    .to_string();
+    assert!(err.contains("--eval-shards /no/such/dir"), "{err}");
+}
+
+/// SIGINT to the real binary: it saves a checkpoint and exits cleanly; `--resume` then finishes
+/// with the same losses as a run that was never interrupted.
+#[test]
+fn sigint_saves_and_resume_matches_an_uninterrupted_run() {
+    let (_keep, shards) = shards();
+    let root = tempfile::tempdir().unwrap();
+    let flags = |out: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "--model",
+            "tiny",
+            "--hidden",
+            "32",
+            "--heads",
+            "2",
+            "--intermediate",
+            "64",
+            "--seq-len",
+            "32",
+            "--batch-size",
+            "8",
+            "--micro-batch",
+            "8",
+            "--eval-sequences",
+            "8",
+            "--steps",
+            "60",
+            "--save-every",
+            "1000",
+            "--eval-every",
+            "0",
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec();
+        v.extend(["--shards".into(), shards.display().to_string()]);
+        v.extend(["--out".into(), out.display().to_string()]);
+        v
+    };
+    let run = root.path().join("interrupted");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(flags(&run))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt as soon as the first step is logged (60 steps take seconds, polling 20 ms).
+    let metrics = run.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics)
+        .map(|m| m.lines().count())
+        .unwrap_or(0)
+        < 1
+    {
+        assert!(start.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "clean exit after SIGINT: {err}");
+    assert!(err.contains("interrupted: saved"), "{err}");
+    let (stopped_at, _) = *trainer::checkpoint::list(&run).unwrap().last().unwrap();
+    assert!(stopped_at < 60, "stopped early at {stopped_at}");
+
+    let mut resume = flags(&run);
+    resume.push("--resume".into());
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(&resume)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let whole = root.path().join("whole");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(flags(&whole))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(train_losses(&run), train_losses(&whole));
+}

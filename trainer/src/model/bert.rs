@@ -292,10 +292,7 @@ impl Bert {
         let t = self
             .head_norm
             .forward(&self.head_dense.forward(&picked)?.gelu_erf()?)?;
-        add_bias(
-            &t.matmul(&self.word_embeddings.t()?)?,
-            &self.head_bias,
-        )
+        add_bias(&t.matmul(&self.word_embeddings.t()?)?, &self.head_bias)
     }
 
     /// Forward pass and masked-LM loss on one micro-batch.
