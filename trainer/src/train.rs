@@ -189,6 +189,10 @@ impl TrainArgs {
         ] {
             v.as_object_mut().expect("object").remove(volatile);
         }
+        // Unset optional flags are left out, so checkpoints stay resumable when one is added.
+        v.as_object_mut()
+            .expect("object")
+            .retain(|_, value| !value.is_null());
         v
     }
 }
@@ -281,12 +285,15 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
             bail!("--resume: {} has no checkpoint", out.display())
         };
         let loaded = checkpoint::load(&dir)?;
-        let saved_identity = loaded
+        let mut saved_identity = loaded
             .state
             .config
             .get("identity")
             .cloned()
             .unwrap_or_default();
+        if let Some(map) = saved_identity.as_object_mut() {
+            map.retain(|_, value| !value.is_null());
+        }
         if saved_identity != args.identity() {
             bail!(
                 "--resume: {} was made with different settings; saved: {}\ncurrent: {}",

@@ -26,6 +26,10 @@ pub struct GlueArgs {
     /// Fine-tune RTE, MRPC and STS-B from the pretrained model even when MNLI is run.
     #[arg(long)]
     pub no_mnli_init: bool,
+    /// One peak learning rate for every task instead of the paper's per-task values (small models
+    /// usually need a larger one than BERT-base).
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Output directory (default: CHECKPOINT/glue).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -117,6 +121,9 @@ pub fn run(args: &GlueArgs) -> Result<GlueReport> {
         let mut hyper = task.paper_hyper();
         if let Some(e) = args.opts.epochs {
             hyper.epochs = e;
+        }
+        if let Some(lr) = args.lr {
+            hyper.lr = lr;
         }
         let task_out = out.join(task.dir_name());
         let save = (*task == Task::Mnli && use_mnli).then(|| task_out.join("model"));

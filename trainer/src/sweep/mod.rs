@@ -52,6 +52,8 @@ pub struct GlueSection {
     pub max_eval: Option<usize>,
     /// Epochs for every task (the paper's per task when absent).
     pub epochs: Option<usize>,
+    /// Learning rate for every task (the paper's per task when absent).
+    pub lr: Option<f64>,
     /// Fine-tuning seeds per task.
     #[serde(default = "one")]
     pub seeds: u64,
@@ -368,6 +370,9 @@ pub fn run(args: &SweepArgs) -> Result<()> {
                             if let Some(v) = v {
                                 cmd.arg(flag).arg(v.to_string());
                             }
+                        }
+                        if let Some(lr) = g.lr {
+                            cmd.arg("--lr").arg(lr.to_string());
                         }
                         run_child(&mut cmd, &format!("GLUE of {}", run_name(s, seed)))?;
                     }

@@ -255,10 +255,12 @@ pub fn render(
     if let Some(g) = &cfg.glue {
         let _ = writeln!(
             s,
-            "GLUE: dev-set scores (tasks with two metrics: their mean), {} training examples per task, epochs {}, {} fine-tuning seed(s), the paper's learning rates and batch sizes.",
+            "GLUE: dev-set scores (tasks with two metrics: their mean), {} training examples per task, {} dev examples per task, epochs {}, {} fine-tuning seed(s), learning rate {}, the paper's batch sizes.",
             g.max_train.map(|m| format!("at most {m}")).unwrap_or_else(|| "all".into()),
+            g.max_eval.map(|m| format!("at most {m}")).unwrap_or_else(|| "all".into()),
             g.epochs.map(|e| e.to_string()).unwrap_or_else(|| "as in the paper".into()),
-            g.seeds
+            g.seeds,
+            g.lr.map(|l| l.to_string()).unwrap_or_else(|| "the paper's per task".into())
         );
     }
     let tasks: Vec<String> = {
@@ -375,6 +377,14 @@ pub fn render(
     s
 }
 
+/// A sweep chart: file name, title, y label and the points of one schedule.
+type Chart = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Box<dyn Fn(&ScheduleSummary) -> Vec<(f64, f64)>>,
+);
+
 /// Collects the finished runs, draws the plots beside the report and writes it; returns its text.
 pub fn write(cfg: &SweepConfig, experiment: &Path) -> Result<String> {
     let steps = cfg.steps()?;
@@ -399,12 +409,7 @@ pub fn write(cfg: &SweepConfig, experiment: &Path) -> Result<String> {
         .to_path_buf();
     std::fs::create_dir_all(&report_dir)?;
     let mut plots = Vec::new();
-    let charts: [(
-        &str,
-        &str,
-        &str,
-        Box<dyn Fn(&ScheduleSummary) -> Vec<(f64, f64)>>,
-    ); 2] = [
+    let charts: [Chart; 2] = [
         (
             "sweep-eval-loss.png",
             "held-out MLM loss at 15% (mean over seeds)",
