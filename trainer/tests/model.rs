@@ -453,7 +453,11 @@ fn fused_kernels_match_composed_ops() {
         assert!(d < 1e-5, "max difference {d}");
     };
     type Op = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
-    let pairs: [(Op, Op); 3] = [
+    let pairs: [(Op, Op); 4] = [
+        (
+            |x, _, _| trainer::model::ops::gelu(x),
+            |x, _, _| x.gelu_erf(),
+        ),
         (
             |x, w, _| trainer::model::ops::add_bias(x, w),
             |x, w, _| x.broadcast_add(w),

@@ -2,7 +2,9 @@
 //! with the MLM head evaluated only at the masked positions.
 
 use super::config::BertConfig;
-use super::ops::{add_bias, cross_entropy_and_correct, layer_norm, softmax_last_dim, Dropout};
+use super::ops::{
+    add_bias, cross_entropy_and_correct, gelu, layer_norm, softmax_last_dim, Dropout,
+};
 use super::params::{Init, ParamStore};
 use candle_core::{Device, Result, Tensor};
 
@@ -274,7 +276,7 @@ impl Bert {
             };
             let ffn = layer
                 .output
-                .forward(&layer.intermediate.forward(&ffn_in)?.gelu_erf()?)?;
+                .forward(&gelu(&layer.intermediate.forward(&ffn_in)?)?)?;
             let ffn = Self::maybe_dropout(ffn, dropout)?;
             x = if self.cfg.pre_ln {
                 (x + ffn)?
@@ -291,7 +293,7 @@ impl Bert {
         let picked = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
         let t = self
             .head_norm
-            .forward(&self.head_dense.forward(&picked)?.gelu_erf()?)?;
+            .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
         add_bias(&t.matmul(&self.word_embeddings.t()?)?, &self.head_bias)
     }
 

@@ -365,3 +365,61 @@ impl CustomOp1 for SumRows {
         Ok((CpuStorage::F32(out), Shape::from(dim)))
     }
 }
+
+/// GELU with the exact erf form, `x · Φ(x)`, as candle's `gelu_erf`; its backward is one pass
+/// (`Φ(x) + x · φ(x)`) instead of candle's eleven tensor ops over the feed-forward activations.
+pub struct GeluErf;
+
+fn phi_cdf(x: f32) -> f32 {
+    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s, l, "gelu")?;
+        let out = map_rows(x, dim, |o, x| {
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x * phi_cdf(x);
+            }
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// dx = dy · (Φ(x) + x · φ(x)); inputs (x, dy).
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "gelu-erf-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "gelu bwd")?;
+        let (dy, _) = f32_rows(s2, l2, "gelu bwd")?;
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
+        let out = map_rows2(x, dy, dim, |o, x, dy| {
+            for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
+                *o = dy * (phi_cdf(x) + x * INV_SQRT_2PI * (-0.5 * x * x).exp());
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}

@@ -39,6 +39,14 @@ pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.broadcast_add(bias)
 }
 
+/// GELU, exact erf form (BERT's `gelu`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if use_fused(x) {
+        return x.contiguous()?.apply_op1(super::fused::GeluErf);
+    }
+    x.gelu_erf()
+}
+
 /// Softmax over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if use_fused(x) {
