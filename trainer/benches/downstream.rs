@@ -7,14 +7,13 @@
 //! present, else the fixtures in `data/`). Weights are freshly initialised: speed does not depend
 //! on them.
 
-use candle_core::{Device, Tensor};
-use std::collections::HashMap;
+use candle_core::Device;
 use std::path::{Path, PathBuf};
 use trainer::downstream::blimp::{evaluate, read_pairs};
 use trainer::downstream::finetune::{train_seed, FinetuneOptions, TaskData};
 use trainer::downstream::pretrained::Pretrained;
 use trainer::downstream::tasks::{present, read_tsv};
-use trainer::model::{Bert, BertConfig, ParamStore};
+use trainer::model::BertConfig;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -34,20 +33,7 @@ fn data_dir(name: &str) -> PathBuf {
 fn mini() -> Pretrained {
     let tokenizer = shared::tokenizer::LoadedTokenizer::load(None).unwrap();
     let config = BertConfig::from_preset("mini", tokenizer.info.vocab_size).unwrap();
-    let p = ParamStore::new(&Device::Cpu, 0);
-    Bert::new(config, &p).unwrap();
-    let tensors: HashMap<String, Tensor> = p
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    Pretrained {
-        config,
-        tensors,
-        tokenizer,
-        source: PathBuf::from("mini (random init)"),
-        task: None,
-    }
+    Pretrained::initialised(config, tokenizer, 0).unwrap()
 }
 
 fn main() {

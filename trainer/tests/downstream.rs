@@ -1,14 +1,13 @@
 //! GLUE readers, fine-tuning and BLiMP scoring on the fixtures in `data/` (CPU, tiny models).
 
 use candle_core::{Device, Tensor};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use trainer::downstream::blimp::{mlm_model, pll_scores, read_pairs};
 use trainer::downstream::classifier::{bind, build, encode_all};
 use trainer::downstream::finetune::{majority_baseline, train_seed, FinetuneOptions, TaskData};
 use trainer::downstream::pretrained::Pretrained;
 use trainer::downstream::tasks::{read_tsv, Hyper, Label, Task};
-use trainer::model::{BertConfig, ParamStore};
+use trainer::model::BertConfig;
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -171,20 +170,12 @@ fn tiny_pretrained(vocab: usize, seed: u64) -> Pretrained {
         pre_ln: false,
         initializer_range: 0.02,
     };
-    let p = ParamStore::new(&Device::Cpu, seed);
-    trainer::model::Bert::new(config, &p).unwrap();
-    let tensors: HashMap<String, Tensor> = p
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    Pretrained {
+    Pretrained::initialised(
         config,
-        tensors,
-        tokenizer: shared::tokenizer::LoadedTokenizer::load(None).unwrap(),
-        source: PathBuf::from("in-memory"),
-        task: None,
-    }
+        shared::tokenizer::LoadedTokenizer::load(None).unwrap(),
+        seed,
+    )
+    .unwrap()
 }
 
 /// An SST-2-layout task a model must learn: the label is whether a cue word is "great" or

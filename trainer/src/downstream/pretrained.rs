@@ -24,6 +24,26 @@ pub struct Pretrained {
     pub task: Option<String>,
 }
 
+impl Pretrained {
+    /// A freshly initialised model (drawn from `seed`) with `tokenizer`: for tests and benchmarks.
+    pub fn initialised(config: BertConfig, tokenizer: LoadedTokenizer, seed: u64) -> Result<Self> {
+        let p = crate::model::ParamStore::new(&Device::Cpu, seed);
+        crate::model::Bert::new(config, &p)?;
+        let tensors = p
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        Ok(Pretrained {
+            config,
+            tensors,
+            tokenizer,
+            source: PathBuf::from(format!("fresh initialisation (seed {seed})")),
+            task: None,
+        })
+    }
+}
+
 fn load_tokenizer(candidates: &[PathBuf], explicit: Option<&Path>) -> Result<LoadedTokenizer> {
     if let Some(p) = explicit {
         return Ok(LoadedTokenizer::load(Some(p))?);
