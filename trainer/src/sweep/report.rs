@@ -330,16 +330,52 @@ pub fn render(
         let _ = writeln!(s, "![{p}]({p})\n");
     }
     let _ = writeln!(s, "## Agreement with the paper\n");
+    let mut by_loss: Vec<&ScheduleSummary> = sums.iter().collect();
+    by_loss.sort_by(|a, b| a.eval_loss.0.total_cmp(&b.eval_loss.0));
+    let mut by_paper: Vec<(&str, f64)> = PAPER.iter().map(|(s, g, _)| (*s, *g)).collect();
+    by_paper.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(
+        s,
+        "- Ranking here by final eval loss (best first): {}. The paper's ranking by GLUE average: {}.",
+        by_loss
+            .iter()
+            .map(|x| format!("`{}`", x.schedule))
+            .collect::<Vec<_>>()
+            .join(" < "),
+        by_paper
+            .iter()
+            .map(|(s, g)| format!("`{s}` ({g:.2})"))
+            .collect::<Vec<_>>()
+            .join(" > ")
+    );
     if let Some(b) = base {
         for x in sums.iter().filter(|x| x.schedule != cfg.baseline) {
-            let Some((p_glue, _)) = paper(&x.schedule) else {
+            let Some((p_glue, p_speed)) = paper(&x.schedule) else {
                 continue;
             };
             let p_base = paper(&cfg.baseline).map(|p| p.0).unwrap_or(f64::NAN);
             let _ = write!(s, "- `{}` vs `{}`: ", x.schedule, cfg.baseline);
             let dl = x.eval_loss.0 - b.eval_loss.0;
             let noise_l = (x.eval_loss.1.powi(2) + b.eval_loss.1.powi(2)).sqrt();
-            let _ = write!(s, "eval loss {dl:+.4} (±{noise_l:.4} seed noise)");
+            let _ = write!(
+                s,
+                "eval loss {dl:+.4} ({} seed noise ±{noise_l:.4})",
+                if dl.abs() > noise_l {
+                    "beyond"
+                } else {
+                    "within"
+                }
+            );
+            if let Some(r) = steps_to_reach(&x.curve, target) {
+                let _ = write!(
+                    s,
+                    "; reaches the baseline's final loss {:.2}x sooner{}",
+                    base_steps as f64 / r as f64,
+                    p_speed
+                        .map(|v| format!(" (paper: {v:.2}x)"))
+                        .unwrap_or_default()
+                );
+            }
             if let (Some(g), Some(gb)) = (x.glue_avg, b.glue_avg) {
                 let d = g.0 - gb.0;
                 let noise = (g.1.powi(2) + gb.1.powi(2)).sqrt();
@@ -351,7 +387,8 @@ pub fn render(
                 );
             }
             if let (Some(bl), Some(bb)) = (x.blimp, b.blimp) {
-                let _ = write!(s, "; BLiMP {:+.2}", bl.0 - bb.0);
+                let noise = (bl.1.powi(2) + bb.1.powi(2)).sqrt();
+                let _ = write!(s, "; BLiMP {:+.2} (seed noise ±{noise:.2})", bl.0 - bb.0);
             }
             let _ = writeln!(s, ".");
         }
