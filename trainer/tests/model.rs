@@ -494,6 +494,17 @@ fn fused_kernels_match_composed_ops() {
     }
 }
 
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// The fused cross-entropy equals candle-nn's (loss and gradient) and counts arg-max hits.
 #[test]
 fn fused_cross_entropy_matches_candle_nn() {
@@ -531,14 +542,10 @@ fn fused_cross_entropy_matches_candle_nn() {
     assert_eq!(correct, 2);
     let gf = loss.backward().unwrap();
     let gr = reference.backward().unwrap();
-    let d = (gf.get(x.as_tensor()).unwrap() - gr.get(x.as_tensor()).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let d = max_abs_diff(
+        gf.get(x.as_tensor()).unwrap(),
+        gr.get(x.as_tensor()).unwrap(),
+    );
     assert!(d < 1e-6, "gradient max difference {d}");
 }
 
@@ -564,14 +571,7 @@ fn fused_bias_add_gradients_match() {
     let gf = grads(trainer::model::ops::add_bias(x.as_tensor(), b.as_tensor()).unwrap());
     let gc = grads(x.as_tensor().broadcast_add(b.as_tensor()).unwrap());
     for v in [x.as_tensor(), b.as_tensor()] {
-        let d = (gf.get(v).unwrap() - gc.get(v).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(gf.get(v).unwrap(), gc.get(v).unwrap());
         assert!(d < 1e-4, "max difference {d}");
     }
 }
