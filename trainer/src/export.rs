@@ -6,9 +6,8 @@
 //! for checking, maskrate's logits on a fixed input (`maskrate_check.safetensors`), which
 //! `scripts/compare_hf.py` compares with `transformers`.
 
-use crate::checkpoint;
-use crate::model::{Bert, BertConfig, ParamStore};
-use anyhow::{bail, Context, Result};
+use crate::model::BertConfig;
+use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,19 +19,16 @@ pub fn check_input_ids(cfg: &BertConfig) -> Vec<u32> {
         .collect()
 }
 
-/// Exports `run`'s latest checkpoint into `out`; returns the files written.
+/// Exports `run`'s latest checkpoint (read by the same loader as `glue`/`blimp`) into `out`;
+/// returns the files written.
 pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
-    let (_, dir) = checkpoint::list(run)?
-        .pop()
-        .with_context(|| format!("{} has no checkpoint", run.display()))?;
-    let loaded = checkpoint::load(&dir)?;
-    let cfg: BertConfig = serde_json::from_value(loaded.state.config["run"]["model"].clone())
-        .context("checkpoint lacks the model config")?;
+    let pre = crate::downstream::pretrained::load(run, None)?;
+    let cfg = pre.config;
     if cfg.pre_ln {
         bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
     }
     std::fs::create_dir_all(out)?;
-    let mut tensors: HashMap<String, Tensor> = loaded.model.clone();
+    let mut tensors: HashMap<String, Tensor> = pre.tensors.clone();
     tensors.insert(
         "cls.predictions.decoder.weight".into(),
         tensors["bert.embeddings.word_embeddings.weight"].clone(),
@@ -45,7 +41,6 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let model_path = out.join("model.safetensors");
     candle_core::safetensors::save(&tensors, &model_path)?;
     written.push(model_path);
-    let tok = &loaded.state.config["run"]["tokenizer"];
     let hf = serde_json::json!({
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
@@ -61,34 +56,27 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         "type_vocab_size": cfg.type_vocab_size,
         "initializer_range": cfg.initializer_range,
         "layer_norm_eps": cfg.layer_norm_eps,
-        "pad_token_id": tok["pad_id"],
+        "pad_token_id": pre.tokenizer.info.pad_id,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": true,
     });
     let config_path = out.join("config.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&hf)?)?;
     written.push(config_path);
-    let tok_src = run.join(shared::tokenizer::TOKENIZER_FILE);
-    if tok_src.exists() {
-        let dst = out.join(shared::tokenizer::TOKENIZER_FILE);
-        std::fs::copy(&tok_src, &dst)?;
-        written.push(dst);
-        let tc = out.join("tokenizer_config.json");
-        std::fs::write(
-            &tc,
-            serde_json::to_vec_pretty(
-                &serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings, "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]", "unk_token": "[UNK]" }),
-            )?,
-        )?;
-        written.push(tc);
-    }
+    let tok_path = out.join(shared::tokenizer::TOKENIZER_FILE);
+    std::fs::write(&tok_path, &pre.tokenizer.json)?;
+    written.push(tok_path);
+    let tc = out.join("tokenizer_config.json");
+    std::fs::write(
+        &tc,
+        serde_json::to_vec_pretty(
+            &serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings, "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]", "unk_token": "[UNK]" }),
+        )?,
+    )?;
+    written.push(tc);
     // maskrate's logits on a fixed input, for scripts/compare_hf.py.
     let dev = Device::Cpu;
-    let params = ParamStore::new(&dev, 0);
-    let model = Bert::new(cfg, &params)?;
-    for (name, var) in params.named_vars() {
-        var.set(&loaded.model[&name])?;
-    }
+    let model = pre.mlm_model(&dev)?;
     let ids = check_input_ids(&cfg);
     let n = ids.len();
     let input = Tensor::from_vec(ids.clone(), (1, n), &dev)?;

@@ -189,12 +189,17 @@ impl TrainArgs {
         ] {
             v.as_object_mut().expect("object").remove(volatile);
         }
-        // Unset optional flags are left out, so checkpoints stay resumable when one is added.
-        v.as_object_mut()
-            .expect("object")
-            .retain(|_, value| !value.is_null());
-        v
+        without_unset(v)
     }
+}
+
+/// `v` without its null (unset optional) fields, so checkpoints stay resumable when an optional
+/// flag is added: both the saved and the current identity go through this before comparing.
+fn without_unset(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, value| !value.is_null());
+    }
+    v
 }
 
 /// Final numbers of a run.
@@ -285,15 +290,14 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
             bail!("--resume: {} has no checkpoint", out.display())
         };
         let loaded = checkpoint::load(&dir)?;
-        let mut saved_identity = loaded
-            .state
-            .config
-            .get("identity")
-            .cloned()
-            .unwrap_or_default();
-        if let Some(map) = saved_identity.as_object_mut() {
-            map.retain(|_, value| !value.is_null());
-        }
+        let saved_identity = without_unset(
+            loaded
+                .state
+                .config
+                .get("identity")
+                .cloned()
+                .unwrap_or_default(),
+        );
         if saved_identity != args.identity() {
             bail!(
                 "--resume: {} was made with different settings; saved: {}\ncurrent: {}",

@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Tensor};
 use std::path::{Path, PathBuf};
-use trainer::downstream::blimp::{mlm_model, pll_scores, read_pairs};
+use trainer::downstream::blimp::{pll_scores, read_pairs};
 use trainer::downstream::classifier::{bind, build, encode_all};
 use trainer::downstream::finetune::{majority_baseline, train_seed, FinetuneOptions, TaskData};
 use trainer::downstream::pretrained::Pretrained;
@@ -337,7 +337,7 @@ fn pll_one_at_a_time(
 #[test]
 fn batched_pll_equals_one_mask_at_a_time() {
     let pre = tiny_pretrained(30522, 3);
-    let model = mlm_model(&pre, &Device::Cpu).unwrap();
+    let model = pre.mlm_model(&Device::Cpu).unwrap();
     let pairs = read_pairs(&data("blimp"), Some(2)).unwrap();
     assert_eq!(pairs.len(), 10, "5 fixture paradigms x 2");
     let tok = &pre.tokenizer;

@@ -4,7 +4,7 @@
 //! Accuracy per paradigm (UID), per phenomenon (`linguistics_term`), per field, and overall.
 
 use super::pretrained::{self, Pretrained};
-use crate::model::{Bert, ParamStore};
+use crate::model::Bert;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use clap::Args;
@@ -218,22 +218,6 @@ impl BlimpReport {
     }
 }
 
-/// Builds an evaluation-only MLM from pretrained weights.
-pub fn mlm_model(pre: &Pretrained, device: &Device) -> Result<Bert> {
-    let params = ParamStore::new(device, 0);
-    let model = Bert::new(pre.config, &params)?;
-    for (name, var) in params.named_vars() {
-        let t = pre.tensors.get(&name).with_context(|| {
-            format!(
-                "{}: no tensor {name} (BLiMP needs the MLM head: a pretraining checkpoint or a BertForMaskedLM export)",
-                pre.source.display()
-            )
-        })?;
-        var.set(&t.to_device(device)?)?;
-    }
-    Ok(model)
-}
-
 /// Scores `pairs` with the model in `pre`.
 pub fn evaluate(
     pre: &Pretrained,
@@ -243,7 +227,7 @@ pub fn evaluate(
     quiet: bool,
 ) -> Result<BlimpReport> {
     let t0 = Instant::now();
-    let model = mlm_model(pre, device)?;
+    let model = pre.mlm_model(device)?;
     let tok = &pre.tokenizer;
     let texts: Vec<&str> = pairs
         .iter()

@@ -42,6 +42,22 @@ impl Pretrained {
             task: None,
         })
     }
+
+    /// The masked-LM model with these weights on `device`, for evaluation (no dropout state).
+    pub fn mlm_model(&self, device: &Device) -> Result<crate::model::Bert> {
+        let params = crate::model::ParamStore::new(device, 0);
+        let model = crate::model::Bert::new(self.config, &params)?;
+        for (name, var) in params.named_vars() {
+            let t = self.tensors.get(&name).with_context(|| {
+                format!(
+                    "{}: no tensor {name} (the MLM head needs a pretraining checkpoint or a BertForMaskedLM export)",
+                    self.source.display()
+                )
+            })?;
+            var.set(&t.to_device(device)?)?;
+        }
+        Ok(model)
+    }
 }
 
 fn load_tokenizer(candidates: &[PathBuf], explicit: Option<&Path>) -> Result<LoadedTokenizer> {

@@ -64,9 +64,16 @@ pub fn read_run(dir: &Path) -> Result<RunResult> {
         r.glue_avg = g["average"].as_f64();
         for t in g["tasks"].as_array().into_iter().flatten() {
             if let (Some(name), Some(score)) = (t["task"].as_str(), t["score"].as_f64()) {
+                // glue.json stores the task as serialised (`Sst2`); the report uses GLUE's names.
                 let name = crate::downstream::tasks::Task::ALL
                     .into_iter()
-                    .find(|k| format!("{k:?}") == name)
+                    .find(|k| {
+                        serde_json::to_value(k)
+                            .ok()
+                            .as_ref()
+                            .and_then(|v| v.as_str())
+                            == Some(name)
+                    })
                     .map(|k| k.dir_name().to_string())
                     .unwrap_or_else(|| name.to_string());
                 r.glue.insert(name, score);
