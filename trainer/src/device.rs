@@ -1,7 +1,33 @@
 //! `--device auto|cpu|cuda:N`: the device is a parameter everywhere; CUDA needs the `cuda` feature.
+//! `--precision auto|fp32|bf16`: the dtype of matrix products on that device.
 
 use anyhow::{bail, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
+
+/// The device as `--device` spells it (`cpu`, `cuda:N`).
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Parses a precision spec for `device`: `fp32`; `bf16` (autocast: f32 parameters, optimizer and
+/// reductions, bf16 matrix products); `auto` = bf16 on CUDA, fp32 on the CPU (candle has no bf16
+/// CPU matmul kernel: it widens to f32, so bf16 there is slower and only useful for testing).
+pub fn compute_dtype(spec: &str, device: &Device) -> Result<DType> {
+    match spec {
+        "fp32" | "f32" => Ok(DType::F32),
+        "bf16" => Ok(DType::BF16),
+        "auto" => Ok(if device.is_cuda() {
+            DType::BF16
+        } else {
+            DType::F32
+        }),
+        other => bail!("--precision {other:?}: expected auto, fp32 or bf16"),
+    }
+}
 
 /// Parses a device spec.
 pub fn parse(spec: &str) -> Result<Device> {

@@ -95,6 +95,11 @@ pub struct TrainArgs {
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Matrix products in: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Parameters,
+    /// optimizer state, LayerNorm, softmax and the loss stay fp32.
+    #[arg(long, default_value = "auto")]
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Save a checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 1000)]
     pub save_every: u64,
@@ -193,6 +198,10 @@ impl TrainArgs {
     }
 }
 
+fn default_precision() -> String {
+    "auto".into()
+}
+
 /// `v` without its null (unset optional) fields, so checkpoints stay resumable when an optional
 /// flag is added: both the saved and the current identity go through this before comparing.
 fn without_unset(mut v: serde_json::Value) -> serde_json::Value {
@@ -248,6 +257,14 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
     let out = args.out.clone().context("--out RUN_DIR is required")?;
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let device = device::parse(&args.device)?;
+    let compute = device::compute_dtype(&args.precision, &device)?;
+    if compute != candle_core::DType::F32 && device.is_cpu() {
+        eprintln!(
+            "warning: --precision {} on the CPU: candle widens bf16 products to f32 there, so this \
+             is slower than fp32 (useful to test the autocast path)",
+            args.precision
+        );
+    }
     let held_out_of_training = if args.eval_shards.is_some() {
         0
     } else {
@@ -268,7 +285,7 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
     };
     plan.validate()?;
 
-    let params = ParamStore::new(&device, args.data.seed);
+    let params = ParamStore::new(&device, args.data.seed).with_compute_dtype(compute);
     let model = Bert::new(cfg, &params)?;
     let mut opt = AdamW::new(
         params.named_vars(),
@@ -280,8 +297,13 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
             weight_decay: args.weight_decay,
         },
     )?;
-    let config_json =
-        serde_json::json!({ "train": args, "model": cfg, "tokenizer": data.tokenizer.info });
+    let config_json = serde_json::json!({
+        "train": args,
+        "model": cfg,
+        "tokenizer": data.tokenizer.info,
+        "device": device::describe(&device),
+        "matmul_dtype": compute.as_str(),
+    });
 
     // Resume.
     let mut start = 0u64;

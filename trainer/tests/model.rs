@@ -505,6 +505,143 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
 }
 
+/// The fused attention kernel equals the composed tensor-op attention, forward and backward, with
+/// padded keys and with and without dropout factors.
+#[test]
+fn fused_attention_matches_composed_attention() {
+    use rand_core::SeedableRng;
+    use trainer::model::ops::{attention, attention_composed};
+    let dev = Device::Cpu;
+    let (b, l, h, heads) = (3usize, 7usize, 12usize, 3usize);
+    let qkv = candle_core::Var::from_vec(
+        trainer::model::params::normal_samples(b * l * 3 * h, 1.5, 41),
+        (b, l, 3 * h),
+        &dev,
+    )
+    .unwrap();
+    let mut mask = vec![0f32; b * l];
+    mask[l - 2..l].fill(-10000.0); // padding at the end of the first row
+    mask[2 * l + 1] = -10000.0; // and a padded key inside the third
+    let key_bias = Tensor::from_vec(mask, (b, l), &dev).unwrap();
+    let probe = Tensor::from_vec(
+        trainer::model::params::normal_samples(b * l * h, 1.0, 42),
+        (b, l, h),
+        &dev,
+    )
+    .unwrap();
+    let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    for p in [0.0, 0.3] {
+        let mut dropout = Dropout::new(rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5), p);
+        let factors = dropout.factors(b * heads * l * l);
+        if p > 0.0 {
+            let f = factors.as_ref().unwrap();
+            assert!(f.contains(&0.0) && f.iter().any(|&v| v > 1.0));
+        }
+        let f32 = DType::F32;
+        let yf = attention(qkv.as_tensor(), heads, &key_bias, factors.clone(), f32).unwrap();
+        let yc = attention_composed(qkv.as_tensor(), heads, &key_bias, factors, f32).unwrap();
+        assert_eq!(yf.dims(), &[b, l, h]);
+        let d = max_abs_diff(&yf, &yc);
+        assert!(d < 1e-5, "p = {p}: forward max difference {d}");
+        let (gf, gc) = (grads(&yf), grads(&yc));
+        let (gf, gc) = (
+            gf.get(qkv.as_tensor()).unwrap(),
+            gc.get(qkv.as_tensor()).unwrap(),
+        );
+        let d = max_abs_diff(gf, gc);
+        assert!(d < 1e-5, "p = {p}: gradient max difference {d}");
+        // Every block (query, key, value) gets a gradient.
+        for block in 0..3 {
+            let g = gf
+                .narrow(2, block * h, h)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            assert!(g.to_scalar::<f32>().unwrap() > 0.0, "block {block}");
+        }
+    }
+}
+
+/// bf16 autocast (the GPU default) on the CPU: products really run in bf16 (the loss differs from
+/// fp32's, within bf16's precision), every gradient is f32, non-zero and close to fp32's; a
+/// training run with `--precision bf16` records it and trains; a bad spec is refused.
+#[test]
+fn bf16_autocast_keeps_f32_parameters_and_gradients() {
+    let dev = Device::Cpu;
+    let cfg = BertConfig {
+        dropout: 0.0,
+        initializer_range: 0.3,
+        ..tiny(50)
+    };
+    let run = |dtype: DType| {
+        let params = ParamStore::new(&dev, 4).with_compute_dtype(dtype);
+        let model = Bert::new(cfg, &params).unwrap();
+        let loss = model.mlm_loss(&inputs(&dev, 50), &mut None).unwrap().loss;
+        let grads = loss.backward().unwrap();
+        let grads: Vec<(String, Tensor)> = params
+            .named_vars()
+            .into_iter()
+            .map(|(name, v)| {
+                assert_eq!(v.dtype(), DType::F32, "{name}: parameter not f32");
+                (name, grads.get(v.as_tensor()).unwrap().clone())
+            })
+            .collect();
+        (loss.to_scalar::<f32>().unwrap(), grads)
+    };
+    let (loss32, grads32) = run(DType::F32);
+    let (loss16, grads16) = run(DType::BF16);
+    assert_ne!(loss32, loss16, "bf16 products should round differently");
+    assert!(
+        (loss32 - loss16).abs() < 1e-2 * loss32,
+        "{loss32} vs {loss16}"
+    );
+    for ((name, g32), (_, g16)) in grads32.iter().zip(&grads16) {
+        assert_eq!(g16.dtype(), DType::F32, "{name}");
+        let norm = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        let (n32, diff) = (norm(g32), norm(&(g32 - g16).unwrap()));
+        assert!(norm(g16) > 0.0, "{name}: zero gradient under bf16");
+        // The key bias adds a constant to each query's scores, which softmax ignores: its true
+        // gradient is zero and both runs hold only rounding noise there.
+        if name.ends_with("attention.self.key.bias") {
+            continue;
+        }
+        assert!(
+            diff < 0.1 * n32,
+            "{name}: gradient differs by {diff} (norm {n32})"
+        );
+    }
+
+    let (_keep, shards) = shards();
+    let root = tempfile::tempdir().unwrap();
+    let out = root.path().join("bf16");
+    let args = train_args(
+        &shards,
+        &out,
+        &["--steps", "2", "--precision", "bf16", "--device", "cpu"],
+    );
+    let summary = trainer::train::run(&args, Default::default()).unwrap();
+    assert!(summary.final_train_loss.is_finite());
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["matmul_dtype"], "bf16", "{config}");
+    let bad = train_args(&shards, &root.path().join("x"), &["--precision", "fp16"]);
+    let err = trainer::train::run(&bad, Default::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("--precision \"fp16\""),
+        "{err:#}"
+    );
+}
+
 /// The fused cross-entropy equals candle-nn's (loss and gradient) and counts arg-max hits.
 #[test]
 fn fused_cross_entropy_matches_candle_nn() {

@@ -3,15 +3,16 @@
 
 use super::config::BertConfig;
 use super::ops::{
-    add_bias, cross_entropy_and_correct, gelu, layer_norm, softmax_last_dim, Dropout,
+    add_bias, attention, cross_entropy_and_correct, gelu, layer_norm, matmul_in, Dropout,
 };
 use super::params::{Init, ParamStore};
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// A dense layer `y = x·Wᵀ + b` with HF `weight`/`bias` names.
 pub struct Linear {
     weight: Tensor,
     bias: Tensor,
+    compute: DType,
 }
 
 impl Linear {
@@ -20,6 +21,7 @@ impl Linear {
         Ok(Linear {
             weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
             bias: p.get(&format!("{name}.bias"), &[out], Init::Zeros)?,
+            compute: p.compute_dtype(),
         })
     }
 
@@ -27,14 +29,37 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.dims() {
-            [b, l, h] => {
-                x.reshape((b * l, *h))?
-                    .matmul(&w)?
-                    .reshape((*b, *l, self.weight.dim(0)?))?
-            }
-            _ => x.matmul(&w)?,
+            [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
+                *b,
+                *l,
+                self.weight.dim(0)?,
+            ))?,
+            _ => matmul_in(x, &w, self.compute)?,
         };
         add_bias(&y, &self.bias)
+    }
+}
+
+/// Query, key and value projections applied as one `[3H, H]` product (HF keeps three layers).
+struct QkvProjection {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+}
+
+impl QkvProjection {
+    /// `[B, L, H]` → `[B, L, 3H]` (query, key, value blocks).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let parts = [&self.query, &self.key, &self.value];
+        let weight = Tensor::cat(&parts.map(|p| &p.weight), 0)?;
+        let bias = Tensor::cat(&parts.map(|p| &p.bias), 0)?;
+        let compute = self.query.compute;
+        Linear {
+            weight,
+            bias,
+            compute,
+        }
+        .forward(x)
     }
 }
 
@@ -59,9 +84,7 @@ impl Norm {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    qkv: QkvProjection,
     attn_out: Linear,
     attn_norm: Norm,
     intermediate: Linear,
@@ -80,6 +103,7 @@ pub struct Bert {
     head_dense: Linear,
     head_norm: Norm,
     head_bias: Tensor,
+    compute: DType,
 }
 
 /// A micro-batch as tensors.
@@ -137,9 +161,11 @@ impl Bert {
         for i in 0..cfg.num_hidden_layers {
             let l = format!("bert.encoder.layer.{i}");
             layers.push(Layer {
-                query: Linear::new(p, &format!("{l}.attention.self.query"), h, h, std)?,
-                key: Linear::new(p, &format!("{l}.attention.self.key"), h, h, std)?,
-                value: Linear::new(p, &format!("{l}.attention.self.value"), h, h, std)?,
+                qkv: QkvProjection {
+                    query: Linear::new(p, &format!("{l}.attention.self.query"), h, h, std)?,
+                    key: Linear::new(p, &format!("{l}.attention.self.key"), h, h, std)?,
+                    value: Linear::new(p, &format!("{l}.attention.self.value"), h, h, std)?,
+                },
                 attn_out: Linear::new(p, &format!("{l}.attention.output.dense"), h, h, std)?,
                 attn_norm: Norm::new(p, &format!("{l}.attention.output.LayerNorm"), h, eps)?,
                 intermediate: Linear::new(
@@ -181,6 +207,7 @@ impl Bert {
             head_dense: Linear::new(p, "cls.predictions.transform.dense", h, h, std)?,
             head_norm: Norm::new(p, "cls.predictions.transform.LayerNorm", h, eps)?,
             head_bias: p.get("cls.predictions.bias", &[cfg.vocab_size], Init::Zeros)?,
+            compute: p.compute_dtype(),
         })
     }
 
@@ -240,29 +267,18 @@ impl Bert {
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };
         let mut x = Self::maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
-        // Additive mask: 0 for tokens, -10000 for padding, shaped [B, 1, 1, L].
-        let bias = ((attention_mask - 1.0)? * 10000.0)?.reshape((b, 1, 1, l))?;
-        let (heads, dh) = (self.cfg.num_attention_heads, self.cfg.head_dim());
-        let scale = 1.0 / (dh as f64).sqrt();
+        // Additive key bias: 0 for tokens, -10000 for padding.
+        let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
+        let heads = self.cfg.num_attention_heads;
         for layer in &self.layers {
-            let split = |t: Tensor| -> Result<Tensor> {
-                t.reshape((b, l, heads, dh))?.transpose(1, 2)?.contiguous()
-            };
             let attn_in = if self.cfg.pre_ln {
                 layer.attn_norm.forward(&x)?
             } else {
                 x.clone()
             };
-            let q = split(layer.query.forward(&attn_in)?)?;
-            let k = split(layer.key.forward(&attn_in)?)?;
-            let v = split(layer.value.forward(&attn_in)?)?;
-            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = Self::maybe_dropout(softmax_last_dim(&scores)?, dropout)?;
-            let ctx = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((b, l, h))?;
+            let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
+            let qkv = layer.qkv.forward(&attn_in)?;
+            let ctx = attention(&qkv, heads, &key_bias, factors, self.compute)?;
             let attn = Self::maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
             x = if self.cfg.pre_ln {
                 (x + attn)?
@@ -294,7 +310,8 @@ impl Bert {
         let t = self
             .head_norm
             .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
-        add_bias(&t.matmul(&self.word_embeddings.t()?)?, &self.head_bias)
+        let logits = matmul_in(&t, &self.word_embeddings.t()?, self.compute)?;
+        add_bias(&logits, &self.head_bias)
     }
 
     /// Forward pass and masked-LM loss on one micro-batch.

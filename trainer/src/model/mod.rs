@@ -2,10 +2,13 @@
 //!
 //! - [`config`]: sizes and presets.
 //! - [`params`]: named, seeded parameters (HF `BertForMaskedLM` names).
-//! - [`ops`]: LayerNorm, softmax and dropout (composed from differentiable ops on any device).
-//! - [`fused`]: CPU kernels with their own backward for softmax and LayerNorm.
+//! - [`ops`]: LayerNorm, softmax, attention, GELU, cross-entropy and dropout; fused CPU kernels
+//!   where they apply, composed differentiable ops on any other device.
+//! - [`fused`]: CPU kernels with their own backward (softmax, LayerNorm, cross-entropy, bias, GELU).
+//! - [`attention`]: multi-head self-attention as one CPU kernel with its own backward.
 //! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
 
+pub mod attention;
 pub mod bert;
 pub mod config;
 pub mod fused;

@@ -3,12 +3,23 @@
 //! candle-nn 0.11's `ops::layer_norm`, `ops::softmax_last_dim` (and `LayerNorm::forward` on
 //! contiguous input) have no backward: gradients stop there silently. Nothing here uses them.
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use rand_core::Rng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 fn use_fused(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == candle_core::DType::F32
+}
+
+/// `a · b` computed in `dtype` (autocast): both operands are cast to `dtype` and the product back
+/// to `a`'s dtype, so gradients flow back in f32. Same dtype = a plain matmul.
+pub fn matmul_in(a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
+    if a.dtype() == dtype && b.dtype() == dtype {
+        return a.matmul(b);
+    }
+    a.to_dtype(dtype)?
+        .matmul(&b.to_dtype(dtype)?)?
+        .to_dtype(a.dtype())
 }
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
@@ -63,6 +74,59 @@ pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     e.broadcast_div(&sum)
 }
 
+/// Multi-head self-attention: `qkv` `[B, L, 3H]` holds the query, key and value projections
+/// (H columns each, `heads` heads per block); `key_bias` `[B, L]` is added to every query's scores
+/// (0 for tokens, -10000 for padding); `dropout` holds factors for the `[B, heads, L, L]`
+/// probabilities (see [`Dropout::factors`]); the two products run in `compute` (see
+/// [`matmul_in`]). Returns the context `[B, L, H]`.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    key_bias: &Tensor,
+    dropout: Option<Vec<f32>>,
+    compute: DType,
+) -> Result<Tensor> {
+    if use_fused(qkv) && compute == DType::F32 {
+        let (_, _, three_h) = qkv.dims3()?;
+        let bias = key_bias.flatten_all()?.to_vec1::<f32>()?;
+        let op =
+            super::attention::FusedAttention::new(heads, three_h / 3 / heads.max(1), bias, dropout);
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    attention_composed(qkv, heads, key_bias, dropout, compute)
+}
+
+/// [`attention`] from tensor ops (any device).
+pub fn attention_composed(
+    qkv: &Tensor,
+    heads: usize,
+    key_bias: &Tensor,
+    dropout: Option<Vec<f32>>,
+    compute: DType,
+) -> Result<Tensor> {
+    let (b, l, three_h) = qkv.dims3()?;
+    let h = three_h / 3;
+    let dh = h / heads;
+    let split = |block: usize| -> Result<Tensor> {
+        qkv.narrow(2, block * h, h)?
+            .reshape((b, l, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scale = 1.0 / (dh as f64).sqrt();
+    let scores = (matmul_in(&q, &k.t()?.contiguous()?, compute)? * scale)?
+        .broadcast_add(&key_bias.reshape((b, 1, 1, l))?)?;
+    let mut probs = softmax_last_dim(&scores)?;
+    if let Some(f) = dropout {
+        probs = probs.mul(&Tensor::from_vec(f, probs.shape(), probs.device())?)?;
+    }
+    matmul_in(&probs, &v, compute)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, l, h))
+}
+
 /// Mean cross-entropy of logits `[M, V]` against u32 labels `[M]` (differentiable), and how many
 /// rows' arg-max equals the label.
 pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
@@ -98,10 +162,18 @@ impl Dropout {
 
     /// Zeroes each element with probability p and scales the rest by 1/(1-p).
     pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 {
-            return Ok(x.clone());
+        match self.factors(x.elem_count()) {
+            Some(f) => x.mul(&Tensor::from_vec(f, x.shape(), x.device())?),
+            None => Ok(x.clone()),
         }
-        let n = x.elem_count();
+    }
+
+    /// The next `n` factors (0 with probability p, else 1/(1-p)) that [`Dropout::apply`] would
+    /// multiply by; `None` when p = 0 (nothing is drawn).
+    pub fn factors(&mut self, n: usize) -> Option<Vec<f32>> {
+        if self.p <= 0.0 {
+            return None;
+        }
         let threshold = (self.p * 4_294_967_296.0) as u64;
         let keep = (1.0 / (1.0 - self.p)) as f32;
         let mut mask = Vec::with_capacity(n);
@@ -113,7 +185,6 @@ impl Dropout {
                 }
             }
         }
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        x.mul(&mask)
+        Some(mask)
     }
 }

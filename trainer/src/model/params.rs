@@ -26,6 +26,7 @@ pub struct ParamStore {
     pub varmap: VarMap,
     device: Device,
     seed: u64,
+    compute_dtype: DType,
 }
 
 fn name_hash(name: &str) -> u64 {
@@ -59,7 +60,20 @@ impl ParamStore {
             varmap: VarMap::new(),
             device: device.clone(),
             seed,
+            compute_dtype: DType::F32,
         }
+    }
+
+    /// Models built from this store run their matrix products in `dtype` (autocast: parameters
+    /// stay f32, products are cast in and their results back to f32; `F32` = no casting).
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    /// The dtype of matrix products (see [`ParamStore::with_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
     }
 
     /// The parameter `name`, created with `init` if absent.

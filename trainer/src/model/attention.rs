@@ -1,0 +1,380 @@
+//! Multi-head self-attention as one CPU kernel with its own backward.
+//!
+//! The composed path (split heads, transpose, `contiguous`, batched matmul, scale, mask, softmax,
+//! dropout, matmul, merge heads) costs ~10 tensor passes and allocations forward and ~20 back,
+//! and candle's batched matmul runs each of the B·heads small products on the whole thread pool.
+//! Here each (sequence, head) pair is one task on the rayon pool: its products run
+//! single-threaded through `gemm` on strided views of the fused `[B, L, 3H]` projections, and the
+//! context is written straight into `[B, L, H]`; nothing is transposed or copied.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Attention over fused projections `qkv` `[B, L, 3H]` (query, key, value blocks of H columns,
+/// heads of `H / heads` columns each) → context `[B, L, H]`.
+pub struct FusedAttention {
+    heads: usize,
+    scale: f32,
+    /// `[B · L]` additive bias on the keys (0 for tokens, large negative for padding).
+    key_bias: Arc<Vec<f32>>,
+    /// `[B · heads · L · L]` dropout factors on the probabilities (0 or 1/(1−p)); `None` = none.
+    dropout: Option<Arc<Vec<f32>>>,
+    /// Softmax probabilities `[B · heads · L · L]` (before dropout), kept for the backward.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl FusedAttention {
+    /// The op for `heads` heads of width `head_dim`, key bias `[B·L]` and optional dropout factors.
+    pub fn new(
+        heads: usize,
+        head_dim: usize,
+        key_bias: Vec<f32>,
+        dropout: Option<Vec<f32>>,
+    ) -> Self {
+        FusedAttention {
+            heads,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            key_bias: Arc::new(key_bias),
+            dropout: dropout.map(Arc::new),
+            probs: Mutex::new(None),
+        }
+    }
+}
+
+/// The dimensions of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn of(l: &Layout, heads: usize, what: &str) -> Result<Self> {
+        let &[batch, len, three_h] = l.dims() else {
+            candle_core::bail!("{what}: expected [B, L, 3H], got {:?}", l.dims())
+        };
+        let hidden = three_h / 3;
+        if three_h % 3 != 0 || heads == 0 || hidden % heads != 0 {
+            candle_core::bail!("{what}: width {three_h} is not 3 × a multiple of {heads} heads");
+        }
+        Ok(Dims {
+            batch,
+            len,
+            hidden,
+            heads,
+            head_dim: hidden / heads,
+        })
+    }
+
+    /// Offset of head `h`'s columns of block `block` (0 = query, 1 = key, 2 = value) in sequence
+    /// `b` of the `[B, L, 3H]` tensor; rows are `3H` apart.
+    fn qkv_offset(&self, b: usize, h: usize, block: usize) -> usize {
+        b * self.len * 3 * self.hidden + block * self.hidden + h * self.head_dim
+    }
+
+    /// Offset of head `h`'s columns in sequence `b` of a `[B, L, H]` tensor; rows are `H` apart.
+    fn ctx_offset(&self, b: usize, h: usize) -> usize {
+        b * self.len * self.hidden + h * self.head_dim
+    }
+
+    fn tasks(&self) -> usize {
+        self.batch * self.heads
+    }
+}
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("{what}: f32 only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: contiguous input only")
+    };
+    Ok(&data[a..b])
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes only its own (sequence, head) columns; see the callers.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole `Sync` struct).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// A strided matrix view: pointer, row stride, column stride (in elements).
+#[derive(Clone, Copy)]
+struct View(*const f32, isize, isize);
+
+impl View {
+    fn t(self) -> View {
+        View(self.0, self.2, self.1)
+    }
+}
+
+/// `dst [m, n] (row stride dst_rs) = alpha · lhs [m, k] · rhs [k, n]`, single-threaded.
+///
+/// # Safety
+/// The views must address `m×k`, `k×n` and `m×n` valid elements; `dst` must not overlap them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+fn softmax_rows_in_place(s: &mut [f32], len: usize) {
+    for row in s.chunks_mut(len) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l, self.heads, "attention")?;
+        let qkv = f32_data(s, l, "attention")?;
+        let (len, lsq) = (d.len, d.len * d.len);
+        if self.key_bias.len() != d.batch * len {
+            candle_core::bail!(
+                "attention: key bias of {} for {}×{len}",
+                self.key_bias.len(),
+                d.batch
+            );
+        }
+        if let Some(m) = &self.dropout {
+            if m.len() != d.tasks() * lsq {
+                candle_core::bail!("attention: dropout factors of {} elements", m.len());
+            }
+        }
+        let mut ctx = vec![0f32; d.batch * len * d.hidden];
+        let mut probs = vec![0f32; d.tasks() * lsq];
+        let out = SharedMut(ctx.as_mut_ptr());
+        let rs = 3 * d.hidden as isize;
+        probs.par_chunks_mut(lsq).enumerate().for_each_init(
+            Vec::new,
+            |scratch: &mut Vec<f32>, (task, p)| {
+                let (b, h) = (task / d.heads, task % d.heads);
+                let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
+                let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
+                let v = View(qkv[d.qkv_offset(b, h, 2)..].as_ptr(), rs, 1);
+                // SAFETY: q, k, v address len×head_dim elements inside `qkv`; `p` is len×len.
+                unsafe {
+                    matmul(
+                        len,
+                        len,
+                        d.head_dim,
+                        p.as_mut_ptr(),
+                        len as isize,
+                        q,
+                        k.t(),
+                        self.scale,
+                    )
+                };
+                let bias = &self.key_bias[b * len..(b + 1) * len];
+                for row in p.chunks_mut(len) {
+                    row.iter_mut().zip(bias).for_each(|(s, &m)| *s += m);
+                }
+                softmax_rows_in_place(p, len);
+                let weights: &[f32] = match &self.dropout {
+                    Some(m) => {
+                        scratch.clear();
+                        let m = &m[task * lsq..(task + 1) * lsq];
+                        scratch.extend(p.iter().zip(m).map(|(p, m)| p * m));
+                        scratch
+                    }
+                    None => p,
+                };
+                let dst = out.at(d.ctx_offset(b, h));
+                // SAFETY: this task alone writes rows of sequence b, columns of head h of `ctx`.
+                unsafe {
+                    matmul(
+                        len,
+                        d.head_dim,
+                        len,
+                        dst,
+                        d.hidden as isize,
+                        View(weights.as_ptr(), len as isize, 1),
+                        v,
+                        1.0,
+                    )
+                };
+            },
+        );
+        *self.probs.lock().expect("attention probabilities lock") = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(ctx), Shape::from((d.batch, len, d.hidden))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(probs) = self
+            .probs
+            .lock()
+            .expect("attention probabilities lock")
+            .clone()
+        else {
+            candle_core::bail!("attention backward before forward")
+        };
+        let back = FusedAttentionBackward {
+            heads: self.heads,
+            scale: self.scale,
+            dropout: self.dropout.clone(),
+            probs,
+        };
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &back)?,
+        ))
+    }
+}
+
+/// Inputs (qkv `[B, L, 3H]`, d context `[B, L, H]`) → d qkv `[B, L, 3H]`.
+struct FusedAttentionBackward {
+    heads: usize,
+    scale: f32,
+    dropout: Option<Arc<Vec<f32>>>,
+    probs: Arc<Vec<f32>>,
+}
+
+impl CustomOp2 for FusedAttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads, "attention bwd")?;
+        let qkv = f32_data(s1, l1, "attention bwd")?;
+        let dctx = f32_data(s2, l2, "attention bwd")?;
+        let (len, lsq) = (d.len, d.len * d.len);
+        if dctx.len() != d.batch * len * d.hidden || self.probs.len() != d.tasks() * lsq {
+            candle_core::bail!("attention bwd: gradient or probabilities of the wrong size");
+        }
+        let mut dqkv = vec![0f32; qkv.len()];
+        let out = SharedMut(dqkv.as_mut_ptr());
+        let rs = 3 * d.hidden as isize;
+        (0..d.tasks()).into_par_iter().for_each_init(
+            || (vec![0f32; lsq], vec![0f32; lsq]),
+            |(weights, ds), task| {
+                let (b, h) = (task / d.heads, task % d.heads);
+                let p = &self.probs[task * lsq..(task + 1) * lsq];
+                let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
+                let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
+                let v = View(qkv[d.qkv_offset(b, h, 2)..].as_ptr(), rs, 1);
+                let dout = View(dctx[d.ctx_offset(b, h)..].as_ptr(), d.hidden as isize, 1);
+                let (dq, dk, dv) = (
+                    out.at(d.qkv_offset(b, h, 0)),
+                    out.at(d.qkv_offset(b, h, 1)),
+                    out.at(d.qkv_offset(b, h, 2)),
+                );
+                let mask = self
+                    .dropout
+                    .as_ref()
+                    .map(|m| &m[task * lsq..(task + 1) * lsq]);
+                match mask {
+                    Some(m) => weights
+                        .iter_mut()
+                        .zip(p.iter().zip(m))
+                        .for_each(|(w, (p, m))| *w = p * m),
+                    None => weights.copy_from_slice(p),
+                }
+                // SAFETY: views address len×head_dim elements of `qkv`/`dctx` or len×len scratch;
+                // this task alone writes rows of sequence b, columns of head h of each block.
+                unsafe {
+                    // d weights = d out · vᵀ;  d v = weightsᵀ · d out.
+                    matmul(
+                        len,
+                        len,
+                        d.head_dim,
+                        ds.as_mut_ptr(),
+                        len as isize,
+                        dout,
+                        v.t(),
+                        1.0,
+                    );
+                    matmul(
+                        len,
+                        d.head_dim,
+                        len,
+                        dv,
+                        rs,
+                        View(weights.as_ptr(), len as isize, 1).t(),
+                        dout,
+                        1.0,
+                    );
+                }
+                // d scores = scale · p ⊙ (dp − Σ dp ⊙ p), with dp = d weights ⊙ dropout factors.
+                if let Some(m) = mask {
+                    ds.iter_mut().zip(m).for_each(|(g, m)| *g *= m);
+                }
+                for (g, p) in ds.chunks_mut(len).zip(p.chunks(len)) {
+                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
+                    g.iter_mut()
+                        .zip(p)
+                        .for_each(|(g, &p)| *g = self.scale * p * (*g - dot));
+                }
+                let ds_view = View(ds.as_ptr(), len as isize, 1);
+                // SAFETY: as above.
+                unsafe {
+                    // d q = d scores · k;  d k = d scoresᵀ · q.
+                    matmul(len, d.head_dim, len, dq, rs, ds_view, k, 1.0);
+                    matmul(len, d.head_dim, len, dk, rs, ds_view.t(), q, 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
