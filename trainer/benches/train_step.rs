@@ -1,7 +1,8 @@
 //! Training throughput on CPU: tokens/s of full optimizer steps (forward, backward, AdamW) for
 //! `mini` with micro-batch 32×128 and `base` with 8×128, with the time split by phase.
 //!
-//! Run: `cargo bench -p trainer --bench train_step` (add `-- mini` or `-- base` for one model).
+//! Run: `cargo bench -p trainer --bench train_step` (add `-- mini` or `-- base` for one model,
+//! `-- --steps N` for N measured steps instead of 6 for mini and 3 for base).
 //! Threads: candle uses all cores (RAYON_NUM_THREADS / the machine's 2 here).
 
 #[path = "../../shared/tests/common/mod.rs"]
@@ -20,9 +21,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     trainer::alloc::keep_freed_pages();
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let steps_flag = argv.iter().position(|a| a == "--steps").map(|i| {
+        argv.get(i + 1)
+            .and_then(|n| n.parse::<usize>().ok())
+            .expect("--steps N")
+    });
+    let only: Vec<String> = argv
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || argv[i - 1] != "--steps"))
+        .map(|(_, a)| a.clone())
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let set = common::write_set(dir.path(), &common::sample_docs(), 100);
@@ -34,6 +43,7 @@ fn main() {
         if !only.is_empty() && !only.iter().any(|o| o == name) {
             continue;
         }
+        let steps = steps_flag.unwrap_or(steps);
         let seqs = Sequences::new(set.clone(), &tok.info, Layout::Pack, 128, 1).unwrap();
         let cfg = SamplerConfig {
             seed: 0,

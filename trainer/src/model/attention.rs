@@ -162,19 +162,6 @@ unsafe fn matmul(
     }
 }
 
-fn softmax_rows_in_place(s: &mut [f32], len: usize) {
-    for row in s.chunks_mut(len) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for v in row.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
 impl CustomOp1 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -224,7 +211,7 @@ impl CustomOp1 for FusedAttention {
                 for row in p.chunks_mut(len) {
                     row.iter_mut().zip(bias).for_each(|(s, &m)| *s += m);
                 }
-                softmax_rows_in_place(p, len);
+                super::vmath::softmax_rows(p, len);
                 let weights: &[f32] = match &self.dropout {
                     Some(m) => {
                         scratch.clear();

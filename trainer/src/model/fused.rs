@@ -1,10 +1,12 @@
-//! CPU kernels with their own backward pass for the two hottest composed ops: softmax over the
-//! last dimension and LayerNorm normalisation. Each replaces ~5 forward and ~10 backward tensor
-//! ops (each a full pass over memory and a fresh allocation) with one pass forward and one back.
+//! CPU kernels with their own backward pass for the hottest composed ops: softmax over the last
+//! dimension, LayerNorm, cross-entropy, bias add and GELU. Each replaces several forward and
+//! backward tensor ops (each a full pass over memory and a fresh allocation) with one pass forward
+//! and one back.
 //!
 //! Used only for contiguous f32 tensors on the CPU; other devices take the composed path in
 //! [`super::ops`].
 
+use super::vmath;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -64,14 +66,8 @@ impl CustomOp1 for Softmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dim) = f32_rows(s, l, "softmax")?;
         let out = map_rows(x, dim, |o, x| {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = (x - max).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|o| *o *= inv);
+            o.copy_from_slice(x);
+            vmath::softmax_rows(o, dim);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -110,8 +106,11 @@ impl CustomOp2 for SoftmaxBackward {
     }
 }
 
-/// LayerNorm without the affine part: (x − mean) / sqrt(var + eps) over the last dimension.
-pub struct Normalize {
+/// LayerNorm over the last dimension with its affine part: inputs (x `[.., N]`, weight `[N]`,
+/// bias `[N]`) → `(x − mean) / sqrt(var + eps) · weight + bias`. Its backward gives all three
+/// gradients in one pass over the rows (the weight and bias sums as per-task partial sums),
+/// instead of the broadcast multiply/add pair whose backward reduces over rows with a stride.
+pub struct LayerNorm {
     /// Variance epsilon.
     pub eps: f32,
 }
@@ -123,39 +122,17 @@ fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-impl CustomOp1 for Normalize {
-    fn name(&self) -> &'static str {
-        "layer-norm-normalize"
+fn affine_params<'a>(s: &'a CpuStorage, l: &Layout, dim: usize, what: &str) -> Result<&'a [f32]> {
+    let (p, _) = f32_rows(s, l, what)?;
+    if p.len() != dim {
+        candle_core::bail!("{what}: {} parameters for rows of {dim}", p.len());
     }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (x, dim) = f32_rows(s, l, "layer norm")?;
-        let eps = self.eps;
-        let out = map_rows(x, dim, |o, x| {
-            let (mean, inv_std) = row_stats(x, eps);
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = (x - mean) * inv_std;
-            }
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.contiguous()?.apply_op2_no_bwd(
-            &grad.contiguous()?,
-            &NormalizeBackward { eps: self.eps },
-        )?))
-    }
+    Ok(p)
 }
 
-/// dx = inv_std · (dy − mean(dy) − x̂ · mean(dy ⊙ x̂)); inputs (x, dy).
-struct NormalizeBackward {
-    eps: f32,
-}
-
-impl CustomOp2 for NormalizeBackward {
+impl candle_core::CustomOp3 for LayerNorm {
     fn name(&self) -> &'static str {
-        "layer-norm-normalize-bwd"
+        "layer-norm"
     }
 
     fn cpu_fwd(
@@ -164,43 +141,120 @@ impl CustomOp2 for NormalizeBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, dim) = f32_rows(s1, l1, "layer norm bwd")?;
-        let (dy, _) = f32_rows(s2, l2, "layer norm bwd")?;
+        let (x, dim) = f32_rows(s1, l1, "layer norm")?;
+        let w = affine_params(s2, l2, dim, "layer norm weight")?;
+        let b = affine_params(s3, l3, dim, "layer norm bias")?;
         let eps = self.eps;
-        let out = map_rows2(x, dy, dim, |o, x, dy| {
+        let out = map_rows(x, dim, |o, x| {
             let (mean, inv_std) = row_stats(x, eps);
-            let n = dim as f32;
-            let (mut sum_dy, mut sum_dy_xhat) = (0f32, 0f32);
-            for (&x, &dy) in x.iter().zip(dy) {
-                sum_dy += dy;
-                sum_dy_xhat += dy * (x - mean) * inv_std;
-            }
-            let (mean_dy, mean_dy_xhat) = (sum_dy / n, sum_dy_xhat / n);
-            for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
-                let xhat = (x - mean) * inv_std;
-                *o = inv_std * (dy - mean_dy - xhat * mean_dy_xhat);
+            for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+                *o = (x - mean) * inv_std * w + b;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let rows = x.elem_count() / weight.elem_count().max(1);
+        let packed = x.contiguous()?.apply_op3_no_bwd(
+            &weight.contiguous()?,
+            &grad.contiguous()?,
+            &LayerNormBackward { eps: self.eps },
+        )?;
+        let dx = packed.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, rows, 1)?.reshape(weight.shape())?;
+        let db = packed.narrow(0, rows + 1, 1)?.reshape(weight.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
 }
 
-/// Cross-entropy per row of logits `[M, V]` against u32 labels `[M]`, in one pass: output `[M, 2]`
-/// holding each row's loss (`logsumexp − x[label]`) and 1.0 where the row's first arg-max is the
-/// label (0.0 otherwise), so accuracy needs no second pass. Only the loss column has a gradient.
+/// Inputs (x, weight, dy) → `[rows + 2, N]`: dx rows, then d weight = Σ dy ⊙ x̂ and d bias = Σ dy,
+/// with dx = inv_std · (g − mean(g) − x̂ · mean(g ⊙ x̂)) for g = dy ⊙ weight.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl candle_core::CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "layer norm bwd")?;
+        let w = affine_params(s2, l2, dim, "layer norm bwd")?;
+        let (dy, _) = f32_rows(s3, l3, "layer norm bwd")?;
+        let rows = x.len() / dim.max(1);
+        let eps = self.eps;
+        let n = dim as f32;
+        let mut out = vec![0f32; (rows + 2) * dim];
+        let (dx, sums) = out.split_at_mut(rows * dim);
+        let partial = dx
+            .par_chunks_mut(dim * ROWS_PER_TASK)
+            .zip(x.par_chunks(dim * ROWS_PER_TASK))
+            .zip(dy.par_chunks(dim * ROWS_PER_TASK))
+            .map(|((dx, x), dy)| {
+                let mut acc = vec![0f32; 2 * dim];
+                let (dw, db) = acc.split_at_mut(dim);
+                for ((dx, x), dy) in dx.chunks_mut(dim).zip(x.chunks(dim)).zip(dy.chunks(dim)) {
+                    let (mean, inv_std) = row_stats(x, eps);
+                    let (mut sum_g, mut sum_g_xhat) = (0f32, 0f32);
+                    let params = w.iter().zip(dw.iter_mut().zip(db.iter_mut()));
+                    for ((&x, &dy), (&w, (dw, db))) in x.iter().zip(dy).zip(params) {
+                        let xhat = (x - mean) * inv_std;
+                        let g = dy * w;
+                        sum_g += g;
+                        sum_g_xhat += g * xhat;
+                        *dw += dy * xhat;
+                        *db += dy;
+                    }
+                    let (mean_g, mean_g_xhat) = (sum_g / n, sum_g_xhat / n);
+                    for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
+                        let xhat = (x - mean) * inv_std;
+                        *dx = inv_std * (dy * w - mean_g - xhat * mean_g_xhat);
+                    }
+                }
+                acc
+            })
+            .reduce(
+                || vec![0f32; 2 * dim],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        sums.copy_from_slice(&partial);
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, dim))))
+    }
+}
+
+/// Cross-entropy per row of logits `[M, V]` against u32 labels `[M]`, in one pass: output `[M, 3]`
+/// holding each row's loss (`logsumexp − x[label]`), 1.0 where the row's first arg-max is the
+/// label (0.0 otherwise), so accuracy needs no second pass, and the row's logsumexp, which the
+/// backward reuses. Only the loss column has a gradient.
 pub struct CrossEntropyRows;
 
+/// (loss, logsumexp, first arg-max) of one row.
 fn ce_row(x: &[f32], label: usize) -> (f32, f32, usize) {
-    let (mut max, mut arg) = (f32::NEG_INFINITY, 0);
-    for (j, &v) in x.iter().enumerate() {
-        if v > max {
-            max = v;
-            arg = j;
-        }
-    }
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
-    let lse = max + sum.ln();
+    let (max, lse) = vmath::max_and_logsumexp(x);
+    let arg = x.iter().position(|&v| v == max).unwrap_or(0);
     (lse - x[label], lse, arg)
 }
 
@@ -235,36 +289,43 @@ impl CustomOp2 for CrossEntropyRows {
         if let Some(&bad) = labels.iter().find(|&&t| t as usize >= dim) {
             candle_core::bail!("cross-entropy: label {bad} outside {dim} classes");
         }
-        let mut out = vec![0f32; rows * 2];
-        out.par_chunks_mut(2)
+        let mut out = vec![0f32; rows * 3];
+        out.par_chunks_mut(3)
             .zip(x.par_chunks(dim))
             .zip(labels.par_iter())
             .for_each(|((o, x), &t)| {
-                let (loss, _, arg) = ce_row(x, t as usize);
+                let (loss, lse, arg) = ce_row(x, t as usize);
                 o[0] = loss;
                 o[1] = (arg == t as usize) as u8 as f32;
+                o[2] = lse;
             });
-        Ok((CpuStorage::F32(out), Shape::from((rows, 2))))
+        Ok((CpuStorage::F32(out), Shape::from((rows, 3))))
     }
 
     fn bwd(
         &self,
         logits: &Tensor,
         labels: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let back = CrossEntropyRowsBackward {
+            logsumexp: res.narrow(1, 2, 1)?.flatten_all()?.to_vec1()?,
+        };
         let g = logits.contiguous()?.apply_op3_no_bwd(
             &labels.contiguous()?,
             &grad.contiguous()?,
-            &CrossEntropyRowsBackward,
+            &back,
         )?;
         Ok((Some(g), None))
     }
 }
 
-/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, d out `[M, 2]`).
-struct CrossEntropyRowsBackward;
+/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, d out `[M, 3]`).
+struct CrossEntropyRowsBackward {
+    /// Each row's logsumexp from the forward pass.
+    logsumexp: Vec<f32>,
+}
 
 impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
     fn name(&self) -> &'static str {
@@ -284,16 +345,20 @@ impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
         let rows = x.len() / dim.max(1);
         let labels = u32_labels(s2, l2, rows)?;
         let (dout, _) = f32_rows(s3, l3, "cross-entropy bwd")?;
+        if self.logsumexp.len() != rows {
+            candle_core::bail!(
+                "cross-entropy bwd: {} sums for {rows} rows",
+                self.logsumexp.len()
+            );
+        }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
-            .zip(labels.par_iter().zip(dout.par_chunks(2)))
-            .for_each(|((o, x), (&t, d))| {
-                let (_, lse, _) = ce_row(x, t as usize);
+            .zip(labels.par_iter().zip(dout.par_chunks(3)))
+            .zip(self.logsumexp.par_iter())
+            .for_each(|(((o, x), (&t, d)), &lse)| {
                 let g = d[0];
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = (v - lse).exp() * g;
-                }
+                vmath::exp_shifted_scaled(o, x, lse, g);
                 o[t as usize] -= g;
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -370,10 +435,6 @@ impl CustomOp1 for SumRows {
 /// (`Φ(x) + x · φ(x)`) instead of candle's eleven tensor ops over the feed-forward activations.
 pub struct GeluErf;
 
-fn phi_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-}
-
 impl CustomOp1 for GeluErf {
     fn name(&self) -> &'static str {
         "gelu-erf"
@@ -381,11 +442,7 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, dim) = f32_rows(s, l, "gelu")?;
-        let out = map_rows(x, dim, |o, x| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * phi_cdf(x);
-            }
-        });
+        let out = map_rows(x, dim, vmath::gelu);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
@@ -414,12 +471,7 @@ impl CustomOp2 for GeluErfBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let (x, dim) = f32_rows(s1, l1, "gelu bwd")?;
         let (dy, _) = f32_rows(s2, l2, "gelu bwd")?;
-        const INV_SQRT_2PI: f32 = 0.398_942_3;
-        let out = map_rows2(x, dy, dim, |o, x, dy| {
-            for ((o, &x), &dy) in o.iter_mut().zip(x).zip(dy) {
-                *o = dy * (phi_cdf(x) + x * INV_SQRT_2PI * (-0.5 * x * x).exp());
-            }
-        });
+        let out = map_rows2(x, dy, dim, vmath::gelu_backward);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }

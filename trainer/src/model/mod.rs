@@ -6,6 +6,7 @@
 //!   where they apply, composed differentiable ops on any other device.
 //! - [`fused`]: CPU kernels with their own backward (softmax, LayerNorm, cross-entropy, bias, GELU).
 //! - [`attention`]: multi-head self-attention as one CPU kernel with its own backward.
+//! - [`vmath`]: vectorised exp/erf row kernels (softmax, log-sum-exp, GELU) the kernels share.
 //! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
 
 pub mod attention;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod fused;
 pub mod ops;
 pub mod params;
+pub mod vmath;
 
 pub use bert::{Bert, Linear, MlmInputs, MlmOutput};
 pub use config::BertConfig;

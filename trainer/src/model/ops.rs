@@ -25,10 +25,11 @@ pub fn matmul_in(a: &Tensor, b: &Tensor, dtype: DType) -> Result<Tensor> {
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if use_fused(x) {
-        let normed = x
-            .contiguous()?
-            .apply_op1(super::fused::Normalize { eps: eps as f32 })?;
-        return normed.broadcast_mul(weight)?.broadcast_add(bias);
+        return x.contiguous()?.apply_op3(
+            weight,
+            bias,
+            super::fused::LayerNorm { eps: eps as f32 },
+        );
     }
     layer_norm_composed(x, weight, bias, eps)
 }
