@@ -7,6 +7,7 @@ at the 15% masked positions.
     pip install torch transformers && python3 bench/hf_train_step.py --threads 2
 """
 import argparse
+import resource
 import time
 
 import torch
@@ -19,8 +20,8 @@ args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 SIZES = {"mini": (4, 256, 4, 1024, 32), "base": (12, 768, 12, 3072, 8)}
-print("| model | micro-batch | head | tokens/s |")
-print("|---|---|---|---|")
+print("| model | micro-batch | head | tokens/s | peak RSS MB (process so far) |")
+print("|---|---|---|---|---|")
 for name, (layers, hidden, heads, inter, rows) in SIZES.items():
     cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter)
     model = BertForMaskedLM(cfg).train()
@@ -43,4 +44,5 @@ for name, (layers, hidden, heads, inter, rows) in SIZES.items():
             opt.step()
             if step > 0:
                 times.append(time.perf_counter() - t)
-        print(f"| {name} | {rows}x128 | {head} | {rows * 128 / (sum(times) / len(times)):.0f} |")
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"| {name} | {rows}x128 | {head} | {rows * 128 / (sum(times) / len(times)):.0f} | {rss:.0f} |")

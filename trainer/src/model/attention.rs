@@ -88,13 +88,7 @@ impl Dims {
 }
 
 fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("{what}: f32 only")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: contiguous input only")
-    };
-    Ok(&data[a..b])
+    Ok(super::fused::f32_rows(s, l, what)?.0)
 }
 
 /// A pointer that tasks writing disjoint parts of one buffer may share.

@@ -10,7 +10,8 @@ use super::vmath;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
+/// The contiguous f32 data of a CPU tensor and its last dimension.
+pub(super) fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{what}: f32 only")
     };
