@@ -650,6 +650,57 @@ fn bf16_autocast_keeps_f32_parameters_and_gradients() {
     );
 }
 
+/// A training step's gradients are bit-identical whatever the thread count (row-block partial sums
+/// are added in block order, attention tasks are single-threaded).
+#[test]
+fn gradients_are_identical_for_any_thread_count() {
+    let dev = Device::Cpu;
+    let (b, l, vocab) = (16usize, 32usize, 60u32);
+    let ids: Vec<u32> = (0..b * l).map(|i| (i as u32 * 13 + 5) % vocab).collect();
+    let mut mask = vec![1f32; b * l];
+    mask[b * l - 5..].fill(0.0);
+    let positions: Vec<u32> = (0..(b * l) as u32).step_by(7).collect();
+    let labels: Vec<u32> = positions.iter().map(|&p| (p * 3 + 2) % vocab).collect();
+    let n = positions.len();
+    let inp = MlmInputs {
+        input_ids: Tensor::from_vec(ids, (b, l), &dev).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (b, l), &dev).unwrap(),
+        masked_positions: Tensor::from_vec(positions, n, &dev).unwrap(),
+        masked_labels: Tensor::from_vec(labels, n, &dev).unwrap(),
+    };
+    let grads_with = |threads: usize| -> Vec<Vec<f32>> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let params = ParamStore::new(&dev, 8);
+            let model = Bert::new(tiny(vocab as usize), &params).unwrap();
+            let mut dropout = Some(Dropout::new(
+                rand_xoshiro::Xoshiro256PlusPlus::from_seed_u64(3),
+                0.1,
+            ));
+            let loss = model.mlm_loss(&inp, &mut dropout).unwrap().loss;
+            let grads = loss.backward().unwrap();
+            params
+                .named_vars()
+                .iter()
+                .map(|(_, v)| {
+                    let g = grads.get(v.as_tensor()).unwrap();
+                    g.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect()
+        })
+    };
+    let one = grads_with(1);
+    for threads in [2, 3, 4] {
+        assert!(
+            grads_with(threads) == one,
+            "{threads} threads differ from 1"
+        );
+    }
+}
+
 /// The fused cross-entropy equals candle-nn's (loss and gradient) and counts arg-max hits.
 #[test]
 fn fused_cross_entropy_matches_candle_nn() {

@@ -11,7 +11,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 /// The contiguous f32 data of a CPU tensor and its last dimension.
-pub(super) fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
+pub(super) fn f32_rows<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<(&'a [f32], usize)> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("{what}: f32 only")
     };
@@ -23,6 +27,15 @@ pub(super) fn f32_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
 }
 
 const ROWS_PER_TASK: usize = 64;
+
+/// Σ of per-block partial sums, added in block order: rayon's `reduce` combines in a tree shaped
+/// by work stealing, which would make the float result vary from run to run.
+fn sum_in_order(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    partial.iter().fold(vec![0f32; len], |mut acc, p| {
+        acc.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+        acc
+    })
+}
 
 /// Applies `f(out_row, x_row)` to every row of length `dim`, rows split across the rayon pool.
 fn map_rows(x: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
@@ -207,7 +220,7 @@ impl candle_core::CustomOp3 for LayerNormBackward {
         let n = dim as f32;
         let mut out = vec![0f32; (rows + 2) * dim];
         let (dx, sums) = out.split_at_mut(rows * dim);
-        let partial = dx
+        let partial: Vec<Vec<f32>> = dx
             .par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK))
             .zip(dy.par_chunks(dim * ROWS_PER_TASK))
@@ -234,14 +247,8 @@ impl candle_core::CustomOp3 for LayerNormBackward {
                 }
                 acc
             })
-            .reduce(
-                || vec![0f32; 2 * dim],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
-        sums.copy_from_slice(&partial);
+            .collect();
+        sums.copy_from_slice(&sum_in_order(partial, 2 * dim));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, dim))))
     }
 }
@@ -424,10 +431,11 @@ impl CustomOp1 for SumRows {
             acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
             acc
         };
-        let out = x
+        let partial: Vec<Vec<f32>> = x
             .par_chunks(dim * ROWS_PER_TASK)
             .map(|block| block.chunks(dim).fold(vec![0f32; dim], add))
-            .reduce(|| vec![0f32; dim], |a, b| add(a, &b));
+            .collect();
+        let out = sum_in_order(partial, dim);
         Ok((CpuStorage::F32(out), Shape::from(dim)))
     }
 }
