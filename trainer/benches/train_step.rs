@@ -19,20 +19,22 @@ use trainer::optim::{AdamW, AdamWConfig};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `-- [mini] [base] [--steps N]`.
+#[derive(clap::Parser)]
+struct BenchArgs {
+    /// Models to run (default: both).
+    models: Vec<String>,
+    /// Measured steps per model (default: 6 for mini, 3 for base).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
 fn main() {
     trainer::alloc::keep_freed_pages();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let steps_flag = argv.iter().position(|a| a == "--steps").map(|i| {
-        argv.get(i + 1)
-            .and_then(|n| n.parse::<usize>().ok())
-            .expect("--steps N")
-    });
-    let only: Vec<String> = argv
-        .iter()
-        .enumerate()
-        .filter(|(i, a)| !a.starts_with('-') && (*i == 0 || argv[i - 1] != "--steps"))
-        .map(|(_, a)| a.clone())
-        .collect();
+    let args = <BenchArgs as clap::Parser>::parse();
     let dir = tempfile::tempdir().unwrap();
     let set = common::write_set(dir.path(), &common::sample_docs(), 100);
     let tok = LoadedTokenizer::load(None).unwrap();
@@ -40,10 +42,10 @@ fn main() {
     println!("| model | micro-batch | tokens/s | step ms | forward ms | backward ms | optimizer ms | batch build ms | peak RSS MB |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, rows, steps) in [("mini", 32usize, 6usize), ("base", 8, 3)] {
-        if !only.is_empty() && !only.iter().any(|o| o == name) {
+        if !args.models.is_empty() && !args.models.iter().any(|o| o == name) {
             continue;
         }
-        let steps = steps_flag.unwrap_or(steps);
+        let steps = args.steps.unwrap_or(steps);
         let seqs = Sequences::new(set.clone(), &tok.info, Layout::Pack, 128, 1).unwrap();
         let cfg = SamplerConfig {
             seed: 0,

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 /// heads of `H / heads` columns each) → context `[B, L, H]`.
 pub struct FusedAttention {
     heads: usize,
-    scale: f32,
     /// `[B · L]` additive bias on the keys (0 for tokens, large negative for padding).
     key_bias: Arc<Vec<f32>>,
     /// `[B · heads · L · L]` dropout factors on the probabilities (0 or 1/(1−p)); `None` = none.
@@ -26,16 +25,10 @@ pub struct FusedAttention {
 }
 
 impl FusedAttention {
-    /// The op for `heads` heads of width `head_dim`, key bias `[B·L]` and optional dropout factors.
-    pub fn new(
-        heads: usize,
-        head_dim: usize,
-        key_bias: Vec<f32>,
-        dropout: Option<Vec<f32>>,
-    ) -> Self {
+    /// The op for `heads` heads, key bias `[B·L]` and optional dropout factors.
+    pub fn new(heads: usize, key_bias: Vec<f32>, dropout: Option<Vec<f32>>) -> Self {
         FusedAttention {
             heads,
-            scale: 1.0 / (head_dim as f32).sqrt(),
             key_bias: Arc::new(key_bias),
             dropout: dropout.map(Arc::new),
             probs: Mutex::new(None),
@@ -84,6 +77,30 @@ impl Dims {
 
     fn tasks(&self) -> usize {
         self.batch * self.heads
+    }
+
+    /// The scores' scale, 1/√head_dim.
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Task `task`'s `[L, L]` block of the dropout factors, if any.
+fn task_factors(dropout: &Option<Arc<Vec<f32>>>, task: usize, lsq: usize) -> Option<&[f32]> {
+    dropout.as_ref().map(|m| &m[task * lsq..(task + 1) * lsq])
+}
+
+/// The probabilities after dropout: `p` itself without factors, else `p ⊙ factors` in `scratch`.
+fn dropped<'a>(p: &'a [f32], factors: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+    match factors {
+        Some(m) => {
+            scratch
+                .iter_mut()
+                .zip(p.iter().zip(m))
+                .for_each(|(w, (p, m))| *w = p * m);
+            scratch
+        }
+        None => p,
     }
 }
 
@@ -181,9 +198,10 @@ impl CustomOp1 for FusedAttention {
         let mut probs = vec![0f32; d.tasks() * lsq];
         let out = SharedMut(ctx.as_mut_ptr());
         let rs = 3 * d.hidden as isize;
+        let scale = d.scale();
         probs.par_chunks_mut(lsq).enumerate().for_each_init(
-            Vec::new,
-            |scratch: &mut Vec<f32>, (task, p)| {
+            || vec![0f32; lsq],
+            |scratch, (task, p)| {
                 let (b, h) = (task / d.heads, task % d.heads);
                 let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
                 let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
@@ -198,7 +216,7 @@ impl CustomOp1 for FusedAttention {
                         len as isize,
                         q,
                         k.t(),
-                        self.scale,
+                        scale,
                     )
                 };
                 let bias = &self.key_bias[b * len..(b + 1) * len];
@@ -206,15 +224,7 @@ impl CustomOp1 for FusedAttention {
                     row.iter_mut().zip(bias).for_each(|(s, &m)| *s += m);
                 }
                 super::vmath::softmax_rows(p, len);
-                let weights: &[f32] = match &self.dropout {
-                    Some(m) => {
-                        scratch.clear();
-                        let m = &m[task * lsq..(task + 1) * lsq];
-                        scratch.extend(p.iter().zip(m).map(|(p, m)| p * m));
-                        scratch
-                    }
-                    None => p,
-                };
+                let weights = dropped(p, task_factors(&self.dropout, task, lsq), scratch);
                 let dst = out.at(d.ctx_offset(b, h));
                 // SAFETY: this task alone writes rows of sequence b, columns of head h of `ctx`.
                 unsafe {
@@ -246,7 +256,6 @@ impl CustomOp1 for FusedAttention {
         };
         let back = FusedAttentionBackward {
             heads: self.heads,
-            scale: self.scale,
             dropout: self.dropout.clone(),
             probs,
         };
@@ -260,7 +269,6 @@ impl CustomOp1 for FusedAttention {
 /// Inputs (qkv `[B, L, 3H]`, d context `[B, L, H]`) → d qkv `[B, L, 3H]`.
 struct FusedAttentionBackward {
     heads: usize,
-    scale: f32,
     dropout: Option<Arc<Vec<f32>>>,
     probs: Arc<Vec<f32>>,
 }
@@ -287,9 +295,10 @@ impl CustomOp2 for FusedAttentionBackward {
         let mut dqkv = vec![0f32; qkv.len()];
         let out = SharedMut(dqkv.as_mut_ptr());
         let rs = 3 * d.hidden as isize;
+        let scale = d.scale();
         (0..d.tasks()).into_par_iter().for_each_init(
             || (vec![0f32; lsq], vec![0f32; lsq]),
-            |(weights, ds), task| {
+            |(scratch, ds), task| {
                 let (b, h) = (task / d.heads, task % d.heads);
                 let p = &self.probs[task * lsq..(task + 1) * lsq];
                 let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
@@ -301,17 +310,8 @@ impl CustomOp2 for FusedAttentionBackward {
                     out.at(d.qkv_offset(b, h, 1)),
                     out.at(d.qkv_offset(b, h, 2)),
                 );
-                let mask = self
-                    .dropout
-                    .as_ref()
-                    .map(|m| &m[task * lsq..(task + 1) * lsq]);
-                match mask {
-                    Some(m) => weights
-                        .iter_mut()
-                        .zip(p.iter().zip(m))
-                        .for_each(|(w, (p, m))| *w = p * m),
-                    None => weights.copy_from_slice(p),
-                }
+                let mask = task_factors(&self.dropout, task, lsq);
+                let weights = dropped(p, mask, scratch);
                 // SAFETY: views address len×head_dim elements of `qkv`/`dctx` or len×len scratch;
                 // this task alone writes rows of sequence b, columns of head h of each block.
                 unsafe {
@@ -341,12 +341,7 @@ impl CustomOp2 for FusedAttentionBackward {
                 if let Some(m) = mask {
                     ds.iter_mut().zip(m).for_each(|(g, m)| *g *= m);
                 }
-                for (g, p) in ds.chunks_mut(len).zip(p.chunks(len)) {
-                    let dot: f32 = g.iter().zip(p).map(|(g, p)| g * p).sum();
-                    g.iter_mut()
-                        .zip(p)
-                        .for_each(|(g, &p)| *g = self.scale * p * (*g - dot));
-                }
+                super::vmath::softmax_backward_rows(ds, p, len, scale);
                 let ds_view = View(ds.as_ptr(), len as isize, 1);
                 // SAFETY: as above.
                 unsafe {

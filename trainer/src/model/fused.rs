@@ -111,10 +111,8 @@ impl CustomOp2 for SoftmaxBackward {
         let (y, dim) = f32_rows(s1, l1, "softmax bwd")?;
         let (dy, _) = f32_rows(s2, l2, "softmax bwd")?;
         let out = map_rows2(y, dy, dim, |o, y, dy| {
-            let dot: f32 = y.iter().zip(dy).map(|(a, b)| a * b).sum();
-            for ((o, &y), &dy) in o.iter_mut().zip(y).zip(dy) {
-                *o = y * (dy - dot);
-            }
+            o.copy_from_slice(dy);
+            vmath::softmax_backward_rows(o, y, dim, 1.0);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

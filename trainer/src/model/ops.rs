@@ -88,10 +88,8 @@ pub fn attention(
     compute: DType,
 ) -> Result<Tensor> {
     if use_fused(qkv) && compute == DType::F32 {
-        let (_, _, three_h) = qkv.dims3()?;
         let bias = key_bias.flatten_all()?.to_vec1::<f32>()?;
-        let op =
-            super::attention::FusedAttention::new(heads, three_h / 3 / heads.max(1), bias, dropout);
+        let op = super::attention::FusedAttention::new(heads, bias, dropout);
         return qkv.contiguous()?.apply_op1(op);
     }
     attention_composed(qkv, heads, key_bias, dropout, compute)

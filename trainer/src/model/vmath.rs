@@ -1,8 +1,8 @@
-//! Vectorised row kernels for the fused CPU ops: softmax, log-sum-exp and GELU.
+//! Vectorised row kernels for the fused CPU ops: softmax and its backward, log-sum-exp and GELU.
 //!
 //! glibc's `expf` and libm's `erff` are scalar calls; here `exp` (Cephes' polynomial, ~1 ulp) and
-//! `erf` (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7 plus f32 rounding, the form PyTorch's vectorised CPU `erf`
-//! uses) are branch-free, so the compiler vectorises the loops. Each kernel is compiled for
+//! `erf` (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7 plus f32 rounding, the form PyTorch's
+//! vectorised CPU `erf` uses) are branch-free, so the compiler vectorises the loops. Each kernel is compiled for
 //! AVX-512, AVX2+FMA and the baseline and picked at run time. Sums run over 16 fixed lanes with
 //! explicit fused multiply-adds, so every path gives bit-identical results.
 
@@ -63,21 +63,27 @@ fn phi(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Sum over fixed lanes (the same order on every instruction set).
+/// Σ f(a[i], b[i]) over fixed lanes (the same order on every instruction set).
 #[inline(always)]
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += f(v);
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (ca, cb) in ca.zip(cb) {
+        for ((acc, &a), &b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += f(a, b);
         }
     }
-    for (a, &v) in acc.iter_mut().zip(tail) {
-        *a += f(v);
+    for ((acc, &a), &b) in acc.iter_mut().zip(ta).zip(tb) {
+        *acc += f(a, b);
     }
     acc.iter().sum()
+}
+
+/// Σ f(x[i]) over fixed lanes.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    lane_sum2(x, x, |v, _| f(v))
 }
 
 #[inline(always)]
@@ -133,6 +139,17 @@ dispatched! {
             row.iter_mut().for_each(|v| *v = exp(*v - max));
             let inv = 1.0 / lane_sum(row, |v| v);
             row.iter_mut().for_each(|v| *v *= inv);
+        }
+    }
+}
+
+dispatched! {
+    /// Softmax's backward for each `len`-long row, in place: `grad` holds dL/dy on entry and
+    /// `scale · y ⊙ (dL/dy − Σ dL/dy ⊙ y)` (`scale` · dL/dx) on return.
+    pub fn softmax_backward_rows(grad: &mut [f32], y: &[f32], len: usize, scale: f32) {
+        for (g, y) in grad.chunks_mut(len).zip(y.chunks(len)) {
+            let dot = lane_sum2(g, y, |g, y| g * y);
+            g.iter_mut().zip(y).for_each(|(g, &y)| *g = scale * y * (*g - dot));
         }
     }
 }
@@ -221,6 +238,27 @@ mod tests {
             let z: f64 = src.iter().map(|&v| (v as f64).exp()).sum();
             for (&p, &v) in row.iter().zip(src) {
                 assert!((p as f64 - (v as f64).exp() / z).abs() < 1e-6);
+            }
+        }
+        // Softmax backward against the Jacobian product Σ_j dy_j · y_j (δ_ij − y_i), times a scale.
+        let dy: Vec<f32> = (0..990)
+            .map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.02)
+            .collect();
+        let mut g = dy.clone();
+        softmax_backward_rows(&mut g, &rows, 99, 0.5);
+        for ((g, y), dy) in g.chunks(99).zip(rows.chunks(99)).zip(dy.chunks(99)) {
+            for i in 0..99 {
+                let want: f64 = (0..99)
+                    .map(|j| {
+                        let delta = if i == j { 1.0 } else { 0.0 };
+                        dy[j] as f64 * y[j] as f64 * (delta - y[i] as f64)
+                    })
+                    .sum::<f64>()
+                    * 0.5;
+                assert!(
+                    (g[i] as f64 - want).abs() < 1e-6,
+                    "softmax bwd row element {i}"
+                );
             }
         }
         let mut out = vec![0f32; x.len()];
