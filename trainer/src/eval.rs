@@ -44,11 +44,15 @@ impl Evaluator {
         }))
     }
 
+    /// The held-out batches, in evaluation order (what [`Evaluator::evaluate`] scores).
+    pub fn batches(&self) -> impl Iterator<Item = shared::sampler::Batch> + '_ {
+        (0..self.batches).map(|step| self.sampler.global_batch(step))
+    }
+
     /// Mean loss (weighted by predicted tokens) and accuracy over every held-out batch.
     pub fn evaluate(&self, model: &Bert, device: &Device) -> Result<(f64, f64)> {
         let (mut loss_sum, mut correct, mut predicted) = (0f64, 0usize, 0usize);
-        for step in 0..self.batches {
-            let batch = self.sampler.global_batch(step);
+        for batch in self.batches() {
             let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
             loss_sum += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
             correct += out.correct;

@@ -1,0 +1,134 @@
+//! Dumps what a `trainer` run starts from, for `scripts/hf_equivalence.py`: the step-0 parameters
+//! (HF `BertForMaskedLM` names, tied decoder added), the masked batches of steps `0..N` and the
+//! held-out evaluation batches, exactly as the trainer with the same flags builds them.
+//!
+//! ```text
+//! cargo run --release -p trainer --example reference_dump -- \
+//!     --dump ref/ --dump-steps 50 <the trainer flags of the run to compare>
+//! ```
+//!
+//! Writes `ref/init.safetensors`, `ref/batches.safetensors` (`input_ids`, `attention_mask`,
+//! `labels`: `[N, batch, seq_len]` i64, label -100 where nothing is predicted), without dropout
+//! `ref/grads0.safetensors` (step 0's gradients),
+//! `ref/eval.safetensors` (the same for the held-out set) and `ref/config.json` (model and
+//! optimiser settings, learning rate of every step).
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::Parser;
+use shared::sampler::Batch;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use trainer::model::{Bert, MlmInputs, ParamStore};
+use trainer::train::TrainArgs;
+
+#[derive(Parser)]
+struct Args {
+    /// Output directory.
+    #[arg(long)]
+    dump: PathBuf,
+    /// Steps whose batches are written.
+    #[arg(long)]
+    dump_steps: u64,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+/// `[batches, rows, seq_len]` i64 tensors of the batches' ids, attention masks and labels.
+fn stack(batches: &[Batch]) -> Result<HashMap<String, Tensor>> {
+    let (n, rows, len) = (batches.len(), batches[0].rows(), batches[0].seq_len);
+    let cat = |f: &dyn Fn(&Batch) -> Vec<i64>| -> Result<Tensor> {
+        let v: Vec<i64> = batches.iter().flat_map(f).collect();
+        Ok(Tensor::from_vec(v, (n, rows, len), &Device::Cpu)?)
+    };
+    Ok(HashMap::from([
+        (
+            "input_ids".to_string(),
+            cat(&|b| b.input_ids.iter().map(|&x| x as i64).collect())?,
+        ),
+        (
+            "attention_mask".to_string(),
+            cat(&|b| b.attention_mask.iter().map(|&x| x as i64).collect())?,
+        ),
+        (
+            "labels".to_string(),
+            cat(&|b| b.labels.iter().map(|&x| x as i64).collect())?,
+        ),
+    ]))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let t = &args.train;
+    std::fs::create_dir_all(&args.dump)?;
+    let held_out = if t.eval_shards.is_some() {
+        0
+    } else {
+        t.eval_sequences
+    };
+    let data = t
+        .data
+        .open_with_holdout(t.batch_size, t.steps, held_out)
+        .context("opening the shards")?;
+    anyhow::ensure!(
+        t.eval_shards.is_none(),
+        "--eval-shards is not supported here"
+    );
+    let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
+    let params = ParamStore::new(&Device::Cpu, t.data.seed);
+    let model = Bert::new(cfg, &params)?;
+    let mut init: HashMap<String, Tensor> = params
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    init.insert(
+        "cls.predictions.decoder.weight".into(),
+        init["bert.embeddings.word_embeddings.weight"].clone(),
+    );
+    init.insert(
+        "cls.predictions.decoder.bias".into(),
+        init["cls.predictions.bias"].clone(),
+    );
+    candle_core::safetensors::save(&init, args.dump.join("init.safetensors"))?;
+
+    let steps: Vec<Batch> = (0..args.dump_steps.min(t.steps))
+        .map(|s| data.sampler.global_batch(s))
+        .collect();
+    candle_core::safetensors::save(&stack(&steps)?, args.dump.join("batches.safetensors"))?;
+    if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size {
+        // Step 0's gradients (before clipping), as the trainer computes them.
+        let inputs = MlmInputs::from_batch(&steps[0], &Device::Cpu)?;
+        let grads = model.mlm_loss(&inputs, &mut None)?.loss.backward()?;
+        let by_name: HashMap<String, Tensor> = params
+            .named_vars()
+            .into_iter()
+            .filter_map(|(n, v)| grads.get(v.as_tensor()).map(|g| (n, g.clone())))
+            .collect();
+        candle_core::safetensors::save(&by_name, args.dump.join("grads0.safetensors"))?;
+    }
+    let evaluator = trainer::eval::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch)?
+        .context("no held-out set: pass --eval-sequences")?;
+    let eval: Vec<Batch> = evaluator.batches().collect();
+    candle_core::safetensors::save(&stack(&eval)?, args.dump.join("eval.safetensors"))?;
+
+    let lr = t.lr_schedule();
+    let config = serde_json::json!({
+        "model": cfg,
+        "pad_token_id": data.tokenizer.info.pad_id,
+        "train": t,
+        "lr": (0..t.steps).map(|s| lr.lr(s)).collect::<Vec<f64>>(),
+    });
+    std::fs::write(
+        args.dump.join("config.json"),
+        serde_json::to_vec_pretty(&config)?,
+    )?;
+    eprintln!(
+        "wrote {} ({} steps of {} sequences, {} eval batches)",
+        args.dump.display(),
+        steps.len(),
+        t.batch_size,
+        eval.len()
+    );
+    Ok(())
+}
