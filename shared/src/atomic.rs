@@ -28,6 +28,24 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     commit(&tmp, path)
 }
 
+/// Writes `path` atomically through a writer that only takes a path (e.g. a safetensors or PNG
+/// encoder): `write` writes the temporary file, which is then fsynced and renamed to `path`.
+pub fn write_with<E>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E>
+where
+    E: From<crate::Error>,
+{
+    let tmp = tmp_path(path);
+    write(&tmp)?;
+    File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_path(&tmp)?;
+    commit(&tmp, path)?;
+    Ok(())
+}
+
 /// Renames a fully written and synced `tmp` to `path`, then syncs the directory entry.
 pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
     fs::rename(tmp, path).with_path(path)?;
@@ -45,6 +63,40 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }
+    Ok(())
+}
+
+/// Writes the directory `dir` atomically: `fill` writes its files into `DIR.tmp` (a leftover of a
+/// killed run is removed first); every file is fsynced, an existing `dir` is replaced, `DIR.tmp` is
+/// renamed to `dir` and the parent directory is fsynced. A reader sees the old directory, none, or
+/// the complete new one.
+pub fn write_dir<E>(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E>
+where
+    E: From<crate::Error>,
+{
+    let tmp = dir.with_extension(TMP_SUFFIX.trim_start_matches('.'));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_path(&tmp)?;
+    }
+    fs::create_dir_all(&tmp).with_path(&tmp)?;
+    fill(&tmp)?;
+    for entry in fs::read_dir(&tmp).with_path(&tmp)? {
+        let path = entry.with_path(&tmp)?.path();
+        if path.is_file() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_path(&path)?;
+        }
+    }
+    sync_dir(&tmp)?;
+    if dir.exists() {
+        fs::remove_dir_all(dir).with_path(dir)?;
+    }
+    fs::rename(&tmp, dir).with_path(dir)?;
+    sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
     Ok(())
 }
 
@@ -77,6 +129,29 @@ mod tests {
         write_file(&p, b"two").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert!(!tmp_path(&p).exists());
+    }
+
+    #[test]
+    fn write_dir_replaces_the_directory_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("step-1");
+        let fill = |text: &'static [u8]| {
+            move |tmp: &Path| -> Result<()> {
+                fs::write(tmp.join("a"), text).with_path(tmp)?;
+                Ok(())
+            }
+        };
+        write_dir(&d, fill(b"one")).unwrap();
+        // A failed fill leaves the previous directory as it was.
+        let failed: Result<()> = write_dir(&d, |tmp: &Path| {
+            fs::write(tmp.join("a"), b"half").with_path(tmp)?;
+            Err(crate::Error::Config("disk full".into()))
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(d.join("a")).unwrap(), b"one");
+        write_dir(&d, fill(b"two")).unwrap();
+        assert_eq!(fs::read(d.join("a")).unwrap(), b"two");
+        assert!(!root.path().join("step-1.tmp").exists());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! 3. [`schedule`]: masking-rate and learning-rate schedules as pure functions of the step.
 //! 4. [`sampler`]: sequences, order and masking: batch = f(seed, step).
 //! 5. [`atomic`]: write-temporary-then-rename helpers used for every output file.
+//! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -13,6 +14,7 @@ pub mod atomic;
 pub mod error;
 pub mod sampler;
 pub mod schedule;
+pub mod seed;
 pub mod shard;
 pub mod tokenizer;
 

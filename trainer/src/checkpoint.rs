@@ -25,14 +25,6 @@ pub fn dir_for(run: &Path, step: u64) -> PathBuf {
     run.join("checkpoints").join(format!("step-{step:07}"))
 }
 
-fn sync_dir_files(dir: &Path) -> Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        std::fs::File::open(entry?.path())?.sync_all()?;
-    }
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 /// Writes a checkpoint atomically and keeps only the newest `keep` (0 = all).
 pub fn save(
     run: &Path,
@@ -42,20 +34,15 @@ pub fn save(
     keep: usize,
 ) -> Result<PathBuf> {
     let final_dir = dir_for(run, state.step);
-    let tmp = final_dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    candle_core::safetensors::save(model, tmp.join("model.safetensors"))?;
-    candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    sync_dir_files(&tmp)?;
-    if final_dir.exists() {
-        std::fs::remove_dir_all(&final_dir)?;
-    }
-    std::fs::rename(&tmp, &final_dir)?;
-    std::fs::File::open(final_dir.parent().unwrap())?.sync_all()?;
+    std::fs::create_dir_all(run.join("checkpoints"))
+        .with_context(|| format!("creating {}", run.join("checkpoints").display()))?;
+    shared::atomic::write_dir(&final_dir, |tmp| -> Result<()> {
+        candle_core::safetensors::save(model, tmp.join("model.safetensors"))?;
+        candle_core::safetensors::save(optimizer, tmp.join("optimizer.safetensors"))?;
+        std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
+        Ok(())
+    })
+    .with_context(|| format!("writing checkpoint {}", final_dir.display()))?;
     if keep > 0 {
         let all = list(run)?;
         for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {

@@ -9,6 +9,7 @@
 use crate::model::BertConfig;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
+use shared::atomic::{write_file, write_with};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -39,37 +40,28 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     );
     let mut written = Vec::new();
     let model_path = out.join("model.safetensors");
-    candle_core::safetensors::save(&tensors, &model_path)?;
+    write_with(&model_path, |tmp| -> Result<()> {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
     written.push(model_path);
-    let hf = serde_json::json!({
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.hidden_size,
-        "num_hidden_layers": cfg.num_hidden_layers,
-        "num_attention_heads": cfg.num_attention_heads,
-        "intermediate_size": cfg.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": cfg.dropout,
-        "attention_probs_dropout_prob": cfg.dropout,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "type_vocab_size": cfg.type_vocab_size,
-        "initializer_range": cfg.initializer_range,
-        "layer_norm_eps": cfg.layer_norm_eps,
-        "pad_token_id": pre.tokenizer.info.pad_id,
-        "position_embedding_type": "absolute",
-        "tie_word_embeddings": true,
-    });
+    let hf = cfg.hf_config_json(
+        "BertForMaskedLM",
+        pre.tokenizer.info.pad_id,
+        serde_json::json!({
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": true,
+        }),
+    );
     let config_path = out.join("config.json");
-    std::fs::write(&config_path, serde_json::to_vec_pretty(&hf)?)?;
+    write_file(&config_path, &serde_json::to_vec_pretty(&hf)?)?;
     written.push(config_path);
     let tok_path = out.join(shared::tokenizer::TOKENIZER_FILE);
-    std::fs::write(&tok_path, &pre.tokenizer.json)?;
+    write_file(&tok_path, &pre.tokenizer.json)?;
     written.push(tok_path);
     let tc = out.join("tokenizer_config.json");
-    std::fs::write(
+    write_file(
         &tc,
-        serde_json::to_vec_pretty(
+        &serde_json::to_vec_pretty(
             &serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings, "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]", "unk_token": "[UNK]" }),
         )?,
     )?;
@@ -88,16 +80,16 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let positions = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
     let logits = model.mlm_logits(&hidden, &positions)?;
     let check = out.join("maskrate_check.safetensors");
-    candle_core::safetensors::save(
-        &HashMap::from([
-            (
-                "input_ids".to_string(),
-                input.to_dtype(candle_core::DType::I64)?,
-            ),
-            ("logits".to_string(), logits),
-        ]),
-        &check,
-    )?;
+    let check_tensors = HashMap::from([
+        (
+            "input_ids".to_string(),
+            input.to_dtype(candle_core::DType::I64)?,
+        ),
+        ("logits".to_string(), logits),
+    ]);
+    write_with(&check, |tmp| -> Result<()> {
+        Ok(candle_core::safetensors::save(&check_tensors, tmp)?)
+    })?;
     written.push(check);
     Ok(written)
 }

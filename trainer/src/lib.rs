@@ -3,7 +3,9 @@
 //! - [`data`]: the flags that fix the data stream, shared by training and inspection.
 //! - [`model`]: BERT for masked LM on candle (MLM head at masked positions only).
 //! - [`optim`]: decoupled AdamW and gradient clipping.
-//! - [`train`]: the training loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
+//! - [`step`]: one optimisation step (forward/backward over micro-batches → gradient sync →
+//!   clip + AdamW), driven by pretraining and fine-tuning alike.
+//! - [`train`]: the pretraining loop; [`checkpoint`], [`metrics`], [`eval`] serve it.
 //! - [`export`]: HuggingFace `BertForMaskedLM` checkpoints.
 //! - [`downstream`]: GLUE fine-tuning and BLiMP scoring of checkpoints.
 //! - [`sweep`]: many schedules × seeds on one shard set, evaluated alike, and the generated report.
@@ -26,5 +28,6 @@ pub mod model;
 pub mod optim;
 pub mod plot;
 pub mod plots;
+pub mod step;
 pub mod sweep;
 pub mod train;

@@ -54,7 +54,8 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    /// Opens `path`, first dropping records of steps at or after `keep_before` (a resumed run redoes them).
+    /// An append-only log: each record is one line, flushed as it is written. Opens `path`, first
+    /// dropping records of steps at or after `keep_before` (a resumed run redoes them).
     pub fn open(path: &Path, keep_before: u64) -> Result<Self> {
         let kept: Vec<String> = if path.exists() {
             read(path)?
@@ -68,11 +69,13 @@ impl MetricsLog {
         } else {
             Vec::new()
         };
-        let mut file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        for line in kept {
-            writeln!(file, "{line}")?;
-        }
+        // The kept records replace the file atomically (a kill here loses nothing); then appends.
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        shared::atomic::write_file(path, text.as_bytes())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(MetricsLog { file })
     }
 

@@ -22,6 +22,18 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+/// The y range drawn for data spanning `lo..=hi`: 8% margins, and a flat series (a constant masking
+/// rate) centred in a range of ±max(10% of its value, 0.05) so its labels differ.
+pub fn padded_range(lo: f64, hi: f64) -> (f64, f64) {
+    let span = hi - lo;
+    if span > 1e-9 * lo.abs().max(hi.abs()).max(1.0) {
+        (lo - 0.08 * span, hi + 0.08 * span)
+    } else {
+        let pad = (0.1 * lo.abs()).max(0.05);
+        (lo - pad, hi + pad)
+    }
+}
+
 /// Writes a line chart of `series` to `path`.
 pub fn line_chart(
     path: &Path,
@@ -50,8 +62,44 @@ pub fn line_chart(
     if x1 <= x0 {
         x1 = x0 + 1.0;
     }
-    let pad = ((y1 - y0) * 0.08).max(1e-6);
-    let (y0, y1) = (y0 - pad, y1 + pad);
+    let (y0, y1) = padded_range(y0, y1);
+    // Steps and counts are integers: label them so, with at most one tick per unit.
+    let integer_x = all().all(|&(x, _)| !x.is_finite() || x.fract() == 0.0);
+    // Drawn under a temporary name (ending in .png: the encoder picks the format from it), then
+    // fsynced and renamed, like every output file.
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!("{stem}.tmp.png"));
+    draw(
+        &tmp,
+        title,
+        x_label,
+        y_label,
+        series,
+        (x0, x1, y0, y1),
+        integer_x,
+    )?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    shared::atomic::commit(&tmp, path)?;
+    Ok(())
+}
+
+/// Renders the chart into `path` (see [`line_chart`]).
+fn draw(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    (x0, x1, y0, y1): (f64, f64, f64, f64),
+    integer_x: bool,
+) -> Result<()> {
+    let x_ticks = if integer_x {
+        ((x1 - x0) as usize + 1).min(10)
+    } else {
+        10
+    };
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -60,8 +108,12 @@ pub fn line_chart(
         .x_label_area_size(48)
         .y_label_area_size(72)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
+    let int_label = |v: &f64| format!("{}", v.round() as i64);
+    let mut mesh = chart.configure_mesh();
+    if integer_x {
+        mesh.x_label_formatter(&int_label);
+    }
+    mesh.x_labels(x_ticks)
         .x_desc(x_label)
         .y_desc(y_label)
         .label_style(("sans-serif", 14))
@@ -90,4 +142,19 @@ pub fn line_chart(
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flat_series_gets_a_readable_range() {
+        let (lo, hi) = padded_range(0.15, 0.15);
+        assert!(lo < 0.15 && hi > 0.15 && hi - lo >= 0.09, "{lo}..{hi}");
+        let (lo, hi) = padded_range(0.0, 0.0);
+        assert!((lo + 0.05).abs() < 1e-12 && (hi - 0.05).abs() < 1e-12);
+        let (lo, hi) = padded_range(7.0, 8.0);
+        assert!((lo - 6.92).abs() < 1e-12 && (hi - 8.08).abs() < 1e-12);
+    }
 }

@@ -1,23 +1,21 @@
 //! `trainer --shards DIR --schedule SPEC --out runs/NAME`: the training loop.
 //!
-//! Reads top to bottom: open data → build model → (resume) → loop { micro-batches → loss →
-//! backward → accumulate → clip → AdamW at the scheduled lr → log → maybe eval → maybe save }.
+//! Reads top to bottom: open data → build model → (resume) → loop { one [`TrainStep`]
+//! (micro-batches → reduce → clip + AdamW at the scheduled lr) → log → maybe eval → maybe save }.
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::DataArgs;
 use crate::metrics::{MetricsLog, Record};
-use crate::model::ops::Dropout;
 use crate::model::{Bert, BertConfig, MlmInputs, ParamStore};
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::step::{dropout_for, Diverged, LocalSync, TrainStep};
 use crate::{device, eval, plots};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand_core::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
-use shared::sampler::order::seed_of;
+use shared::atomic::write_file;
 use shared::sampler::{BatchPlan, Loader, LoaderConfig};
 use shared::schedule::LrSchedule;
 use std::collections::HashMap;
@@ -25,8 +23,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-const DROPOUT_TAG: u64 = 0x0064_726f_706f;
 
 /// Training flags (every one can also come from `--config run.toml`; flags win).
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
@@ -287,7 +283,7 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
 
     let params = ParamStore::new(&device, args.data.seed).with_compute_dtype(compute);
     let model = Bert::new(cfg, &params)?;
-    let mut opt = AdamW::new(
+    let opt = AdamW::new(
         params.named_vars(),
         AdamWConfig {
             peak_lr: args.lr,
@@ -297,6 +293,7 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
             weight_decay: args.weight_decay,
         },
     )?;
+    let mut train_step = TrainStep::new(opt, args.clip, Box::new(LocalSync));
     let config_json = serde_json::json!({
         "train": args,
         "model": cfg,
@@ -335,7 +332,9 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
                 .with_context(|| format!("{}: missing parameter {name}", dir.display()))?;
             var.set(&t.to_device(&device)?)?;
         }
-        opt.load_state(loaded.optimizer, loaded.state.optimizer_t)?;
+        train_step
+            .optimizer_mut()
+            .load_state(loaded.optimizer, loaded.state.optimizer_t)?;
         start = loaded.state.step;
         eprintln!("resuming {} from step {start}", out.display());
     } else if !checkpoint::list(&out)?.is_empty() {
@@ -344,14 +343,17 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
             out.display()
         );
     }
-    std::fs::write(out.join("config.toml"), crate::config::to_toml(args)?)?;
-    std::fs::write(
-        out.join(shared::tokenizer::TOKENIZER_FILE),
+    write_file(
+        &out.join("config.toml"),
+        crate::config::to_toml(args)?.as_bytes(),
+    )?;
+    write_file(
+        &out.join(shared::tokenizer::TOKENIZER_FILE),
         &data.tokenizer.json,
     )?;
-    std::fs::write(
-        out.join("config.json"),
-        serde_json::to_vec_pretty(&config_json)?,
+    write_file(
+        &out.join("config.json"),
+        &serde_json::to_vec_pretty(&config_json)?,
     )?;
     eprintln!("config: {}", serde_json::to_string(&config_json)?);
 
@@ -405,10 +407,8 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
         let t_step = Instant::now();
         let wait_before = loader.waited();
         let lr = lr_sched.lr(step);
-        let mut grads: Vec<Option<Tensor>> = vec![None; opt.vars().len()];
-        let (mut loss_sum, mut correct, mut predicted, mut tokens, mut rate) =
-            (0f64, 0usize, 0usize, 0u64, 0f64);
-        for micro in 0..accum {
+        let (mut correct, mut predicted, mut tokens, mut rate) = (0usize, 0usize, 0u64, 0f64);
+        let stats = train_step.run(accum, lr, |micro| {
             let mb = loader.next().context("data loader stopped early")?;
             debug_assert_eq!((mb.batch.step, mb.micro), (step, micro));
             rate = mb.batch.rate;
@@ -419,48 +419,27 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
                 .map(|&m| m as u64)
                 .sum::<u64>();
             let inputs = MlmInputs::from_batch(&mb.batch, &device)?;
-            let mut dropout = Some(Dropout::new(
-                Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
-                    args.data.seed,
-                    DROPOUT_TAG,
-                    step,
-                    micro as u64,
-                ])),
+            let mut dropout = Some(dropout_for(
+                args.data.seed,
+                &[step, micro as u64],
                 cfg.dropout,
             ));
             let out = model.mlm_loss(&inputs, &mut dropout)?;
-            let loss = (out.loss / accum as f64)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                let last = checkpoint::list(&args.out.clone().unwrap_or_default())?
+            correct += out.correct;
+            predicted += out.predicted;
+            Ok(out.loss)
+        });
+        let stats = match stats {
+            Err(e) if e.is::<Diverged>() => {
+                let last = checkpoint::list(&out)?
                     .pop()
                     .map(|(s, p)| format!("{} (step {s})", p.display()))
                     .unwrap_or_else(|| "none".into());
-                bail!("loss is {value} at step {step} (micro-batch {micro}); stopping. Last good checkpoint: {last}");
+                bail!("{e} at step {step}; stopping. Last good checkpoint: {last}");
             }
-            loss_sum += value;
-            correct += out.correct;
-            predicted += out.predicted;
-            let g = loss.backward()?;
-            for (acc, var) in grads.iter_mut().zip(opt.vars()) {
-                if let Some(gv) = g.get(var.as_tensor()) {
-                    *acc = Some(match acc.take() {
-                        Some(a) => (a + gv)?,
-                        None => gv.clone(),
-                    });
-                }
-            }
-        }
-        let mut grads: Vec<Tensor> = grads
-            .into_iter()
-            .zip(opt.vars())
-            .map(|(g, v)| g.map(Ok).unwrap_or_else(|| v.as_tensor().zeros_like()))
-            .collect::<candle_core::Result<_>>()?;
-        let grad_norm = clip_grad_norm(&mut grads, args.clip)?;
-        if !grad_norm.is_finite() {
-            bail!("gradient norm is {grad_norm} at step {step}; stopping with the last good checkpoint kept");
-        }
-        opt.step(&grads, lr)?;
+            other => other?,
+        };
+        let (loss_sum, grad_norm) = (stats.loss, stats.grad_norm);
         let secs = t_step.elapsed().as_secs_f64();
         tokens_total += tokens;
         last_loss = loss_sum;
@@ -498,7 +477,7 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
         }
         let stop = interrupted.load(Ordering::SeqCst);
         if done || (args.save_every > 0 && step % args.save_every == 0) || stop {
-            let dir = save(&opt, step)?;
+            let dir = save(train_step.optimizer(), step)?;
             if stop {
                 bar.abandon();
                 eprintln!(
@@ -522,9 +501,9 @@ pub fn run(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
         tokens_per_sec: tokens_total as f64 / seconds,
         data_wait_share: waited / seconds.max(1e-9),
     };
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_vec_pretty(&summary)?,
+    write_file(
+        &out.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
 }

@@ -7,10 +7,11 @@
 //! global batch and a resumed run rebuilds exactly the batches it would have seen.
 
 use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
-use super::order::{seed_of, Permutation};
+use super::order::Permutation;
 use super::sequence::Sequences;
 use crate::error::{Error, Result};
 use crate::schedule::MaskSchedule;
+use crate::seed::seed_of;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;

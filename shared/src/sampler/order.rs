@@ -5,21 +5,7 @@
 //! array of C4's hundreds of millions of entries), and any position of any epoch can be computed
 //! directly: resuming at step *t* needs no replay.
 
-/// Mixes 64 bits (SplitMix64's finalizer): the building block of every seed in the sampler.
-#[inline]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Hashes a tuple of words into one seed.
-#[inline]
-pub fn seed_of(words: &[u64]) -> u64 {
-    words.iter().fold(0x6a09_e667_f3bc_c908, |acc, &w| {
-        mix64(acc ^ w.wrapping_add(0x9e37_79b9_7f4a_7c15))
-    })
-}
+use crate::seed::mix64;
 
 const ROUNDS: u64 = 6;
 

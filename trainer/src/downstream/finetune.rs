@@ -9,8 +9,8 @@ use super::classifier::{bind, build, encode_all, Classifier, Encoded, PairBatch}
 use super::metrics;
 use super::pretrained::{self, Pretrained};
 use super::tasks::{read_tsv, Example, Hyper, Label, Task};
-use crate::model::ops::Dropout;
-use crate::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::step::{dropout_for, Diverged, LocalSync, TrainStep};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
@@ -18,14 +18,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::Serialize;
-use shared::sampler::order::seed_of;
 use shared::schedule::LrSchedule;
+use shared::seed::seed_of;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const SHUFFLE_TAG: u64 = 0x5348_5546;
-const DROPOUT_TAG: u64 = 0x4654_4452;
 const SUBSET_TAG: u64 = 0x5355_4253;
 
 /// Options shared by `finetune` and `glue`.
@@ -382,7 +381,7 @@ pub fn train_seed(
         .into_iter()
         .filter(|(n, _)| !n.starts_with("cls."))
         .collect();
-    let mut opt = AdamW::new(
+    let opt = AdamW::new(
         vars,
         AdamWConfig {
             peak_lr: hyper.lr,
@@ -392,6 +391,7 @@ pub fn train_seed(
             weight_decay: opts.weight_decay,
         },
     )?;
+    let mut train_step = TrainStep::new(opt, opts.clip, Box::new(LocalSync));
     let n = data.train.len();
     let bs = hyper.batch_size.max(1);
     let steps_per_epoch = n.div_ceil(bs);
@@ -416,29 +416,15 @@ pub fn train_seed(
             let items: Vec<&Encoded> = idx.iter().map(|&i| &data.train[i].0).collect();
             let labels: Vec<Label> = idx.iter().map(|&i| data.train[i].1).collect();
             let batch = PairBatch::new(&items, pad, device)?;
-            let mut dropout = Some(Dropout::new(
-                Xoshiro256PlusPlus::seed_from_u64(seed_of(&[seed, DROPOUT_TAG, step])),
-                start.config.dropout,
-            ));
-            let out = model.forward(&batch, &mut dropout)?;
-            let loss = loss_of(task, &out, &labels, device)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                bail!("{task} seed {seed}: loss is {value} at step {step}");
-            }
-            let g = loss.backward()?;
-            let mut grads: Vec<Tensor> = opt
-                .vars()
-                .iter()
-                .map(|v| {
-                    g.get(v.as_tensor())
-                        .cloned()
-                        .map(Ok)
-                        .unwrap_or_else(|| v.as_tensor().zeros_like())
-                })
-                .collect::<candle_core::Result<_>>()?;
-            clip_grad_norm(&mut grads, opts.clip)?;
-            opt.step(&grads, sched.lr(step))?;
+            let stats = train_step.run(1, sched.lr(step), |_| {
+                let mut dropout = Some(dropout_for(seed, &[step], start.config.dropout));
+                let out = model.forward(&batch, &mut dropout)?;
+                loss_of(task, &out, &labels, device)
+            });
+            let value = match stats {
+                Err(e) if e.is::<Diverged>() => bail!("{task} seed {seed}: {e} at step {step}"),
+                other => other?.loss,
+            };
             loss_sum += value;
             batches += 1;
             step += 1;
@@ -474,11 +460,6 @@ pub fn train_seed(
 /// Writes a fine-tuned model in HuggingFace `BertForSequenceClassification` layout (loadable by
 /// `transformers` and by `--init-from`).
 pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp)?;
-    }
-    std::fs::create_dir_all(&tmp)?;
     let tensors: std::collections::HashMap<String, Tensor> = trained
         .params
         .named_vars()
@@ -486,43 +467,27 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
         .filter(|(n, _)| !n.starts_with("cls."))
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
-    candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
-    let c = start.config;
     let labels = task.labels();
-    let hf = serde_json::json!({
-        "architectures": ["BertForSequenceClassification"],
-        "model_type": "bert",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "intermediate_size": c.intermediate_size,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": c.dropout,
-        "attention_probs_dropout_prob": c.dropout,
-        "max_position_embeddings": c.max_position_embeddings,
-        "type_vocab_size": c.type_vocab_size,
-        "initializer_range": c.initializer_range,
-        "layer_norm_eps": c.layer_norm_eps,
-        "pad_token_id": start.tokenizer.info.pad_id,
-        "num_labels": task.num_outputs(),
-        "problem_type": if task.is_regression() { "regression" } else { "single_label_classification" },
-        "id2label": labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.to_string())).collect::<BTreeMap<_, _>>(),
-        "maskrate_task": task.dir_name(),
-    });
-    std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
-    std::fs::write(
-        tmp.join(shared::tokenizer::TOKENIZER_FILE),
-        &start.tokenizer.json,
-    )?;
-    for f in std::fs::read_dir(&tmp)? {
-        std::fs::File::open(f?.path())?.sync_all()?;
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    Ok(())
+    let hf = start.config.hf_config_json(
+        "BertForSequenceClassification",
+        start.tokenizer.info.pad_id,
+        serde_json::json!({
+            "num_labels": task.num_outputs(),
+            "problem_type": if task.is_regression() { "regression" } else { "single_label_classification" },
+            "id2label": labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.to_string())).collect::<BTreeMap<_, _>>(),
+            "maskrate_task": task.dir_name(),
+        }),
+    );
+    shared::atomic::write_dir(dir, |tmp| -> Result<()> {
+        candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+        std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
+        std::fs::write(
+            tmp.join(shared::tokenizer::TOKENIZER_FILE),
+            &start.tokenizer.json,
+        )?;
+        Ok(())
+    })
+    .with_context(|| format!("writing the fine-tuned model {}", dir.display()))
 }
 
 /// Writes the GLUE submission files (`index<TAB>prediction`) for the test sets.

@@ -64,6 +64,37 @@ impl BertConfig {
         })
     }
 
+    /// HuggingFace `config.json` for this architecture: the `BertConfig` fields transformers reads,
+    /// plus `architecture`-specific `extra` keys (e.g. `num_labels`), which win on a clash.
+    pub fn hf_config_json(
+        &self,
+        architecture: &str,
+        pad_token_id: u32,
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut hf = serde_json::json!({
+            "architectures": [architecture],
+            "model_type": "bert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": self.dropout,
+            "attention_probs_dropout_prob": self.dropout,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": pad_token_id,
+        });
+        if let (Some(map), serde_json::Value::Object(extra)) = (hf.as_object_mut(), extra) {
+            map.extend(extra);
+        }
+        hf
+    }
+
     /// Size of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads

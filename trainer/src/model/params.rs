@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::VarMap;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use shared::sampler::order::seed_of;
+use shared::seed::seed_of;
 
 /// How a parameter starts.
 #[derive(Debug, Clone, Copy)]

@@ -296,7 +296,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         run_child(&mut cmd, "preprocessing the corpus once")?;
     }
     let train_toml = cfg.out.join("train.toml");
-    std::fs::write(&train_toml, toml::to_string(&cfg.train)?)?;
+    shared::atomic::write_file(&train_toml, toml::to_string(&cfg.train)?.as_bytes())?;
     let me = std::env::current_exe()?;
     if want(Phase::Train) {
         for &seed in &cfg.seeds {
