@@ -322,8 +322,9 @@ epochs = 1
 /// `BertForMaskedLM` + `torch.optim.AdamW` (recorded by `scripts/hf_equivalence.py`, with the
 /// commands in the fixture). Any change to the forward or backward pass, the loss normalisation
 /// over micro-batches, clipping, AdamW, weight decay or the learning-rate schedule shows here.
-/// Tolerances: 2e-5 relative on losses and 1e-4 on gradient norms (the recording agreed to 7e-7
-/// and 5e-6; f32 kernels for other CPUs round differently).
+/// Tolerances: 2e-5 relative on losses and gradient norms (the recording agreed to 4e-7 and 3e-7;
+/// the f32 matrix kernels of other CPUs round differently; a tenfold weight decay already moves
+/// the losses by 1e-4).
 #[test]
 fn training_matches_transformers_step_for_step() {
     let reference: serde_json::Value = serde_json::from_slice(
@@ -380,7 +381,7 @@ fn training_matches_transformers_step_for_step() {
             losses[step]
         );
         assert!(
-            rel(norm, norms[step]) < 1e-4,
+            rel(norm, norms[step]) < 2e-5,
             "step {step}: gradient norm {norm} vs transformers {}",
             norms[step]
         );
