@@ -1,6 +1,6 @@
 //! End to end as a user runs it: preprocess the bundled sample, then inspect batches with the trainer.
 
-use maskrate_e2e::{data, run, run_ok};
+use maskrate_e2e::{data, metrics, run, run_ok};
 
 #[test]
 fn sample_shards_feed_inspect_batch_at_the_scheduled_rate() {
@@ -136,11 +136,7 @@ fn sample_shards_train_a_model_with_a_schedule_and_plots() {
         summary["steps"], 8,
         "flags override the config file's steps = 100"
     );
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = metrics(&run_dir);
     let train: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "train").collect();
     assert_eq!(train.len(), 8);
     assert_eq!(train[0]["mask_rate"], 0.3);
@@ -363,11 +359,7 @@ fn training_matches_transformers_step_for_step() {
     run_ok("trainer", &refs);
 
     let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
-    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
-    let records: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = metrics(&run_dir);
     let train: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "train").collect();
     assert_eq!(train.len(), losses.len());
     for (step, r) in train.iter().enumerate() {

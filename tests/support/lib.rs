@@ -60,3 +60,12 @@ pub fn run(name: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
     }
     cmd.output().expect("binary runs")
 }
+
+/// The records of a run's `metrics.jsonl`, and those of kind `train` among them.
+pub fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}

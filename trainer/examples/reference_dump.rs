@@ -77,18 +77,12 @@ fn main() -> Result<()> {
     let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
     let params = ParamStore::new(&Device::Cpu, t.data.seed);
     let model = Bert::new(cfg, &params)?;
-    let mut init: HashMap<String, Tensor> = params
-        .named_vars()
-        .into_iter()
-        .map(|(n, v)| (n, v.as_tensor().clone()))
-        .collect();
-    init.insert(
-        "cls.predictions.decoder.weight".into(),
-        init["bert.embeddings.word_embeddings.weight"].clone(),
-    );
-    init.insert(
-        "cls.predictions.decoder.bias".into(),
-        init["cls.predictions.bias"].clone(),
+    let init = trainer::export::with_tied_decoder(
+        params
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect(),
     );
     candle_core::safetensors::save(&init, args.dump.join("init.safetensors"))?;
 

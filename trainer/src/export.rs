@@ -20,6 +20,21 @@ pub fn check_input_ids(cfg: &BertConfig) -> Vec<u32> {
         .collect()
 }
 
+/// maskrate's parameters plus the HF decoder entries tied to them
+/// (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias).
+pub fn with_tied_decoder(mut tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    if let Some(w) = tensors
+        .get("bert.embeddings.word_embeddings.weight")
+        .cloned()
+    {
+        tensors.insert("cls.predictions.decoder.weight".into(), w);
+    }
+    if let Some(b) = tensors.get("cls.predictions.bias").cloned() {
+        tensors.insert("cls.predictions.decoder.bias".into(), b);
+    }
+    tensors
+}
+
 /// Exports `run`'s latest checkpoint (read by the same loader as `glue`/`blimp`) into `out`;
 /// returns the files written.
 pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
@@ -29,15 +44,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
     }
     std::fs::create_dir_all(out)?;
-    let mut tensors: HashMap<String, Tensor> = pre.tensors.clone();
-    tensors.insert(
-        "cls.predictions.decoder.weight".into(),
-        tensors["bert.embeddings.word_embeddings.weight"].clone(),
-    );
-    tensors.insert(
-        "cls.predictions.decoder.bias".into(),
-        tensors["cls.predictions.bias"].clone(),
-    );
+    let tensors = with_tied_decoder(pre.tensors.clone());
     let mut written = Vec::new();
     let model_path = out.join("model.safetensors");
     write_with(&model_path, |tmp| -> Result<()> {
