@@ -20,16 +20,14 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` atomically.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = tmp_path(path);
-    let mut f = File::create(&tmp).with_path(&tmp)?;
-    f.write_all(bytes).with_path(&tmp)?;
-    f.sync_all().with_path(&tmp)?;
-    drop(f);
-    commit(&tmp, path)
+    write_with(path, |tmp| -> Result<()> {
+        let mut f = File::create(tmp).with_path(tmp)?;
+        f.write_all(bytes).with_path(tmp)
+    })
 }
 
-/// Writes `path` atomically through a writer that only takes a path (e.g. a safetensors or PNG
-/// encoder): `write` writes the temporary file, which is then fsynced and renamed to `path`.
+/// Writes `path` atomically through a writer that only takes a path (e.g. a safetensors
+/// encoder): `write` writes [`tmp_path`]`(path)`, which is then fsynced and renamed to `path`.
 pub fn write_with<E>(
     path: &Path,
     write: impl FnOnce(&Path) -> std::result::Result<(), E>,
@@ -37,12 +35,22 @@ pub fn write_with<E>(
 where
     E: From<crate::Error>,
 {
-    let tmp = tmp_path(path);
-    write(&tmp)?;
-    File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_path(&tmp)?;
-    commit(&tmp, path)?;
+    write_via(&tmp_path(path), path, write)
+}
+
+/// [`write_with`] under a temporary name of the caller's choice (e.g. one that keeps an extension
+/// an encoder picks its format from): `write` writes `tmp`, which is fsynced and renamed to `path`.
+pub fn write_via<E>(
+    tmp: &Path,
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E>
+where
+    E: From<crate::Error>,
+{
+    write(tmp)?;
+    File::open(tmp).and_then(|f| f.sync_all()).with_path(tmp)?;
+    commit(tmp, path)?;
     Ok(())
 }
 
@@ -77,7 +85,7 @@ pub fn write_dir<E>(
 where
     E: From<crate::Error>,
 {
-    let tmp = dir.with_extension(TMP_SUFFIX.trim_start_matches('.'));
+    let tmp = tmp_path(dir);
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_path(&tmp)?;
     }

@@ -61,19 +61,14 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let t = &args.train;
     std::fs::create_dir_all(&args.dump)?;
-    let held_out = if t.eval_shards.is_some() {
-        0
-    } else {
-        t.eval_sequences
-    };
-    let data = t
-        .data
-        .open_with_holdout(t.batch_size, t.steps, held_out)
-        .context("opening the shards")?;
     anyhow::ensure!(
         t.eval_shards.is_none(),
         "--eval-shards is not supported here"
     );
+    let data = t
+        .data
+        .open_with_holdout(t.batch_size, t.steps, t.eval_sequences)
+        .context("opening the shards")?;
     let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
     let params = ParamStore::new(&Device::Cpu, t.data.seed);
     let model = Bert::new(cfg, &params)?;

@@ -69,20 +69,17 @@ pub fn line_chart(
     // fsynced and renamed, like every output file.
     let stem = path.file_stem().unwrap_or_default().to_string_lossy();
     let tmp = path.with_file_name(format!("{stem}.tmp.png"));
-    draw(
-        &tmp,
-        title,
-        x_label,
-        y_label,
-        series,
-        (x0, x1, y0, y1),
-        integer_x,
-    )?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    shared::atomic::commit(&tmp, path)?;
-    Ok(())
+    shared::atomic::write_via(&tmp, path, |tmp| {
+        draw(
+            tmp,
+            title,
+            x_label,
+            y_label,
+            series,
+            (x0, x1, y0, y1),
+            integer_x,
+        )
+    })
 }
 
 /// Renders the chart into `path` (see [`line_chart`]).

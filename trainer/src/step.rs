@@ -77,7 +77,6 @@ pub struct TrainStep {
     clip: f64,
     sync: Box<dyn GradientSync>,
     grads: Vec<Option<Tensor>>,
-    loss: f64,
 }
 
 impl TrainStep {
@@ -89,7 +88,6 @@ impl TrainStep {
             clip,
             sync,
             grads: vec![None; n],
-            loss: 0.0,
         }
     }
 
@@ -105,12 +103,13 @@ impl TrainStep {
 
     /// Stage 1: runs `forward(m)` for micro-batches `m = 0..micro_batches` (each returns its mean
     /// loss, differentiable), divides each loss by `micro_batches`, back-propagates and accumulates
-    /// the gradients. A non-finite loss stops with [`Diverged::Loss`].
-    pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<()>
+    /// the gradients; returns the sum of the divided losses. A non-finite loss stops with
+    /// [`Diverged::Loss`].
+    pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<f64>
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
-        self.loss = 0.0;
+        let mut total = 0.0;
         for micro in 0..micro_batches {
             let loss = (forward(micro)? / micro_batches as f64)?;
             let value = loss.to_scalar::<f32>()? as f64;
@@ -118,7 +117,7 @@ impl TrainStep {
                 self.grads.iter_mut().for_each(|g| *g = None);
                 return Err(Diverged::Loss { micro, value }.into());
             }
-            self.loss += value;
+            total += value;
             let g = loss.backward()?;
             for (acc, var) in self.grads.iter_mut().zip(self.opt.vars()) {
                 if let Some(gv) = g.get(var.as_tensor()) {
@@ -129,7 +128,7 @@ impl TrainStep {
                 }
             }
         }
-        Ok(())
+        Ok(total)
     }
 
     /// Stage 2: the accumulated gradients (zeros for variables the loss did not reach), combined
@@ -150,17 +149,15 @@ impl TrainStep {
     }
 
     /// Stage 3: clips `grads` to the global norm, stops on a non-finite norm
-    /// ([`Diverged::GradNorm`]), and applies AdamW at learning rate `lr`.
-    pub fn update(&mut self, mut grads: Vec<Tensor>, lr: f64) -> Result<StepStats> {
+    /// ([`Diverged::GradNorm`]), and applies AdamW at learning rate `lr`. Returns the norm before
+    /// clipping.
+    pub fn update(&mut self, mut grads: Vec<Tensor>, lr: f64) -> Result<f64> {
         let grad_norm = clip_grad_norm(&mut grads, self.clip)?;
         if !grad_norm.is_finite() {
             return Err(Diverged::GradNorm(grad_norm).into());
         }
         self.opt.step(&grads, lr)?;
-        Ok(StepStats {
-            loss: self.loss,
-            grad_norm,
-        })
+        Ok(grad_norm)
     }
 
     /// The three stages in order: one optimisation step at learning rate `lr`.
@@ -168,8 +165,9 @@ impl TrainStep {
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
-        self.forward_backward(micro_batches, forward)?;
+        let loss = self.forward_backward(micro_batches, forward)?;
         let grads = self.reduce()?;
-        self.update(grads, lr)
+        let grad_norm = self.update(grads, lr)?;
+        Ok(StepStats { loss, grad_norm })
     }
 }

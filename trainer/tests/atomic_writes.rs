@@ -43,7 +43,7 @@ const ALLOWED: &[(&str, &str, usize, &str)] = &[
         "plot.rs",
         "BitMapBackend::new(",
         1,
-        "draws NAME.tmp.png, fsynced and renamed by line_chart",
+        "draws NAME.tmp.png inside atomic::write_via",
     ),
 ];
 
