@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch reference for `cargo bench -p trainer --bench train_step`: HuggingFace BertForMaskedLM
+"""PyTorch reference for `cargo bench -p maskrate-training --bench train_step`: HuggingFace BertForMaskedLM
 (the paper's model code), fp32 on CPU, same configs, micro-batches and threads, AdamW; tokens/s of
 forward + backward + optimizer step, with the MLM head over all positions (HF's default) and only
 at the 15% masked positions.

@@ -1,8 +1,8 @@
 //! Command-line flags (`clap`), turned into a checked [`RunConfig`] once.
 
-use crate::config::{OutputOptions, RunConfig};
 use crate::error::{Error, Result};
 use crate::input;
+use crate::run_config::{OutputOptions, RunConfig};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 

@@ -4,23 +4,23 @@
 //! 2. [`encode`] parses each record's text field and tokenizes it (worker threads).
 //! 3. [`pipeline`] runs reader → workers → ordered writer with bounded queues, committing shards
 //!    through `shared::shard::ShardWriter` and journaling progress ([`journal`]).
-//! 4. [`run`] prepares or resumes the output directory and writes `manifest.json` last.
+//! 4. [`job`] prepares or resumes the output directory and writes `manifest.json` last.
 //! 5. [`merge`] and [`inspect`] work on finished shard sets.
 //!
-//! Invariant: the output depends only on the inputs and the options in [`config::OutputOptions`],
+//! Invariant: the output depends only on the inputs and the options in [`run_config::OutputOptions`],
 //! never on `--threads`, timing or interruptions.
 
 pub mod cli;
-pub mod config;
 pub mod encode;
 pub mod error;
 pub mod input;
 pub mod inspect;
+pub mod job;
 pub mod journal;
 pub mod merge;
 pub mod pipeline;
 pub mod progress;
 pub mod records;
-pub mod run;
+pub mod run_config;
 
 pub use error::{Error, Result};

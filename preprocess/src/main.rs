@@ -59,7 +59,7 @@ fn real_main() -> Result<()> {
                 }
                 eprintln!("\ninterrupt: stopping after in-flight work; committed shards are kept");
             })?;
-            let outcome = preprocess::run::run(&cfg, &interrupted)?;
+            let outcome = preprocess::job::preprocess(&cfg, &interrupted)?;
             if outcome.already_done {
                 eprintln!(
                     "{} is already complete for this command; nothing to do",

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use shared::atomic;
-use shared::shard::{shard_name, InputFile, Manifest, Totals};
+use shared::shard::{pair_paths, shard_name, InputFile, Manifest, Totals};
 use shared::tokenizer::TOKENIZER_FILE;
 use std::path::{Path, PathBuf};
 
@@ -66,12 +66,9 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
     for (m, dir) in manifests.iter().zip(inputs) {
         for entry in &m.shards {
             let name = shard_name(shards.len());
-            for ext in ["bin", "idx"] {
-                let linked = link_or_copy(
-                    &dir.join(format!("{}.{ext}", entry.name)),
-                    &out.join(format!("{name}.{ext}")),
-                )?;
-                copied += (!linked) as usize;
+            let sources = pair_paths(dir, &entry.name);
+            for (from, to) in sources.iter().zip(pair_paths(out, &name)) {
+                copied += (!link_or_copy(from, &to)?) as usize;
             }
             shards.push(shared::shard::ShardEntry {
                 name,
@@ -79,25 +76,17 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
             });
         }
         inputs_consumed.extend(m.inputs.iter().cloned());
-        let t = &m.totals;
-        totals.documents += t.documents;
-        totals.tokens += t.tokens;
-        totals.input_bytes += t.input_bytes;
-        totals.empty_documents += t.empty_documents;
-        totals.bad_records += t.bad_records;
-        totals.truncated_documents += t.truncated_documents;
+        totals.add(&m.totals);
     }
     link_or_copy(&inputs[0].join(TOKENIZER_FILE), &out.join(TOKENIZER_FILE))?;
-    let manifest = Manifest {
-        format: manifests[0].format.clone(),
-        format_version: manifests[0].format_version,
-        tokenizer: manifests[0].tokenizer.clone(),
-        token_dtype: manifests[0].token_dtype,
+    let manifest = Manifest::new(
+        manifests[0].tokenizer.clone(),
+        manifests[0].token_dtype,
         totals,
         shards,
-        inputs: inputs_consumed,
-        options: serde_json::json!({ "merged_from": inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "parts": manifests.iter().map(|m| m.options.clone()).collect::<Vec<_>>() }),
-    };
+        inputs_consumed,
+        serde_json::json!({ "merged_from": inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "parts": manifests.iter().map(|m| m.options.clone()).collect::<Vec<_>>() }),
+    );
     manifest.save(out)?;
     Ok((manifest, copied))
 }

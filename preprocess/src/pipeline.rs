@@ -11,12 +11,12 @@
 //! flight, so memory is bounded by W × chunk size (plus one shard's index in memory), whatever the
 //! corpus. Output order is input order, so bytes do not depend on the number of workers.
 
-use crate::config::RunConfig;
 use crate::encode::{Encoder, Outcome};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::progress::Progress;
 use crate::records::{RawRecord, RecordReader};
+use crate::run_config::RunConfig;
 use crossbeam_channel::{bounded, RecvTimeoutError};
 use shared::shard::{ShardWriter, TokenDtype, Totals};
 use std::collections::BTreeMap;
@@ -108,7 +108,7 @@ impl<'a> Sink<'a> {
 }
 
 /// Runs the pipeline over `cfg.inputs` from the journal's position; returns the final sink state.
-pub fn run<'a>(
+pub fn tokenize_into_shards<'a>(
     cfg: &'a RunConfig,
     tokenizer: &Tokenizer,
     sink: &mut Sink<'a>,

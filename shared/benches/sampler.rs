@@ -7,13 +7,10 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use shared::sampler::{Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
 use shared::tokenizer::LoadedTokenizer;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let tok = LoadedTokenizer::load(None).unwrap();
-    let set = common::write_set(dir.path(), &common::sample_docs(), 100);
+    let set = shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), 100);
     let mut group = c.benchmark_group("masking_sampler");
     for (rows, layout) in [
         (4096usize, Layout::Truncate),

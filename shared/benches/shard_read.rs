@@ -18,7 +18,7 @@ fn bench(c: &mut Criterion) {
             (0..len).map(|i| (i * 31 + d) % 30000 + 500).collect()
         })
         .collect();
-    shared::shard::writer::write_documents(dir.path(), &tok, &docs, 2000).unwrap();
+    shared::fixtures::write_documents(dir.path(), &tok, &docs, 2000).unwrap();
     c.bench_function("open_64_shards", |b| {
         b.iter(|| ShardSet::open(dir.path()).unwrap())
     });

@@ -7,11 +7,14 @@
 //! 4. [`sampler`]: sequences, order and masking: batch = f(seed, step).
 //! 5. [`atomic`]: write-temporary-then-rename helpers used for every output file.
 //! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
+//! 7. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
 pub mod atomic;
 pub mod error;
+#[cfg(feature = "test-support")]
+pub mod fixtures;
 pub mod sampler;
 pub mod schedule;
 pub mod seed;

@@ -1,7 +1,5 @@
 //! The step-aware masking sampler: statistics, invariants and determinism.
 
-mod common;
-
 use shared::sampler::{
     BatchPlan, Layout, Loader, LoaderConfig, MaskVocab, MaskingConfig, MaskingSampler,
     SamplerConfig, Sequences, IGNORE_LABEL,
@@ -19,9 +17,9 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let docs = common::sample_docs();
+    let docs = shared::fixtures::sample_docs();
     let dir = tempfile::tempdir().unwrap();
-    let set = common::write_set(dir.path(), &docs, 64);
+    let set = shared::fixtures::write_set(dir.path(), &docs, 64);
     Fixture {
         _dir: dir,
         set,

@@ -1,13 +1,11 @@
 //! Shard round trips through the public writer and reader.
 
-mod common;
-
 use proptest::prelude::*;
 use shared::shard::ShardSet;
 
 fn roundtrip(docs: &[Vec<u32>], per_shard: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let set = common::write_set(dir.path(), docs, per_shard);
+    let set = shared::fixtures::write_set(dir.path(), docs, per_shard);
     assert_eq!(set.len(), docs.len() as u64);
     assert_eq!(
         set.num_tokens(),
@@ -25,16 +23,16 @@ fn roundtrip(docs: &[Vec<u32>], per_shard: usize) {
 
 #[test]
 fn real_documents_round_trip_across_shards() {
-    let docs = common::sample_docs();
+    let docs = shared::fixtures::sample_docs();
     roundtrip(&docs, 37);
 }
 
 #[test]
 fn numpy_style_flat_read_matches() {
     // What numpy.memmap(bin, dtype=uint16) sees: the concatenation of all documents.
-    let docs = common::sample_docs();
+    let docs = shared::fixtures::sample_docs();
     let dir = tempfile::tempdir().unwrap();
-    common::write_set(dir.path(), &docs[..20], 100);
+    shared::fixtures::write_set(dir.path(), &docs[..20], 100);
     let bin = std::fs::read(dir.path().join("shard-00000.bin")).unwrap();
     let flat: Vec<u32> = bin
         .chunks_exact(2)
@@ -45,9 +43,9 @@ fn numpy_style_flat_read_matches() {
 
 #[test]
 fn a_truncated_bin_is_refused_with_its_path() {
-    let docs = common::sample_docs();
+    let docs = shared::fixtures::sample_docs();
     let dir = tempfile::tempdir().unwrap();
-    common::write_set(dir.path(), &docs[..10], 100);
+    shared::fixtures::write_set(dir.path(), &docs[..10], 100);
     let bin = dir.path().join("shard-00000.bin");
     let len = std::fs::metadata(&bin).unwrap().len();
     std::fs::OpenOptions::new()

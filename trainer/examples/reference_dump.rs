@@ -16,11 +16,11 @@
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use model::{Bert, MlmInputs, ParamStore};
 use shared::sampler::Batch;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use trainer::model::{Bert, MlmInputs, ParamStore};
-use trainer::train::TrainArgs;
+use training::pretrain::TrainArgs;
 
 #[derive(Parser)]
 struct Args {
@@ -72,7 +72,7 @@ fn main() -> Result<()> {
     let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
     let params = ParamStore::new(&Device::Cpu, t.data.seed);
     let model = Bert::new(cfg, &params)?;
-    let init = trainer::export::with_tied_decoder(
+    let init = training::export::with_tied_decoder(
         params
             .named_vars()
             .into_iter()
@@ -96,8 +96,9 @@ fn main() -> Result<()> {
             .collect();
         candle_core::safetensors::save(&by_name, args.dump.join("grads0.safetensors"))?;
     }
-    let evaluator = trainer::eval::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch)?
-        .context("no held-out set: pass --eval-sequences")?;
+    let evaluator =
+        training::held_out::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch)?
+            .context("no held-out set: pass --eval-sequences")?;
     let eval: Vec<Batch> = evaluator.batches().collect();
     candle_core::safetensors::save(&stack(&eval)?, args.dump.join("eval.safetensors"))?;
 

@@ -1,14 +1,14 @@
 //! `trainer inspect-batch`: shows the batch of any step (decoded, with masks marked) and the
 //! realised masking statistics, so a schedule can be checked before a run is paid for.
 
-use crate::data::DataArgs;
-use crate::plot::{line_chart, Series};
+use crate::charts::{line_chart, Series};
 use anyhow::{bail, Result};
 use clap::Args;
 use shared::sampler::{Batch, MaskCounts, IGNORE_LABEL};
 use shared::tokenizer::LoadedTokenizer;
 use std::fmt::Write;
 use std::path::PathBuf;
+use training::data::DataArgs;
 
 /// Flags of `inspect-batch`.
 #[derive(Debug, Args)]
@@ -87,7 +87,7 @@ fn split(c: &MaskCounts) -> (f64, f64, f64) {
 }
 
 /// Runs the command and returns its report.
-pub fn run(args: &InspectBatchArgs) -> Result<String> {
+pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
     if args.step >= args.steps {
         bail!(
             "--step {} is outside a {}-step run (0..{})",

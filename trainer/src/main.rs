@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use trainer::inspect::InspectBatchArgs;
-use trainer::train::TrainArgs;
+use training::pretrain::TrainArgs;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -41,11 +41,11 @@ enum Command {
     /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
     Plot(PlotArgs),
     /// Fine-tune a checkpoint on one GLUE task (dev metrics, mean ± std over seeds).
-    Finetune(trainer::downstream::finetune::FinetuneArgs),
+    Finetune(evaluation::finetune::FinetuneArgs),
     /// Fine-tune on every GLUE task present and write a JSON and markdown table.
-    Glue(trainer::downstream::glue::GlueArgs),
+    Glue(evaluation::glue::GlueArgs),
     /// Score BLiMP minimal pairs by pseudo-log-likelihood (zero-shot).
-    Blimp(trainer::downstream::blimp::BlimpArgs),
+    Blimp(evaluation::blimp::BlimpArgs),
     /// Run an experiment (experiments/*.toml): preprocess once, train every schedule x seed,
     /// evaluate, write the report. Resumable; finished parts are skipped.
     Sweep(trainer::sweep::SweepArgs),
@@ -74,7 +74,7 @@ struct PlotArgs {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    trainer::alloc::keep_freed_pages();
+    training::alloc::keep_freed_pages();
     if let Err(e) = real_main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -82,33 +82,33 @@ fn main() {
 }
 
 fn real_main() -> Result<()> {
-    let argv = trainer::config::merge_config_file(std::env::args_os().collect())?;
+    let argv = training::config_file::merge_config_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(argv);
     match cli.command {
-        Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::run(&args)?),
+        Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::inspect_batch(&args)?),
         Some(Command::Export(args)) => {
-            for p in trainer::export::export(&args.run, &args.out)? {
+            for p in training::export::export(&args.run, &args.out)? {
                 println!("wrote {}", p.display());
             }
         }
         Some(Command::Plot(args)) => {
-            for p in trainer::plots::compare(&args.runs, &args.out)? {
+            for p in trainer::run_plots::compare(&args.runs, &args.out)? {
                 println!("wrote {}", p.display());
             }
         }
         Some(Command::Finetune(args)) => {
-            let r = trainer::downstream::finetune::run(&args)?;
+            let r = evaluation::finetune::finetune(&args)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
         Some(Command::Glue(args)) => {
-            let r = trainer::downstream::glue::run(&args)?;
+            let r = evaluation::glue::run_suite(&args)?;
             print!("{}", r.markdown());
         }
         Some(Command::Blimp(args)) => {
-            let r = trainer::downstream::blimp::run(&args)?;
+            let r = evaluation::blimp::evaluate_checkpoint(&args)?;
             print!("{}", r.markdown());
         }
-        Some(Command::Sweep(args)) => trainer::sweep::run(&args)?,
+        Some(Command::Sweep(args)) => trainer::sweep::run_experiment(&args)?,
         None => {
             let interrupted = Arc::new(AtomicBool::new(false));
             let flag = interrupted.clone();
@@ -118,7 +118,10 @@ fn real_main() -> Result<()> {
                 }
                 eprintln!("\ninterrupt: finishing this step, then saving a checkpoint");
             })?;
-            let summary = trainer::train::run(&cli.train, interrupted)?;
+            let summary = training::pretrain::pretrain(&cli.train, interrupted)?;
+            if let Some(out) = &cli.train.out {
+                trainer::run_plots::write_run_plots(out)?;
+            }
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
     }

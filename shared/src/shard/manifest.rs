@@ -52,6 +52,18 @@ pub struct Totals {
     pub truncated_documents: u64,
 }
 
+impl Totals {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Totals) {
+        self.documents += other.documents;
+        self.tokens += other.tokens;
+        self.input_bytes += other.input_bytes;
+        self.empty_documents += other.empty_documents;
+        self.bad_records += other.bad_records;
+        self.truncated_documents += other.truncated_documents;
+    }
+}
+
 /// One shard pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardEntry {
@@ -79,6 +91,27 @@ pub struct InputFile {
 }
 
 impl Manifest {
+    /// A manifest of the current format ([`FORMAT_NAME`], [`FORMAT_VERSION`]).
+    pub fn new(
+        tokenizer: TokenizerInfo,
+        token_dtype: TokenDtype,
+        totals: Totals,
+        shards: Vec<ShardEntry>,
+        inputs: Vec<InputFile>,
+        options: serde_json::Value,
+    ) -> Self {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            tokenizer,
+            token_dtype,
+            totals,
+            shards,
+            inputs,
+            options,
+        }
+    }
+
     /// Reads and checks `DIR/manifest.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);

@@ -15,6 +15,28 @@ pub mod reader;
 pub mod writer;
 
 pub use manifest::{InputFile, Manifest, ShardEntry, Totals};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_files_are_recognised_by_name() {
+        let [bin, idx] = pair_paths(std::path::Path::new("d"), &shard_name(42));
+        assert_eq!(bin, std::path::Path::new("d/shard-00042.bin"));
+        assert_eq!(idx, std::path::Path::new("d/shard-00042.idx"));
+        assert!(is_shard_file("shard-00042.bin") && is_shard_file("shard-00042.idx"));
+        for other in [
+            "manifest.json",
+            "shard-00042.bin.tmp",
+            "shard-1.json",
+            "x.bin",
+            "shard-00001bin",
+        ] {
+            assert!(!is_shard_file(other), "{other}");
+        }
+    }
+}
 pub use reader::{ShardSet, Tokens};
 pub use writer::ShardWriter;
 
@@ -69,7 +91,26 @@ impl TokenDtype {
 
 /// File name stem of shard number `n` (`shard-00042`).
 pub fn shard_name(n: usize) -> String {
-    format!("shard-{n:05}")
+    format!("{SHARD_PREFIX}{n:05}")
+}
+
+const SHARD_PREFIX: &str = "shard-";
+const BIN_EXT: &str = "bin";
+const IDX_EXT: &str = "idx";
+
+/// The files of the shard pair `name` in `dir`: `[NAME.bin, NAME.idx]`.
+pub fn pair_paths(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 2] {
+    [BIN_EXT, IDX_EXT].map(|ext| dir.join(format!("{name}.{ext}")))
+}
+
+/// Whether `file_name` names a shard file (`shard-NNNNN.bin` or `.idx`).
+pub fn is_shard_file(file_name: &str) -> bool {
+    file_name.starts_with(SHARD_PREFIX)
+        && [BIN_EXT, IDX_EXT].iter().any(|ext| {
+            file_name
+                .strip_suffix(ext)
+                .is_some_and(|s| s.ends_with('.'))
+        })
 }
 
 /// Name of the manifest file in a shard directory.

@@ -153,8 +153,7 @@ impl ShardSet {
                     .ensure_same(&manifest.tokenizer, &dirs[0], dir)?;
             }
             for entry in &manifest.shards {
-                let bin_path = dir.join(format!("{}.bin", entry.name));
-                let idx_path = dir.join(format!("{}.idx", entry.name));
+                let [bin_path, idx_path] = super::pair_paths(dir, &entry.name);
                 let idx = map(&idx_path)?.ok_or_else(|| Error::format(&idx_path, "empty file"))?;
                 let view = IndexView::parse(&idx, &idx_path)?;
                 if view.len() as u64 != entry.documents {

@@ -42,7 +42,8 @@ impl ShardWriter {
     /// Starts shard number `number` in `dir`.
     pub fn create(dir: &Path, number: usize, dtype: TokenDtype) -> Result<Self> {
         let name = shard_name(number);
-        let tmp = atomic::tmp_path(&dir.join(format!("{name}.bin")));
+        let [bin_path, _] = super::pair_paths(dir, &name);
+        let tmp = atomic::tmp_path(&bin_path);
         let file = File::create(&tmp).with_path(&tmp)?;
         Ok(ShardWriter {
             dir: dir.to_path_buf(),
@@ -156,39 +157,4 @@ impl ShardWriter {
             idx_sha256,
         })
     }
-}
-
-/// Writes in-memory documents as a complete shard set in `dir` (`per_shard` documents per shard,
-/// tokenizer copy, manifest last): for tests, benchmarks and small tools.
-pub fn write_documents(
-    dir: &Path,
-    tokenizer: &crate::tokenizer::LoadedTokenizer,
-    docs: &[Vec<u32>],
-    per_shard: usize,
-) -> Result<super::Manifest> {
-    let dtype = TokenDtype::for_vocab(tokenizer.info.vocab_size);
-    let mut shards = Vec::new();
-    let mut totals = super::Totals::default();
-    for (n, chunk) in docs.chunks(per_shard.max(1)).enumerate() {
-        let mut w = ShardWriter::create(dir, n, dtype)?;
-        for d in chunk {
-            w.push(d)?;
-            totals.documents += 1;
-            totals.tokens += d.len() as u64;
-        }
-        shards.push(w.finish()?);
-    }
-    atomic::write_file(&dir.join(crate::tokenizer::TOKENIZER_FILE), &tokenizer.json)?;
-    let manifest = super::Manifest {
-        format: super::manifest::FORMAT_NAME.into(),
-        format_version: super::manifest::FORMAT_VERSION,
-        tokenizer: tokenizer.info.clone(),
-        token_dtype: dtype,
-        totals,
-        shards,
-        inputs: Vec::new(),
-        options: serde_json::json!({ "source": "in-memory documents" }),
-    };
-    manifest.save(dir)?;
-    Ok(manifest)
 }

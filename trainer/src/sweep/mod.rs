@@ -174,7 +174,7 @@ pub enum RunState {
 
 /// The state of the run in `dir` with a budget of `steps`.
 pub fn run_state(dir: &Path, steps: u64) -> Result<RunState> {
-    Ok(match crate::checkpoint::list(dir)?.last() {
+    Ok(match training::checkpoint::list(dir)?.last() {
         None => RunState::New,
         Some((s, _)) if *s >= steps => RunState::Complete,
         Some((s, _)) => RunState::Partial(*s),
@@ -240,7 +240,7 @@ fn existing(primary: &Path, fallback: &Path) -> PathBuf {
 }
 
 /// Runs the sweep (or one phase of it).
-pub fn run(args: &SweepArgs) -> Result<()> {
+pub fn run_experiment(args: &SweepArgs) -> Result<()> {
     let cfg = SweepConfig::load(&args.experiment)?;
     let steps = cfg.steps()?;
     let shards = cfg.shards();

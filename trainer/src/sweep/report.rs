@@ -4,13 +4,13 @@
 //! statements of where the two agree.
 
 use super::{run_state, RunState, SweepConfig};
-use crate::downstream::metrics::mean_std;
-use crate::metrics::{read, Record};
-use crate::plot::{line_chart, Series};
+use crate::charts::{line_chart, Series};
 use anyhow::Result;
+use evaluation::scores::mean_std;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
+use training::metrics_log::{read, Record};
 
 /// The paper's published results (Ankner et al., 2023, BERT-base on C4): GLUE average and
 /// speed-up to the constant-15% baseline's quality, by schedule.
@@ -65,7 +65,7 @@ pub fn read_run(dir: &Path) -> Result<RunResult> {
         for t in g["tasks"].as_array().into_iter().flatten() {
             if let (Some(name), Some(score)) = (t["task"].as_str(), t["score"].as_f64()) {
                 // glue.json stores the task as serialised (`Sst2`); the report uses GLUE's names.
-                let name = crate::downstream::tasks::Task::ALL
+                let name = evaluation::tasks::Task::ALL
                     .into_iter()
                     .find(|k| {
                         serde_json::to_value(k)

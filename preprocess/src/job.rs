@@ -1,0 +1,173 @@
+//! One preprocessing run: prepare or resume the output directory, run the pipeline, write the
+//! manifest last.
+
+use crate::error::{Error, Result};
+use crate::journal::{Journal, JOURNAL_FILE};
+use crate::pipeline::{self, Sink};
+use crate::progress::{summary, Progress};
+use crate::run_config::RunConfig;
+use shared::atomic;
+use shared::shard::{InputFile, Manifest, TokenDtype, MANIFEST_FILE};
+use shared::tokenizer::{LoadedTokenizer, TOKENIZER_FILE};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+/// What a run did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The manifest now in the output directory.
+    pub manifest: Manifest,
+    /// Human-readable summary.
+    pub summary: String,
+    /// The run found the work already complete.
+    pub already_done: bool,
+}
+
+/// Files this tool owns in an output directory (removed by `--overwrite`).
+fn is_ours(name: &str) -> bool {
+    name == MANIFEST_FILE
+        || name == JOURNAL_FILE
+        || name == TOKENIZER_FILE
+        || shared::shard::is_shard_file(name)
+        || name.ends_with(atomic::TMP_SUFFIX)
+}
+
+fn output_err(dir: &Path, msg: impl Into<String>) -> Error {
+    Error::Output {
+        dir: dir.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Runs (or resumes, or confirms) the preprocessing described by `cfg`.
+pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
+    let tok = LoadedTokenizer::load(cfg.tokenizer.as_deref())?;
+    let fingerprint = cfg.fingerprint(&tok.info.sha256);
+    let dir = cfg.out.as_path();
+    std::fs::create_dir_all(dir).map_err(|e| output_err(dir, format!("cannot create: {e}")))?;
+
+    if cfg.overwrite {
+        for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
+            let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
+            if is_ours(&entry.file_name().to_string_lossy()) {
+                std::fs::remove_file(entry.path()).map_err(|e| {
+                    output_err(
+                        dir,
+                        format!("cannot remove {}: {e}", entry.path().display()),
+                    )
+                })?;
+            }
+        }
+    }
+
+    // Finished already?
+    if dir.join(MANIFEST_FILE).exists() {
+        let manifest = Manifest::load(dir)?;
+        if manifest
+            .options
+            .get("run_fingerprint")
+            .and_then(|v| v.as_str())
+            == Some(fingerprint.as_str())
+        {
+            let _ = std::fs::remove_file(Journal::path(dir));
+            let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+            let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
+            return Ok(Outcome {
+                manifest,
+                summary,
+                already_done: true,
+            });
+        }
+        return Err(output_err(dir, "holds a finished shard set made from other inputs, options or tokenizer; choose another --out or pass --overwrite"));
+    }
+
+    atomic::clean_temporaries(dir)?;
+    let journal = match Journal::load(dir)? {
+        Some(j) if j.run_fingerprint == fingerprint => j,
+        Some(_) => return Err(output_err(dir, "holds an unfinished run of a different command (other inputs, options or tokenizer); re-run that command to finish it, or pass --overwrite")),
+        None => {
+            let foreign: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| output_err(dir, e.to_string()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| is_ours(n) && n != TOKENIZER_FILE)
+                .collect();
+            if !foreign.is_empty() {
+                return Err(output_err(dir, format!("holds shard files ({}) but no {JOURNAL_FILE}; pass --overwrite to replace them", foreign.join(", "))));
+            }
+            Journal { run_fingerprint: fingerprint.clone(), ..Default::default() }
+        }
+    };
+    let resumed = !journal.shards.is_empty() || journal.next_file > 0;
+    // Shards past the journal (committed just before a kill, not yet journaled) are rebuilt identically.
+    for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
+        let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shard-")
+            && !journal
+                .shards
+                .iter()
+                .any(|s| name.starts_with(&format!("{}.", s.name)))
+        {
+            std::fs::remove_file(entry.path()).map_err(|e| output_err(dir, e.to_string()))?;
+        }
+    }
+    atomic::write_file(&dir.join(TOKENIZER_FILE), &tok.json)?;
+
+    let dtype = TokenDtype::for_vocab(tok.info.vocab_size);
+    let total_bytes: u64 = cfg.inputs.iter().map(|f| f.size).sum();
+    let progress = Progress::new(total_bytes, cfg.progress, &journal.totals);
+    if resumed {
+        progress.println(&format!(
+            "resuming {}: {} shard(s) done, continuing at input {} of {} (record {})",
+            dir.display(),
+            journal.shards.len(),
+            journal.next_file + 1,
+            cfg.inputs.len(),
+            journal.next_record + 1
+        ));
+    }
+    let mut sink = Sink::new(dir, dtype, cfg.output.shard_size, journal);
+    let result =
+        pipeline::tokenize_into_shards(cfg, &tok.tokenizer, &mut sink, &progress, interrupted);
+    progress.finish();
+    if let Err(e) = result {
+        let _ = atomic::clean_temporaries(dir);
+        return Err(e);
+    }
+
+    let mut options = serde_json::to_value(&cfg.output).expect("serializes");
+    options["run_fingerprint"] = serde_json::Value::String(fingerprint);
+    let inputs = cfg
+        .inputs
+        .iter()
+        .map(|i| InputFile {
+            path: i.path.display().to_string(),
+            size: i.size,
+        })
+        .collect();
+    let manifest = Manifest::new(
+        tok.info.clone(),
+        dtype,
+        sink.journal.totals.clone(),
+        sink.journal.shards.clone(),
+        inputs,
+        options,
+    );
+    manifest.save(dir)?;
+    std::fs::remove_file(Journal::path(dir))
+        .map_err(|e| output_err(dir, format!("cannot remove {JOURNAL_FILE}: {e}")))?;
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+    let summary = summary(
+        &manifest.totals,
+        manifest.shards.len(),
+        bytes,
+        progress.elapsed_secs(),
+        resumed,
+    );
+    Ok(Outcome {
+        manifest,
+        summary,
+        already_done: false,
+    })
+}

@@ -1,0 +1,72 @@
+//! Test and benchmark fixtures (feature `test-support`): shard sets written through the public
+//! writer API from in-memory documents, and the bundled C4 sample's token ids.
+
+use crate::shard::writer::ShardWriter;
+use crate::shard::{Manifest, ShardSet, TokenDtype, Totals};
+use crate::tokenizer::{LoadedTokenizer, TOKENIZER_FILE};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Writes in-memory documents as a complete shard set in `dir` (`per_shard` documents per shard,
+/// tokenizer copy, manifest last).
+pub fn write_documents(
+    dir: &Path,
+    tokenizer: &LoadedTokenizer,
+    docs: &[Vec<u32>],
+    per_shard: usize,
+) -> crate::error::Result<Manifest> {
+    let dtype = TokenDtype::for_vocab(tokenizer.info.vocab_size);
+    let mut shards = Vec::new();
+    let mut totals = Totals::default();
+    for (n, chunk) in docs.chunks(per_shard.max(1)).enumerate() {
+        let mut w = ShardWriter::create(dir, n, dtype)?;
+        for d in chunk {
+            w.push(d)?;
+            totals.documents += 1;
+            totals.tokens += d.len() as u64;
+        }
+        shards.push(w.finish()?);
+    }
+    crate::atomic::write_file(&dir.join(TOKENIZER_FILE), &tokenizer.json)?;
+    let manifest = Manifest::new(
+        tokenizer.info.clone(),
+        dtype,
+        totals,
+        shards,
+        Vec::new(),
+        serde_json::json!({ "source": "in-memory documents" }),
+    );
+    manifest.save(dir)?;
+    Ok(manifest)
+}
+
+/// Token ids of the bundled C4 sample (`data/reference/c4-sample-ids.jsonl.gz`, made by
+/// `scripts/make_reference_ids.py` with HuggingFace `tokenizers`).
+pub fn sample_docs() -> Vec<Vec<u32>> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/reference/c4-sample-ids.jsonl.gz");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(&path).expect("bundled sample ids"))
+        .read_to_string(&mut text)
+        .expect("gzip text");
+    text.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json line");
+            v["ids"]
+                .as_array()
+                .expect("ids")
+                .iter()
+                .map(|x| x.as_u64().expect("id") as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes `docs` with the bundled tokenizer as a shard set in `dir`, `per_shard` documents per
+/// shard, and opens it.
+pub fn write_set(dir: &Path, docs: &[Vec<u32>], per_shard: usize) -> Arc<ShardSet> {
+    let tok = LoadedTokenizer::load(None).expect("bundled tokenizer");
+    write_documents(dir, &tok, docs, per_shard).expect("fixture shards");
+    Arc::new(ShardSet::open(dir).expect("fixture shards open"))
+}

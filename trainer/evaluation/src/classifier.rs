@@ -1,0 +1,157 @@
+//! Sequence classification / regression on BERT (HF `BertForSequenceClassification`): pooler
+//! (dense + tanh on [CLS]), dropout, linear head. Inputs are encoded once by the tokenizer, with
+//! sentence pairs as `[CLS] a [SEP] b [SEP]`, token types, and longest-first truncation.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use model::ops::Dropout;
+use model::params::Unmatched;
+use model::{Bert, BertConfig, Linear, ParamStore};
+use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
+use training::pretrained::Pretrained;
+
+/// One tokenized input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    /// Token ids with `[CLS]`/`[SEP]`.
+    pub ids: Vec<u32>,
+    /// Segment of each token (0, or 1 for the second sentence of a pair).
+    pub types: Vec<u32>,
+}
+
+/// Tokenizes single sentences or pairs with the tokenizer's own template and longest-first
+/// truncation to `max_len` tokens.
+pub fn encode_all(
+    tok: &tokenizers::Tokenizer,
+    inputs: &[(&str, Option<&str>)],
+    max_len: usize,
+) -> Result<Vec<Encoded>> {
+    let mut tok = tok.clone();
+    tok.with_truncation(Some(TruncationParams {
+        direction: TruncationDirection::Right,
+        max_length: max_len,
+        strategy: TruncationStrategy::LongestFirst,
+        stride: 0,
+    }))
+    .map_err(|e| anyhow::anyhow!("truncation: {e}"))?;
+    tok.with_padding(None);
+    let batch: Vec<tokenizers::EncodeInput> = inputs
+        .iter()
+        .map(|&(a, b)| match b {
+            Some(b) => (a, b).into(),
+            None => a.into(),
+        })
+        .collect();
+    let encs = tok
+        .encode_batch(batch, true)
+        .map_err(|e| anyhow::anyhow!("tokenizing: {e}"))?;
+    Ok(encs
+        .into_iter()
+        .map(|e| Encoded {
+            ids: e.get_ids().to_vec(),
+            types: e.get_type_ids().to_vec(),
+        })
+        .collect())
+}
+
+/// A padded batch as tensors.
+pub struct PairBatch {
+    /// `[B, L]` ids.
+    pub input_ids: Tensor,
+    /// `[B, L]` token types.
+    pub token_type_ids: Tensor,
+    /// `[B, L]` 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+}
+
+impl PairBatch {
+    /// Pads `items` to the longest with `pad_id`.
+    pub fn new(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<Self> {
+        let len = items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(1);
+        let n = items.len();
+        let (mut ids, mut types, mut mask) = (
+            vec![pad_id; n * len],
+            vec![0u32; n * len],
+            vec![0f32; n * len],
+        );
+        for (r, e) in items.iter().enumerate() {
+            let row = r * len;
+            ids[row..row + e.ids.len()].copy_from_slice(&e.ids);
+            types[row..row + e.types.len()].copy_from_slice(&e.types);
+            mask[row..row + e.ids.len()].fill(1.0);
+        }
+        Ok(PairBatch {
+            input_ids: Tensor::from_vec(ids, (n, len), device)?,
+            token_type_ids: Tensor::from_vec(types, (n, len), device)?,
+            attention_mask: Tensor::from_vec(mask, (n, len), device)?,
+        })
+    }
+}
+
+/// BERT + pooler + linear head with `outputs` classes (1 = regression).
+pub struct Classifier {
+    bert: Bert,
+    pooler: Linear,
+    head: Linear,
+}
+
+impl Classifier {
+    /// Builds the model's parameters in `p` (freshly initialised; see [`bind`]).
+    pub fn new(cfg: BertConfig, outputs: usize, p: &ParamStore) -> Result<Self> {
+        let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        Ok(Classifier {
+            bert: Bert::new(cfg, p)?,
+            pooler: Linear::new(p, "bert.pooler.dense", h, h, std)?,
+            head: Linear::new(p, "classifier", h, outputs, std)?,
+        })
+    }
+
+    /// Logits (or the regression value) `[B, outputs]`.
+    pub fn forward(&self, batch: &PairBatch, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+        let hidden = self.bert.encode_with_types(
+            &batch.input_ids,
+            Some(&batch.token_type_ids),
+            &batch.attention_mask,
+            dropout,
+        )?;
+        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let pooled = match dropout {
+            Some(d) => d.apply(&pooled)?,
+            None => pooled,
+        };
+        Ok(self.head.forward(&pooled)?)
+    }
+}
+
+/// Copies `source`'s tensors into the parameters of `p` with the same name. The MLM head of a
+/// pretraining checkpoint is ignored; a pretraining checkpoint has no pooler (it stays freshly
+/// initialised, as in `transformers`); a `classifier.*` of another shape (MNLI's 3 classes into a
+/// 2-class task) is left initialised. Returns the names left initialised. Any other missing or
+/// mis-shaped encoder tensor is an error.
+pub fn bind(p: &ParamStore, source: &Pretrained) -> Result<Vec<String>> {
+    p.load_by_name(
+        &source.tensors,
+        &source.source.display().to_string(),
+        |name, why| match why {
+            Unmatched::Shape => name.starts_with("classifier."),
+            Unmatched::Missing => {
+                name.starts_with("classifier.")
+                    || name.starts_with("bert.pooler.")
+                    || name.starts_with("cls.")
+            }
+        },
+    )
+}
+
+/// A classifier and its parameter store, fresh parameters drawn from `seed` (bind weights after).
+pub fn build(
+    cfg: BertConfig,
+    outputs: usize,
+    device: &Device,
+    seed: u64,
+) -> Result<(ParamStore, Classifier)> {
+    let p = ParamStore::new(device, seed);
+    let model = Classifier::new(cfg, outputs, &p)?;
+    Ok((p, model))
+}

@@ -1,0 +1,329 @@
+//! BERT for masked language modelling (HuggingFace `BertForMaskedLM` architecture and names),
+//! with the MLM head evaluated only at the masked positions.
+
+use crate::bert_config::BertConfig;
+use crate::ops::{
+    add_bias, attention, cross_entropy_and_correct, gelu, layer_norm, matmul_in, Dropout,
+};
+use crate::params::{Init, ParamStore};
+use candle_core::{DType, Device, Result, Tensor};
+
+/// A dense layer `y = x·Wᵀ + b` with HF `weight`/`bias` names.
+pub struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+    compute: DType,
+}
+
+impl Linear {
+    /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
+    pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
+            bias: p.get(&format!("{name}.bias"), &[out], Init::Zeros)?,
+            compute: p.compute_dtype(),
+        })
+    }
+
+    /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.t()?;
+        let y = match x.dims() {
+            [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
+                *b,
+                *l,
+                self.weight.dim(0)?,
+            ))?,
+            _ => matmul_in(x, &w, self.compute)?,
+        };
+        add_bias(&y, &self.bias)
+    }
+}
+
+/// Query, key and value projections applied as one `[3H, H]` product (HF keeps three layers).
+struct QkvProjection {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+}
+
+impl QkvProjection {
+    /// `[B, L, H]` → `[B, L, 3H]` (query, key, value blocks).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let parts = [&self.query, &self.key, &self.value];
+        let weight = Tensor::cat(&parts.map(|p| &p.weight), 0)?;
+        let bias = Tensor::cat(&parts.map(|p| &p.bias), 0)?;
+        let compute = self.query.compute;
+        Linear {
+            weight,
+            bias,
+            compute,
+        }
+        .forward(x)
+    }
+}
+
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    fn new(p: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Norm {
+            weight: p.get(&format!("{name}.weight"), &[size], Init::Ones)?,
+            bias: p.get(&format!("{name}.bias"), &[size], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+struct Layer {
+    qkv: QkvProjection,
+    attn_out: Linear,
+    attn_norm: Norm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: Norm,
+}
+
+/// The model.
+pub struct Bert {
+    cfg: BertConfig,
+    word_embeddings: Tensor,
+    position_embeddings: Tensor,
+    token_type_embeddings: Tensor,
+    emb_norm: Norm,
+    layers: Vec<Layer>,
+    head_dense: Linear,
+    head_norm: Norm,
+    head_bias: Tensor,
+    compute: DType,
+}
+
+/// A micro-batch as tensors.
+pub struct MlmInputs {
+    /// `[B, L]` u32 ids.
+    pub input_ids: Tensor,
+    /// `[B, L]` f32, 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[M]` u32 flat positions (`b·L + l`) of predicted tokens.
+    pub masked_positions: Tensor,
+    /// `[M]` u32 original ids there.
+    pub masked_labels: Tensor,
+}
+
+impl MlmInputs {
+    /// Converts a sampler batch.
+    pub fn from_batch(b: &shared::sampler::Batch, device: &Device) -> Result<Self> {
+        let (rows, len) = (b.rows(), b.seq_len);
+        let mask: Vec<f32> = b.attention_mask.iter().map(|&m| m as f32).collect();
+        Ok(MlmInputs {
+            input_ids: Tensor::from_slice(&b.input_ids, (rows, len), device)?,
+            attention_mask: Tensor::from_vec(mask, (rows, len), device)?,
+            masked_positions: Tensor::from_slice(
+                &b.masked_positions,
+                b.masked_positions.len(),
+                device,
+            )?,
+            masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
+        })
+    }
+}
+
+/// Loss and counts of one forward pass.
+pub struct MlmOutput {
+    /// Mean cross-entropy over predicted positions (scalar tensor, differentiable).
+    pub loss: Tensor,
+    /// Predicted positions whose arg-max equals the label.
+    pub correct: usize,
+    /// Predicted positions.
+    pub predicted: usize,
+}
+
+impl Bert {
+    /// Builds (or binds to existing) parameters in `p`.
+    pub fn new(cfg: BertConfig, p: &ParamStore) -> Result<Self> {
+        let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
+        if h % cfg.num_attention_heads != 0 {
+            candle_core::bail!(
+                "hidden size {h} is not a multiple of {} heads",
+                cfg.num_attention_heads
+            );
+        }
+        let e = "bert.embeddings";
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let l = format!("bert.encoder.layer.{i}");
+            layers.push(Layer {
+                qkv: QkvProjection {
+                    query: Linear::new(p, &format!("{l}.attention.self.query"), h, h, std)?,
+                    key: Linear::new(p, &format!("{l}.attention.self.key"), h, h, std)?,
+                    value: Linear::new(p, &format!("{l}.attention.self.value"), h, h, std)?,
+                },
+                attn_out: Linear::new(p, &format!("{l}.attention.output.dense"), h, h, std)?,
+                attn_norm: Norm::new(p, &format!("{l}.attention.output.LayerNorm"), h, eps)?,
+                intermediate: Linear::new(
+                    p,
+                    &format!("{l}.intermediate.dense"),
+                    h,
+                    cfg.intermediate_size,
+                    std,
+                )?,
+                output: Linear::new(
+                    p,
+                    &format!("{l}.output.dense"),
+                    cfg.intermediate_size,
+                    h,
+                    std,
+                )?,
+                out_norm: Norm::new(p, &format!("{l}.output.LayerNorm"), h, eps)?,
+            });
+        }
+        Ok(Bert {
+            cfg,
+            word_embeddings: p.get(
+                &format!("{e}.word_embeddings.weight"),
+                &[cfg.vocab_size, h],
+                Init::Normal(std),
+            )?,
+            position_embeddings: p.get(
+                &format!("{e}.position_embeddings.weight"),
+                &[cfg.max_position_embeddings, h],
+                Init::Normal(std),
+            )?,
+            token_type_embeddings: p.get(
+                &format!("{e}.token_type_embeddings.weight"),
+                &[cfg.type_vocab_size, h],
+                Init::Normal(std),
+            )?,
+            emb_norm: Norm::new(p, &format!("{e}.LayerNorm"), h, eps)?,
+            layers,
+            head_dense: Linear::new(p, "cls.predictions.transform.dense", h, h, std)?,
+            head_norm: Norm::new(p, "cls.predictions.transform.LayerNorm", h, eps)?,
+            head_bias: p.get("cls.predictions.bias", &[cfg.vocab_size], Init::Zeros)?,
+            compute: p.compute_dtype(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.cfg
+    }
+
+    fn maybe_dropout(x: Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+        match dropout {
+            Some(d) => d.apply(&x),
+            None => Ok(x),
+        }
+    }
+
+    /// Final hidden states `[B, L, H]` of single segments (token type 0). `dropout` = `None`
+    /// for evaluation.
+    pub fn encode(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        dropout: &mut Option<Dropout>,
+    ) -> Result<Tensor> {
+        self.encode_with_types(input_ids, None, attention_mask, dropout)
+    }
+
+    /// Final hidden states `[B, L, H]`; `token_type_ids` `[B, L]` u32 marks sentence pairs'
+    /// second segments (`None` = all type 0).
+    pub fn encode_with_types(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+        dropout: &mut Option<Dropout>,
+    ) -> Result<Tensor> {
+        let (b, l) = input_ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        if l > self.cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence length {l} exceeds {} positions",
+                self.cfg.max_position_embeddings
+            );
+        }
+        let words = self
+            .word_embeddings
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, l, h))?;
+        let positions = self.position_embeddings.narrow(0, 0, l)?;
+        let x = words.broadcast_add(&positions)?;
+        let x = match token_type_ids {
+            Some(types) => {
+                (x + self
+                    .token_type_embeddings
+                    .index_select(&types.flatten_all()?, 0)?
+                    .reshape((b, l, h))?)?
+            }
+            None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
+        };
+        let mut x = Self::maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
+        // Additive key bias: 0 for tokens, -10000 for padding.
+        let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
+        let heads = self.cfg.num_attention_heads;
+        for layer in &self.layers {
+            let attn_in = if self.cfg.pre_ln {
+                layer.attn_norm.forward(&x)?
+            } else {
+                x.clone()
+            };
+            let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
+            let qkv = layer.qkv.forward(&attn_in)?;
+            let ctx = attention(&qkv, heads, &key_bias, factors, self.compute)?;
+            let attn = Self::maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
+            x = if self.cfg.pre_ln {
+                (x + attn)?
+            } else {
+                layer.attn_norm.forward(&(x + attn)?)?
+            };
+            let ffn_in = if self.cfg.pre_ln {
+                layer.out_norm.forward(&x)?
+            } else {
+                x.clone()
+            };
+            let ffn = layer
+                .output
+                .forward(&gelu(&layer.intermediate.forward(&ffn_in)?)?)?;
+            let ffn = Self::maybe_dropout(ffn, dropout)?;
+            x = if self.cfg.pre_ln {
+                (x + ffn)?
+            } else {
+                layer.out_norm.forward(&(x + ffn)?)?
+            };
+        }
+        Ok(x)
+    }
+
+    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
+    pub fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let (b, l, h) = hidden.dims3()?;
+        let picked = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
+        let t = self
+            .head_norm
+            .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
+        let logits = matmul_in(&t, &self.word_embeddings.t()?, self.compute)?;
+        add_bias(&logits, &self.head_bias)
+    }
+
+    /// Forward pass and masked-LM loss on one micro-batch.
+    pub fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
+        let hidden = self.encode(&inputs.input_ids, &inputs.attention_mask, dropout)?;
+        let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
+        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
+        let predicted = inputs.masked_labels.dim(0)?;
+        Ok(MlmOutput {
+            loss,
+            correct,
+            predicted,
+        })
+    }
+}

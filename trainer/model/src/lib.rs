@@ -1,0 +1,23 @@
+//! The BERT masked-language model, written on candle-core/candle-nn primitives that train.
+//!
+//! - [`bert_config`]: sizes and presets, and the HuggingFace `config.json` they map to.
+//! - [`params`]: named, seeded parameters (HF `BertForMaskedLM` names), and loading them by name.
+//! - [`ops`]: the differentiable building blocks, one file per op: LayerNorm, softmax, attention,
+//!   GELU, bias add, cross-entropy, dropout, autocast matmul. Each has a fused CPU kernel with its
+//!   own backward and a composed twin for every other device; [`ops::supports`] chooses.
+//! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
+//! - [`device`]: `--device` and `--precision`.
+//!
+//! Invariant: the device is a parameter everywhere; nothing assumes CPU except where a test says so.
+
+pub mod bert;
+pub mod bert_config;
+pub mod device;
+#[cfg(feature = "test-support")]
+pub mod fixtures;
+pub mod ops;
+pub mod params;
+
+pub use bert::{Bert, Linear, MlmInputs, MlmOutput};
+pub use bert_config::BertConfig;
+pub use params::ParamStore;

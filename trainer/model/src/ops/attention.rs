@@ -1,0 +1,464 @@
+//! Multi-head self-attention: one CPU kernel with its own backward, and the composed twin.
+//!
+//! The composed path (split heads, transpose, `contiguous`, batched matmul, scale, mask, softmax,
+//! dropout, matmul, merge heads) costs ~10 tensor passes and allocations forward and ~20 back,
+//! and candle's batched matmul runs each of the B·heads small products on the whole thread pool.
+//! Here each (sequence, head) pair is one task on the rayon pool: its products run
+//! single-threaded through `gemm` on strided views of the fused `[B, L, 3H]` projections, and the
+//! context is written straight into `[B, L, H]`; nothing is transposed or copied.
+
+use super::{matmul_in, softmax_last_dim, supports};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Multi-head self-attention: `qkv` `[B, L, 3H]` holds the query, key and value projections
+/// (H columns each, `heads` heads per block); `key_bias` `[B, L]` is added to every query's scores
+/// (0 for tokens, -10000 for padding); `dropout` holds factors for the `[B, heads, L, L]`
+/// probabilities (see [`super::Dropout::factors`]); the two products run in `compute` (see
+/// [`matmul_in`]). Returns the context `[B, L, H]`.
+pub fn attention(
+    qkv: &Tensor,
+    heads: usize,
+    key_bias: &Tensor,
+    dropout: Option<Vec<f32>>,
+    compute: DType,
+) -> Result<Tensor> {
+    // The kernel runs its products in f32, so it serves only an f32 `compute`.
+    if supports(qkv.device(), qkv.dtype()) && compute == DType::F32 {
+        let bias = key_bias.flatten_all()?.to_vec1::<f32>()?;
+        let op = FusedAttention::new(heads, bias, dropout);
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    attention_composed(qkv, heads, key_bias, dropout, compute)
+}
+
+/// [`attention`] from tensor ops (any device).
+pub fn attention_composed(
+    qkv: &Tensor,
+    heads: usize,
+    key_bias: &Tensor,
+    dropout: Option<Vec<f32>>,
+    compute: DType,
+) -> Result<Tensor> {
+    let (b, l, three_h) = qkv.dims3()?;
+    let h = three_h / 3;
+    let dh = h / heads;
+    let split = |block: usize| -> Result<Tensor> {
+        qkv.narrow(2, block * h, h)?
+            .reshape((b, l, heads, dh))?
+            .transpose(1, 2)?
+            .contiguous()
+    };
+    let (q, k, v) = (split(0)?, split(1)?, split(2)?);
+    let scale = 1.0 / (dh as f64).sqrt();
+    let scores = (matmul_in(&q, &k.t()?.contiguous()?, compute)? * scale)?
+        .broadcast_add(&key_bias.reshape((b, 1, 1, l))?)?;
+    let mut probs = softmax_last_dim(&scores)?;
+    if let Some(f) = dropout {
+        probs = probs.mul(&Tensor::from_vec(f, probs.shape(), probs.device())?)?;
+    }
+    matmul_in(&probs, &v, compute)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, l, h))
+}
+
+/// Attention over fused projections `qkv` `[B, L, 3H]` (query, key, value blocks of H columns,
+/// heads of `H / heads` columns each) → context `[B, L, H]`.
+struct FusedAttention {
+    heads: usize,
+    /// `[B · L]` additive bias on the keys (0 for tokens, large negative for padding).
+    key_bias: Arc<Vec<f32>>,
+    /// `[B · heads · L · L]` dropout factors on the probabilities (0 or 1/(1−p)); `None` = none.
+    dropout: Option<Arc<Vec<f32>>>,
+    /// Softmax probabilities `[B · heads · L · L]` (before dropout), kept for the backward.
+    probs: Mutex<Option<Arc<Vec<f32>>>>,
+}
+
+impl FusedAttention {
+    /// The op for `heads` heads, key bias `[B·L]` and optional dropout factors.
+    fn new(heads: usize, key_bias: Vec<f32>, dropout: Option<Vec<f32>>) -> Self {
+        FusedAttention {
+            heads,
+            key_bias: Arc::new(key_bias),
+            dropout: dropout.map(Arc::new),
+            probs: Mutex::new(None),
+        }
+    }
+}
+
+/// The dimensions of one call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    len: usize,
+    hidden: usize,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn of(l: &Layout, heads: usize, what: &str) -> Result<Self> {
+        let &[batch, len, three_h] = l.dims() else {
+            candle_core::bail!("{what}: expected [B, L, 3H], got {:?}", l.dims())
+        };
+        let hidden = three_h / 3;
+        if three_h % 3 != 0 || heads == 0 || hidden % heads != 0 {
+            candle_core::bail!("{what}: width {three_h} is not 3 × a multiple of {heads} heads");
+        }
+        Ok(Dims {
+            batch,
+            len,
+            hidden,
+            heads,
+            head_dim: hidden / heads,
+        })
+    }
+
+    /// Offset of head `h`'s columns of block `block` (0 = query, 1 = key, 2 = value) in sequence
+    /// `b` of the `[B, L, 3H]` tensor; rows are `3H` apart.
+    fn qkv_offset(&self, b: usize, h: usize, block: usize) -> usize {
+        b * self.len * 3 * self.hidden + block * self.hidden + h * self.head_dim
+    }
+
+    /// Offset of head `h`'s columns in sequence `b` of a `[B, L, H]` tensor; rows are `H` apart.
+    fn ctx_offset(&self, b: usize, h: usize) -> usize {
+        b * self.len * self.hidden + h * self.head_dim
+    }
+
+    fn tasks(&self) -> usize {
+        self.batch * self.heads
+    }
+
+    /// The scores' scale, 1/√head_dim.
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+}
+
+/// Task `task`'s `[L, L]` block of the dropout factors, if any.
+fn task_factors(dropout: &Option<Arc<Vec<f32>>>, task: usize, lsq: usize) -> Option<&[f32]> {
+    dropout.as_ref().map(|m| &m[task * lsq..(task + 1) * lsq])
+}
+
+/// The probabilities after dropout: `p` itself without factors, else `p ⊙ factors` in `scratch`.
+fn dropped<'a>(p: &'a [f32], factors: Option<&[f32]>, scratch: &'a mut [f32]) -> &'a [f32] {
+    match factors {
+        Some(m) => {
+            scratch
+                .iter_mut()
+                .zip(p.iter().zip(m))
+                .for_each(|(w, (p, m))| *w = p * m);
+            scratch
+        }
+        None => p,
+    }
+}
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    Ok(super::rows::f32_rows(s, l, what)?.0)
+}
+
+/// A pointer that tasks writing disjoint parts of one buffer may share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes only its own (sequence, head) columns; see the callers.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole `Sync` struct).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// A strided matrix view: pointer, row stride, column stride (in elements).
+#[derive(Clone, Copy)]
+struct View(*const f32, isize, isize);
+
+impl View {
+    fn t(self) -> View {
+        View(self.0, self.2, self.1)
+    }
+}
+
+/// `dst [m, n] (row stride dst_rs) = alpha · lhs [m, k] · rhs [k, n]`, single-threaded.
+///
+/// # Safety
+/// The views must address `m×k`, `k×n` and `m×n` valid elements; `dst` must not overlap them.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: View,
+    rhs: View,
+    alpha: f32,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs.0,
+            lhs.2,
+            lhs.1,
+            rhs.0,
+            rhs.2,
+            rhs.1,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
+}
+
+impl CustomOp1 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l, self.heads, "attention")?;
+        let qkv = f32_data(s, l, "attention")?;
+        let (len, lsq) = (d.len, d.len * d.len);
+        if self.key_bias.len() != d.batch * len {
+            candle_core::bail!(
+                "attention: key bias of {} for {}×{len}",
+                self.key_bias.len(),
+                d.batch
+            );
+        }
+        if let Some(m) = &self.dropout {
+            if m.len() != d.tasks() * lsq {
+                candle_core::bail!("attention: dropout factors of {} elements", m.len());
+            }
+        }
+        let mut ctx = vec![0f32; d.batch * len * d.hidden];
+        let mut probs = vec![0f32; d.tasks() * lsq];
+        let out = SharedMut(ctx.as_mut_ptr());
+        let rs = 3 * d.hidden as isize;
+        let scale = d.scale();
+        probs.par_chunks_mut(lsq).enumerate().for_each_init(
+            || vec![0f32; lsq],
+            |scratch, (task, p)| {
+                let (b, h) = (task / d.heads, task % d.heads);
+                let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
+                let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
+                let v = View(qkv[d.qkv_offset(b, h, 2)..].as_ptr(), rs, 1);
+                // SAFETY: q, k, v address len×head_dim elements inside `qkv`; `p` is len×len.
+                unsafe {
+                    matmul(
+                        len,
+                        len,
+                        d.head_dim,
+                        p.as_mut_ptr(),
+                        len as isize,
+                        q,
+                        k.t(),
+                        scale,
+                    )
+                };
+                let bias = &self.key_bias[b * len..(b + 1) * len];
+                for row in p.chunks_mut(len) {
+                    row.iter_mut().zip(bias).for_each(|(s, &m)| *s += m);
+                }
+                super::vmath::softmax_rows(p, len);
+                let weights = dropped(p, task_factors(&self.dropout, task, lsq), scratch);
+                let dst = out.at(d.ctx_offset(b, h));
+                // SAFETY: this task alone writes rows of sequence b, columns of head h of `ctx`.
+                unsafe {
+                    matmul(
+                        len,
+                        d.head_dim,
+                        len,
+                        dst,
+                        d.hidden as isize,
+                        View(weights.as_ptr(), len as isize, 1),
+                        v,
+                        1.0,
+                    )
+                };
+            },
+        );
+        *self.probs.lock().expect("attention probabilities lock") = Some(Arc::new(probs));
+        Ok((CpuStorage::F32(ctx), Shape::from((d.batch, len, d.hidden))))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let Some(probs) = self
+            .probs
+            .lock()
+            .expect("attention probabilities lock")
+            .clone()
+        else {
+            candle_core::bail!("attention backward before forward")
+        };
+        let back = FusedAttentionBackward {
+            heads: self.heads,
+            dropout: self.dropout.clone(),
+            probs,
+        };
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &back)?,
+        ))
+    }
+}
+
+/// Inputs (qkv `[B, L, 3H]`, d context `[B, L, H]`) → d qkv `[B, L, 3H]`.
+struct FusedAttentionBackward {
+    heads: usize,
+    dropout: Option<Arc<Vec<f32>>>,
+    probs: Arc<Vec<f32>>,
+}
+
+impl CustomOp2 for FusedAttentionBackward {
+    fn name(&self) -> &'static str {
+        "fused-attention-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = Dims::of(l1, self.heads, "attention bwd")?;
+        let qkv = f32_data(s1, l1, "attention bwd")?;
+        let dctx = f32_data(s2, l2, "attention bwd")?;
+        let (len, lsq) = (d.len, d.len * d.len);
+        if dctx.len() != d.batch * len * d.hidden || self.probs.len() != d.tasks() * lsq {
+            candle_core::bail!("attention bwd: gradient or probabilities of the wrong size");
+        }
+        let mut dqkv = vec![0f32; qkv.len()];
+        let out = SharedMut(dqkv.as_mut_ptr());
+        let rs = 3 * d.hidden as isize;
+        let scale = d.scale();
+        (0..d.tasks()).into_par_iter().for_each_init(
+            || (vec![0f32; lsq], vec![0f32; lsq]),
+            |(scratch, ds), task| {
+                let (b, h) = (task / d.heads, task % d.heads);
+                let p = &self.probs[task * lsq..(task + 1) * lsq];
+                let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
+                let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
+                let v = View(qkv[d.qkv_offset(b, h, 2)..].as_ptr(), rs, 1);
+                let dout = View(dctx[d.ctx_offset(b, h)..].as_ptr(), d.hidden as isize, 1);
+                let (dq, dk, dv) = (
+                    out.at(d.qkv_offset(b, h, 0)),
+                    out.at(d.qkv_offset(b, h, 1)),
+                    out.at(d.qkv_offset(b, h, 2)),
+                );
+                let mask = task_factors(&self.dropout, task, lsq);
+                let weights = dropped(p, mask, scratch);
+                // SAFETY: views address len×head_dim elements of `qkv`/`dctx` or len×len scratch;
+                // this task alone writes rows of sequence b, columns of head h of each block.
+                unsafe {
+                    // d weights = d out · vᵀ;  d v = weightsᵀ · d out.
+                    matmul(
+                        len,
+                        len,
+                        d.head_dim,
+                        ds.as_mut_ptr(),
+                        len as isize,
+                        dout,
+                        v.t(),
+                        1.0,
+                    );
+                    matmul(
+                        len,
+                        d.head_dim,
+                        len,
+                        dv,
+                        rs,
+                        View(weights.as_ptr(), len as isize, 1).t(),
+                        dout,
+                        1.0,
+                    );
+                }
+                // d scores = scale · p ⊙ (dp − Σ dp ⊙ p), with dp = d weights ⊙ dropout factors.
+                if let Some(m) = mask {
+                    ds.iter_mut().zip(m).for_each(|(g, m)| *g *= m);
+                }
+                super::vmath::softmax_backward_rows(ds, p, len, scale);
+                let ds_view = View(ds.as_ptr(), len as isize, 1);
+                // SAFETY: as above.
+                unsafe {
+                    // d q = d scores · k;  d k = d scoresᵀ · q.
+                    matmul(len, d.head_dim, len, dq, rs, ds_view, k, 1.0);
+                    matmul(len, d.head_dim, len, dk, rs, ds_view.t(), q, 1.0);
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{max_abs_diff, tensor, var};
+    use super::super::Dropout;
+    use super::*;
+    use candle_core::Device;
+    use rand_core::SeedableRng;
+
+    /// The kernel equals the composed attention, forward and backward, with padded keys and with
+    /// and without dropout factors.
+    #[test]
+    fn kernel_matches_composed_attention() {
+        let (b, l, h, heads) = (3usize, 7usize, 12usize, 3usize);
+        let qkv = var(&[b, l, 3 * h], 1.5, 41);
+        let mut mask = vec![0f32; b * l];
+        mask[l - 2..l].fill(-10000.0); // padding at the end of the first row
+        mask[2 * l + 1] = -10000.0; // and a padded key inside the third
+        let key_bias = Tensor::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        let probe = tensor(&[b, l, h], 1.0, 42);
+        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for p in [0.0, 0.3] {
+            let mut dropout = Dropout::new(rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5), p);
+            let factors = dropout.factors(b * heads * l * l);
+            if p > 0.0 {
+                let f = factors.as_ref().unwrap();
+                assert!(f.contains(&0.0) && f.iter().any(|&v| v > 1.0));
+            }
+            let f32 = DType::F32;
+            let yf = attention(qkv.as_tensor(), heads, &key_bias, factors.clone(), f32).unwrap();
+            let yc = attention_composed(qkv.as_tensor(), heads, &key_bias, factors, f32).unwrap();
+            assert_eq!(yf.dims(), &[b, l, h]);
+            let d = max_abs_diff(&yf, &yc);
+            assert!(d < 1e-5, "p = {p}: forward max difference {d}");
+            let (gf, gc) = (grads(&yf), grads(&yc));
+            let (gf, gc) = (
+                gf.get(qkv.as_tensor()).unwrap(),
+                gc.get(qkv.as_tensor()).unwrap(),
+            );
+            let d = max_abs_diff(gf, gc);
+            assert!(d < 1e-5, "p = {p}: gradient max difference {d}");
+            // Every block (query, key, value) gets a gradient.
+            for block in 0..3 {
+                let g = gf
+                    .narrow(2, block * h, h)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                assert!(g.to_scalar::<f32>().unwrap() > 0.0, "block {block}");
+            }
+        }
+    }
+}

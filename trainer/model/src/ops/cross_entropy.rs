@@ -1,0 +1,203 @@
+//! Mean cross-entropy with arg-max hits: the CPU kernel (loss, hit and logsumexp per row in one
+//! pass; `softmax − onehot` back) and candle-nn's `cross_entropy` as the composed twin.
+
+use super::rows::f32_rows;
+use super::{supports, vmath};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Mean cross-entropy of logits `[M, V]` against u32 labels `[M]` (differentiable), and how many
+/// rows' arg-max equals the label.
+pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, usize)> {
+    if supports(logits.device(), logits.dtype()) {
+        let rows = logits
+            .contiguous()?
+            .apply_op2(&labels.contiguous()?, CrossEntropyRows)?;
+        let loss = rows.narrow(1, 0, 1)?.mean_all()?;
+        let correct = rows.narrow(1, 1, 1)?.sum_all()?.to_scalar::<f32>()? as usize;
+        return Ok((loss, correct));
+    }
+    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(labels)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize;
+    Ok((loss, correct))
+}
+
+/// Cross-entropy per row of logits `[M, V]` against u32 labels `[M]`, in one pass: output `[M, 3]`
+/// holding each row's loss (`logsumexp − x[label]`), 1.0 where the row's first arg-max is the
+/// label (0.0 otherwise), so accuracy needs no second pass, and the row's logsumexp, which the
+/// backward reuses. Only the loss column has a gradient.
+struct CrossEntropyRows;
+
+/// (loss, logsumexp, first arg-max) of one row.
+fn ce_row(x: &[f32], label: usize) -> (f32, f32, usize) {
+    let (max, lse) = vmath::max_and_logsumexp(x);
+    let arg = x.iter().position(|&v| v == max).unwrap_or(0);
+    (lse - x[label], lse, arg)
+}
+
+fn u32_labels<'a>(s: &'a CpuStorage, l: &Layout, rows: usize) -> Result<&'a [u32]> {
+    let CpuStorage::U32(data) = s else {
+        candle_core::bail!("cross-entropy: u32 labels only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("cross-entropy: contiguous labels only")
+    };
+    if b - a != rows {
+        candle_core::bail!("cross-entropy: {} labels for {rows} rows", b - a);
+    }
+    Ok(&data[a..b])
+}
+
+impl CustomOp2 for CrossEntropyRows {
+    fn name(&self) -> &'static str {
+        "cross-entropy-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "cross-entropy")?;
+        let rows = x.len() / dim.max(1);
+        let labels = u32_labels(s2, l2, rows)?;
+        if let Some(&bad) = labels.iter().find(|&&t| t as usize >= dim) {
+            candle_core::bail!("cross-entropy: label {bad} outside {dim} classes");
+        }
+        let mut out = vec![0f32; rows * 3];
+        out.par_chunks_mut(3)
+            .zip(x.par_chunks(dim))
+            .zip(labels.par_iter())
+            .for_each(|((o, x), &t)| {
+                let (loss, lse, arg) = ce_row(x, t as usize);
+                o[0] = loss;
+                o[1] = (arg == t as usize) as u8 as f32;
+                o[2] = lse;
+            });
+        Ok((CpuStorage::F32(out), Shape::from((rows, 3))))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let back = CrossEntropyRowsBackward {
+            logsumexp: res.narrow(1, 2, 1)?.flatten_all()?.to_vec1()?,
+        };
+        let g = logits.contiguous()?.apply_op3_no_bwd(
+            &labels.contiguous()?,
+            &grad.contiguous()?,
+            &back,
+        )?;
+        Ok((Some(g), None))
+    }
+}
+
+/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, d out `[M, 3]`).
+struct CrossEntropyRowsBackward {
+    /// Each row's logsumexp from the forward pass.
+    logsumexp: Vec<f32>,
+}
+
+impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
+    fn name(&self) -> &'static str {
+        "cross-entropy-rows-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "cross-entropy bwd")?;
+        let rows = x.len() / dim.max(1);
+        let labels = u32_labels(s2, l2, rows)?;
+        let (dout, _) = f32_rows(s3, l3, "cross-entropy bwd")?;
+        if self.logsumexp.len() != rows {
+            candle_core::bail!(
+                "cross-entropy bwd: {} sums for {rows} rows",
+                self.logsumexp.len()
+            );
+        }
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(dim)
+            .zip(x.par_chunks(dim))
+            .zip(labels.par_iter().zip(dout.par_chunks(3)))
+            .zip(self.logsumexp.par_iter())
+            .for_each(|(((o, x), (&t, d)), &lse)| {
+                let g = d[0];
+                vmath::exp_shifted_scaled(o, x, lse, g);
+                o[t as usize] -= g;
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{max_abs_diff, var};
+    use super::*;
+    use candle_core::Device;
+
+    /// The kernel equals candle-nn's cross-entropy (loss and gradient) and counts arg-max hits.
+    #[test]
+    fn kernel_matches_candle_nn_and_counts_hits() {
+        let (m, v) = (7usize, 300usize);
+        let x = var(&[m, v], 3.0, 21);
+        let rows = x.as_tensor().to_vec2::<f32>().unwrap();
+        // Labels: the arg-max for rows 0 and 3, something else elsewhere.
+        let labels: Vec<u32> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let arg = (0..v).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u32;
+                if i == 0 || i == 3 {
+                    arg
+                } else {
+                    (arg + 1 + i as u32) % v as u32
+                }
+            })
+            .collect();
+        let labels = Tensor::from_vec(labels, m, &Device::Cpu).unwrap();
+        let (loss, correct) = cross_entropy_and_correct(x.as_tensor(), &labels).unwrap();
+        let reference = candle_nn::loss::cross_entropy(x.as_tensor(), &labels).unwrap();
+        let (a, b) = (
+            loss.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5 * b.abs(), "{a} vs {b}");
+        assert_eq!(correct, 2);
+        let gf = loss.backward().unwrap();
+        let gr = reference.backward().unwrap();
+        let d = max_abs_diff(
+            gf.get(x.as_tensor()).unwrap(),
+            gr.get(x.as_tensor()).unwrap(),
+        );
+        assert!(d < 1e-6, "gradient max difference {d}");
+    }
+
+    #[test]
+    fn a_label_outside_the_classes_is_an_error() {
+        let x = var(&[2, 5], 1.0, 1);
+        let labels = Tensor::from_vec(vec![1u32, 5], 2, &Device::Cpu).unwrap();
+        let err = cross_entropy_and_correct(x.as_tensor(), &labels).unwrap_err();
+        assert!(
+            err.to_string().contains("label 5 outside 5 classes"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! GELU, exact erf form: the CPU kernel (backward `Φ(x) + x · φ(x)` in one pass) and candle's
+//! `gelu_erf` as the composed twin.
+
+use super::rows::{f32_rows, map_rows, map_rows2};
+use super::{supports, vmath};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// GELU, exact erf form (BERT's `gelu`).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    if supports(x.device(), x.dtype()) {
+        return x.contiguous()?.apply_op1(GeluErf);
+    }
+    x.gelu_erf()
+}
+
+/// GELU with the exact erf form, `x · Φ(x)`, as candle's `gelu_erf`; its backward is one pass
+/// (`Φ(x) + x · φ(x)`) instead of candle's eleven tensor ops over the feed-forward activations.
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s, l, "gelu")?;
+        let out = map_rows(x, dim, vmath::gelu);
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            arg.contiguous()?
+                .apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// dx = dy · (Φ(x) + x · φ(x)); inputs (x, dy).
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "gelu-erf-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, dim) = f32_rows(s1, l1, "gelu bwd")?;
+        let (dy, _) = f32_rows(s2, l2, "gelu bwd")?;
+        let out = map_rows2(x, dy, dim, vmath::gelu_backward);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_same_op, var};
+    use super::*;
+
+    #[test]
+    fn kernel_matches_candle_gelu_erf_forward_and_backward() {
+        let x = var(&[6, 10], 2.0, 9);
+        assert_same_op(
+            || gelu(x.as_tensor()).unwrap(),
+            || x.as_tensor().gelu_erf().unwrap(),
+            &[&x],
+            1e-5,
+        );
+    }
+}

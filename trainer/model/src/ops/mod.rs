@@ -1,0 +1,101 @@
+//! The model's differentiable building blocks, one file per op.
+//!
+//! Each op's file holds its public function, its CPU kernel (a candle custom op with its own
+//! backward: one pass over memory forward and one back, instead of several tensor ops that each
+//! allocate), its composed twin (candle ops with autograd, used on every other device and as the
+//! tests' reference) and the tests that compare the two. [`supports`] is the one rule that picks
+//! the kernel; a CUDA kernel later is a `cuda_fwd` in the op's file and an arm there.
+//!
+//! candle-nn 0.11's `ops::layer_norm`, `ops::softmax_last_dim` (and `LayerNorm::forward` on
+//! contiguous input) have no backward: gradients stop there silently. Nothing here uses them.
+
+mod attention;
+mod bias;
+mod cross_entropy;
+mod dropout;
+mod gelu;
+mod layer_norm;
+mod matmul;
+mod rows;
+mod softmax;
+pub mod vmath;
+
+pub use attention::{attention, attention_composed};
+pub use bias::add_bias;
+pub use cross_entropy::cross_entropy_and_correct;
+pub use dropout::Dropout;
+pub use gelu::gelu;
+pub use layer_norm::{layer_norm, layer_norm_composed};
+pub use matmul::matmul_in;
+pub use softmax::{softmax_composed, softmax_last_dim};
+
+use candle_core::{DType, Device};
+
+/// Whether this crate's own kernels handle tensors of `dtype` on `device`: f32 on the CPU (inputs
+/// are made contiguous first). Everything else takes the composed path. The fused AdamW update
+/// follows the same rule.
+pub fn supports(device: &Device, dtype: DType) -> bool {
+    device.is_cpu() && dtype == DType::F32
+}
+
+/// Helpers for the ops' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::params::normal_samples;
+    use candle_core::{Device, Tensor, Var};
+
+    /// A variable of `shape` with N(0, std²) entries drawn from `seed`, on the CPU.
+    pub fn var(shape: &[usize], std: f64, seed: u64) -> Var {
+        let n = shape.iter().product();
+        Var::from_vec(normal_samples(n, std, seed), shape, &Device::Cpu).unwrap()
+    }
+
+    /// A constant tensor like [`var`].
+    pub fn tensor(shape: &[usize], std: f64, seed: u64) -> Tensor {
+        var(shape, std, seed).as_tensor().clone()
+    }
+
+    /// The largest absolute element-wise difference.
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Checks that `fused` and `composed` give outputs within `tol` of each other, and gradients of
+    /// `<y, probe>` within `tol` with respect to every variable in `vars` (present for both or
+    /// for neither).
+    pub fn assert_same_op(
+        fused: impl Fn() -> Tensor,
+        composed: impl Fn() -> Tensor,
+        vars: &[&Var],
+        tol: f32,
+    ) {
+        let (yf, yc) = (fused(), composed());
+        assert_eq!(yf.dims(), yc.dims());
+        let d = max_abs_diff(&yf, &yc);
+        assert!(d < tol, "forward max difference {d}");
+        let probe = tensor(yf.dims(), 1.0, 12);
+        let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gf, gc) = (grads(&yf), grads(&yc));
+        for (i, v) in vars.iter().enumerate() {
+            match (gf.get(v.as_tensor()), gc.get(v.as_tensor())) {
+                (Some(f), Some(c)) => {
+                    let d = max_abs_diff(f, c);
+                    assert!(d < tol, "input {i}: gradient max difference {d}");
+                }
+                (None, None) => {}
+                (f, c) => panic!(
+                    "input {i}: gradient present: fused {}, composed {}",
+                    f.is_some(),
+                    c.is_some()
+                ),
+            }
+        }
+    }
+}

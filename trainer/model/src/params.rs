@@ -1,0 +1,211 @@
+//! Named parameters with deterministic initialisation (HF BertForMaskedLM names).
+//!
+//! candle's `Init::Randn` draws from an unseeded RNG; here every weight is drawn from a stream
+//! keyed by (seed, parameter name), so the same seed gives the same model on any machine.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_nn::VarMap;
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use shared::seed::seed_of;
+use std::collections::HashMap;
+
+/// How a parameter starts.
+#[derive(Debug, Clone, Copy)]
+pub enum Init {
+    /// normal(0, std)
+    Normal(f64),
+    /// all zeros
+    Zeros,
+    /// all ones
+    Ones,
+}
+
+/// Why a parameter was not loaded by [`ParamStore::load_by_name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unmatched {
+    /// The source has no tensor of that name.
+    Missing,
+    /// The source's tensor has another shape.
+    Shape,
+}
+
+/// Creates (or returns existing) named variables in a `VarMap`.
+pub struct ParamStore {
+    /// The variables, by HF name.
+    pub varmap: VarMap,
+    device: Device,
+    seed: u64,
+    compute_dtype: DType,
+}
+
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// `n` normal(0, std) samples from a seeded stream (Box-Muller).
+pub fn normal_samples(n: usize, std: f64, seed: u64) -> Vec<f32> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let unit = |rng: &mut Xoshiro256PlusPlus| {
+        ((rng.next_u64() >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64)
+    };
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let (u1, u2) = (unit(&mut rng), unit(&mut rng));
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let t = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * t.cos()) as f32);
+        out.push((r * t.sin()) as f32);
+    }
+    out.truncate(n);
+    out
+}
+
+impl ParamStore {
+    /// An empty store on `device`.
+    pub fn new(device: &Device, seed: u64) -> Self {
+        ParamStore {
+            varmap: VarMap::new(),
+            device: device.clone(),
+            seed,
+            compute_dtype: DType::F32,
+        }
+    }
+
+    /// Models built from this store run their matrix products in `dtype` (autocast: parameters
+    /// stay f32, products are cast in and their results back to f32; `F32` = no casting).
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    /// The dtype of matrix products (see [`ParamStore::with_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
+    }
+
+    /// The parameter `name`, created with `init` if absent.
+    pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let mut data = self.varmap.data().lock().expect("param lock");
+        if let Some(v) = data.get(name) {
+            if v.dims() != shape {
+                candle_core::bail!("parameter {name}: shape {:?}, expected {shape:?}", v.dims());
+            }
+            return Ok(v.as_tensor().clone());
+        }
+        let n: usize = shape.iter().product();
+        let t = match init {
+            Init::Normal(std) => Tensor::from_vec(
+                normal_samples(n, std, seed_of(&[self.seed, name_hash(name)])),
+                shape,
+                &self.device,
+            )?,
+            Init::Zeros => Tensor::zeros(shape, DType::F32, &self.device)?,
+            Init::Ones => Tensor::ones(shape, DType::F32, &self.device)?,
+        };
+        let var = Var::from_tensor(&t)?;
+        let out = var.as_tensor().clone();
+        data.insert(name.to_string(), var);
+        Ok(out)
+    }
+
+    /// Sets every parameter from the tensor of the same name in `tensors` (moved to this store's
+    /// device), checking shapes. `may_stay_fresh(name, why)` names the parameters that may keep
+    /// their initial values when `source` lacks them or has another shape (a new task head, a
+    /// pooler absent from a pretraining checkpoint); those are returned. Any other missing or
+    /// mis-shaped tensor is an error naming `source` and the parameter.
+    pub fn load_by_name(
+        &self,
+        tensors: &HashMap<String, Tensor>,
+        source: &str,
+        may_stay_fresh: impl Fn(&str, Unmatched) -> bool,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut fresh = Vec::new();
+        for (name, var) in self.named_vars() {
+            let why = match tensors.get(&name) {
+                Some(t) if t.dims() == var.dims() => {
+                    var.set(&t.to_device(var.device())?)
+                        .map_err(|e| anyhow::anyhow!("{source}: loading {name}: {e}"))?;
+                    continue;
+                }
+                Some(_) => Unmatched::Shape,
+                None => Unmatched::Missing,
+            };
+            if !may_stay_fresh(&name, why) {
+                match tensors.get(&name) {
+                    Some(t) => anyhow::bail!(
+                        "{source}: {name} has shape {:?}, the model expects {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                    None => anyhow::bail!("{source}: missing parameter {name}"),
+                }
+            }
+            fresh.push(name);
+        }
+        Ok(fresh)
+    }
+
+    /// All variables sorted by name.
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let data = self.varmap.data().lock().expect("param lock");
+        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store_with(names: &[(&str, usize)], seed: u64) -> ParamStore {
+        let p = ParamStore::new(&Device::Cpu, seed);
+        for (name, n) in names {
+            p.get(name, &[*n], Init::Normal(1.0)).unwrap();
+        }
+        p
+    }
+
+    fn tensors_of(p: &ParamStore) -> HashMap<String, Tensor> {
+        p.named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect()
+    }
+
+    #[test]
+    fn load_by_name_copies_matching_tensors_and_reports_the_rest() {
+        let source = tensors_of(&store_with(&[("a", 3), ("b", 2), ("head", 4)], 1));
+        let target = store_with(&[("a", 3), ("b", 2), ("head", 5), ("pooler", 2)], 2);
+        // Everything matching is copied; the others may stay fresh only where allowed.
+        let fresh = target
+            .load_by_name(&source, "src", |name, why| {
+                (name == "head" && why == Unmatched::Shape)
+                    || (name == "pooler" && why == Unmatched::Missing)
+            })
+            .unwrap();
+        assert_eq!(fresh, ["head", "pooler"]);
+        let loaded = tensors_of(&target);
+        for name in ["a", "b"] {
+            assert_eq!(
+                loaded[name].to_vec1::<f32>().unwrap(),
+                source[name].to_vec1::<f32>().unwrap()
+            );
+        }
+        let err = target
+            .load_by_name(&source, "src", |_, _| false)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "src: head has shape [4], the model expects [5]"
+        );
+        let only_head = store_with(&[("pooler", 2)], 3);
+        let err = only_head
+            .load_by_name(&source, "src", |_, _| false)
+            .unwrap_err();
+        assert_eq!(err.to_string(), "src: missing parameter pooler");
+    }
+}

@@ -1,0 +1,117 @@
+//! Training throughput on CPU: tokens/s of full optimizer steps (forward, backward, AdamW) for
+//! `mini` with micro-batch 32×128 and `base` with 8×128, with the time split by phase.
+//!
+//! Run: `cargo bench -p maskrate-training --bench train_step` (add `-- mini` or `-- base` for one model,
+//! `-- --steps N` for N measured steps instead of 6 for mini and 3 for base).
+//! Threads: candle uses all cores (RAYON_NUM_THREADS / the machine's 2 here).
+
+use candle_core::{Device, Tensor};
+use model::ops::Dropout;
+use model::{Bert, BertConfig, MlmInputs, ParamStore};
+use shared::sampler::{Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
+use shared::tokenizer::LoadedTokenizer;
+use std::time::Instant;
+use training::optim::{AdamW, AdamWConfig};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `-- [mini] [base] [--steps N]`.
+#[derive(clap::Parser)]
+struct BenchArgs {
+    /// Models to run (default: both).
+    models: Vec<String>,
+    /// Measured steps per model (default: 6 for mini, 3 for base).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Passed by `cargo bench`.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    training::alloc::keep_freed_pages();
+    let args = <BenchArgs as clap::Parser>::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let set = shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), 100);
+    let tok = LoadedTokenizer::load(None).unwrap();
+    let dev = Device::Cpu;
+    println!("| model | micro-batch | tokens/s | step ms | forward ms | backward ms | optimizer ms | batch build ms | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, rows, steps) in [("mini", 32usize, 6usize), ("base", 8, 3)] {
+        if !args.models.is_empty() && !args.models.iter().any(|o| o == name) {
+            continue;
+        }
+        let steps = args.steps.unwrap_or(steps);
+        let seqs = Sequences::new(set.clone(), &tok.info, Layout::Pack, 128, 1).unwrap();
+        let cfg = SamplerConfig {
+            seed: 0,
+            global_batch: rows,
+            total_steps: 1000,
+            schedule: "constant:0.15".parse().unwrap(),
+            masking: MaskingConfig::default(),
+        };
+        let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
+        let mcfg = BertConfig::from_preset(name, tok.info.vocab_size).unwrap();
+        let params = ParamStore::new(&dev, 0);
+        let model = Bert::new(mcfg, &params).unwrap();
+        let mut opt = AdamW::new(
+            params.named_vars(),
+            AdamWConfig {
+                peak_lr: 5e-4,
+                beta1: 0.9,
+                beta2: 0.98,
+                eps: 1e-6,
+                weight_decay: 1e-5,
+            },
+        )
+        .unwrap();
+        let (mut fwd, mut bwd, mut upd, mut data, mut total) = (0f64, 0f64, 0f64, 0f64, 0f64);
+        for step in 0..steps + 1 {
+            let t0 = Instant::now();
+            let batch = sampler.global_batch(step as u64);
+            let inputs = MlmInputs::from_batch(&batch, &dev).unwrap();
+            let t1 = Instant::now();
+            let mut dropout = Some(Dropout::new(
+                <rand_xoshiro::Xoshiro256PlusPlus as rand_core::SeedableRng>::seed_from_u64(
+                    step as u64,
+                ),
+                0.1,
+            ));
+            let out = model.mlm_loss(&inputs, &mut dropout).unwrap();
+            let _ = out.loss.to_scalar::<f32>().unwrap();
+            let t2 = Instant::now();
+            let g = out.loss.backward().unwrap();
+            let grads: Vec<Tensor> = opt
+                .vars()
+                .iter()
+                .map(|v| g.get(v.as_tensor()).cloned().unwrap())
+                .collect();
+            let t3 = Instant::now();
+            opt.step(&grads, 5e-4).unwrap();
+            let t4 = Instant::now();
+            if step > 0 {
+                // step 0 is warm-up
+                data += (t1 - t0).as_secs_f64();
+                fwd += (t2 - t1).as_secs_f64();
+                bwd += (t3 - t2).as_secs_f64();
+                upd += (t4 - t3).as_secs_f64();
+                total += (t4 - t0).as_secs_f64();
+            }
+        }
+        let n = steps as f64;
+        // SAFETY: getrusage writes only into the zeroed struct.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+        println!(
+            "| {name} | {rows}x128 | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.0} |",
+            (rows * 128) as f64 * n / total,
+            total / n * 1e3,
+            fwd / n * 1e3,
+            bwd / n * 1e3,
+            upd / n * 1e3,
+            data / n * 1e3,
+            usage.ru_maxrss as f64 / 1024.0
+        );
+    }
+}

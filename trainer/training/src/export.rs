@@ -1,0 +1,102 @@
+//! `trainer export RUN --out DIR`: a HuggingFace `BertForMaskedLM` checkpoint
+//! (`model.safetensors`, `config.json`, tokenizer files) from a run's latest checkpoint.
+//!
+//! Parameter names are already HF's; the export adds the tied decoder entries
+//! (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias) and,
+//! for checking, maskrate's logits on a fixed input (`maskrate_check.safetensors`), which
+//! `scripts/compare_hf.py` compares with `transformers`.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use model::BertConfig;
+use shared::atomic::{write_file, write_with};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Token ids of the check input (a fixed, valid sequence for any vocabulary ≥ 1,000).
+pub fn check_input_ids(cfg: &BertConfig) -> Vec<u32> {
+    (0..16u32)
+        .map(|i| (101 + i * 37) % cfg.vocab_size as u32)
+        .collect()
+}
+
+/// maskrate's parameters plus the HF decoder entries tied to them
+/// (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias).
+pub fn with_tied_decoder(mut tensors: HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    if let Some(w) = tensors
+        .get("bert.embeddings.word_embeddings.weight")
+        .cloned()
+    {
+        tensors.insert("cls.predictions.decoder.weight".into(), w);
+    }
+    if let Some(b) = tensors.get("cls.predictions.bias").cloned() {
+        tensors.insert("cls.predictions.decoder.bias".into(), b);
+    }
+    tensors
+}
+
+/// Exports `run`'s latest checkpoint (read by the same loader as `glue`/`blimp`) into `out`;
+/// returns the files written.
+pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
+    let pre = crate::pretrained::load(run, None)?;
+    let cfg = pre.config;
+    if cfg.pre_ln {
+        bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
+    }
+    std::fs::create_dir_all(out)?;
+    let tensors = with_tied_decoder(pre.tensors.clone());
+    let mut written = Vec::new();
+    let model_path = out.join("model.safetensors");
+    write_with(&model_path, |tmp| -> Result<()> {
+        Ok(candle_core::safetensors::save(&tensors, tmp)?)
+    })?;
+    written.push(model_path);
+    let hf = cfg.hf_config_json(
+        "BertForMaskedLM",
+        pre.tokenizer.info.pad_id,
+        serde_json::json!({
+            "position_embedding_type": "absolute",
+            "tie_word_embeddings": true,
+        }),
+    );
+    let config_path = out.join("config.json");
+    write_file(&config_path, &serde_json::to_vec_pretty(&hf)?)?;
+    written.push(config_path);
+    let tok_path = out.join(shared::tokenizer::TOKENIZER_FILE);
+    write_file(&tok_path, &pre.tokenizer.json)?;
+    written.push(tok_path);
+    let tc = out.join("tokenizer_config.json");
+    write_file(
+        &tc,
+        &serde_json::to_vec_pretty(
+            &serde_json::json!({ "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings, "cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": "[MASK]", "pad_token": "[PAD]", "unk_token": "[UNK]" }),
+        )?,
+    )?;
+    written.push(tc);
+    // maskrate's logits on a fixed input, for scripts/compare_hf.py.
+    let dev = Device::Cpu;
+    let model = pre.mlm_model(&dev)?;
+    let ids = check_input_ids(&cfg);
+    let n = ids.len();
+    let input = Tensor::from_vec(ids.clone(), (1, n), &dev)?;
+    let hidden = model.encode(
+        &input,
+        &Tensor::ones((1, n), candle_core::DType::F32, &dev)?,
+        &mut None,
+    )?;
+    let positions = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
+    let logits = model.mlm_logits(&hidden, &positions)?;
+    let check = out.join("maskrate_check.safetensors");
+    let check_tensors = HashMap::from([
+        (
+            "input_ids".to_string(),
+            input.to_dtype(candle_core::DType::I64)?,
+        ),
+        ("logits".to_string(), logits),
+    ]);
+    write_with(&check, |tmp| -> Result<()> {
+        Ok(candle_core::safetensors::save(&check_tensors, tmp)?)
+    })?;
+    written.push(check);
+    Ok(written)
+}

@@ -1,0 +1,27 @@
+//! maskrate's training: the step every loop drives, and the pretraining loop around it.
+//!
+//! - [`step`]: `TrainStep`, one optimisation step in three stages: `forward_backward`
+//!   (micro-batches, accumulation) → `reduce` (a `GradientSync`; `LocalSync` for one process) →
+//!   `update` (clip, AdamW, stop on a non-finite norm). Pretraining and GLUE fine-tuning both
+//!   drive it.
+//! - [`optim`]: decoupled AdamW and gradient clipping (f64 norm).
+//! - [`pretrain`]: `TrainArgs` and the pretraining loop; [`data`] the flags that fix the data
+//!   stream; [`held_out`] held-out loss at a fixed rate and mask seed; [`metrics_log`]
+//!   `metrics.jsonl`; [`checkpoint`] atomic safetensors checkpoints.
+//! - [`pretrained`]: weights + config + tokenizer from a run, a checkpoint or a HuggingFace
+//!   directory; [`export`] writes a HuggingFace `BertForMaskedLM` directory.
+//! - [`runtime`]: the `--device`/`--quiet` flags every command that computes shares;
+//!   [`config_file`] `--config run.toml`; [`alloc`] the allocator setting binaries use.
+
+pub mod alloc;
+pub mod checkpoint;
+pub mod config_file;
+pub mod data;
+pub mod export;
+pub mod held_out;
+pub mod metrics_log;
+pub mod optim;
+pub mod pretrain;
+pub mod pretrained;
+pub mod runtime;
+pub mod step;

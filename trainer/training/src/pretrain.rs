@@ -1,0 +1,501 @@
+//! `trainer --shards DIR --schedule SPEC --out runs/NAME`: the pretraining loop.
+//!
+//! Reads top to bottom: open data → build model → (resume) → loop { one [`TrainStep`]
+//! (micro-batches → reduce → clip + AdamW at the scheduled lr) → log → maybe eval → maybe save }.
+
+use crate::checkpoint::{self, CheckpointState};
+use crate::data::DataArgs;
+use crate::held_out;
+use crate::metrics_log::{MetricsLog, Record};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::runtime::RuntimeArgs;
+use crate::step::{dropout_for, Diverged, LocalSync, TrainStep};
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use model::device;
+use model::{Bert, BertConfig, MlmInputs, ParamStore};
+use serde::{Deserialize, Serialize};
+use shared::atomic::write_file;
+use shared::sampler::{BatchPlan, Loader, LoaderConfig};
+use shared::schedule::LrSchedule;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Training flags (every one can also come from `--config run.toml`; flags win).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Data, schedule and masking.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    /// Run directory (config.toml, metrics.jsonl, checkpoints/, plots).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model size: tiny, mini, small, medium, base, large (Google's BERT miniatures and BERT).
+    #[arg(long, default_value = "base")]
+    pub model: String,
+    /// Override: encoder layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Override: hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Override: attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Override: feed-forward size.
+    #[arg(long)]
+    pub intermediate: Option<usize>,
+    /// Pre-LN encoder layers instead of BERT's post-LN.
+    #[arg(long)]
+    pub pre_ln: bool,
+    /// Dropout probability.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 70_000)]
+    pub steps: u64,
+    /// Sequences per optimizer step (reached by gradient accumulation).
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
+    /// Sequences per forward/backward pass.
+    #[arg(long, default_value_t = 32)]
+    pub micro_batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Fraction of steps of linear warm-up.
+    #[arg(long, default_value_t = 0.06)]
+    pub warmup: f64,
+    /// Final learning rate as a fraction of the peak (linear decay).
+    #[arg(long, default_value_t = 0.02)]
+    pub final_lr_ratio: f64,
+    /// Adam beta1.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// Adam beta2.
+    #[arg(long, default_value_t = 0.98)]
+    pub beta2: f64,
+    /// Adam epsilon.
+    #[arg(long, default_value_t = 1e-6)]
+    pub eps: f64,
+    /// Decoupled weight decay (none on biases and LayerNorm).
+    #[arg(long, default_value_t = 1e-5)]
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Matrix products in: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Parameters,
+    /// optimizer state, LayerNorm, softmax and the loss stay fp32.
+    #[arg(long, default_value = "auto")]
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub save_every: u64,
+    /// Checkpoints kept (0 = all).
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// Continue from the run directory's latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Evaluate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub eval_every: u64,
+    /// Documents (truncate layout) or sequences (pack) held out for evaluation, from the end of the
+    /// shards (or taken from the end of --eval-shards).
+    #[arg(long, default_value_t = 256)]
+    pub eval_sequences: u64,
+    /// Evaluate on this separate shard set (same tokenizer) instead of holding out training data.
+    #[arg(long, value_name = "DIR")]
+    pub eval_shards: Option<PathBuf>,
+    /// Sequences per evaluation forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl TrainArgs {
+    /// The model configuration for a vocabulary.
+    pub fn model_config(&self, vocab_size: usize) -> Result<BertConfig> {
+        let mut c = BertConfig::from_preset(&self.model, vocab_size).with_context(|| {
+            format!(
+                "--model {:?}: expected one of {}",
+                self.model,
+                model::bert_config::PRESETS.join(", ")
+            )
+        })?;
+        if let Some(v) = self.layers {
+            c.num_hidden_layers = v;
+        }
+        if let Some(v) = self.hidden {
+            c.hidden_size = v;
+        }
+        if let Some(v) = self.heads {
+            c.num_attention_heads = v;
+        }
+        if let Some(v) = self.intermediate {
+            c.intermediate_size = v;
+        }
+        c.pre_ln = self.pre_ln;
+        c.dropout = self.dropout;
+        if c.hidden_size % c.num_attention_heads != 0 {
+            bail!(
+                "hidden size {} is not a multiple of {} heads",
+                c.hidden_size,
+                c.num_attention_heads
+            );
+        }
+        if self.data.seq_len > c.max_position_embeddings {
+            bail!(
+                "--seq-len {} exceeds the model's {} positions",
+                self.data.seq_len,
+                c.max_position_embeddings
+            );
+        }
+        Ok(c)
+    }
+
+    /// The learning-rate schedule.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: (self.warmup * self.steps as f64).round() as u64,
+            total_steps: self.steps,
+            final_ratio: self.final_lr_ratio,
+        }
+    }
+
+    /// Settings that must match for `--resume` (everything that changes the numbers).
+    fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("serializes");
+        for volatile in [
+            "resume",
+            "quiet",
+            "loader_threads",
+            "prefetch",
+            "save_every",
+            "keep",
+            "device",
+            "out",
+            "eval_every",
+        ] {
+            v.as_object_mut().expect("object").remove(volatile);
+        }
+        without_unset(v)
+    }
+}
+
+fn default_precision() -> String {
+    "auto".into()
+}
+
+/// `v` without its null (unset optional) fields, so checkpoints stay resumable when an optional
+/// flag is added: both the saved and the current identity go through this before comparing.
+fn without_unset(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, value| !value.is_null());
+    }
+    v
+}
+
+/// Final numbers of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Steps completed.
+    pub steps: u64,
+    /// Mean loss of the last logged step.
+    pub final_train_loss: f64,
+    /// Last held-out evaluation (loss, accuracy).
+    pub final_eval: Option<(f64, f64)>,
+    /// Wall time of this invocation.
+    pub seconds: f64,
+    /// Non-padding tokens per second over this invocation.
+    pub tokens_per_sec: f64,
+    /// Share of wall time spent waiting for data.
+    pub data_wait_share: f64,
+}
+
+/// The last `--eval-sequences` sequences of a separate shard set, laid out like the training data.
+fn eval_sequences_from(
+    dir: &std::path::Path,
+    args: &TrainArgs,
+    data: &crate::data::Data,
+) -> Result<shared::sampler::Sequences> {
+    let set = shared::shard::ShardSet::open_many(std::slice::from_ref(&dir.to_path_buf()))
+        .with_context(|| format!("--eval-shards {}", dir.display()))?;
+    set.tokenizer()
+        .ensure_same(data.shards.tokenizer(), dir, &args.data.shards[0])?;
+    let all = shared::sampler::Sequences::new(
+        Arc::new(set),
+        &data.tokenizer.info,
+        args.data.layout,
+        args.data.seq_len,
+        args.data.min_doc_tokens,
+    )?;
+    if args.eval_sequences == 0 || args.eval_sequences >= all.len() {
+        return Ok(all);
+    }
+    let (_, tail) = all.split_tail(args.eval_sequences)?;
+    Ok(tail)
+}
+
+/// Trains as configured; `interrupted` is set by Ctrl-C (a checkpoint is saved, then it returns).
+pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
+    let out = args.out.clone().context("--out RUN_DIR is required")?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let device = args.runtime.device()?;
+    let compute = device::compute_dtype(&args.precision, &device)?;
+    if compute != candle_core::DType::F32 && device.is_cpu() {
+        eprintln!(
+            "warning: --precision {} on the CPU: candle widens bf16 products to f32 there, so this \
+             is slower than fp32 (useful to test the autocast path)",
+            args.precision
+        );
+    }
+    let held_out_of_training = if args.eval_shards.is_some() {
+        0
+    } else {
+        args.eval_sequences
+    };
+    let mut data =
+        args.data
+            .open_with_holdout(args.batch_size, args.steps, held_out_of_training)?;
+    if let Some(dir) = &args.eval_shards {
+        data.held_out = Some(eval_sequences_from(dir, args, &data)?);
+    }
+    let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
+    let plan = BatchPlan {
+        global_batch: args.batch_size,
+        world_size: 1,
+        rank: 0,
+        micro_batch: args.micro_batch.min(args.batch_size),
+    };
+    plan.validate()?;
+
+    let params = ParamStore::new(&device, args.data.seed).with_compute_dtype(compute);
+    let model = Bert::new(cfg, &params)?;
+    let opt = AdamW::new(
+        params.named_vars(),
+        AdamWConfig {
+            peak_lr: args.lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
+            weight_decay: args.weight_decay,
+        },
+    )?;
+    let mut train_step = TrainStep::new(opt, args.clip, Box::new(LocalSync));
+    let config_json = serde_json::json!({
+        "train": args,
+        "model": cfg,
+        "tokenizer": data.tokenizer.info,
+        "device": device::describe(&device),
+        "matmul_dtype": compute.as_str(),
+    });
+
+    // Resume.
+    let mut start = 0u64;
+    if args.resume {
+        let Some((_, dir)) = checkpoint::list(&out)?.pop() else {
+            bail!("--resume: {} has no checkpoint", out.display())
+        };
+        let loaded = checkpoint::load(&dir)?;
+        let saved_identity = without_unset(
+            loaded
+                .state
+                .config
+                .get("identity")
+                .cloned()
+                .unwrap_or_default(),
+        );
+        if saved_identity != args.identity() {
+            bail!(
+                "--resume: {} was made with different settings; saved: {}\ncurrent: {}",
+                dir.display(),
+                saved_identity,
+                args.identity()
+            );
+        }
+        params.load_by_name(&loaded.model, &dir.display().to_string(), |_, _| false)?;
+        train_step
+            .optimizer_mut()
+            .load_state(loaded.optimizer, loaded.state.optimizer_t)?;
+        start = loaded.state.step;
+        eprintln!("resuming {} from step {start}", out.display());
+    } else if !checkpoint::list(&out)?.is_empty() {
+        bail!(
+            "{} already has checkpoints: pass --resume to continue, or choose another --out",
+            out.display()
+        );
+    }
+    write_file(
+        &out.join("config.toml"),
+        crate::config_file::to_toml(args)?.as_bytes(),
+    )?;
+    write_file(
+        &out.join(shared::tokenizer::TOKENIZER_FILE),
+        &data.tokenizer.json,
+    )?;
+    write_file(
+        &out.join("config.json"),
+        &serde_json::to_vec_pretty(&config_json)?,
+    )?;
+    eprintln!("config: {}", serde_json::to_string(&config_json)?);
+
+    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), start)?;
+    let evaluator = held_out::Evaluator::new(data.held_out, &data.tokenizer, args.eval_batch)?;
+    let lr_sched = args.lr_schedule();
+    let loader_cfg = LoaderConfig {
+        threads: args.data.loader_threads,
+        prefetch: args.data.prefetch,
+    };
+    let mut loader = Loader::start(data.sampler.clone(), plan, start, args.steps, loader_cfg)?;
+    let bar = if args.runtime.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("template"),
+    );
+    bar.set_position(start);
+
+    let save = |opt: &AdamW, step: u64| -> Result<PathBuf> {
+        let model_tensors: HashMap<String, Tensor> = params
+            .named_vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().clone()))
+            .collect();
+        let state = CheckpointState {
+            step,
+            optimizer_t: opt.t,
+            config: serde_json::json!({ "identity": args.identity(), "run": config_json }),
+        };
+        checkpoint::save(
+            &out,
+            &model_tensors,
+            &opt.state_tensors(),
+            &state,
+            args.keep,
+        )
+    };
+
+    let t0 = Instant::now();
+    let (mut tokens_total, mut last_loss, mut final_eval) = (0u64, f64::NAN, None);
+    let wait_at_start = loader.waited();
+    let accum = plan.accumulation_steps();
+    let mut step = start;
+    while step < args.steps {
+        let t_step = Instant::now();
+        let wait_before = loader.waited();
+        let lr = lr_sched.lr(step);
+        let (mut correct, mut predicted, mut tokens, mut rate) = (0usize, 0usize, 0u64, 0f64);
+        let stats = train_step.run(accum, lr, |micro| {
+            let mb = loader.next().context("data loader stopped early")?;
+            debug_assert_eq!((mb.batch.step, mb.micro), (step, micro));
+            rate = mb.batch.rate;
+            tokens += mb
+                .batch
+                .attention_mask
+                .iter()
+                .map(|&m| m as u64)
+                .sum::<u64>();
+            let inputs = MlmInputs::from_batch(&mb.batch, &device)?;
+            let mut dropout = Some(dropout_for(
+                args.data.seed,
+                &[step, micro as u64],
+                cfg.dropout,
+            ));
+            let out = model.mlm_loss(&inputs, &mut dropout)?;
+            correct += out.correct;
+            predicted += out.predicted;
+            Ok(out.loss)
+        });
+        let stats = match stats {
+            Err(e) if e.is::<Diverged>() => {
+                let last = checkpoint::list(&out)?
+                    .pop()
+                    .map(|(s, p)| format!("{} (step {s})", p.display()))
+                    .unwrap_or_else(|| "none".into());
+                bail!("{e} at step {step}; stopping. Last good checkpoint: {last}");
+            }
+            other => other?,
+        };
+        let (loss_sum, grad_norm) = (stats.loss, stats.grad_norm);
+        let secs = t_step.elapsed().as_secs_f64();
+        tokens_total += tokens;
+        last_loss = loss_sum;
+        let accuracy = correct as f64 / predicted.max(1) as f64;
+        log.write(&Record::Train {
+            step,
+            lr,
+            mask_rate: rate,
+            loss: loss_sum,
+            accuracy,
+            grad_norm,
+            tokens_per_sec: tokens as f64 / secs,
+            data_wait_sec: (loader.waited() - wait_before).as_secs_f64(),
+        })?;
+        bar.set_message(format!(
+            "loss {loss_sum:.4} acc {accuracy:.3} rate {rate:.3} lr {lr:.2e} {:.0} tok/s",
+            tokens as f64 / secs
+        ));
+        bar.inc(1);
+        step += 1;
+        let done = step == args.steps;
+        if (args.eval_every > 0 && step % args.eval_every == 0) || done {
+            if let Some(ev) = &evaluator {
+                let (loss, acc) = ev.evaluate(&model, &device)?;
+                log.write(&Record::Eval {
+                    step,
+                    loss,
+                    accuracy: acc,
+                })?;
+                bar.println(format!(
+                    "step {step}: eval loss {loss:.4} accuracy {acc:.4}"
+                ));
+                final_eval = Some((loss, acc));
+            }
+        }
+        let stop = interrupted.load(Ordering::SeqCst);
+        if done || (args.save_every > 0 && step % args.save_every == 0) || stop {
+            let dir = save(train_step.optimizer(), step)?;
+            if stop {
+                bar.abandon();
+                eprintln!(
+                    "interrupted: saved {}; continue with the same command plus --resume",
+                    dir.display()
+                );
+                break;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let waited = (loader.waited() - wait_at_start).as_secs_f64();
+    drop(loader);
+    let seconds = t0.elapsed().as_secs_f64();
+    let summary = Summary {
+        steps: step,
+        final_train_loss: last_loss,
+        final_eval,
+        seconds,
+        tokens_per_sec: tokens_total as f64 / seconds,
+        data_wait_share: waited / seconds.max(1e-9),
+    };
+    write_file(
+        &out.join("summary.json"),
+        &serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}

@@ -1,0 +1,23 @@
+//! The flags every command that computes shares: where it runs and whether it draws progress bars.
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// `--device` and `--quiet`, flattened into each subcommand's flags (and into saved configs as
+/// top-level keys).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct RuntimeArgs {
+    /// Device: auto (CUDA when built with it and present, else CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl RuntimeArgs {
+    /// The device `--device` names.
+    pub fn device(&self) -> anyhow::Result<candle_core::Device> {
+        model::device::parse(&self.device)
+    }
+}
