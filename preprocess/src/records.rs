@@ -114,13 +114,10 @@ impl RecordReader {
                 Box::new(BufReader::with_capacity(1 << 20, dec))
             }
             Format::Parquet => {
-                drop(counting);
-                return Ok(RecordReader::Parquet(Box::new(ParquetRows::open(
-                    spec,
-                    text_field,
-                    max_record_bytes,
-                    counter,
-                )?)));
+                let (file, size) = (counting.inner, spec.size);
+                let rows =
+                    ParquetRows::new(path, file, size, text_field, max_record_bytes, counter)?;
+                return Ok(RecordReader::Parquet(Box::new(rows)));
             }
         };
         Ok(RecordReader::Lines {
@@ -223,14 +220,16 @@ fn read_line_limited(
 }
 
 impl ParquetRows {
-    fn open(
-        spec: &InputSpec,
+    /// Rows of the parquet file `file` (opened from `path`, `size` bytes); `counter` receives the
+    /// bytes read, estimated from the rows done.
+    fn new(
+        path: &Path,
+        file: File,
+        size: u64,
         text_field: &str,
         max_record_bytes: usize,
         counter: Arc<AtomicU64>,
     ) -> Result<Self> {
-        let path = &spec.path;
-        let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| input_err(path, format!("not a readable parquet file: {e}")))?;
         let schema = builder.schema().clone();
@@ -267,7 +266,7 @@ impl ParquetRows {
             pending: Default::default(),
             row: 0,
             rows_total,
-            size: spec.size,
+            size,
             reported: 0,
             counter,
             max_record_bytes,
