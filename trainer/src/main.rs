@@ -1,9 +1,11 @@
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use trainer::inspect::InspectBatchArgs;
+use training::dist::Collective;
 use training::pretrain::TrainArgs;
 
 const EXAMPLES: &str = "\
@@ -75,15 +77,36 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     training::alloc::keep_freed_pages();
-    if let Err(e) = real_main() {
+    let comm = match training::dist::init() {
+        Ok(comm) => comm,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = real_main(comm.clone()) {
+        if comm.world_size() > 1 {
+            eprintln!(
+                "error on rank {} of {}: {e:#}",
+                comm.rank(),
+                comm.world_size()
+            );
+            // No rank may be left waiting in a collective for this one.
+            comm.abort(1);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
 }
 
-fn real_main() -> Result<()> {
+fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
     let argv = training::config_file::merge_config_file(std::env::args_os().collect())?;
     let cli = Cli::parse_from(argv);
+    if cli.command.is_some() && comm.world_size() > 1 {
+        bail!(
+            "only training runs data-parallel; start this subcommand as one process (without mpirun/srun)"
+        );
+    }
     match cli.command {
         Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::inspect_batch(&args)?),
         Some(Command::Export(args)) => {
@@ -110,6 +133,7 @@ fn real_main() -> Result<()> {
         }
         Some(Command::Sweep(args)) => trainer::sweep::run_experiment(&args)?,
         None => {
+            share_cores_between_local_ranks(&*comm);
             let interrupted = Arc::new(AtomicBool::new(false));
             let flag = interrupted.clone();
             ctrlc::set_handler(move || {
@@ -118,12 +142,29 @@ fn real_main() -> Result<()> {
                 }
                 eprintln!("\ninterrupt: finishing this step, then saving a checkpoint");
             })?;
-            let summary = training::pretrain::pretrain(&cli.train, interrupted)?;
-            if let Some(out) = &cli.train.out {
-                trainer::run_plots::write_run_plots(out)?;
+            let summary = training::pretrain::pretrain(&cli.train, interrupted, comm.clone())?;
+            if training::dist::is_writer(&*comm) {
+                if let Some(out) = &cli.train.out {
+                    trainer::run_plots::write_run_plots(out)?;
+                }
+                println!("{}", serde_json::to_string_pretty(&summary)?);
             }
-            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
     }
     Ok(())
+}
+
+/// With several ranks on one node and no `RAYON_NUM_THREADS`, each rank gets its share of the
+/// node's cores instead of all of them (N ranks × all cores would oversubscribe N times).
+fn share_cores_between_local_ranks(comm: &dyn Collective) {
+    if comm.local_size() <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / comm.local_size()).max(1);
+    // candle's matmul reads this variable; rayon's global pool is built here, before first use.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global();
 }

@@ -21,10 +21,11 @@ use shared::seed::seed_of;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
+use training::dist::SingleProcess;
 use training::optim::{AdamW, AdamWConfig};
 use training::pretrained::{self, Pretrained};
 use training::runtime::RuntimeArgs;
-use training::step::{dropout_for, Diverged, LocalSync, TrainStep};
+use training::step::{dropout_for, Diverged, TrainStep};
 
 const SHUFFLE_TAG: u64 = 0x5348_5546;
 const SUBSET_TAG: u64 = 0x5355_4253;
@@ -386,7 +387,7 @@ pub fn train_seed(
             weight_decay: opts.weight_decay,
         },
     )?;
-    let mut train_step = TrainStep::new(opt, opts.clip, Box::new(LocalSync));
+    let mut train_step = TrainStep::new(opt, opts.clip, std::rc::Rc::new(SingleProcess));
     let n = data.train.len();
     let bs = hyper.batch_size.max(1);
     let steps_per_epoch = n.div_ceil(bs);

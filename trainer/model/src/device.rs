@@ -29,27 +29,50 @@ pub fn compute_dtype(spec: &str, device: &Device) -> Result<DType> {
     }
 }
 
-/// Parses a device spec.
-pub fn parse(spec: &str) -> Result<Device> {
+/// Parses a device spec; `default_ordinal` is the GPU that `auto` and a bare `cuda` mean (the
+/// process's node-local rank in a data-parallel job, else 0). `auto` falls back to the CPU, with a
+/// one-line notice, when this build has CUDA but no usable GPU is found (no driver, a stub
+/// library, fewer GPUs than ranks); `cuda:N` then fails saying what is missing.
+pub fn parse(spec: &str, default_ordinal: usize) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(if candle_core::utils::cuda_is_available() {
-            Device::new_cuda(0)?
-        } else {
-            Device::Cpu
-        }),
+        "auto" => {
+            if !candle_core::utils::cuda_is_available() {
+                return Ok(Device::Cpu);
+            }
+            match Device::new_cuda(default_ordinal) {
+                Ok(d) => Ok(d),
+                Err(e) => {
+                    eprintln!(
+                        "note: --device auto: no usable CUDA GPU {default_ordinal} ({}); using the CPU",
+                        first_line(&e.to_string())
+                    );
+                    Ok(Device::Cpu)
+                }
+            }
+        }
         s if s.starts_with("cuda") => {
             let ordinal: usize = s
                 .strip_prefix("cuda")
                 .and_then(|r| r.strip_prefix(':').or(Some(r)))
                 .filter(|r| !r.is_empty())
-                .map_or(Ok(0), |r| r.parse())
+                .map_or(Ok(default_ordinal), |r| r.parse())
                 .map_err(|_| anyhow::anyhow!("--device {s}: expected cuda:N"))?;
             if !candle_core::utils::cuda_is_available() {
                 bail!("--device {s}: this build has no CUDA support (build with --features cuda)");
             }
-            Ok(Device::new_cuda(ordinal)?)
+            Device::new_cuda(ordinal).map_err(|e| {
+                anyhow::anyhow!(
+                    "--device {s}: cannot open CUDA GPU {ordinal}: {} (is the NVIDIA driver \
+                     installed, and is there a GPU {ordinal} on this node? `nvidia-smi` lists them)",
+                    first_line(&e.to_string())
+                )
+            })
         }
         other => bail!("--device {other:?}: expected auto, cpu or cuda:N"),
     }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
 }

@@ -1,6 +1,7 @@
 //! Held-out evaluation: MLM loss and accuracy at a constant 15% rate with a fixed mask seed, so
 //! runs with different schedules are compared on the same masked tokens (the paper's protocol).
 
+use crate::dist::Collective;
 use anyhow::Result;
 use candle_core::Device;
 use model::{Bert, MlmInputs};
@@ -49,18 +50,25 @@ impl Evaluator {
         (0..self.batches).map(|step| self.sampler.global_batch(step))
     }
 
-    /// Mean loss (weighted by predicted tokens) and accuracy over every held-out batch.
-    pub fn evaluate(&self, model: &Bert, device: &Device) -> Result<(f64, f64)> {
-        let (mut loss_sum, mut correct, mut predicted) = (0f64, 0usize, 0usize);
-        for batch in self.batches() {
+    /// Mean loss (weighted by predicted tokens) and accuracy over every held-out batch; the
+    /// batches are split across `comm`'s ranks (batch i on rank i mod world size) and the sums
+    /// combined.
+    pub fn evaluate(
+        &self,
+        model: &Bert,
+        device: &Device,
+        comm: &dyn Collective,
+    ) -> Result<(f64, f64)> {
+        let mut sums = [0f64; 3]; // loss × predicted, correct, predicted
+        let (rank, world) = (comm.rank(), comm.world_size());
+        for batch in self.batches().skip(rank).step_by(world) {
             let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
-            loss_sum += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
-            correct += out.correct;
-            predicted += out.predicted;
+            sums[0] += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
+            sums[1] += out.correct as f64;
+            sums[2] += out.predicted as f64;
         }
-        Ok((
-            loss_sum / predicted.max(1) as f64,
-            correct as f64 / predicted.max(1) as f64,
-        ))
+        comm.sum_f64(&mut sums)?;
+        let [loss_sum, correct, predicted] = sums;
+        Ok((loss_sum / predicted.max(1.0), correct / predicted.max(1.0)))
     }
 }

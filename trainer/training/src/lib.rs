@@ -1,7 +1,7 @@
 //! maskrate's training: the step every loop drives, and the pretraining loop around it.
 //!
 //! - [`step`]: `TrainStep`, one optimisation step in three stages: `forward_backward`
-//!   (micro-batches, accumulation) → `reduce` (a `GradientSync`; `LocalSync` for one process) →
+//!   (micro-batches, accumulation) → `reduce` (summed over ranks by a `dist::Collective`) →
 //!   `update` (clip, AdamW, stop on a non-finite norm). Pretraining and GLUE fine-tuning both
 //!   drive it.
 //! - [`optim`]: decoupled AdamW and gradient clipping (f64 norm).
@@ -10,6 +10,7 @@
 //!   `metrics.jsonl`; [`checkpoint`] atomic safetensors checkpoints.
 //! - [`pretrained`]: weights + config + tokenizer from a run, a checkpoint or a HuggingFace
 //!   directory; [`export`] writes a HuggingFace `BertForMaskedLM` directory.
+//! - [`dist`]: the ranks of a data-parallel job and its collectives (MPI with feature `mpi`).
 //! - [`runtime`]: the `--device`/`--quiet` flags every command that computes shares;
 //!   [`config_file`] `--config run.toml`; [`alloc`] the allocator setting binaries use.
 
@@ -17,6 +18,7 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod config_file;
 pub mod data;
+pub mod dist;
 pub mod export;
 pub mod held_out;
 pub mod metrics_log;

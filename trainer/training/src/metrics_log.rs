@@ -50,7 +50,8 @@ impl Record {
 
 /// Appends records, flushing each line.
 pub struct MetricsLog {
-    file: std::fs::File,
+    /// `None`: a rank that does not write the run's files.
+    file: Option<std::fs::File>,
 }
 
 impl MetricsLog {
@@ -76,13 +77,20 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(MetricsLog { file })
+        Ok(MetricsLog { file: Some(file) })
+    }
+
+    /// A log that writes nothing (the ranks of a data-parallel job other than rank 0).
+    pub fn discard() -> Self {
+        MetricsLog { file: None }
     }
 
     /// Appends one record.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        writeln!(self.file, "{}", serde_json::to_string(r)?)?;
-        self.file.flush()?;
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{}", serde_json::to_string(r)?)?;
+            file.flush()?;
+        }
         Ok(())
     }
 }

@@ -5,11 +5,12 @@
 
 use crate::checkpoint::{self, CheckpointState};
 use crate::data::DataArgs;
+use crate::dist::{self, Collective};
 use crate::held_out;
 use crate::metrics_log::{MetricsLog, Record};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::runtime::RuntimeArgs;
-use crate::step::{dropout_for, Diverged, LocalSync, TrainStep};
+use crate::step::{dropout_for, Diverged, TrainStep};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
@@ -22,6 +23,7 @@ use shared::sampler::{BatchPlan, Loader, LoaderConfig};
 use shared::schedule::LrSchedule;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,7 +65,7 @@ pub struct TrainArgs {
     /// Sequences per optimizer step (reached by gradient accumulation).
     #[arg(long, default_value_t = 4096)]
     pub batch_size: usize,
-    /// Sequences per forward/backward pass.
+    /// Sequences per forward/backward pass (per rank in a data-parallel job).
     #[arg(long, default_value_t = 32)]
     pub micro_batch: usize,
     /// Peak learning rate.
@@ -117,6 +119,11 @@ pub struct TrainArgs {
     /// Sequences per evaluation forward pass.
     #[arg(long, default_value_t = 64)]
     pub eval_batch: usize,
+    /// Data-parallel jobs: compare a checksum of the parameters across ranks every N steps and
+    /// stop on a mismatch (0 = never).
+    #[arg(long, default_value_t = 100)]
+    #[serde(default = "default_check_every")]
+    pub check_every: u64,
     #[command(flatten)]
     #[serde(flatten)]
     pub runtime: RuntimeArgs,
@@ -186,6 +193,7 @@ impl TrainArgs {
             "device",
             "out",
             "eval_every",
+            "check_every",
         ] {
             v.as_object_mut().expect("object").remove(volatile);
         }
@@ -195,6 +203,10 @@ impl TrainArgs {
 
 fn default_precision() -> String {
     "auto".into()
+}
+
+fn default_check_every() -> u64 {
+    100
 }
 
 /// `v` without its null (unset optional) fields, so checkpoints stay resumable when an optional
@@ -247,11 +259,31 @@ fn eval_sequences_from(
     Ok(tail)
 }
 
-/// Trains as configured; `interrupted` is set by Ctrl-C (a checkpoint is saved, then it returns).
-pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summary> {
+/// Trains as configured, as one rank of `comm`'s job (every rank runs this with the same
+/// arguments; rank 0 writes the run's files). `interrupted` is set by Ctrl-C or SIGTERM on any
+/// rank: all ranks stop after the same step, a checkpoint is saved, then it returns.
+pub fn pretrain(
+    args: &TrainArgs,
+    interrupted: Arc<AtomicBool>,
+    comm: Rc<dyn Collective>,
+) -> Result<Summary> {
     let out = args.out.clone().context("--out RUN_DIR is required")?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let device = args.runtime.device()?;
+    let writer = dist::is_writer(&*comm);
+    if writer {
+        std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let device = args.runtime.device_for_rank(comm.local_rank())?;
+    if comm.world_size() > 1 {
+        // One write, so that the ranks' lines do not interleave in the launcher's output.
+        let line = format!(
+            "rank {}/{}: {}, device {}\n",
+            comm.rank(),
+            comm.world_size(),
+            comm.describe(),
+            device::describe(&device)
+        );
+        eprint!("{line}");
+    }
     let compute = device::compute_dtype(&args.precision, &device)?;
     if compute != candle_core::DType::F32 && device.is_cpu() {
         eprintln!(
@@ -274,9 +306,9 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
     let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
     let plan = BatchPlan {
         global_batch: args.batch_size,
-        world_size: 1,
-        rank: 0,
-        micro_batch: args.micro_batch.min(args.batch_size),
+        world_size: comm.world_size(),
+        rank: comm.rank(),
+        micro_batch: args.micro_batch.min(args.batch_size / comm.world_size()),
     };
     plan.validate()?;
 
@@ -292,12 +324,14 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
             weight_decay: args.weight_decay,
         },
     )?;
-    let mut train_step = TrainStep::new(opt, args.clip, Box::new(LocalSync));
+    let mut train_step = TrainStep::new(opt, args.clip, comm.clone());
     let config_json = serde_json::json!({
         "train": args,
         "model": cfg,
         "tokenizer": data.tokenizer.info,
         "device": device::describe(&device),
+        "world_size": comm.world_size(),
+        "launch": comm.describe(),
         "matmul_dtype": compute.as_str(),
     });
 
@@ -329,28 +363,33 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
             .optimizer_mut()
             .load_state(loaded.optimizer, loaded.state.optimizer_t)?;
         start = loaded.state.step;
-        eprintln!("resuming {} from step {start}", out.display());
+        if writer {
+            eprintln!("resuming {} from step {start}", out.display());
+        }
     } else if !checkpoint::list(&out)?.is_empty() {
         bail!(
             "{} already has checkpoints: pass --resume to continue, or choose another --out",
             out.display()
         );
     }
-    write_file(
-        &out.join("config.toml"),
-        crate::config_file::to_toml(args)?.as_bytes(),
-    )?;
-    write_file(
-        &out.join(shared::tokenizer::TOKENIZER_FILE),
-        &data.tokenizer.json,
-    )?;
-    write_file(
-        &out.join("config.json"),
-        &serde_json::to_vec_pretty(&config_json)?,
-    )?;
-    eprintln!("config: {}", serde_json::to_string(&config_json)?);
-
-    let mut log = MetricsLog::open(&out.join("metrics.jsonl"), start)?;
+    let mut log = if writer {
+        write_file(
+            &out.join("config.toml"),
+            crate::config_file::to_toml(args)?.as_bytes(),
+        )?;
+        write_file(
+            &out.join(shared::tokenizer::TOKENIZER_FILE),
+            &data.tokenizer.json,
+        )?;
+        write_file(
+            &out.join("config.json"),
+            &serde_json::to_vec_pretty(&config_json)?,
+        )?;
+        eprintln!("config: {}", serde_json::to_string(&config_json)?);
+        MetricsLog::open(&out.join("metrics.jsonl"), start)?
+    } else {
+        MetricsLog::discard()
+    };
     let evaluator = held_out::Evaluator::new(data.held_out, &data.tokenizer, args.eval_batch)?;
     let lr_sched = args.lr_schedule();
     let loader_cfg = LoaderConfig {
@@ -358,7 +397,7 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
         prefetch: args.data.prefetch,
     };
     let mut loader = Loader::start(data.sampler.clone(), plan, start, args.steps, loader_cfg)?;
-    let bar = if args.runtime.quiet {
+    let bar = if args.runtime.quiet || !writer {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(args.steps)
@@ -371,7 +410,11 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
     );
     bar.set_position(start);
 
-    let save = |opt: &AdamW, step: u64| -> Result<PathBuf> {
+    // Rank 0 saves; every rank holds the same parameters (checked every --check-every steps).
+    let save = |opt: &AdamW, step: u64| -> Result<Option<PathBuf>> {
+        if !writer {
+            return Ok(None);
+        }
         let model_tensors: HashMap<String, Tensor> = params
             .named_vars()
             .into_iter()
@@ -389,6 +432,7 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
             &state,
             args.keep,
         )
+        .map(Some)
     };
 
     let t0 = Instant::now();
@@ -412,9 +456,11 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
                 .map(|&m| m as u64)
                 .sum::<u64>();
             let inputs = MlmInputs::from_batch(&mb.batch, &device)?;
+            // Keyed by the micro-batch's index in the global batch: the same masks at any world size.
+            let global_micro = (comm.rank() * accum + micro) as u64;
             let mut dropout = Some(dropout_for(
                 args.data.seed,
-                &[step, micro as u64],
+                &[step, global_micro],
                 cfg.dropout,
             ));
             let out = model.mlm_loss(&inputs, &mut dropout)?;
@@ -432,11 +478,21 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
             }
             other => other?,
         };
-        let (loss_sum, grad_norm) = (stats.loss, stats.grad_norm);
+        // The global numbers, and whether any rank was interrupted, in one collective.
+        let mut sums = [
+            stats.loss,
+            correct as f64,
+            predicted as f64,
+            tokens as f64,
+            interrupted.load(Ordering::SeqCst) as u8 as f64,
+        ];
+        comm.sum_f64(&mut sums)?;
+        let [loss_sum, correct, predicted, tokens, stops] = sums;
+        let (tokens, grad_norm) = (tokens as u64, stats.grad_norm);
         let secs = t_step.elapsed().as_secs_f64();
         tokens_total += tokens;
         last_loss = loss_sum;
-        let accuracy = correct as f64 / predicted.max(1) as f64;
+        let accuracy = correct / predicted.max(1.0);
         log.write(&Record::Train {
             step,
             lr,
@@ -456,7 +512,7 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
         let done = step == args.steps;
         if (args.eval_every > 0 && step % args.eval_every == 0) || done {
             if let Some(ev) = &evaluator {
-                let (loss, acc) = ev.evaluate(&model, &device)?;
+                let (loss, acc) = ev.evaluate(&model, &device, &*comm)?;
                 log.write(&Record::Eval {
                     step,
                     loss,
@@ -468,15 +524,20 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
                 final_eval = Some((loss, acc));
             }
         }
-        let stop = interrupted.load(Ordering::SeqCst);
+        if comm.world_size() > 1 && args.check_every > 0 && step % args.check_every == 0 {
+            ensure_same_parameters(&params, &*comm, step)?;
+        }
+        let stop = stops > 0.0;
         if done || (args.save_every > 0 && step % args.save_every == 0) || stop {
             let dir = save(train_step.optimizer(), step)?;
             if stop {
                 bar.abandon();
-                eprintln!(
-                    "interrupted: saved {}; continue with the same command plus --resume",
-                    dir.display()
-                );
+                if let Some(dir) = dir {
+                    eprintln!(
+                        "interrupted: saved {}; continue with the same command plus --resume",
+                        dir.display()
+                    );
+                }
                 break;
             }
         }
@@ -493,9 +554,81 @@ pub fn pretrain(args: &TrainArgs, interrupted: Arc<AtomicBool>) -> Result<Summar
         tokens_per_sec: tokens_total as f64 / seconds,
         data_wait_share: waited / seconds.max(1e-9),
     };
-    write_file(
-        &out.join("summary.json"),
-        &serde_json::to_vec_pretty(&summary)?,
-    )?;
+    if writer {
+        write_file(
+            &out.join("summary.json"),
+            &serde_json::to_vec_pretty(&summary)?,
+        )?;
+    }
     Ok(summary)
+}
+
+/// Stops the job when the ranks' parameters differ in any bit (they apply the same update to the
+/// same values, so a difference means a broken reduction or a non-deterministic kernel).
+fn ensure_same_parameters(params: &ParamStore, comm: &dyn Collective, step: u64) -> Result<()> {
+    let tensors: Vec<Tensor> = params
+        .named_vars()
+        .iter()
+        .map(|(_, v)| v.as_tensor().clone())
+        .collect();
+    let (min, max) = comm.min_max_u64(dist::checksum(&tensors)?)?;
+    if min != max {
+        bail!(
+            "parameters differ across ranks after step {step} (checksums {min:016x} .. {max:016x}); \
+             stopping: resume from the last checkpoint"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dist::SingleProcess;
+
+    /// A job whose other rank holds different parameters.
+    struct OtherRankDiffers;
+
+    impl Collective for OtherRankDiffers {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn local_rank(&self) -> usize {
+            0
+        }
+        fn local_size(&self) -> usize {
+            2
+        }
+        fn sum_tensors(&self, _: &mut [Tensor]) -> Result<()> {
+            Ok(())
+        }
+        fn sum_f64(&self, _: &mut [f64]) -> Result<()> {
+            Ok(())
+        }
+        fn min_max_u64(&self, value: u64) -> Result<(u64, u64)> {
+            Ok((value, value ^ 1))
+        }
+        fn abort(&self, _: i32) {}
+        fn describe(&self) -> String {
+            "test".into()
+        }
+    }
+
+    #[test]
+    fn differing_parameters_across_ranks_stop_the_job() {
+        let params = ParamStore::new(&candle_core::Device::Cpu, 0);
+        params
+            .get("w", &[4], model::params::Init::Normal(1.0))
+            .unwrap();
+        ensure_same_parameters(&params, &SingleProcess, 7).unwrap();
+        let err = ensure_same_parameters(&params, &OtherRankDiffers, 7).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("parameters differ across ranks after step 7"),
+            "{err}"
+        );
+    }
 }

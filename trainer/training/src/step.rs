@@ -1,15 +1,18 @@
 //! One optimisation step, the same for pretraining and fine-tuning, in three stages:
 //!
-//! 1. [`TrainStep::forward_backward`]: the caller's micro-batches, each loss divided by their
-//!    count, backward, gradients accumulated;
-//! 2. [`TrainStep::reduce`]: gradients combined across data-parallel ranks by a
-//!    [`GradientSync`] ([`LocalSync`], a no-op, in one process);
+//! 1. [`TrainStep::forward_backward`]: this rank's micro-batches, each loss divided by the
+//!    number of micro-batches over all ranks, backward, gradients accumulated;
+//! 2. [`TrainStep::reduce`]: gradients summed across data-parallel ranks by a [`Collective`]
+//!    ([`crate::dist::SingleProcess`], the identity, in one process), which makes them the
+//!    gradient of the mean loss over the global batch;
 //! 3. [`TrainStep::update`]: global-norm clipping, a stop on a non-finite norm, AdamW at the
 //!    step's learning rate.
 //!
 //! The dropout stream of a micro-batch is [`dropout_for`]: keyed by the seed and the
-//! micro-batch's key, never by a counter, so a resumed run draws the same masks.
+//! micro-batch's key (its index in the global batch, never a per-rank counter), so a resumed run
+//! and a run at another world size draw the same masks.
 
+use crate::dist::Collective;
 use crate::optim::{clip_grad_norm, AdamW};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -17,6 +20,7 @@ use model::ops::Dropout;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use shared::seed::seed_of;
+use std::rc::Rc;
 
 /// Domain tag of dropout streams.
 const DROPOUT_TAG: u64 = 0x0064_726f_706f;
@@ -28,22 +32,6 @@ pub fn dropout_for(seed: u64, key: &[u64], p: f64) -> Dropout {
     parts.extend([seed, DROPOUT_TAG]);
     parts.extend_from_slice(key);
     Dropout::new(Xoshiro256PlusPlus::seed_from_u64(seed_of(&parts)), p)
-}
-
-/// Combines gradients across data-parallel ranks (the `reduce` stage).
-pub trait GradientSync {
-    /// Replaces each gradient by the mean over all ranks (in place).
-    fn all_reduce_mean(&self, grads: &mut [Tensor]) -> Result<()>;
-}
-
-/// One process: nothing to combine.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct LocalSync;
-
-impl GradientSync for LocalSync {
-    fn all_reduce_mean(&self, _grads: &mut [Tensor]) -> Result<()> {
-        Ok(())
-    }
 }
 
 /// Why a step stopped: a value that is not finite. Callers name the step and what is kept.
@@ -65,7 +53,8 @@ pub enum Diverged {
 /// What a step measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
-    /// Sum over micro-batches of loss / micro-batches (the mean loss when they are equal in size).
+    /// This rank's sum over its micro-batches of loss / micro-batches over all ranks (summed over
+    /// ranks, the mean loss of the global batch).
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -75,18 +64,19 @@ pub struct StepStats {
 pub struct TrainStep {
     opt: AdamW,
     clip: f64,
-    sync: Box<dyn GradientSync>,
+    comm: Rc<dyn Collective>,
     grads: Vec<Option<Tensor>>,
 }
 
 impl TrainStep {
-    /// A step over `opt`'s variables, clipping at global norm `clip` (0 = off).
-    pub fn new(opt: AdamW, clip: f64, sync: Box<dyn GradientSync>) -> Self {
+    /// A step over `opt`'s variables, clipping at global norm `clip` (0 = off), with gradients
+    /// summed over `comm`'s ranks.
+    pub fn new(opt: AdamW, clip: f64, comm: Rc<dyn Collective>) -> Self {
         let n = opt.vars().len();
         TrainStep {
             opt,
             clip,
-            sync,
+            comm,
             grads: vec![None; n],
         }
     }
@@ -101,17 +91,18 @@ impl TrainStep {
         &mut self.opt
     }
 
-    /// Stage 1: runs `forward(m)` for micro-batches `m = 0..micro_batches` (each returns its mean
-    /// loss, differentiable), divides each loss by `micro_batches`, back-propagates and accumulates
-    /// the gradients; returns the sum of the divided losses. A non-finite loss stops with
-    /// [`Diverged::Loss`].
+    /// Stage 1: runs `forward(m)` for this rank's micro-batches `m = 0..micro_batches` (each
+    /// returns its mean loss, differentiable), divides each loss by the micro-batches of all ranks
+    /// (`micro_batches` × world size), back-propagates and accumulates the gradients; returns the
+    /// sum of the divided losses. A non-finite loss stops with [`Diverged::Loss`].
     pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<f64>
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
         let mut total = 0.0;
+        let all_micro_batches = (micro_batches * self.comm.world_size()) as f64;
         for micro in 0..micro_batches {
-            let loss = (forward(micro)? / micro_batches as f64)?;
+            let loss = (forward(micro)? / all_micro_batches)?;
             let value = loss.to_scalar::<f32>()? as f64;
             if !value.is_finite() {
                 self.grads.iter_mut().for_each(|g| *g = None);
@@ -131,7 +122,7 @@ impl TrainStep {
         Ok(total)
     }
 
-    /// Stage 2: the accumulated gradients (zeros for variables the loss did not reach), combined
+    /// Stage 2: the accumulated gradients (zeros for variables the loss did not reach), summed
     /// across ranks.
     pub fn reduce(&mut self) -> Result<Vec<Tensor>> {
         let mut grads: Vec<Tensor> = self
@@ -144,7 +135,7 @@ impl TrainStep {
                     .unwrap_or_else(|| v.as_tensor().zeros_like())
             })
             .collect::<candle_core::Result<_>>()?;
-        self.sync.all_reduce_mean(&mut grads)?;
+        self.comm.sum_tensors(&mut grads)?;
         Ok(grads)
     }
 

@@ -6,7 +6,16 @@ use clap::Parser;
 use model::fixtures::{inputs, tiny};
 use model::{Bert, BertConfig, ParamStore};
 use training::metrics_log::{read, Record};
-use training::pretrain::TrainArgs;
+use training::pretrain::{Summary, TrainArgs};
+
+/// Trains as one process.
+fn pretrain(
+    args: &TrainArgs,
+    interrupted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Summary> {
+    let one = std::rc::Rc::new(training::dist::SingleProcess);
+    training::pretrain::pretrain(args, interrupted, one)
+}
 
 #[derive(Parser)]
 struct Cmd {
@@ -93,13 +102,13 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
         "1e-3",
     ];
     let flag = || std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    training::pretrain::pretrain(&train_args(&shards, &a, &common), flag()).unwrap();
-    training::pretrain::pretrain(&train_args(&shards, &b, &common), flag()).unwrap();
+    pretrain(&train_args(&shards, &a, &common), flag()).unwrap();
+    pretrain(&train_args(&shards, &b, &common), flag()).unwrap();
     // Pretend run b died after step 3: drop its later checkpoint, then resume.
     std::fs::remove_dir_all(b.join("checkpoints/step-0000006")).unwrap();
     let mut resume = common.to_vec();
     resume.push("--resume");
-    training::pretrain::pretrain(&train_args(&shards, &b, &resume), flag()).unwrap();
+    pretrain(&train_args(&shards, &b, &resume), flag()).unwrap();
     let (la, lb) = (train_losses(&a), train_losses(&b));
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb, "bit-identical losses after resuming");
@@ -121,12 +130,12 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
     // A changed setting is refused on resume.
     let mut other = resume.clone();
     other[9] = "cosine:0.3:0.15";
-    let err = training::pretrain::pretrain(&train_args(&shards, &b, &other), flag())
+    let err = pretrain(&train_args(&shards, &b, &other), flag())
         .expect_err("refused")
         .to_string();
     assert!(err.contains("different settings"), "{err}");
     // Starting over in a directory with checkpoints is refused.
-    let err = training::pretrain::pretrain(&train_args(&shards, &a, &common), flag())
+    let err = pretrain(&train_args(&shards, &a, &common), flag())
         .expect_err("refused")
         .to_string();
     assert!(err.contains("--resume"), "{err}");
@@ -186,7 +195,7 @@ fn export_writes_hf_names_shapes_and_config() {
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("run");
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    training::pretrain::pretrain(
+    pretrain(
         &train_args(&shards, &run, &["--steps", "1", "--eval-every", "0"]),
         flag,
     )
@@ -271,13 +280,13 @@ fn bf16_precision_trains_and_a_bad_spec_is_refused() {
         &out,
         &["--steps", "2", "--precision", "bf16", "--device", "cpu"],
     );
-    let summary = training::pretrain::pretrain(&args, Default::default()).unwrap();
+    let summary = pretrain(&args, Default::default()).unwrap();
     assert!(summary.final_train_loss.is_finite());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["matmul_dtype"], "bf16", "{config}");
     let bad = train_args(&shards, &root.path().join("x"), &["--precision", "fp16"]);
-    let err = training::pretrain::pretrain(&bad, Default::default()).unwrap_err();
+    let err = pretrain(&bad, Default::default()).unwrap_err();
     assert!(
         format!("{err:#}").contains("--precision \"fp16\""),
         "{err:#}"
@@ -307,9 +316,7 @@ fn a_diverging_run_stops_with_the_last_good_checkpoint() {
         ],
     );
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let err = training::pretrain::pretrain(&args, flag)
-        .expect_err("diverges")
-        .to_string();
+    let err = pretrain(&args, flag).expect_err("diverges").to_string();
     assert!(
         err.contains("is NaN") || err.contains("is inf") || err.contains("norm is"),
         "{err}"
@@ -357,7 +364,7 @@ fn eval_shards_are_used_instead_of_a_held_out_split() {
         ],
     );
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let summary = training::pretrain::pretrain(&args, flag).unwrap();
+    let summary = pretrain(&args, flag).unwrap();
     assert!(summary.final_eval.is_some());
     let evals = read(&run.join("metrics.jsonl"))
         .unwrap()
@@ -365,7 +372,7 @@ fn eval_shards_are_used_instead_of_a_held_out_split() {
         .filter(|r| matches!(r, Record::Eval { .. }))
         .count();
     assert_eq!(evals, 2);
-    let err = training::pretrain::pretrain(
+    let err = pretrain(
         &train_args(
             &shards,
             &root.path().join("bad"),
