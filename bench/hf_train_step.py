@@ -2,9 +2,11 @@
 """PyTorch reference for `cargo bench -p maskrate-training --bench train_step`: HuggingFace BertForMaskedLM
 (the paper's model code), fp32 on CPU, same configs, micro-batches and threads, AdamW; tokens/s of
 forward + backward + optimizer step, with the MLM head over all positions (HF's default) and only
-at the 15% masked positions.
+at the 15% masked positions. On a GPU (`--device cuda --bf16`, as scripts/gpu-check.sh runs it):
+bf16 autocast with transformers' default SDPA attention.
 
     pip install torch transformers && python3 bench/hf_train_step.py --threads 2
+    python3 bench/hf_train_step.py --device cuda --bf16 --models base --rows 64 --json hf.json
 """
 import argparse
 import resource
@@ -16,33 +18,50 @@ from transformers import BertConfig, BertForMaskedLM
 p = argparse.ArgumentParser()
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--steps", type=int, default=5)
+p.add_argument("--device", default="cpu")
+p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+p.add_argument("--models", default="mini,base")
+p.add_argument("--rows", type=int, help="micro-batch rows (default: 32 for mini, 8 for base)")
+p.add_argument("--json", help="also write the results to this file")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
+dev = torch.device(args.device)
 SIZES = {"mini": (4, 256, 4, 1024, 32), "base": (12, 768, 12, 3072, 8)}
+SIZES = {k: v[:4] + (args.rows or v[4],) for k, v in SIZES.items() if k in args.models.split(",")}
+results = []
 print("| model | micro-batch | head | tokens/s | peak RSS MB (process so far) |")
 print("|---|---|---|---|---|")
 for name, (layers, hidden, heads, inter, rows) in SIZES.items():
     cfg = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter)
-    model = BertForMaskedLM(cfg).train()
+    model = BertForMaskedLM(cfg).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=1e-5)
-    ids = torch.randint(1000, 30000, (rows, 128))
-    mask = torch.rand(rows, 128) < 0.15
+    ids = torch.randint(1000, 30000, (rows, 128), device=dev)
+    mask = torch.rand(rows, 128, device=dev) < 0.15
     labels = torch.where(mask, ids, torch.full_like(ids, -100))
     for head in ("all positions", "masked only"):
         times = []
         for step in range(args.steps + 1):
             t = time.perf_counter()
-            if head == "all positions":
-                loss = model(input_ids=ids, labels=labels).loss
-            else:
-                hidden_states = model.bert(input_ids=ids).last_hidden_state
-                logits = model.cls(hidden_states[mask])
-                loss = torch.nn.functional.cross_entropy(logits, ids[mask])
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16):
+                if head == "all positions":
+                    loss = model(input_ids=ids, labels=labels).loss
+                else:
+                    hidden_states = model.bert(input_ids=ids).last_hidden_state
+                    logits = model.cls(hidden_states[mask])
+                    loss = torch.nn.functional.cross_entropy(logits.float(), ids[mask])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             if step > 0:
                 times.append(time.perf_counter() - t)
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"| {name} | {rows}x128 | {head} | {rows * 128 / (sum(times) / len(times)):.0f} | {rss:.0f} |")
+        tps = rows * 128 / (sum(times) / len(times))
+        results.append({"model": name, "rows": rows, "head": head, "tokens_per_sec": tps, "device": args.device, "bf16": args.bf16})
+        print(f"| {name} | {rows}x128 | {head} | {tps:.0f} | {rss:.0f} |")
+if args.json:
+    import json
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)

@@ -5,7 +5,8 @@
 //! gradients summed over ranks (one large buffer per bucket, not one call per tensor), a few f64
 //! sums per step (loss, counts, the stop flag), and a parameter checksum compared across ranks.
 //! [`SingleProcess`] is the one-rank implementation (every collective is the identity);
-//! `MpiWorld` (feature `mpi`) the MPI one.
+//! `MpiWorld` (feature `mpi`) the MPI one, on host buffers; `NcclWorld` (feature `nccl`) sums CUDA
+//! gradients with NCCL, its unique id made by rank 0 and broadcast over MPI.
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -32,6 +33,9 @@ pub trait Collective {
     fn abort(&self, code: i32);
     /// How the job was launched, for logs and `config.json`.
     fn describe(&self) -> String;
+    /// The collectives to use once the model's device is known: with feature `nccl`, an MPI job
+    /// on CUDA devices sums gradients with NCCL on the GPUs (MPI keeps the small host sums).
+    fn for_device(self: Rc<Self>, device: &candle_core::Device) -> Result<Rc<dyn Collective>>;
 }
 
 /// Whether this process writes the run's files (rank 0).
@@ -68,6 +72,9 @@ impl Collective for SingleProcess {
     fn abort(&self, _code: i32) {}
     fn describe(&self) -> String {
         "single process".into()
+    }
+    fn for_device(self: Rc<Self>, _: &candle_core::Device) -> Result<Rc<dyn Collective>> {
+        Ok(self)
     }
 }
 
@@ -139,11 +146,11 @@ mod mpi_world {
 
     /// MPI's world communicator (and the node-local one that gives the local rank).
     pub struct MpiWorld {
-        // Dropped last: finalises MPI.
-        _universe: mpi::environment::Universe,
-        world: SimpleCommunicator,
+        pub(super) world: SimpleCommunicator,
         local_rank: usize,
         local_size: usize,
+        // Dropped last: finalises MPI.
+        _universe: mpi::environment::Universe,
     }
 
     impl MpiWorld {
@@ -236,6 +243,154 @@ mod mpi_world {
                 self.local_rank,
                 self.local_size
             )
+        }
+
+        fn for_device(
+            self: std::rc::Rc<Self>,
+            device: &candle_core::Device,
+        ) -> Result<std::rc::Rc<dyn Collective>> {
+            #[cfg(feature = "nccl")]
+            if let candle_core::Device::Cuda(gpu) = device {
+                if self.world.size() > 1 {
+                    let nccl = super::nccl_world::NcclWorld::init(self, gpu)?;
+                    return Ok(std::rc::Rc::new(nccl));
+                }
+            }
+            let _ = device;
+            Ok(self)
+        }
+    }
+}
+
+#[cfg(feature = "nccl")]
+mod nccl_world {
+    use super::mpi_world::MpiWorld;
+    use super::{buckets, Collective};
+    use anyhow::Result;
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CudaDevice, CudaStorage, CustomOp1, Layout, Shape, Tensor};
+    use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+    use mpi::traits::*;
+    use std::rc::Rc;
+
+    /// NCCL on this rank's GPU for gradients; MPI for everything else.
+    pub struct NcclWorld {
+        mpi: Rc<MpiWorld>,
+        comm: Rc<Comm>,
+    }
+
+    impl NcclWorld {
+        /// Joins the NCCL communicator of the job on `gpu`: rank 0 makes the unique id, MPI
+        /// broadcasts it.
+        pub fn init(mpi: Rc<MpiWorld>, gpu: &CudaDevice) -> Result<Self> {
+            let mut raw = [0 as std::ffi::c_char; 128];
+            if mpi.rank() == 0 {
+                let id = Id::new().map_err(|e| anyhow::anyhow!("NCCL unique id: {e:?}"))?;
+                raw = *id.internal();
+            }
+            mpi.world.process_at_rank(0).broadcast_into(&mut raw[..]);
+            let comm = Comm::from_rank(
+                gpu.cuda_stream(),
+                mpi.rank(),
+                mpi.world_size(),
+                Id::uninit(raw),
+            )
+            .map_err(|e| anyhow::anyhow!("NCCL communicator (rank {}): {e:?}", mpi.rank()))?;
+            Ok(NcclWorld {
+                mpi,
+                comm: Rc::new(comm),
+            })
+        }
+    }
+
+    /// Sums a contiguous f32 CUDA tensor over the job's GPUs (out of place).
+    struct AllReduceSum(Rc<Comm>);
+
+    // SAFETY: the op runs synchronously on the thread that owns the communicator (candle applies
+    // custom ops on the calling thread); it is never shared or sent elsewhere.
+    unsafe impl Send for AllReduceSum {}
+    // SAFETY: as above.
+    unsafe impl Sync for AllReduceSum {}
+
+    impl CustomOp1 for AllReduceSum {
+        fn name(&self) -> &'static str {
+            "nccl-all-reduce-sum"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, Shape)> {
+            candle_core::bail!("nccl-all-reduce-sum: CUDA tensors only")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s: &CudaStorage,
+            l: &Layout,
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let Some((start, end)) = l.contiguous_offsets() else {
+                candle_core::bail!("nccl-all-reduce-sum: contiguous input only")
+            };
+            let device = s.device().clone();
+            let src = s.as_cuda_slice::<f32>()?.slice(start..end);
+            // SAFETY: every element is written by the all-reduce before it is read.
+            let mut dst = unsafe { device.alloc::<f32>(end - start) }?;
+            self.0
+                .all_reduce(&src, &mut dst, &ReduceOp::Sum)
+                .map_err(|e| candle_core::Error::Msg(format!("NCCL all-reduce: {e:?}")))?;
+            Ok((CudaStorage::wrap_cuda_slice(dst, device), l.shape().clone()))
+        }
+    }
+
+    impl Collective for NcclWorld {
+        fn rank(&self) -> usize {
+            self.mpi.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.mpi.world_size()
+        }
+        fn local_rank(&self) -> usize {
+            self.mpi.local_rank()
+        }
+        fn local_size(&self) -> usize {
+            self.mpi.local_size()
+        }
+
+        fn sum_tensors(&self, tensors: &mut [Tensor]) -> Result<()> {
+            let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
+            for range in buckets(&sizes) {
+                let flat: Vec<Tensor> = tensors[range.clone()]
+                    .iter()
+                    .map(|t| t.flatten_all())
+                    .collect::<candle_core::Result<_>>()?;
+                let summed =
+                    Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduceSum(self.comm.clone()))?;
+                let mut offset = 0;
+                for t in &mut tensors[range] {
+                    let n = t.elem_count();
+                    *t = summed.narrow(0, offset, n)?.reshape(t.shape())?;
+                    offset += n;
+                }
+            }
+            Ok(())
+        }
+
+        fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
+            self.mpi.sum_f64(values)
+        }
+        fn min_max_u64(&self, value: u64) -> Result<(u64, u64)> {
+            self.mpi.min_max_u64(value)
+        }
+        fn abort(&self, code: i32) {
+            self.mpi.abort(code)
+        }
+        fn describe(&self) -> String {
+            format!("{}, NCCL all-reduce", self.mpi.describe())
+        }
+        fn for_device(self: Rc<Self>, _: &candle_core::Device) -> Result<Rc<dyn Collective>> {
+            Ok(self)
         }
     }
 }

@@ -27,6 +27,10 @@ pub enum Record {
         tokens_per_sec: f64,
         /// Seconds this step waited for data.
         data_wait_sec: f64,
+        /// Data-parallel jobs: seconds this step spent in collectives (gradient all-reduce and
+        /// the step's sums); absent in one process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sync_sec: Option<f64>,
     },
     /// A held-out evaluation after `step` steps.
     Eval {

@@ -273,6 +273,7 @@ pub fn pretrain(
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     }
     let device = args.runtime.device_for_rank(comm.local_rank())?;
+    let comm = comm.for_device(&device)?;
     if comm.world_size() > 1 {
         // One write, so that the ranks' lines do not interleave in the launcher's output.
         let line = format!(
@@ -486,7 +487,9 @@ pub fn pretrain(
             tokens as f64,
             interrupted.load(Ordering::SeqCst) as u8 as f64,
         ];
+        let t_sums = Instant::now();
         comm.sum_f64(&mut sums)?;
+        let sync_sec = stats.sync_sec + t_sums.elapsed().as_secs_f64();
         let [loss_sum, correct, predicted, tokens, stops] = sums;
         let (tokens, grad_norm) = (tokens as u64, stats.grad_norm);
         let secs = t_step.elapsed().as_secs_f64();
@@ -502,6 +505,7 @@ pub fn pretrain(
             grad_norm,
             tokens_per_sec: tokens as f64 / secs,
             data_wait_sec: (loader.waited() - wait_before).as_secs_f64(),
+            sync_sec: (comm.world_size() > 1).then_some(sync_sec),
         })?;
         bar.set_message(format!(
             "loss {loss_sum:.4} acc {accuracy:.3} rate {rate:.3} lr {lr:.2e} {:.0} tok/s",
@@ -614,6 +618,9 @@ mod tests {
         fn abort(&self, _: i32) {}
         fn describe(&self) -> String {
             "test".into()
+        }
+        fn for_device(self: Rc<Self>, _: &candle_core::Device) -> Result<Rc<dyn Collective>> {
+            Ok(self)
         }
     }
 

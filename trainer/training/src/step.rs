@@ -58,6 +58,8 @@ pub struct StepStats {
     pub loss: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Seconds spent summing gradients across ranks.
+    pub sync_sec: f64,
 }
 
 /// The optimizer with its gradient buffers, clipping and gradient sync.
@@ -157,8 +159,14 @@ impl TrainStep {
         F: FnMut(usize) -> Result<Tensor>,
     {
         let loss = self.forward_backward(micro_batches, forward)?;
+        let t = std::time::Instant::now();
         let grads = self.reduce()?;
+        let sync_sec = t.elapsed().as_secs_f64();
         let grad_norm = self.update(grads, lr)?;
-        Ok(StepStats { loss, grad_norm })
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            sync_sec,
+        })
     }
 }
