@@ -269,11 +269,12 @@ pub fn pretrain(
 ) -> Result<Summary> {
     let out = args.out.clone().context("--out RUN_DIR is required")?;
     let writer = dist::is_writer(&*comm);
+    // The device first: a missing GPU leaves no empty run directory behind.
+    let device = args.runtime.device_for_rank(comm.local_rank())?;
+    let comm = comm.for_device(&device)?;
     if writer {
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     }
-    let device = args.runtime.device_for_rank(comm.local_rank())?;
-    let comm = comm.for_device(&device)?;
     if comm.world_size() > 1 {
         // One write, so that the ranks' lines do not interleave in the launcher's output.
         let line = format!(
