@@ -65,6 +65,20 @@ check() {
         shards="$(mktemp -d)/shards"
         "${PREPROCESS:-$repo/target/release/preprocess}" "$repo/data/c4-sample" --out "$shards" --quiet
     fi
+    # The CUDA libraries the binary links (cuBLAS, cuRAND, NCCL…) may only exist inside PyTorch's
+    # pip wheels: put those directories on the library path when the loader misses any.
+    if ldd "$trainer" 2>/dev/null | grep -q 'not found'; then
+        local wheels
+        wheels="$(python3 -c 'import glob, os, site
+dirs = {d for sp in site.getsitepackages() + [site.getusersitepackages()]
+        for d in glob.glob(os.path.join(sp, "nvidia", "*", "lib"))}
+print(":".join(sorted(dirs)))' 2>/dev/null || true)"
+        export LD_LIBRARY_PATH="$wheels:${LD_LIBRARY_PATH:-}"
+        if ldd "$trainer" | grep 'not found'; then
+            echo "the libraries above are missing: install the NVIDIA driver and CUDA 13 runtime" >&2
+            exit 1
+        fi
+    fi
     work="$(mktemp -d)"
     # Runs a command with its output in $work/NAME.log, shown if it fails.
     quietly() {
