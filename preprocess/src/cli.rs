@@ -11,6 +11,7 @@ Examples:
   preprocess c4/en/ --out shards/                      # C4 as downloaded; bundled bert-base-uncased
   preprocess data/c4-sample/ --out /tmp/sample-shards  # the sample shipped in the repository
   preprocess wiki.parquet --text-field text --tokenizer my/tokenizer.json --out shards/
+  preprocess my_dataset/ --out shards/                 # a datasets.save_to_disk directory
   preprocess c4/en/ --max-tokens-per-doc 128 --out shards-128/  # the paper's truncation, far smaller
   preprocess c4/en/ --partition 3/8 --out part-3/      # job 3 of an 8-way job array
   preprocess merge part-0/ part-1/ part-2/ --out shards/
@@ -19,7 +20,7 @@ Examples:
 Interrupted runs (Ctrl-C, SIGKILL, power loss) resume where they stopped when the same command is
 run again; the result is byte-identical to an uninterrupted run.";
 
-/// Turns text corpora (JSON lines, gzip/zstd JSON lines, parquet) into memory-mapped token shards,
+/// Turns text corpora (JSON lines, gzip/zstd JSON lines, parquet, Arrow IPC) into memory-mapped token shards,
 /// tokenizing once. The shards are Megatron-LM indexed datasets (.bin/.idx) plus manifest.json.
 #[derive(Debug, Parser)]
 #[command(name = "preprocess", version, after_help = EXAMPLES, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -53,7 +54,7 @@ pub struct RunArgs {
     /// HF tokenizers `tokenizer.json`; default: bert-base-uncased, bundled.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// JSON key or parquet column holding the text.
+    /// JSON key or parquet/Arrow column holding the text.
     #[arg(long, default_value = "text")]
     pub text_field: String,
     /// Keep only each document's first N tokens (the paper used 128). Default: whole documents.

@@ -14,6 +14,9 @@ pub enum Format {
     JsonLinesZst,
     /// Apache Parquet with a string column.
     Parquet,
+    /// Arrow IPC with a string column (`.arrow`): the stream files of HuggingFace `datasets`
+    /// (`save_to_disk` directories and its cache), or the IPC file format.
+    Arrow,
 }
 
 impl Format {
@@ -28,6 +31,8 @@ impl Format {
             Some(Format::JsonLines)
         } else if name.ends_with(".parquet") {
             Some(Format::Parquet)
+        } else if name.ends_with(".arrow") {
+            Some(Format::Arrow)
         } else {
             None
         }
@@ -62,6 +67,9 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<InputSpec>> {
             files.sort();
             let before = found.len();
             for f in files {
+                if is_datasets_metadata(&f) {
+                    continue;
+                }
                 if let Some(format) = Format::of(&f) {
                     let size = std::fs::metadata(&f)
                         .map_err(|e| Error::Input {
@@ -79,13 +87,13 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<InputSpec>> {
             if found.len() == before {
                 return Err(Error::Input {
                     file: input.clone(),
-                    msg: "directory holds no .json, .jsonl, .json.gz, .jsonl.gz, .jsonl.zst or .parquet file".into(),
+                    msg: "directory holds no .json, .jsonl, .json.gz, .jsonl.gz, .jsonl.zst, .parquet or .arrow file".into(),
                 });
             }
         } else {
             let format = Format::of(input).ok_or_else(|| Error::Input {
                 file: input.clone(),
-                msg: "unsupported file type: expected .json, .jsonl, .json.gz, .jsonl.gz, .jsonl.zst or .parquet".into(),
+                msg: "unsupported file type: expected .json, .jsonl, .json.gz, .jsonl.gz, .jsonl.zst, .parquet or .arrow".into(),
             })?;
             found.push(InputSpec {
                 path: input.clone(),
@@ -95,6 +103,20 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<InputSpec>> {
         }
     }
     Ok(found)
+}
+
+/// `dataset_info.json` and `state.json` beside the `data-*.arrow` files of a HuggingFace
+/// `save_to_disk` directory describe the dataset; they are not documents.
+fn is_datasets_metadata(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    matches!(name.as_deref(), Some("dataset_info.json" | "state.json"))
+        && path.parent().is_some_and(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| Format::of(&e.path()) == Some(Format::Arrow))
+            })
+        })
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

@@ -6,9 +6,9 @@
 
 use crate::error::{Error, Result};
 use crate::input::{Format, InputSpec};
-use arrow_array::{Array, LargeStringArray, StringArray, StringViewArray};
-use arrow_schema::DataType;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use arrow_array::{Array, LargeStringArray, RecordBatch, StringArray, StringViewArray};
+use arrow_schema::{ArrowError, DataType, Schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -58,17 +58,26 @@ pub enum RecordReader {
         line: u64,
         max_record_bytes: usize,
     },
-    /// Parquet rows of one string column.
-    Parquet(Box<ParquetRows>),
+    /// Rows of one string column of a parquet or Arrow IPC file.
+    Columnar(Box<ColumnRows>),
 }
 
-/// State of a parquet read: the batch iterator and the current batch's texts.
-pub struct ParquetRows {
-    batches: ParquetRecordBatchReader,
+/// Record batches of a columnar file.
+type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, ArrowError>> + Send>;
+
+/// State of a columnar read (parquet or Arrow IPC): the batch iterator and the current batch's
+/// texts.
+pub struct ColumnRows {
+    batches: Batches,
+    /// The text column's index in each batch.
+    column: usize,
+    /// "parquet" or "Arrow IPC", for messages.
+    kind: &'static str,
     pending: std::collections::VecDeque<Option<String>>,
     row: u64,
-    rows_total: u64,
-    size: u64,
+    /// Parquet is read by row group, so its bytes are reported in proportion to the rows done
+    /// (rows in the file, file size); Arrow IPC is counted as it is read.
+    proportional: Option<(u64, u64)>,
     reported: u64,
     counter: Arc<AtomicU64>,
     max_record_bytes: usize,
@@ -116,8 +125,14 @@ impl RecordReader {
             Format::Parquet => {
                 let (file, size) = (counting.inner, spec.size);
                 let rows =
-                    ParquetRows::new(path, file, size, text_field, max_record_bytes, counter)?;
-                return Ok(RecordReader::Parquet(Box::new(rows)));
+                    ColumnRows::parquet(path, file, size, text_field, max_record_bytes, counter)?;
+                return Ok(RecordReader::Columnar(Box::new(rows)));
+            }
+            Format::Arrow => {
+                let size = spec.size;
+                let rows =
+                    ColumnRows::arrow(path, counting, size, text_field, max_record_bytes, counter)?;
+                return Ok(RecordReader::Columnar(Box::new(rows)));
             }
         };
         Ok(RecordReader::Lines {
@@ -161,7 +176,7 @@ impl RecordReader {
                     }
                 }
             },
-            RecordReader::Parquet(rows) => rows.next_record(path),
+            RecordReader::Columnar(rows) => rows.next_record(path),
         }
     }
 }
@@ -219,10 +234,34 @@ fn read_line_limited(
     })
 }
 
-impl ParquetRows {
+/// The index of the string column `text_field` in `schema`, or an error naming the columns.
+fn text_column(path: &Path, schema: &Schema, text_field: &str) -> Result<usize> {
+    let (index, field) = schema.column_with_name(text_field).ok_or_else(|| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        input_err(
+            path,
+            format!("no column {text_field:?} (columns: {names:?}); choose one with --text-field"),
+        )
+    })?;
+    if !matches!(
+        field.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Err(input_err(
+            path,
+            format!(
+                "column {text_field:?} has type {}, expected a string",
+                field.data_type()
+            ),
+        ));
+    }
+    Ok(index)
+}
+
+impl ColumnRows {
     /// Rows of the parquet file `file` (opened from `path`, `size` bytes); `counter` receives the
-    /// bytes read, estimated from the rows done.
-    fn new(
+    /// bytes read, estimated from the rows done. Only the text column is decoded.
+    fn parquet(
         path: &Path,
         file: File,
         size: u64,
@@ -232,28 +271,7 @@ impl ParquetRows {
     ) -> Result<Self> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| input_err(path, format!("not a readable parquet file: {e}")))?;
-        let schema = builder.schema().clone();
-        let (index, field) = schema.column_with_name(text_field).ok_or_else(|| {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            input_err(
-                path,
-                format!(
-                    "no column {text_field:?} (columns: {names:?}); choose one with --text-field"
-                ),
-            )
-        })?;
-        if !matches!(
-            field.data_type(),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        ) {
-            return Err(input_err(
-                path,
-                format!(
-                    "column {text_field:?} has type {}, expected a string",
-                    field.data_type()
-                ),
-            ));
-        }
+        let index = text_column(path, builder.schema(), text_field)?;
         let rows_total = builder.metadata().file_metadata().num_rows().max(0) as u64;
         let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
         let batches = builder
@@ -261,12 +279,57 @@ impl ParquetRows {
             .with_batch_size(1024)
             .build()
             .map_err(|e| input_err(path, format!("cannot read parquet: {e}")))?;
-        Ok(ParquetRows {
-            batches,
+        Ok(ColumnRows {
+            batches: Box::new(batches),
+            column: 0,
+            kind: "parquet",
             pending: Default::default(),
             row: 0,
-            rows_total,
-            size,
+            proportional: Some((rows_total, size)),
+            reported: 0,
+            counter,
+            max_record_bytes,
+        })
+    }
+
+    /// Rows of the Arrow IPC file read through `input` (bytes counted as read): the stream
+    /// format HuggingFace `datasets` writes, or the file format (`ARROW1` magic).
+    fn arrow(
+        path: &Path,
+        input: Counting<File>,
+        size: u64,
+        text_field: &str,
+        max_record_bytes: usize,
+        counter: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let mut input = BufReader::with_capacity(1 << 20, input);
+        let file_format = input
+            .fill_buf()
+            .map_err(|e| input_err(path, format!("cannot read: {e}")))?
+            .starts_with(b"ARROW1");
+        let not_arrow =
+            |e: ArrowError| input_err(path, format!("not a readable Arrow IPC file: {e}"));
+        // The file format is read through its footer, past the byte counter: its size is reported
+        // at the first batch.
+        let proportional = file_format.then_some((0, size));
+        let (schema, batches): (Arc<Schema>, Batches) = if file_format {
+            // The file format's footer is at the end: it needs a seekable file.
+            let inner = input.into_inner().inner;
+            let reader = arrow_ipc::reader::FileReader::try_new(inner, None).map_err(not_arrow)?;
+            (reader.schema(), Box::new(reader))
+        } else {
+            let reader =
+                arrow_ipc::reader::StreamReader::try_new(input, None).map_err(not_arrow)?;
+            (reader.schema(), Box::new(reader))
+        };
+        let column = text_column(path, &schema, text_field)?;
+        Ok(ColumnRows {
+            batches,
+            column,
+            kind: "Arrow IPC",
+            pending: Default::default(),
+            row: 0,
+            proportional,
             reported: 0,
             counter,
             max_record_bytes,
@@ -277,20 +340,22 @@ impl ParquetRows {
         while self.pending.is_empty() {
             match self.batches.next() {
                 None => {
-                    self.counter
-                        .fetch_add(self.size - self.reported, Ordering::Relaxed);
-                    self.reported = self.size;
+                    if let Some((_, size)) = self.proportional {
+                        self.counter
+                            .fetch_add(size - self.reported, Ordering::Relaxed);
+                        self.reported = size;
+                    }
                     return Ok(None);
                 }
                 Some(Err(e)) => {
                     return Err(Error::Record {
                         file: path.to_path_buf(),
                         record: self.row + 1,
-                        msg: format!("cannot read parquet batch: {e}"),
+                        msg: format!("cannot read {} batch: {e}", self.kind),
                     })
                 }
                 Some(Ok(batch)) => {
-                    let col = batch.column(0);
+                    let col = batch.column(self.column);
                     let any = col.as_any();
                     let texts: Vec<Option<String>> =
                         if let Some(a) = any.downcast_ref::<StringArray>() {
@@ -309,17 +374,18 @@ impl ParquetRows {
                             ));
                         };
                     self.pending.extend(texts);
-                    // Progress: parquet is read by row group, so report bytes in proportion to rows.
-                    let done = self.row + self.pending.len() as u64;
-                    let target = if self.rows_total == 0 {
-                        self.size
-                    } else {
-                        (self.size as u128 * done as u128 / self.rows_total as u128) as u64
-                    };
-                    if target > self.reported {
-                        self.counter
-                            .fetch_add(target - self.reported, Ordering::Relaxed);
-                        self.reported = target;
+                    if let Some((rows_total, size)) = self.proportional {
+                        let done = self.row + self.pending.len() as u64;
+                        let target = if rows_total == 0 {
+                            size
+                        } else {
+                            (size as u128 * done as u128 / rows_total as u128) as u64
+                        };
+                        if target > self.reported {
+                            self.counter
+                                .fetch_add(target - self.reported, Ordering::Relaxed);
+                            self.reported = target;
+                        }
                     }
                 }
             }

@@ -137,6 +137,75 @@ fn parquet_input_gives_the_same_ids_as_json_lines() {
     );
 }
 
+/// HuggingFace `datasets`' own `save_to_disk` output (Arrow IPC stream files beside
+/// `dataset_info.json` and `state.json`), the IPC file format, and a damaged file.
+#[test]
+fn arrow_input_from_datasets_gives_the_same_ids_as_json_lines() {
+    let out = tempfile::tempdir().unwrap();
+    ok(preprocess(&[
+        &data("arrow-sample"),
+        &"--out",
+        &out.path().join("dir"),
+    ]));
+    let set = ShardSet::open(&out.path().join("dir")).unwrap();
+    let reference = reference_ids();
+    assert_eq!(set.len(), 50);
+    for i in 0..50 {
+        assert_eq!(
+            set.doc(i).to_vec(),
+            reference[i as usize].1,
+            "row {}",
+            i + 1
+        );
+    }
+
+    // The same first file in the IPC *file* format (footer, `ARROW1` magic).
+    let stream = data("arrow-sample/data-00000-of-00003.arrow");
+    let reader =
+        arrow_ipc::reader::StreamReader::try_new(std::fs::File::open(&stream).unwrap(), None)
+            .unwrap();
+    let file_format = out.path().join("first.arrow");
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(
+        std::fs::File::create(&file_format).unwrap(),
+        &reader.schema(),
+    )
+    .unwrap();
+    for batch in reader {
+        writer.write(&batch.unwrap()).unwrap();
+    }
+    writer.finish().unwrap();
+    ok(preprocess(&[
+        &file_format,
+        &"--out",
+        &out.path().join("file"),
+    ]));
+    let set = ShardSet::open(&out.path().join("file")).unwrap();
+    assert_eq!(set.len(), 17);
+    for i in 0..17 {
+        assert_eq!(
+            set.doc(i).to_vec(),
+            reference[i as usize].1,
+            "row {}",
+            i + 1
+        );
+    }
+
+    // A truncated stream is an error naming the file, not a short shard set.
+    let cut = out.path().join("cut.arrow");
+    let bytes = std::fs::read(&stream).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = stderr(&preprocess(&[&cut, &"--out", &out.path().join("cut")]));
+    assert!(err.contains("cut.arrow"), "{err}");
+    let err = stderr(&preprocess(&[
+        &stream,
+        &"--text-field",
+        &"body",
+        &"--out",
+        &out.path().join("x"),
+    ]));
+    assert!(err.contains("no column \"body\""), "{err}");
+}
+
 #[test]
 fn output_is_byte_identical_for_any_thread_count_and_splits_into_shards() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
