@@ -113,6 +113,31 @@ pub fn buckets(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
+/// Sums `tensors` over ranks bucket by bucket: each bucket's tensors are flattened into one
+/// vector, `sum_flat` returns that vector summed over ranks, and the sum is split back into
+/// tensors of the original shapes.
+#[cfg(feature = "mpi")]
+fn sum_in_buckets(
+    tensors: &mut [Tensor],
+    sum_flat: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
+    for range in buckets(&sizes) {
+        let flat: Vec<Tensor> = tensors[range.clone()]
+            .iter()
+            .map(|t| t.flatten_all())
+            .collect::<candle_core::Result<_>>()?;
+        let summed = sum_flat(&Tensor::cat(&flat, 0)?)?;
+        let mut offset = 0;
+        for t in &mut tensors[range] {
+            let n = t.elem_count();
+            *t = summed.narrow(0, offset, n)?.reshape(t.shape())?;
+            offset += n;
+        }
+    }
+    Ok(())
+}
+
 /// A checksum of `tensors`' exact values (f32 bits, in order): ranks whose parameters differ in
 /// any bit give different sums.
 pub fn checksum(tensors: &[Tensor]) -> Result<u64> {
@@ -137,7 +162,7 @@ pub fn checksum(tensors: &[Tensor]) -> Result<u64> {
 
 #[cfg(feature = "mpi")]
 mod mpi_world {
-    use super::{buckets, Collective};
+    use super::{sum_in_buckets, Collective};
     use anyhow::{bail, Result};
     use candle_core::Tensor;
     use mpi::collective::SystemOperation;
@@ -190,24 +215,14 @@ mod mpi_world {
             if self.world.size() == 1 {
                 return Ok(());
             }
-            let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
-            for range in buckets(&sizes) {
-                let mut send = Vec::with_capacity(sizes[range.clone()].iter().sum());
-                for t in &tensors[range.clone()] {
-                    send.extend(t.flatten_all()?.to_vec1::<f32>()?);
-                }
+            // Through host buffers: MPI sums what it can address (CUDA tensors are copied).
+            sum_in_buckets(tensors, |flat| {
+                let send = flat.to_vec1::<f32>()?;
                 let mut recv = vec![0f32; send.len()];
                 self.world
                     .all_reduce_into(&send[..], &mut recv[..], SystemOperation::sum());
-                let mut offset = 0;
-                for t in &mut tensors[range] {
-                    let n = t.elem_count();
-                    let summed = recv[offset..offset + n].to_vec();
-                    *t = Tensor::from_vec(summed, t.shape(), t.device())?;
-                    offset += n;
-                }
-            }
-            Ok(())
+                Ok(Tensor::from_vec(recv, send.len(), flat.device())?)
+            })
         }
 
         fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
@@ -265,7 +280,7 @@ mod mpi_world {
 #[cfg(feature = "nccl")]
 mod nccl_world {
     use super::mpi_world::MpiWorld;
-    use super::{buckets, Collective};
+    use super::{sum_in_buckets, Collective};
     use anyhow::Result;
     use candle_core::backend::BackendStorage;
     use candle_core::{CudaDevice, CudaStorage, CustomOp1, Layout, Shape, Tensor};
@@ -359,22 +374,9 @@ mod nccl_world {
         }
 
         fn sum_tensors(&self, tensors: &mut [Tensor]) -> Result<()> {
-            let sizes: Vec<usize> = tensors.iter().map(|t| t.elem_count()).collect();
-            for range in buckets(&sizes) {
-                let flat: Vec<Tensor> = tensors[range.clone()]
-                    .iter()
-                    .map(|t| t.flatten_all())
-                    .collect::<candle_core::Result<_>>()?;
-                let summed =
-                    Tensor::cat(&flat, 0)?.apply_op1_no_bwd(&AllReduceSum(self.comm.clone()))?;
-                let mut offset = 0;
-                for t in &mut tensors[range] {
-                    let n = t.elem_count();
-                    *t = summed.narrow(0, offset, n)?.reshape(t.shape())?;
-                    offset += n;
-                }
-            }
-            Ok(())
+            sum_in_buckets(tensors, |flat| {
+                Ok(flat.apply_op1_no_bwd(&AllReduceSum(self.comm.clone()))?)
+            })
         }
 
         fn sum_f64(&self, values: &mut [f64]) -> Result<()> {
