@@ -70,3 +70,12 @@ pub fn write_set(dir: &Path, docs: &[Vec<u32>], per_shard: usize) -> Arc<ShardSe
     write_documents(dir, &tok, docs, per_shard).expect("fixture shards");
     Arc::new(ShardSet::open(dir).expect("fixture shards open"))
 }
+
+/// The bundled sample (300 documents, 100 per shard) as a shard set in a new temporary directory,
+/// removed when the returned guard drops; the second value is its path.
+pub fn sample_shards() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    write_set(dir.path(), &sample_docs(), 100);
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}

@@ -1,15 +1,8 @@
 //! The `trainer` binary end to end on tiny configurations: SIGINT saves a checkpoint that resumes
 //! the uninterrupted run exactly.
 
+use shared::fixtures::sample_shards;
 use training::metrics_log::{read, Record};
-
-fn shards() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let docs = shared::fixtures::sample_docs();
-    shared::fixtures::write_set(dir.path(), &docs, 100);
-    let p = dir.path().to_path_buf();
-    (dir, p)
-}
 
 fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
     read(&run.join("metrics.jsonl"))
@@ -29,7 +22,7 @@ fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
 /// with the same losses as a run that was never interrupted.
 #[test]
 fn sigint_saves_and_resume_matches_an_uninterrupted_run() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let flags = |out: &std::path::Path| -> Vec<String> {
         let mut v: Vec<String> = [

@@ -2,7 +2,8 @@
 //! size, only rank 0 writes, resumes across world sizes, and a dead rank ends the job. Built with
 //! `--features mpi` (see the README's test command).
 
-use std::path::{Path, PathBuf};
+use shared::fixtures::sample_shards;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use training::metrics_log::{read, Record};
@@ -43,13 +44,6 @@ fn flags(shards: &Path, out: &Path, steps: u64, micro: usize) -> Vec<String> {
     v.extend(["--shards".into(), shards.display().to_string()]);
     v.extend(["--out".into(), out.display().to_string()]);
     v
-}
-
-fn shards() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), 100);
-    let p = dir.path().to_path_buf();
-    (dir, p)
 }
 
 /// One process, as without a launcher.
@@ -182,7 +176,7 @@ fn wait_for_first_step(run: &Path) {
 /// either order, so every number is identical; the files are the same, written once.
 #[test]
 fn two_ranks_train_exactly_like_one_process_and_only_rank_0_writes() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let (one, two) = (root.path().join("one"), root.path().join("two"));
     run_ok(single(&flags(&shards, &one, 8, 8)));
@@ -204,7 +198,7 @@ fn two_ranks_train_exactly_like_one_process_and_only_rank_0_writes() {
 /// 4 ranks sum four gradients in MPI's order, one process in its own: equal to 1e-6.
 #[test]
 fn four_ranks_match_one_process_to_1e_6() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let (one, four) = (root.path().join("one"), root.path().join("four"));
     run_ok(single(&flags(&shards, &one, 8, 4)));
@@ -224,7 +218,7 @@ fn four_ranks_match_one_process_to_1e_6() {
 /// interrupted by SIGINT resumes on 2 ranks.
 #[test]
 fn an_interrupted_run_resumes_at_another_world_size_with_the_same_curve() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let whole = root.path().join("whole");
     run_ok(single(&flags(&shards, &whole, 60, 8)));
@@ -261,7 +255,7 @@ fn an_interrupted_run_resumes_at_another_world_size_with_the_same_curve() {
 /// A rank that dies (SIGKILL) ends the whole job with a failure, in bounded time.
 #[test]
 fn a_killed_rank_ends_the_job_with_an_error() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("killed");
     let job = KillOnDrop(Some(mpirun(2, &flags(&shards, &run, 100_000, 8))));

@@ -15,28 +15,6 @@ pub mod reader;
 pub mod writer;
 
 pub use manifest::{InputFile, Manifest, ShardEntry, Totals};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shard_files_are_recognised_by_name() {
-        let [bin, idx] = pair_paths(std::path::Path::new("d"), &shard_name(42));
-        assert_eq!(bin, std::path::Path::new("d/shard-00042.bin"));
-        assert_eq!(idx, std::path::Path::new("d/shard-00042.idx"));
-        assert!(is_shard_file("shard-00042.bin") && is_shard_file("shard-00042.idx"));
-        for other in [
-            "manifest.json",
-            "shard-00042.bin.tmp",
-            "shard-1.json",
-            "x.bin",
-            "shard-00001bin",
-        ] {
-            assert!(!is_shard_file(other), "{other}");
-        }
-    }
-}
 pub use reader::{ShardSet, Tokens};
 pub use writer::ShardWriter;
 
@@ -115,3 +93,25 @@ pub fn is_shard_file(file_name: &str) -> bool {
 
 /// Name of the manifest file in a shard directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_files_are_recognised_by_name() {
+        let [bin, idx] = pair_paths(std::path::Path::new("d"), &shard_name(42));
+        assert_eq!(bin, std::path::Path::new("d/shard-00042.bin"));
+        assert_eq!(idx, std::path::Path::new("d/shard-00042.idx"));
+        assert!(is_shard_file("shard-00042.bin") && is_shard_file("shard-00042.idx"));
+        for other in [
+            "manifest.json",
+            "shard-00042.bin.tmp",
+            "shard-1.json",
+            "x.bin",
+            "shard-00001bin",
+        ] {
+            assert!(!is_shard_file(other), "{other}");
+        }
+    }
+}

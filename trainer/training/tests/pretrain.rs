@@ -5,6 +5,7 @@ use candle_core::{Device, Tensor};
 use clap::Parser;
 use model::fixtures::{inputs, tiny};
 use model::{Bert, BertConfig, ParamStore};
+use shared::fixtures::sample_shards;
 use training::metrics_log::{read, Record};
 use training::pretrain::{Summary, TrainArgs};
 
@@ -60,14 +61,6 @@ fn train_args(shards: &std::path::Path, out: &std::path::Path, extra: &[&str]) -
     Cmd::parse_from(argv).train
 }
 
-fn shards() -> (tempfile::TempDir, std::path::PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    let docs = shared::fixtures::sample_docs();
-    shared::fixtures::write_set(dir.path(), &docs, 100);
-    let p = dir.path().to_path_buf();
-    (dir, p)
-}
-
 fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
     read(&run.join("metrics.jsonl"))
         .unwrap()
@@ -84,7 +77,7 @@ fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
 
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let (a, b) = (root.path().join("a"), root.path().join("b"));
     let common = [
@@ -191,7 +184,7 @@ fn a_tiny_model_overfits_a_fixed_batch() {
 
 #[test]
 fn export_writes_hf_names_shapes_and_config() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("run");
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -272,7 +265,7 @@ fn export_writes_hf_names_shapes_and_config() {
 /// A training run with `--precision bf16` records it and trains; a bad spec is refused.
 #[test]
 fn bf16_precision_trains_and_a_bad_spec_is_refused() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("bf16");
     let args = train_args(
@@ -295,7 +288,7 @@ fn bf16_precision_trains_and_a_bad_spec_is_refused() {
 
 #[test]
 fn a_diverging_run_stops_with_the_last_good_checkpoint() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let run = root.path().join("nan");
     // A learning rate of 1e30 makes the weights overflow within a few steps.
@@ -340,7 +333,7 @@ fn a_diverging_run_stops_with_the_last_good_checkpoint() {
 
 #[test]
 fn eval_shards_are_used_instead_of_a_held_out_split() {
-    let (_keep, shards) = shards();
+    let (_keep, shards) = sample_shards();
     let other = tempfile::tempdir().unwrap();
     let docs: Vec<Vec<u32>> = shared::fixtures::sample_docs()
         .into_iter()
