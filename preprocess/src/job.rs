@@ -6,6 +6,7 @@ use crate::journal::{Journal, JOURNAL_FILE};
 use crate::pipeline::{self, Sink};
 use crate::progress::{summary, Progress};
 use crate::run_config::RunConfig;
+use crate::text_encoder::TextEncoder;
 use shared::atomic;
 use shared::shard::{InputFile, Manifest, TokenDtype, MANIFEST_FILE};
 use shared::tokenizer::{LoadedTokenizer, TOKENIZER_FILE};
@@ -127,9 +128,13 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
             journal.next_record + 1
         ));
     }
+    let (text_encoder, notice) = TextEncoder::new(&tok);
+    if let Some(notice) = notice {
+        progress.println(&format!("notice: {notice}"));
+    }
     let mut sink = Sink::new(dir, dtype, cfg.output.shard_size, journal);
     let result =
-        pipeline::tokenize_into_shards(cfg, &tok.tokenizer, &mut sink, &progress, interrupted);
+        pipeline::tokenize_into_shards(cfg, &text_encoder, &mut sink, &progress, interrupted);
     progress.finish();
     if let Err(e) = result {
         let _ = atomic::clean_temporaries(dir);

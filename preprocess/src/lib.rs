@@ -22,5 +22,6 @@ pub mod pipeline;
 pub mod progress;
 pub mod records;
 pub mod run_config;
+pub mod text_encoder;
 
 pub use error::{Error, Result};

@@ -1,29 +1,33 @@
 //! The streaming pipeline: reader → tokenizer workers → ordered shard writer.
 //!
 //! ```text
-//! reader thread ──chunks──▶ N worker threads ──outcomes──▶ writer (calling thread)
+//! R reader threads ──chunks──▶ N worker threads ──outcomes──▶ writer (calling thread)
 //!      ▲                                                        │
-//!      └────────────────────── tickets (window W) ◀─────────────┘
+//!      └──────────────── tickets (W/R per reader) ◀─────────────┘
 //! ```
-//! The reader decompresses and splits records, taking a ticket per chunk; workers parse JSON and
-//! tokenize; the writer puts chunks back in input order, appends documents to shards, commits
-//! each full shard and journals the position, then returns the ticket. At most W chunks are in
-//! flight, so memory is bounded by W × chunk size (plus one shard's index in memory), whatever the
-//! corpus. Output order is input order, so bytes do not depend on the number of workers.
+//! Readers decompress and split records, each taking a ticket per chunk from its own share of
+//! the window (R = one per [`WORKERS_PER_READER`] workers, at most one per file); workers parse
+//! JSON and tokenize; the writer puts chunks back in input order (file, then chunk), appends
+//! documents to shards, commits each full shard and journals the position, then returns the
+//! ticket to the chunk's reader. At most W chunks are in flight, so memory is bounded by W × chunk
+//! size (plus one shard's index in memory), whatever the corpus. Output order is input order, so
+//! bytes do not depend on the number of workers or readers.
 
-use crate::encode::{Encoder, Outcome};
+use crate::encode::{Encoded, Encoder, Outcome};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::progress::Progress;
+use crate::records::Payload;
 use crate::records::{RawRecord, RecordReader};
 use crate::run_config::RunConfig;
-use crossbeam_channel::{bounded, RecvTimeoutError};
+use crate::text_encoder::TextEncoder;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use shared::shard::{ShardWriter, TokenDtype, Totals};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
-use tokenizers::Tokenizer;
 
 /// Records per chunk handed to a worker.
 pub const CHUNK_RECORDS: usize = 256;
@@ -32,6 +36,7 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 
 /// A run of consecutive records of one file.
 struct Chunk {
+    /// Position among the file's chunks, from 0.
     seq: u64,
     file: usize,
     records: Vec<RawRecord>,
@@ -45,7 +50,7 @@ struct Chunk {
 struct Done {
     seq: u64,
     file: usize,
-    outcomes: Vec<Outcome>,
+    encoded: Encoded,
     last: bool,
     error: Option<Error>,
 }
@@ -107,26 +112,46 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// Tokenizer workers one reader thread keeps busy. One thread decompresses and splits ~375 MB/s
+/// of text (gzip, AMD EPYC); one worker tokenizes ~23 MB/s: a reader per 12 workers keeps
+/// readers off the critical path with room to spare (BENCHMARKS.md).
+pub const WORKERS_PER_READER: usize = 12;
+
 /// Runs the pipeline over `cfg.inputs` from the journal's position; returns the final sink state.
+///
+/// Files are read by `R` reader threads (file `start + i` by reader `i mod R`), each with its own
+/// share of the chunk window, so a reader running ahead on a later file can never starve the one
+/// whose file the writer is waiting for.
 pub fn tokenize_into_shards<'a>(
     cfg: &'a RunConfig,
-    tokenizer: &Tokenizer,
+    text_encoder: &TextEncoder,
     sink: &mut Sink<'a>,
     progress: &Progress,
     interrupted: &AtomicBool,
 ) -> Result<()> {
     let workers = cfg.threads.max(1);
-    let window = 4 * workers + 4;
+    let start_file = sink.journal.next_file;
+    let skip_records = sink.journal.next_record;
+    let remaining = cfg.inputs.len().saturating_sub(start_file);
+    let readers = workers
+        .div_ceil(WORKERS_PER_READER)
+        .clamp(1, remaining.max(1));
+    let per_reader = (4 * workers + 4).div_ceil(readers).max(2);
+    let window = per_reader * readers;
     let (work_tx, work_rx) = bounded::<Chunk>(window);
     let (done_tx, done_rx) = bounded::<Done>(window);
-    let (ticket_tx, ticket_rx) = bounded::<()>(window);
-    for _ in 0..window {
-        ticket_tx.send(()).expect("fresh channel");
+    let mut ticket_txs = Vec::with_capacity(readers);
+    let mut ticket_rxs = Vec::with_capacity(readers);
+    for _ in 0..readers {
+        let (tx, rx) = bounded::<()>(per_reader);
+        for _ in 0..per_reader {
+            tx.send(()).expect("fresh channel");
+        }
+        ticket_txs.push(tx);
+        ticket_rxs.push(rx);
     }
     let stop = AtomicBool::new(false);
     let bytes_read = progress.bytes_counter();
-    let start_file = sink.journal.next_file;
-    let skip_records = sink.journal.next_record;
     // Files finished before the resume point count as read.
     bytes_read.fetch_add(
         cfg.inputs[..start_file.min(cfg.inputs.len())]
@@ -137,115 +162,40 @@ pub fn tokenize_into_shards<'a>(
     );
 
     std::thread::scope(|scope| -> Result<()> {
-        // Reader.
-        let stop_ref = &stop;
-        let reader_bytes = bytes_read.clone();
-        scope.spawn(move || {
-            let mut seq = 0u64;
-            let send = |chunk: Chunk| -> bool {
-                if ticket_rx.recv().is_err()
-                    || stop_ref.load(Ordering::Relaxed)
-                    || interrupted.load(Ordering::Relaxed)
-                {
-                    return false;
-                }
-                work_tx.send(chunk).is_ok()
+        for (reader, tickets) in ticket_rxs.into_iter().enumerate() {
+            let reader_input = ReaderInput {
+                cfg,
+                files: (start_file + reader..cfg.inputs.len()).step_by(readers),
+                start_file,
+                skip_records,
+                tickets,
+                work_tx: work_tx.clone(),
+                bytes_read: bytes_read.clone(),
+                stop: &stop,
+                interrupted,
             };
-            for (file, spec) in cfg.inputs.iter().enumerate().skip(start_file) {
-                let skip = if file == start_file { skip_records } else { 0 };
-                let before = reader_bytes.load(Ordering::Relaxed);
-                let mut reader = match RecordReader::open(
-                    spec,
-                    &cfg.output.text_field,
-                    cfg.output.max_record_bytes,
-                    reader_bytes.clone(),
-                ) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        reader_bytes.fetch_add(spec.size, Ordering::Relaxed);
-                        if !send(Chunk {
-                            seq,
-                            file,
-                            records: Vec::new(),
-                            last: true,
-                            error: Some(e),
-                        }) {
-                            return;
-                        }
-                        seq += 1;
-                        continue;
-                    }
-                };
-                let mut records = Vec::new();
-                let mut bytes = 0usize;
-                loop {
-                    if interrupted.load(Ordering::Relaxed) || stop_ref.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let (next, error) = match reader.next_record(&spec.path) {
-                        Ok(r) => (r, None),
-                        Err(e) => (None, Some(e)),
-                    };
-                    let end = next.is_none();
-                    if let Some(rec) = next {
-                        if rec.record <= skip {
-                            continue;
-                        }
-                        bytes += match &rec.payload {
-                            crate::records::Payload::Json(b) => b.len(),
-                            crate::records::Payload::Text(t) => t.len(),
-                            crate::records::Payload::Bad(_) => 0,
-                        };
-                        records.push(rec);
-                    }
-                    if end || records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
-                        if end {
-                            // Make the progress exact for this file even if decoding stopped early.
-                            let read = reader_bytes.load(Ordering::Relaxed) - before;
-                            reader_bytes
-                                .fetch_add(spec.size.saturating_sub(read), Ordering::Relaxed);
-                        }
-                        let chunk = Chunk {
-                            seq,
-                            file,
-                            records: std::mem::take(&mut records),
-                            last: end,
-                            error,
-                        };
-                        if !send(chunk) {
-                            return;
-                        }
-                        seq += 1;
-                        bytes = 0;
-                        if end {
-                            break;
-                        }
-                    }
-                }
-            }
-        });
+            scope.spawn(move || read_files(reader_input));
+        }
+        drop(work_tx);
 
         // Workers.
         for _ in 0..workers {
             let work_rx = work_rx.clone();
             let done_tx = done_tx.clone();
-            let encoder = Encoder {
-                tokenizer,
+            let mut encoder = Encoder {
+                text_encoder,
                 text_field: &cfg.output.text_field,
                 max_tokens_per_doc: cfg.output.max_tokens_per_doc,
+                scratch: Vec::new(),
             };
             scope.spawn(move || {
                 for chunk in work_rx.iter() {
-                    let outcomes = chunk
-                        .records
-                        .into_iter()
-                        .map(|r| encoder.encode(r))
-                        .collect();
+                    let encoded = encoder.encode_all(chunk.records);
                     if done_tx
                         .send(Done {
                             seq: chunk.seq,
                             file: chunk.file,
-                            outcomes,
+                            encoded,
                             last: chunk.last,
                             error: chunk.error,
                         })
@@ -260,11 +210,15 @@ pub fn tokenize_into_shards<'a>(
         drop(done_tx);
 
         // Writer, on this thread.
-        let result = write_in_order(cfg, sink, &done_rx, &ticket_tx, progress, interrupted);
+        let tickets = Tickets {
+            senders: ticket_txs,
+            start_file,
+        };
+        let result = write_in_order(cfg, sink, &done_rx, &tickets, progress, interrupted);
         if result.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
-        drop(ticket_tx); // unblocks the reader
+        drop(tickets); // unblocks the readers
         drop(done_rx); // unblocks workers
         result
     })?;
@@ -278,21 +232,154 @@ pub fn tokenize_into_shards<'a>(
     Ok(())
 }
 
+/// What one reader thread needs.
+struct ReaderInput<'a> {
+    cfg: &'a RunConfig,
+    /// Indices (into `cfg.inputs`) of the files this reader reads, in order.
+    files: std::iter::StepBy<std::ops::Range<usize>>,
+    start_file: usize,
+    /// Records of `start_file` already written (resume).
+    skip_records: u64,
+    tickets: Receiver<()>,
+    work_tx: Sender<Chunk>,
+    bytes_read: Arc<AtomicU64>,
+    stop: &'a AtomicBool,
+    interrupted: &'a AtomicBool,
+}
+
+/// Returns each chunk's ticket to the reader that sent it.
+struct Tickets {
+    senders: Vec<Sender<()>>,
+    start_file: usize,
+}
+
+impl Tickets {
+    fn give_back(&self, file: usize) {
+        let reader = (file - self.start_file) % self.senders.len();
+        let _ = self.senders[reader].send(());
+    }
+}
+
+/// One reader thread: decompresses and splits its files into chunks, taking a ticket per chunk.
+fn read_files(input: ReaderInput<'_>) {
+    let ReaderInput {
+        cfg,
+        files,
+        start_file,
+        skip_records,
+        tickets,
+        work_tx,
+        bytes_read,
+        stop,
+        interrupted,
+    } = input;
+    let send = |chunk: Chunk| -> bool {
+        if tickets.recv().is_err()
+            || stop.load(Ordering::Relaxed)
+            || interrupted.load(Ordering::Relaxed)
+        {
+            return false;
+        }
+        work_tx.send(chunk).is_ok()
+    };
+    for file in files {
+        let spec = &cfg.inputs[file];
+        let skip = if file == start_file { skip_records } else { 0 };
+        // This file's bytes, moved into the shared progress counter chunk by chunk.
+        let file_bytes = Arc::new(AtomicU64::new(0));
+        let mut reported = 0u64;
+        let mut report = |upto: u64| {
+            bytes_read.fetch_add(upto.saturating_sub(reported), Ordering::Relaxed);
+            reported = reported.max(upto);
+        };
+        let mut reader = match RecordReader::open(
+            spec,
+            &cfg.output.text_field,
+            cfg.output.max_record_bytes,
+            file_bytes.clone(),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                report(spec.size);
+                let chunk = Chunk {
+                    seq: 0,
+                    file,
+                    records: Vec::new(),
+                    last: true,
+                    error: Some(e),
+                };
+                if !send(chunk) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut seq = 0u64;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        loop {
+            if interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let (next, error) = match reader.next_record(&spec.path) {
+                Ok(r) => (r, None),
+                Err(e) => (None, Some(e)),
+            };
+            let end = next.is_none();
+            if let Some(rec) = next {
+                if rec.record <= skip {
+                    continue;
+                }
+                bytes += match &rec.payload {
+                    Payload::Json(b) => b.len(),
+                    Payload::Text(t) => t.len(),
+                    Payload::Bad(_) => 0,
+                };
+                records.push(rec);
+            }
+            if end || records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
+                // Exact for this file at its end, even if decoding stopped early.
+                report(if end {
+                    spec.size
+                } else {
+                    file_bytes.load(Ordering::Relaxed)
+                });
+                let chunk = Chunk {
+                    seq,
+                    file,
+                    records: std::mem::take(&mut records),
+                    last: end,
+                    error,
+                };
+                if !send(chunk) {
+                    return;
+                }
+                seq += 1;
+                bytes = 0;
+                if end {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn write_in_order(
     cfg: &RunConfig,
     sink: &mut Sink<'_>,
-    done_rx: &crossbeam_channel::Receiver<Done>,
-    ticket_tx: &crossbeam_channel::Sender<()>,
+    done_rx: &Receiver<Done>,
+    tickets: &Tickets,
     progress: &Progress,
     interrupted: &AtomicBool,
 ) -> Result<()> {
-    let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-    let mut next_seq = 0u64;
+    // Chunks by (file, sequence number within the file), written in that order.
+    let mut pending: BTreeMap<(usize, u64), Done> = BTreeMap::new();
+    let mut next = (sink.journal.next_file, 0u64);
     let mut warned = 0usize;
     loop {
         match done_rx.recv_timeout(Duration::from_millis(200)) {
             Ok(done) => {
-                pending.insert(done.seq, done);
+                pending.insert((done.file, done.seq), done);
             }
             Err(RecvTimeoutError::Timeout) => {
                 progress.update(&sink.totals);
@@ -300,25 +387,27 @@ fn write_in_order(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        while let Some(done) = pending.remove(&next_seq) {
-            next_seq += 1;
+        while let Some(done) = pending.remove(&next) {
+            next = if done.last {
+                (done.file + 1, 0)
+            } else {
+                (done.file, done.seq + 1)
+            };
             let path = &cfg.inputs[done.file].path;
-            for outcome in done.outcomes {
+            for (outcome, ids) in done.encoded.iter() {
                 match outcome {
                     Outcome::Doc {
-                        record,
-                        ids,
-                        truncated,
+                        record, truncated, ..
                     } => {
-                        sink.totals.truncated_documents += truncated as u64;
-                        sink.push(done.file, record, &ids)?;
+                        sink.totals.truncated_documents += *truncated as u64;
+                        sink.push(done.file, *record, ids)?;
                     }
                     Outcome::Empty { .. } => sink.totals.empty_documents += 1,
                     Outcome::Bad { record, msg } => {
                         let err = Error::Record {
                             file: path.clone(),
-                            record,
-                            msg,
+                            record: *record,
+                            msg: msg.clone(),
                         };
                         if !cfg.output.skip_bad_records {
                             return Err(err);
@@ -338,7 +427,7 @@ fn write_in_order(
             if done.last {
                 sink.totals.input_bytes += cfg.inputs[done.file].size;
             }
-            let _ = ticket_tx.send(());
+            tickets.give_back(done.file);
             progress.update(&sink.totals);
             if interrupted.load(Ordering::Relaxed) {
                 return Ok(());

@@ -243,6 +243,28 @@ fn output_is_byte_identical_for_any_thread_count_and_splits_into_shards() {
 }
 
 #[test]
+fn several_reader_threads_give_the_same_bytes_as_one() {
+    // 25 workers get 3 reader threads (one per 12 workers), each reading every third file.
+    let corpus = big_corpus(5);
+    let (one, many) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (out, threads) in [(&one, "1"), (&many, "25")] {
+        ok(preprocess(&[
+            &corpus.path(),
+            &"--out",
+            &out.path(),
+            &"--threads",
+            &threads,
+            &"--shard-size",
+            &"100KB",
+        ]));
+    }
+    let files = files_of(one.path());
+    assert!(files.iter().filter(|(n, _)| n.ends_with(".bin")).count() >= 5);
+    assert_eq!(files, files_of(many.path()));
+    assert_eq!(ShardSet::open(many.path()).unwrap().len(), 5 * 300);
+}
+
+#[test]
 fn max_tokens_per_doc_keeps_each_documents_prefix() {
     let out = tempfile::tempdir().unwrap();
     ok(preprocess(&[
