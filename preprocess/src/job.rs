@@ -8,6 +8,7 @@ use crate::progress::{summary, Progress};
 use crate::run_config::RunConfig;
 use crate::text_encoder::TextEncoder;
 use shared::atomic;
+use shared::lock::DirLock;
 use shared::shard::{InputFile, Manifest, TokenDtype, MANIFEST_FILE};
 use shared::tokenizer::{LoadedTokenizer, TOKENIZER_FILE};
 use std::path::Path;
@@ -46,6 +47,7 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
     let fingerprint = cfg.fingerprint(&tok.info.sha256);
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| output_err(dir, format!("cannot create: {e}")))?;
+    let _lock = DirLock::acquire(dir, "preprocess")?;
 
     if cfg.overwrite {
         for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {

@@ -53,6 +53,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
         dir: out.to_path_buf(),
         msg: format!("cannot create: {e}"),
     })?;
+    let _lock = shared::lock::DirLock::acquire(out, "preprocess merge")?;
     if out.join(shared::shard::MANIFEST_FILE).exists() {
         return Err(Error::Output {
             dir: out.to_path_buf(),

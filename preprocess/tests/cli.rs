@@ -327,7 +327,7 @@ fn big_corpus(copies: usize) -> tempfile::TempDir {
 }
 
 fn interrupt_then_resume(signal: i32) {
-    let corpus = big_corpus(12);
+    let corpus = big_corpus(30);
     let (full, cut) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     ok(preprocess(&[
         &corpus.path(),
@@ -358,6 +358,14 @@ fn interrupt_then_resume(signal: i32) {
     while !cut.path().join("shard-00003.idx").exists() && t.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(2));
     }
+    // One writer per output directory: a second run into it is refused, naming the holder.
+    let second = preprocess(&[&corpus.path(), &"--out", &cut.path(), &"--threads", &"1"]);
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains(&format!("is in use by pid {} (preprocess", child.id())),
+        "{}",
+        stderr(&second)
+    );
     unsafe { libc::kill(child.id() as i32, signal) };
     let status = child.wait().unwrap();
     let mut err = String::new();

@@ -31,6 +31,9 @@ pub enum Error {
     /// A masking-rate or learning-rate schedule spec is malformed.
     #[error("bad schedule {spec:?}: {msg}\n{}", crate::schedule::GRAMMAR)]
     Schedule { spec: String, msg: String },
+    /// Another process is writing to this directory.
+    #[error("{} is in use by {holder}; wait for it to finish or stop it (a killed holder releases it)", dir.display())]
+    Locked { dir: PathBuf, holder: String },
     /// A sampler or loader option is invalid.
     #[error("invalid option: {0}")]
     Config(String),

@@ -15,6 +15,7 @@ pub mod atomic;
 pub mod error;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
+pub mod lock;
 pub mod sampler;
 pub mod schedule;
 pub mod seed;

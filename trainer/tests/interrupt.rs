@@ -73,6 +73,17 @@ fn sigint_saves_and_resume_matches_an_uninterrupted_run() {
         assert!(start.elapsed().as_secs() < 120, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // One writer per run directory: a second trainer on it is refused at once, naming the holder.
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(flags(&run))
+        .output()
+        .unwrap();
+    let second_err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        second_err.contains(&format!("is in use by pid {} (trainer train", child.id())),
+        "{second_err}"
+    );
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -548,6 +548,7 @@ pub fn run_task(
     }
     let data = TaskData::load(task, dir, pre, opts, opts.predict_test)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let _lock = shared::lock::DirLock::acquire(out, "trainer finetune")?;
     let per_seed = (data.train.len() * hyper.epochs) as u64;
     let pb = progress_bar(per_seed * opts.seeds, opts.runtime.quiet);
     let mut seeds = Vec::new();

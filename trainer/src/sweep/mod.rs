@@ -289,6 +289,7 @@ pub fn run_experiment(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
     std::fs::create_dir_all(&cfg.out)?;
+    let _lock = shared::lock::DirLock::acquire(&cfg.out, "trainer sweep")?;
     if want(Phase::Preprocess) && !shards.join("manifest.json").exists() {
         let mut cmd = Command::new(sibling_binary("preprocess")?);
         cmd.args(&corpus).arg("--out").arg(&shards);

@@ -44,6 +44,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
     }
     std::fs::create_dir_all(out)?;
+    let _lock = shared::lock::DirLock::acquire(out, "trainer export")?;
     let tensors = with_tied_decoder(pre.tensors.clone());
     let mut written = Vec::new();
     let model_path = out.join("model.safetensors");

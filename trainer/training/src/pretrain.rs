@@ -272,9 +272,13 @@ pub fn pretrain(
     // The device first: a missing GPU leaves no empty run directory behind.
     let device = args.runtime.device_for_rank(comm.local_rank())?;
     let comm = comm.for_device(&device)?;
-    if writer {
+    // One writer per run directory: a second trainer (or a sweep child) on it is refused.
+    let _lock = if writer {
         std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    }
+        Some(shared::lock::DirLock::acquire(&out, "trainer train")?)
+    } else {
+        None
+    };
     if comm.world_size() > 1 {
         // One write, so that the ranks' lines do not interleave in the launcher's output.
         let line = format!(
