@@ -253,7 +253,11 @@ impl BatchPlan {
                 self.rank, self.world_size
             )));
         }
-        if self.micro_batch == 0 || self.global_batch % (self.world_size * self.micro_batch) != 0 {
+        if self.micro_batch == 0
+            || !self
+                .global_batch
+                .is_multiple_of(self.world_size * self.micro_batch)
+        {
             return Err(Error::Config(format!(
                 "global batch {} is not a multiple of world size {} x micro-batch {}",
                 self.global_batch, self.world_size, self.micro_batch

@@ -519,7 +519,7 @@ pub fn pretrain(
         bar.inc(1);
         step += 1;
         let done = step == args.steps;
-        if (args.eval_every > 0 && step % args.eval_every == 0) || done {
+        if (args.eval_every > 0 && step.is_multiple_of(args.eval_every)) || done {
             if let Some(ev) = &evaluator {
                 let (loss, acc) = ev.evaluate(&model, &device, &*comm)?;
                 log.write(&Record::Eval {
@@ -533,11 +533,11 @@ pub fn pretrain(
                 final_eval = Some((loss, acc));
             }
         }
-        if comm.world_size() > 1 && args.check_every > 0 && step % args.check_every == 0 {
+        if comm.world_size() > 1 && args.check_every > 0 && step.is_multiple_of(args.check_every) {
             ensure_same_parameters(&params, &*comm, step)?;
         }
         let stop = stops > 0.0;
-        if done || (args.save_every > 0 && step % args.save_every == 0) || stop {
+        if done || (args.save_every > 0 && step.is_multiple_of(args.save_every)) || stop {
             let dir = save(train_step.optimizer(), step)?;
             if stop {
                 bar.abandon();
