@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function(id, |b| {
                 b.iter(|| {
                     step += 1;
-                    pool.install(|| sampler.global_batch(step))
+                    pool.install(|| sampler.global_batch(step).unwrap())
                 })
             });
         }

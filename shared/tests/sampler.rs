@@ -68,7 +68,7 @@ fn realised_rate_and_split_match_the_configuration_within_binomial_bounds() {
     );
     let mut counts = shared::sampler::MaskCounts::default();
     for step in 0..8 {
-        counts.add(&s.global_batch(step).counts);
+        counts.add(&s.global_batch(step).unwrap().counts);
     }
     // Bernoulli choice; the at-least-one rule only adds to sequences with no draw (p = 0.7^n, negligible here).
     assert!(
@@ -99,14 +99,18 @@ fn configurable_split_all_mask_and_random_only() {
         random_fraction: 0.0,
         ..Default::default()
     };
-    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", all_mask).global_batch(0);
+    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", all_mask)
+        .global_batch(0)
+        .unwrap();
     assert_eq!(b.counts.as_mask, b.counts.chosen);
     let random = MaskingConfig {
         mask_fraction: 0.0,
         random_fraction: 1.0,
         ..Default::default()
     };
-    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", random).global_batch(0);
+    let b = sampler(&f, Layout::Truncate, 64, 64, 10, "constant:0.2", random)
+        .global_batch(0)
+        .unwrap();
     assert_eq!(b.counts.as_random, b.counts.chosen);
     let bad = MaskingConfig {
         mask_fraction: 0.8,
@@ -130,10 +134,12 @@ fn specials_and_padding_are_never_masked_and_labels_hold_originals() {
             MaskingConfig::default(),
         );
         let vocab = MaskVocab::from_tokenizer(&f.tok);
-        let b = s.global_batch(3);
+        let b = s.global_batch(3).unwrap();
         let mut original = vec![0u32; 64];
         for r in 0..b.rows() {
-            s.sequences().fill(b.sequence_ids[r], &mut original);
+            s.sequences()
+                .fill(b.sequence_ids[r], &mut original)
+                .unwrap();
             let row = r * 64..(r + 1) * 64;
             let (ids, labels, attn) = (
                 &b.input_ids[row.clone()],
@@ -191,7 +197,7 @@ fn exact_mode_masks_round_rate_times_n_and_at_least_one() {
         ..Default::default()
     };
     let s = sampler(&f, Layout::Truncate, 128, 64, 10, "constant:0.15", exact);
-    let b = s.global_batch(0);
+    let b = s.global_batch(0).unwrap();
     let vocab = MaskVocab::from_tokenizer(&f.tok);
     for r in 0..b.rows() {
         let row = r * 128..(r + 1) * 128;
@@ -217,7 +223,7 @@ fn exact_mode_masks_round_rate_times_n_and_at_least_one() {
         "constant:0.001",
         MaskingConfig::default(),
     );
-    let b = s.global_batch(0);
+    let b = s.global_batch(0).unwrap();
     for r in 0..b.rows() {
         assert!(b.labels[r * 16..(r + 1) * 16]
             .iter()
@@ -234,13 +240,15 @@ fn whole_word_masking_takes_every_piece_of_a_word() {
     };
     let s = sampler(&f, Layout::Truncate, 128, 128, 10, "constant:0.3", wwm);
     let vocab = MaskVocab::from_tokenizer(&f.tok);
-    let b = s.global_batch(0);
+    let b = s.global_batch(0).unwrap();
     let mut continuation_masked = 0;
     for r in 0..b.rows() {
         let row = r * 128..(r + 1) * 128;
         let labels = &b.labels[row.clone()];
         let mut original = vec![0u32; 128];
-        s.sequences().fill(b.sequence_ids[r], &mut original);
+        s.sequences()
+            .fill(b.sequence_ids[r], &mut original)
+            .unwrap();
         for p in 1..128 {
             if vocab.is_continuation[original[p] as usize]
                 && !vocab.is_special[original[p - 1] as usize]
@@ -288,7 +296,7 @@ fn same_seed_and_step_give_the_same_batch_whatever_the_loader() {
             LoaderConfig { threads, prefetch },
         )
         .unwrap()
-        .map(|m| m.batch)
+        .map(|m| m.unwrap().batch)
         .collect()
     };
     let one = collect(1, 1, 0);
@@ -310,7 +318,10 @@ fn same_seed_and_step_give_the_same_batch_whatever_the_loader() {
         cfg,
     )
     .unwrap();
-    assert_ne!(other.global_batch(0).input_ids, s.global_batch(0).input_ids);
+    assert_ne!(
+        other.global_batch(0).unwrap().input_ids,
+        s.global_batch(0).unwrap().input_ids
+    );
 }
 
 #[test]
@@ -325,7 +336,7 @@ fn ranks_and_micro_batches_union_to_the_global_batch() {
         "constant:0.15",
         MaskingConfig::default(),
     );
-    let global = s.global_batch(5);
+    let global = s.global_batch(5).unwrap();
     for world_size in [1usize, 2, 3, 4] {
         let mut rows: Vec<u32> = Vec::new();
         let mut labels: Vec<i32> = Vec::new();
@@ -338,7 +349,7 @@ fn ranks_and_micro_batches_union_to_the_global_batch() {
             };
             plan.validate().unwrap();
             for m in 0..plan.accumulation_steps() {
-                let b = s.batch(5, plan.slots(m));
+                let b = s.batch(5, plan.slots(m)).unwrap();
                 rows.extend(&b.input_ids);
                 labels.extend(&b.labels);
             }
@@ -371,7 +382,7 @@ fn every_sequence_is_seen_once_per_epoch_and_epochs_reshuffle() {
     );
     let epoch = |e: u64| -> Vec<u64> {
         (e * 5..(e + 1) * 5)
-            .flat_map(|step| s.global_batch(step).sequence_ids)
+            .flat_map(|step| s.global_batch(step).unwrap().sequence_ids)
             .collect()
     };
     let (e0, e1) = (epoch(0), epoch(1));
@@ -391,7 +402,7 @@ fn every_sequence_is_seen_once_per_epoch_and_epochs_reshuffle() {
         MaskingConfig::default(),
     );
     let seen: Vec<u64> = (0..5)
-        .flat_map(|step| s.global_batch(step).sequence_ids)
+        .flat_map(|step| s.global_batch(step).unwrap().sequence_ids)
         .collect();
     let mut first: Vec<u64> = seen[..300].to_vec();
     first.sort();
@@ -405,7 +416,7 @@ fn truncate_and_pack_layouts() {
     let t = Sequences::new(f.set.clone(), info, Layout::Truncate, 16, 1).unwrap();
     let mut row = vec![0u32; 16];
     for (j, doc) in f.docs.iter().enumerate().take(50) {
-        let used = t.fill(j as u64, &mut row);
+        let used = t.fill(j as u64, &mut row).unwrap();
         let n = doc.len().min(14);
         assert_eq!(used, n + 2);
         assert_eq!(row[0], info.cls_id);
@@ -423,7 +434,7 @@ fn truncate_and_pack_layouts() {
     assert_eq!(p.len(), stream.len() as u64 / 14);
     let mut rebuilt = Vec::new();
     for j in 0..p.len() {
-        assert_eq!(p.fill(j, &mut row), 16);
+        assert_eq!(p.fill(j, &mut row).unwrap(), 16);
         assert_eq!((row[0], row[15]), (info.cls_id, info.sep_id));
         rebuilt.extend_from_slice(&row[1..15]);
     }
@@ -451,7 +462,7 @@ fn schedule_is_read_at_the_batchs_own_step() {
     );
     let sched: MaskSchedule = "linear:0.3:0.15".parse().unwrap();
     for step in [0u64, 50, 100] {
-        let b = s.global_batch(step);
+        let b = s.global_batch(step).unwrap();
         assert_eq!(b.rate, sched.rate(step, 101));
         assert!(
             within_binomial(b.counts.chosen, b.counts.maskable, b.rate, 5.0),

@@ -83,7 +83,7 @@ fn main() -> Result<()> {
 
     let steps: Vec<Batch> = (0..args.dump_steps.min(t.steps))
         .map(|s| data.sampler.global_batch(s))
-        .collect();
+        .collect::<shared::Result<_>>()?;
     candle_core::safetensors::save(&stack(&steps)?, args.dump.join("batches.safetensors"))?;
     if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size {
         // Step 0's gradients (before clipping), as the trainer computes them.
@@ -99,7 +99,7 @@ fn main() -> Result<()> {
     let evaluator =
         training::held_out::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch)?
             .context("no held-out set: pass --eval-sequences")?;
-    let eval: Vec<Batch> = evaluator.batches().collect();
+    let eval: Vec<Batch> = evaluator.batches().collect::<shared::Result<_>>()?;
     candle_core::safetensors::save(&stack(&eval)?, args.dump.join("eval.safetensors"))?;
 
     let lr = t.lr_schedule();

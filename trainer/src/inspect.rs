@@ -139,7 +139,7 @@ pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
         );
         let (mut sched, mut real) = (Vec::new(), Vec::new());
         for &step in &steps {
-            let b = s.global_batch(step);
+            let b = s.global_batch(step)?;
             let (m, r, k) = split(&b.counts);
             let _ = writeln!(
                 out,
@@ -172,7 +172,7 @@ pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
         let _ = writeln!(out, "\nplot written to {}", args.plot.display());
         return Ok(out);
     }
-    let b = s.global_batch(args.step);
+    let b = s.global_batch(args.step)?;
     let (m, r, k) = split(&b.counts);
     let _ = writeln!(
         out,
@@ -194,7 +194,7 @@ pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
     let _ = writeln!(out, "legend: [M:word] -> [MASK], [R:word>other] -> random token, [K:word] -> kept; all three are predicted");
     let mut original = vec![0u32; b.seq_len];
     for row in 0..args.rows.min(b.rows()) {
-        s.sequences().fill(b.sequence_ids[row], &mut original);
+        s.sequences().fill(b.sequence_ids[row], &mut original)?;
         let chosen = b.labels[row * b.seq_len..(row + 1) * b.seq_len]
             .iter()
             .filter(|&&l| l != IGNORE_LABEL)

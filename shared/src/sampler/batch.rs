@@ -138,12 +138,13 @@ impl MaskingSampler {
     }
 
     /// The whole global batch of `step`.
-    pub fn global_batch(&self, step: u64) -> Batch {
+    pub fn global_batch(&self, step: u64) -> Result<Batch> {
         self.batch(step, 0..self.cfg.global_batch)
     }
 
     /// Slots `slots` of step `step`'s global batch, built in parallel on the current rayon pool.
-    pub fn batch(&self, step: u64, slots: Range<usize>) -> Batch {
+    /// Fails when a document holds a token id outside the vocabulary (a corrupted shard).
+    pub fn batch(&self, step: u64, slots: Range<usize>) -> Result<Batch> {
         assert!(
             slots.end <= self.cfg.global_batch,
             "slots {slots:?} beyond global batch {}",
@@ -180,7 +181,7 @@ impl MaskingSampler {
                     let seq = perm.as_ref().expect("set above").1.apply(g % epoch_len);
                     *seq_id = seq;
                     let row = r * len..(r + 1) * len;
-                    let used = self.sequences.fill(seq, &mut ids[row.clone()]);
+                    let used = self.sequences.fill(seq, &mut ids[row.clone()])?;
                     attn[row.start..row.start + used].fill(1);
                     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
                         self.cfg.seed,
@@ -202,9 +203,9 @@ impl MaskingSampler {
                     let base = ((task * ROWS_PER_TASK + r) * len) as u32;
                     positions.extend(chosen.iter().map(|&p| base + p));
                 }
-                (counts, positions)
+                Ok((counts, positions))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         let mut counts = MaskCounts::default();
         let mut masked_positions = Vec::with_capacity(parts.iter().map(|(_, p)| p.len()).sum());
         for (c, p) in &parts {
@@ -215,7 +216,7 @@ impl MaskingSampler {
             .iter()
             .map(|&p| labels[p as usize] as u32)
             .collect();
-        Batch {
+        Ok(Batch {
             step,
             slots,
             rate,
@@ -227,7 +228,7 @@ impl MaskingSampler {
             masked_positions,
             masked_labels,
             counts,
-        }
+        })
     }
 }
 

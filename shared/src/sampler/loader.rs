@@ -38,9 +38,10 @@ pub struct MicroBatch {
     pub batch: Batch,
 }
 
-/// Iterates over micro-batches of steps `start..end`, built ahead on a background thread.
+/// Iterates over micro-batches of steps `start..end`, built ahead on a background thread; an error
+/// (a corrupted shard) ends the iteration after it is yielded.
 pub struct Loader {
-    rx: Option<Receiver<MicroBatch>>,
+    rx: Option<Receiver<Result<MicroBatch>>>,
     handle: Option<JoinHandle<()>>,
     waited: Duration,
 }
@@ -73,9 +74,12 @@ impl Loader {
             .spawn(move || {
                 for step in start..end {
                     for micro in 0..plan.accumulation_steps() {
-                        let batch = pool.install(|| sampler.batch(step, plan.slots(micro)));
-                        if tx.send(MicroBatch { micro, batch }).is_err() {
-                            return; // consumer gone
+                        let item = pool
+                            .install(|| sampler.batch(step, plan.slots(micro)))
+                            .map(|batch| MicroBatch { micro, batch });
+                        let failed = item.is_err();
+                        if tx.send(item).is_err() || failed {
+                            return; // consumer gone, or nothing more to build
                         }
                     }
                 }
@@ -95,9 +99,9 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = MicroBatch;
+    type Item = Result<MicroBatch>;
 
-    fn next(&mut self) -> Option<MicroBatch> {
+    fn next(&mut self) -> Option<Result<MicroBatch>> {
         let t = Instant::now();
         let item = self.rx.as_ref()?.recv().ok();
         self.waited += t.elapsed();

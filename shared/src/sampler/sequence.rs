@@ -155,8 +155,9 @@ impl Sequences {
         &self.shards
     }
 
-    /// Writes sequence `j` into `out` (length `seq_len`); returns the unpadded length.
-    pub fn fill(&self, j: u64, out: &mut [u32]) -> usize {
+    /// Writes sequence `j` into `out` (length `seq_len`); returns the unpadded length. Fails on a
+    /// token id outside the vocabulary ([`ShardSet::doc_checked`]).
+    pub fn fill(&self, j: u64, out: &mut [u32]) -> Result<usize> {
         debug_assert_eq!(out.len(), self.seq_len);
         debug_assert!(j < self.count);
         let j = j + self.offset;
@@ -165,12 +166,12 @@ impl Sequences {
         match self.layout {
             Layout::Truncate => {
                 let doc = self.kept_docs.as_ref().map_or(j, |k| k[j as usize]);
-                let tokens = self.shards.doc(doc);
+                let tokens = self.shards.doc_checked(doc)?;
                 let n = tokens.len().min(body);
                 tokens.slice(0..n).copy_to(&mut out[1..1 + n]);
                 out[1 + n] = self.sep;
                 out[2 + n..].fill(self.pad);
-                n + 2
+                Ok(n + 2)
             }
             Layout::Pack => {
                 let start = j * body as u64;
@@ -178,7 +179,7 @@ impl Sequences {
                 let mut offset = (start - self.stream_start(doc)) as usize;
                 let mut at = 1;
                 while at < 1 + body {
-                    let tokens = self.shards.doc(doc);
+                    let tokens = self.shards.doc_checked(doc)?;
                     if offset < tokens.len() {
                         let n = (tokens.len() - offset).min(1 + body - at);
                         tokens
@@ -194,7 +195,7 @@ impl Sequences {
                     }
                 }
                 out[self.seq_len - 1] = self.sep;
-                self.seq_len
+                Ok(self.seq_len)
             }
         }
     }

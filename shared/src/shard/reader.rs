@@ -53,6 +53,18 @@ impl<'a> Tokens<'a> {
         }
     }
 
+    /// The first id `>= limit`, with its position.
+    #[inline]
+    pub fn first_at_or_above(&self, limit: u32) -> Option<(usize, u32)> {
+        match self {
+            Tokens::U16(s) => s
+                .iter()
+                .position(|&t| t as u32 >= limit)
+                .map(|i| (i, s[i] as u32)),
+            Tokens::U32(s) => s.iter().position(|&t| t >= limit).map(|i| (i, s[i])),
+        }
+    }
+
     /// Appends the ids, widened to `u32`, to `out`.
     #[inline]
     pub fn extend_into(&self, out: &mut Vec<u32>) {
@@ -265,6 +277,24 @@ impl ShardSet {
         }
     }
 
+    /// Tokens of global document `doc`, refused (naming the shard file and document) if an id is
+    /// outside the tokenizer's vocabulary: a corrupted or foreign shard must never reach an
+    /// embedding lookup.
+    pub fn doc_checked(&self, doc: u64) -> Result<Tokens<'_>> {
+        let tokens = self.doc(doc);
+        let vocab = self.manifests[0].tokenizer.vocab_size as u32;
+        if let Some((at, id)) = tokens.first_at_or_above(vocab) {
+            let (s, local) = self.locate(doc);
+            return Err(Error::format(
+                &self.shards[s].bin_path,
+                format!(
+                    "document {local} (document {doc} of the set) holds token id {id} at position {at}, outside the vocabulary of {vocab}: a corrupted or foreign shard (check it with `preprocess inspect --verify`)"
+                ),
+            ));
+        }
+        Ok(tokens)
+    }
+
     /// Length in tokens of global document `doc`.
     #[inline]
     pub fn doc_len(&self, doc: u64) -> usize {
@@ -285,6 +315,38 @@ impl ShardSet {
 
     /// Recomputes every file's SHA-256 and compares it with the manifest; returns the files checked.
     pub fn verify_checksums(&self) -> Result<usize> {
+        self.verify_checksums_with(|_| {})
+    }
+
+    /// Bytes [`ShardSet::verify_checksums`] reads (for a progress bar).
+    pub fn file_bytes(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| (s.bin_bytes().len() + s.idx.len()) as u64)
+            .sum()
+    }
+
+    /// Identity of the shard contents: SHA-256 over every manifest's shard names and checksums,
+    /// in order. A shard set rebuilt or replaced under the same path gets another fingerprint.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for m in &self.manifests {
+            for s in &m.shards {
+                for part in [&s.name, &s.bin_sha256, &s.idx_sha256] {
+                    h.update(part.as_bytes());
+                    h.update([0]);
+                }
+            }
+            h.update([1]);
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// [`ShardSet::verify_checksums`], calling `progress` with the bytes hashed so far (16 MiB
+    /// steps).
+    pub fn verify_checksums_with(&self, mut progress: impl FnMut(u64)) -> Result<usize> {
+        const STEP: usize = 16 << 20;
+        let mut done = 0u64;
         let mut checked = 0;
         for shard in &self.shards {
             for (path, bytes, expected) in [
@@ -295,7 +357,13 @@ impl ShardSet {
                 ),
                 (&shard.idx_path, &shard.idx[..], &shard.expected_idx_sha256),
             ] {
-                let actual = hex::encode(Sha256::digest(bytes));
+                let mut hasher = Sha256::new();
+                for piece in bytes.chunks(STEP) {
+                    hasher.update(piece);
+                    done += piece.len() as u64;
+                    progress(done);
+                }
+                let actual = hex::encode(hasher.finalize());
                 if &actual != expected {
                     return Err(Error::format(
                         path,

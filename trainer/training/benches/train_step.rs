@@ -69,7 +69,7 @@ fn main() {
         let (mut fwd, mut bwd, mut upd, mut data, mut total) = (0f64, 0f64, 0f64, 0f64, 0f64);
         for step in 0..steps + 1 {
             let t0 = Instant::now();
-            let batch = sampler.global_batch(step as u64);
+            let batch = sampler.global_batch(step as u64).unwrap();
             let inputs = MlmInputs::from_batch(&batch, &dev).unwrap();
             let t1 = Instant::now();
             let mut dropout = Some(Dropout::new(

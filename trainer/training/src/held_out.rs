@@ -46,7 +46,7 @@ impl Evaluator {
     }
 
     /// The held-out batches, in evaluation order (what [`Evaluator::evaluate`] scores).
-    pub fn batches(&self) -> impl Iterator<Item = shared::sampler::Batch> + '_ {
+    pub fn batches(&self) -> impl Iterator<Item = shared::Result<shared::sampler::Batch>> + '_ {
         (0..self.batches).map(|step| self.sampler.global_batch(step))
     }
 
@@ -62,6 +62,7 @@ impl Evaluator {
         let mut sums = [0f64; 3]; // loss × predicted, correct, predicted
         let (rank, world) = (comm.rank(), comm.world_size());
         for batch in self.batches().skip(rank).step_by(world) {
+            let batch = batch?;
             let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
             sums[0] += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
             sums[1] += out.correct as f64;

@@ -124,6 +124,11 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     #[serde(default = "default_check_every")]
     pub check_every: u64,
+    /// Recompute every shard file's SHA-256 against its manifest before training (reads the whole
+    /// shard set once, with a progress bar).
+    #[arg(long)]
+    #[serde(default)]
+    pub verify_shards: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub runtime: RuntimeArgs,
@@ -194,11 +199,42 @@ impl TrainArgs {
             "out",
             "eval_every",
             "check_every",
+            "verify_shards",
         ] {
             v.as_object_mut().expect("object").remove(volatile);
         }
         without_unset(v)
     }
+}
+
+/// Key of the shard-set fingerprint in a checkpoint's `config`.
+const SHARDS_FINGERPRINT: &str = "shards_fingerprint";
+
+/// Hashes every shard file against its manifest, with a progress bar in bytes.
+fn verify_shards(shards: &shared::shard::ShardSet, quiet: bool) -> Result<()> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(shards.file_bytes())
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "verifying shards [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    let files = shards
+        .verify_checksums_with(|done| bar.set_position(done))
+        .context("--verify-shards")?;
+    bar.finish_and_clear();
+    if !quiet {
+        eprintln!(
+            "verified {files} shard files ({:.1} MB) against their manifests",
+            shards.file_bytes() as f64 / 1e6
+        );
+    }
+    Ok(())
 }
 
 fn default_precision() -> String {
@@ -309,6 +345,9 @@ pub fn pretrain(
     if let Some(dir) = &args.eval_shards {
         data.held_out = Some(eval_sequences_from(dir, args, &data)?);
     }
+    if args.verify_shards {
+        verify_shards(&data.shards, args.runtime.quiet || !writer)?;
+    }
     let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
     let plan = BatchPlan {
         global_batch: args.batch_size,
@@ -348,6 +387,25 @@ pub fn pretrain(
             bail!("--resume: {} has no checkpoint", out.display())
         };
         let loaded = checkpoint::load(&dir)?;
+        // The shard contents are part of the run: a set rebuilt or replaced under the same path
+        // while the run was stopped would silently change the data stream.
+        let shards_now = data.shards.fingerprint();
+        if let Some(saved) = loaded
+            .state
+            .config
+            .get(SHARDS_FINGERPRINT)
+            .and_then(|v| v.as_str())
+        {
+            if saved != shards_now {
+                bail!(
+                    "--resume: the shards in {} changed since {} was written (content fingerprint {}, the checkpoint's {}): resume with the shard set it was trained on",
+                    args.data.shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    dir.display(),
+                    &shards_now[..16],
+                    &saved[..saved.len().min(16)]
+                );
+            }
+        }
         let saved_identity = without_unset(
             loaded
                 .state
@@ -417,6 +475,7 @@ pub fn pretrain(
     bar.set_position(start);
 
     // Rank 0 saves; every rank holds the same parameters (checked every --check-every steps).
+    let shards_fingerprint = data.shards.fingerprint();
     let save = |opt: &AdamW, step: u64| -> Result<Option<PathBuf>> {
         if !writer {
             return Ok(None);
@@ -429,7 +488,11 @@ pub fn pretrain(
         let state = CheckpointState {
             step,
             optimizer_t: opt.t,
-            config: serde_json::json!({ "identity": args.identity(), "run": config_json }),
+            config: serde_json::json!({
+                "identity": args.identity(),
+                "run": config_json,
+                SHARDS_FINGERPRINT: shards_fingerprint,
+            }),
         };
         checkpoint::save(
             &out,
@@ -452,7 +515,7 @@ pub fn pretrain(
         let lr = lr_sched.lr(step);
         let (mut correct, mut predicted, mut tokens, mut rate) = (0usize, 0usize, 0u64, 0f64);
         let stats = train_step.run(accum, lr, |micro| {
-            let mb = loader.next().context("data loader stopped early")?;
+            let mb = loader.next().context("data loader stopped early")??;
             debug_assert_eq!((mb.batch.step, mb.micro), (step, micro));
             rate = mb.batch.rate;
             tokens += mb
