@@ -98,7 +98,11 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
             if !foreign.is_empty() {
                 return Err(output_err(dir, format!("holds shard files ({}) but no {JOURNAL_FILE}; pass --overwrite to replace them", foreign.join(", "))));
             }
-            Journal { run_fingerprint: fingerprint.clone(), ..Default::default() }
+            // Journaled before the first shard file exists: a run killed while committing its
+            // first shard is then a resumable run, not a directory of unexplained files.
+            let fresh = Journal { run_fingerprint: fingerprint.clone(), ..Default::default() };
+            fresh.save(dir)?;
+            fresh
         }
     };
     let resumed = !journal.shards.is_empty() || journal.next_file > 0;

@@ -8,6 +8,7 @@ use shared::tokenizer::TOKENIZER_FILE;
 use std::path::{Path, PathBuf};
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<bool> {
+    shared::faults::step("link", to).map_err(|e| shared::Error::io(to, e))?;
     let _ = std::fs::remove_file(to);
     match std::fs::hard_link(from, to) {
         Ok(()) => Ok(true),

@@ -4,6 +4,7 @@
 //! (or none) or the complete new one, even after a SIGKILL or power loss.
 
 use crate::error::{IoContext, Result};
+use crate::faults;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,7 +49,9 @@ pub fn write_via<E>(
 where
     E: From<crate::Error>,
 {
+    faults::step("write", tmp).with_path(tmp)?;
     write(tmp)?;
+    faults::step("fsync", tmp).with_path(tmp)?;
     File::open(tmp).and_then(|f| f.sync_all()).with_path(tmp)?;
     commit(tmp, path)?;
     Ok(())
@@ -56,6 +59,7 @@ where
 
 /// Renames a fully written and synced `tmp` to `path`, then syncs the directory entry.
 pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    faults::step("rename", path).with_path(path)?;
     fs::rename(tmp, path).with_path(path)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
@@ -90,16 +94,19 @@ where
         fs::remove_dir_all(&tmp).with_path(&tmp)?;
     }
     fs::create_dir_all(&tmp).with_path(&tmp)?;
+    faults::step("write", &tmp).with_path(&tmp)?;
     fill(&tmp)?;
     for entry in fs::read_dir(&tmp).with_path(&tmp)? {
         let path = entry.with_path(&tmp)?.path();
         if path.is_file() {
+            faults::step("fsync", &path).with_path(&path)?;
             File::open(&path)
                 .and_then(|f| f.sync_all())
                 .with_path(&path)?;
         }
     }
     sync_dir(&tmp)?;
+    faults::step("rename", dir).with_path(dir)?;
     if dir.exists() {
         fs::remove_dir_all(dir).with_path(dir)?;
     }

@@ -5,22 +5,21 @@ use std::path::{Path, PathBuf};
 /// Errors from reading or writing shards, manifests, tokenizers and schedule specs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An I/O operation on `path` failed.
-    #[error("{}: {source}", path.display())]
+    /// An I/O operation on `path` failed. (`cause` is in the message, so it is not also a
+    /// `source`: error chains would print it twice.)
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A shard, index or manifest does not have the expected layout.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
     /// A JSON document (manifest, state) could not be parsed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// The tokenizer file could not be loaded or lacks a required token.
     #[error("tokenizer {what}: {msg}")]
@@ -47,7 +46,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            cause: source,
         }
     }
 

@@ -13,6 +13,7 @@
 
 pub mod atomic;
 pub mod error;
+pub mod faults;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
 pub mod lock;

@@ -122,9 +122,9 @@ impl Manifest {
             ));
         }
         let bytes = std::fs::read(&path).with_path(&path)?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| Error::Json {
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|cause| Error::Json {
             path: path.clone(),
-            source,
+            cause,
         })?;
         if m.format != FORMAT_NAME {
             return Err(Error::format(

@@ -3,6 +3,7 @@
 use super::{idx, shard_name, ShardEntry, TokenDtype};
 use crate::atomic;
 use crate::error::{Error, IoContext, Result};
+use crate::faults;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -44,6 +45,7 @@ impl ShardWriter {
         let name = shard_name(number);
         let [bin_path, _] = super::pair_paths(dir, &name);
         let tmp = atomic::tmp_path(&bin_path);
+        faults::step("write", &tmp).with_path(&tmp)?;
         let file = File::create(&tmp).with_path(&tmp)?;
         Ok(ShardWriter {
             dir: dir.to_path_buf(),
@@ -129,9 +131,11 @@ impl ShardWriter {
         let file = inner
             .into_inner()
             .map_err(|e| Error::io(&bin_tmp, e.into_error()))?;
+        faults::step("fsync", &bin_tmp).with_path(&bin_tmp)?;
         file.sync_all().with_path(&bin_tmp)?;
         let bin_sha256 = hex::encode(hasher.finalize());
 
+        faults::step("write", &idx_tmp).with_path(&idx_tmp)?;
         let idx_file = File::create(&idx_tmp).with_path(&idx_tmp)?;
         let mut idx_w = HashingWriter {
             inner: BufWriter::new(idx_file),
@@ -143,9 +147,11 @@ impl ShardWriter {
         let idx_file = inner
             .into_inner()
             .map_err(|e| Error::io(&idx_tmp, e.into_error()))?;
+        faults::step("fsync", &idx_tmp).with_path(&idx_tmp)?;
         idx_file.sync_all().with_path(&idx_tmp)?;
         let idx_sha256 = hex::encode(hasher.finalize());
 
+        faults::step("rename", &bin_path).with_path(&bin_path)?;
         std::fs::rename(&bin_tmp, &bin_path).with_path(&bin_path)?;
         atomic::commit(&idx_tmp, &idx_path)?;
         Ok(ShardEntry {

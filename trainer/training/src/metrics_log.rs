@@ -55,7 +55,7 @@ impl Record {
 /// Appends records, flushing each line.
 pub struct MetricsLog {
     /// `None`: a rank that does not write the run's files.
-    file: Option<std::fs::File>,
+    file: Option<(std::fs::File, std::path::PathBuf)>,
 }
 
 impl MetricsLog {
@@ -63,7 +63,7 @@ impl MetricsLog {
     /// dropping records of steps at or after `keep_before` (a resumed run redoes them).
     pub fn open(path: &Path, keep_before: u64) -> Result<Self> {
         let kept: Vec<String> = if path.exists() {
-            read(path)?
+            read_complete(path)?
                 .into_iter()
                 .filter(|r| match r {
                     Record::Train { step, .. } => *step < keep_before,
@@ -81,7 +81,9 @@ impl MetricsLog {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(MetricsLog { file: Some(file) })
+        Ok(MetricsLog {
+            file: Some((file, path.to_path_buf())),
+        })
     }
 
     /// A log that writes nothing (the ranks of a data-parallel job other than rank 0).
@@ -91,9 +93,12 @@ impl MetricsLog {
 
     /// Appends one record.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        if let Some(file) = &mut self.file {
-            writeln!(file, "{}", serde_json::to_string(r)?)?;
-            file.flush()?;
+        if let Some((file, path)) = &mut self.file {
+            let line = format!("{}\n", serde_json::to_string(r)?);
+            shared::faults::step("append", path)
+                .and_then(|()| file.write_all(line.as_bytes()))
+                .and_then(|()| file.flush())
+                .with_context(|| format!("appending to {}", path.display()))?;
         }
         Ok(())
     }
@@ -103,6 +108,18 @@ impl MetricsLog {
 pub fn read(path: &Path) -> Result<Vec<Record>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    parse(path, &text)
+}
+
+/// [`read`], leaving out a last line cut short (no newline) by a full disk or a crash mid-append.
+fn read_complete(path: &Path) -> Result<Vec<Record>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    parse(path, complete)
+}
+
+fn parse(path: &Path, text: &str) -> Result<Vec<Record>> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
