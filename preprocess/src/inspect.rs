@@ -60,7 +60,7 @@ pub fn inspect(dir: &Path, docs: &[u64], verify: bool) -> Result<String> {
                     set.len()
                 )));
             }
-            let ids = set.doc(d).to_vec();
+            let ids = set.doc_checked(d)?.to_vec();
             let text = tok
                 .tokenizer
                 .decode(&ids, false)

@@ -83,6 +83,39 @@ pub struct ColumnRows {
     max_record_bytes: usize,
 }
 
+/// Runs a third-party decoder (arrow, parquet) on untrusted bytes, turning a panic inside it into
+/// an error naming the file. Some corrupt inputs make those crates panic (e.g. a buffer length
+/// past the end of the file in an Arrow IPC message, found by fuzzing) rather than return an
+/// error; the panic message is kept off stderr.
+fn contained<T>(path: &Path, kind: &str, decode: impl FnOnce() -> Result<T>) -> Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
+    QUIET.with(|q| q.set(false));
+    outcome.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown");
+        Err(input_err(
+            path,
+            format!("corrupt {kind} data (the {kind} decoder failed: {why})"),
+        ))
+    })
+}
+
 fn input_err(path: &Path, msg: impl Into<String>) -> Error {
     Error::Input {
         file: path.to_path_buf(),
@@ -124,14 +157,16 @@ impl RecordReader {
             }
             Format::Parquet => {
                 let (file, size) = (counting.inner, spec.size);
-                let rows =
-                    ColumnRows::parquet(path, file, size, text_field, max_record_bytes, counter)?;
+                let rows = contained(path, "parquet", || {
+                    ColumnRows::parquet(path, file, size, text_field, max_record_bytes, counter)
+                })?;
                 return Ok(RecordReader::Columnar(Box::new(rows)));
             }
             Format::Arrow => {
                 let size = spec.size;
-                let rows =
-                    ColumnRows::arrow(path, counting, size, text_field, max_record_bytes, counter)?;
+                let rows = contained(path, "Arrow IPC", || {
+                    ColumnRows::arrow(path, counting, size, text_field, max_record_bytes, counter)
+                })?;
                 return Ok(RecordReader::Columnar(Box::new(rows)));
             }
         };
@@ -338,7 +373,10 @@ impl ColumnRows {
 
     fn next_record(&mut self, path: &Path) -> Result<Option<RawRecord>> {
         while self.pending.is_empty() {
-            match self.batches.next() {
+            let kind = self.kind;
+            let batches = &mut self.batches;
+            let next = contained(path, kind, || Ok(batches.next()))?;
+            match next {
                 None => {
                     if let Some((_, size)) = self.proportional {
                         self.counter

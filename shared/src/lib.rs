@@ -16,6 +16,8 @@ pub mod error;
 pub mod faults;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
+#[cfg(feature = "test-support")]
+pub mod fuzz;
 pub mod lock;
 pub mod sampler;
 pub mod schedule;

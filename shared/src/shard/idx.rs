@@ -64,9 +64,14 @@ pub fn write_index<W: Write>(mut w: W, dtype: TokenDtype, lengths: &[u32]) -> st
 
 /// Total size in bytes of an index for `documents` documents.
 pub fn index_len(documents: usize) -> usize {
-    HEADER_LEN
-        + documents * (size_of::<i32>() + size_of::<i64>())
-        + (documents + 1) * size_of::<i64>()
+    checked_index_len(documents).expect("index size overflows usize")
+}
+
+/// [`index_len`], or `None` when a (corrupted) count makes it overflow.
+fn checked_index_len(documents: usize) -> Option<usize> {
+    let arrays = documents.checked_mul(size_of::<i32>() + size_of::<i64>())?;
+    let doc_index = documents.checked_add(1)?.checked_mul(size_of::<i64>())?;
+    HEADER_LEN.checked_add(arrays)?.checked_add(doc_index)
 }
 
 /// A validated view of an `.idx` file's bytes (usually a memory map).
@@ -115,19 +120,20 @@ impl<'a> IndexView<'a> {
         })?;
         let sequences = read_u64(bytes, SEQUENCE_COUNT_OFFSET) as usize;
         let documents = read_u64(bytes, DOCUMENT_COUNT_OFFSET) as usize;
-        if documents != sequences + 1 {
+        if Some(documents) != sequences.checked_add(1) {
             return Err(Error::format(
                 path,
                 format!("{documents} document-index entries for {sequences} sequences; maskrate expects one sequence per document"),
             ));
         }
-        let expected = index_len(sequences);
-        if bytes.len() != expected {
+        let expected = checked_index_len(sequences);
+        if Some(bytes.len()) != expected {
             return Err(Error::format(
                 path,
                 format!(
-                    "{} bytes, expected {expected} for {sequences} documents",
-                    bytes.len()
+                    "{} bytes, expected {} for {sequences} documents",
+                    bytes.len(),
+                    expected.map_or("more than fits in memory".into(), |e| e.to_string())
                 ),
             ));
         }
@@ -205,7 +211,7 @@ impl<'a> IndexView<'a> {
             return 0;
         }
         let last = self.sequences - 1;
-        self.pointer(last) / self.dtype.size() + self.length(last)
+        (self.pointer(last) / self.dtype.size()).saturating_add(self.length(last))
     }
 
     /// Index of the document holding token `t` of the shard's token stream (binary search on pointers).

@@ -263,7 +263,9 @@ impl ShardSet {
         (s, (doc - self.doc_starts[s]) as usize)
     }
 
-    /// Tokens of global document `doc`.
+    /// Tokens of global document `doc`. For shard sets already checked (tests, benchmarks): it
+    /// panics if a corrupted index points outside the `.bin`; readers of untrusted sets use
+    /// [`ShardSet::doc_checked`].
     #[inline]
     pub fn doc(&self, doc: u64) -> Tokens<'_> {
         let (s, local) = self.locate(doc);
@@ -281,10 +283,34 @@ impl ShardSet {
     /// outside the tokenizer's vocabulary: a corrupted or foreign shard must never reach an
     /// embedding lookup.
     pub fn doc_checked(&self, doc: u64) -> Result<Tokens<'_>> {
-        let tokens = self.doc(doc);
+        let (s, local) = self.locate(doc);
+        let shard = &self.shards[s];
+        let view = shard.index();
+        let (ptr, len) = (view.pointer(local), view.length(local));
+        if len == 0 {
+            return Ok(Tokens::U16(&[]));
+        }
+        let bytes = len
+            .checked_mul(shard.dtype.size())
+            .and_then(|n| ptr.checked_add(n))
+            .and_then(|end| shard.bin_bytes().get(ptr..end))
+            .filter(|_| ptr % shard.dtype.size() == 0)
+            .ok_or_else(|| {
+                Error::format(
+                    &shard.idx_path,
+                    format!(
+                        "document {local} points at bytes {ptr}+{len} tokens, outside {} ({} bytes): a corrupted index",
+                        shard.bin_path.display(),
+                        shard.bin_bytes().len()
+                    ),
+                )
+            })?;
+        let tokens = match shard.dtype {
+            TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
+            TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
+        };
         let vocab = self.manifests[0].tokenizer.vocab_size as u32;
         if let Some((at, id)) = tokens.first_at_or_above(vocab) {
-            let (s, local) = self.locate(doc);
             return Err(Error::format(
                 &self.shards[s].bin_path,
                 format!(

@@ -94,7 +94,8 @@ pub fn load(dir: &Path) -> Result<Loaded> {
     let state: CheckpointState = serde_json::from_slice(
         &std::fs::read(dir.join("state.json"))
             .with_context(|| format!("reading {}/state.json", dir.display()))?,
-    )?;
+    )
+    .with_context(|| format!("parsing {}/state.json", dir.display()))?;
     let model =
         candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
             .with_context(|| format!("reading {}/model.safetensors", dir.display()))?;
