@@ -655,6 +655,25 @@ fn inspect_decodes_documents_and_help_shows_examples() {
         "{text}"
     );
     assert!(text.contains("checksums      2 files match"), "{text}");
+    // One flipped byte (the token stays a valid id): --verify names the damaged file.
+    let bin = out.path().join("shard-00000.bin");
+    let mut bytes = std::fs::read(&bin).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&bin, bytes).unwrap();
+    let report = Command::new(env!("CARGO_BIN_EXE_preprocess"))
+        .args([
+            "inspect".as_ref(),
+            out.path().as_os_str(),
+            "--verify".as_ref(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!report.status.success());
+    let err = String::from_utf8_lossy(&report.stderr);
+    assert!(
+        err.contains("shard-00000.bin") && err.contains("manifest says"),
+        "{err}"
+    );
     let help = Command::new(env!("CARGO_BIN_EXE_preprocess"))
         .arg("--help")
         .output()

@@ -79,3 +79,46 @@ pub fn sample_shards() -> (tempfile::TempDir, std::path::PathBuf) {
     let path = dir.path().to_path_buf();
     (dir, path)
 }
+
+/// Token ids of document `i` of [`synthetic_set`]: 1 to 4 tokens, all inside bert-base-uncased's
+/// vocabulary.
+pub fn synthetic_doc(i: u64, out: &mut Vec<u32>) {
+    out.clear();
+    let len = 1 + (i % 4) as u32;
+    out.extend((0..len).map(|k| 1000 + ((i as u32).wrapping_mul(7).wrapping_add(k)) % 29_000));
+}
+
+/// Writes a shard set of `documents` tiny documents ([`synthetic_doc`]) in `shards` shards, with
+/// the bundled tokenizer: the index of a corpus of hundreds of millions of documents at a few
+/// bytes per document of `.bin`.
+pub fn synthetic_set(dir: &Path, documents: u64, shards: usize) -> crate::error::Result<()> {
+    let tok = LoadedTokenizer::load(None)?;
+    let dtype = crate::shard::TokenDtype::for_vocab(tok.info.vocab_size);
+    let per_shard = documents.div_ceil(shards.max(1) as u64).max(1);
+    let mut entries = Vec::new();
+    let mut totals = crate::shard::Totals::default();
+    let mut ids = Vec::new();
+    let mut next = 0u64;
+    while next < documents {
+        let mut w = crate::shard::writer::ShardWriter::create(dir, entries.len(), dtype)?;
+        for i in next..(next + per_shard).min(documents) {
+            synthetic_doc(i, &mut ids);
+            w.push(&ids)?;
+        }
+        next = (next + per_shard).min(documents);
+        let entry = w.finish()?;
+        totals.documents += entry.documents;
+        totals.tokens += entry.tokens;
+        entries.push(entry);
+    }
+    crate::atomic::write_file(&dir.join(crate::tokenizer::TOKENIZER_FILE), &tok.json)?;
+    crate::shard::Manifest::new(
+        tok.info.clone(),
+        dtype,
+        totals,
+        entries,
+        Vec::new(),
+        serde_json::json!({ "synthetic": documents }),
+    )
+    .save(dir)
+}

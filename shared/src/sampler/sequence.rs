@@ -45,10 +45,65 @@ pub struct Sequences {
     sep: u32,
     pad: u32,
     /// Truncate layout with a length floor: the documents kept, in order.
-    kept_docs: Option<Arc<Vec<u64>>>,
+    kept_docs: Option<Arc<KeptDocs>>,
     /// First sequence of this view (views split train and held-out sequences).
     offset: u64,
     count: u64,
+}
+
+/// The documents kept by `--min-doc-tokens`, as one bit per document plus a running count per
+/// 64 documents: 0.25 bytes per document (75 MB for 300M documents, where a list of ids would
+/// take 2.4 GB), and the j-th kept document in O(log n).
+#[derive(Debug)]
+struct KeptDocs {
+    /// Bit `d % 64` of word `d / 64`: document `d` is kept.
+    words: Vec<u64>,
+    /// Kept documents before word `w`.
+    before: Vec<u64>,
+    count: u64,
+}
+
+impl KeptDocs {
+    /// Scans `documents` documents (in parallel) with `keep`.
+    fn new(documents: u64, keep: impl Fn(u64) -> bool + Sync) -> Self {
+        use rayon::prelude::*;
+        let words: Vec<u64> = (0..documents.div_ceil(64))
+            .into_par_iter()
+            .map(|w| {
+                (0..64u64)
+                    .filter(|b| {
+                        let d = w * 64 + b;
+                        d < documents && keep(d)
+                    })
+                    .fold(0u64, |acc, b| acc | 1 << b)
+            })
+            .collect();
+        let mut before = Vec::with_capacity(words.len());
+        let mut count = 0u64;
+        for w in &words {
+            before.push(count);
+            count += w.count_ones() as u64;
+        }
+        KeptDocs {
+            words,
+            before,
+            count,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.count
+    }
+
+    /// The `j`-th kept document (`j < len`).
+    fn select(&self, j: u64) -> u64 {
+        let w = self.before.partition_point(|&b| b <= j) - 1;
+        let mut word = self.words[w];
+        for _ in 0..j - self.before[w] {
+            word &= word - 1; // drop the lowest set bit
+        }
+        w as u64 * 64 + word.trailing_zeros() as u64
+    }
 }
 
 impl Sequences {
@@ -69,10 +124,8 @@ impl Sequences {
         let count = match layout {
             Layout::Truncate => {
                 if min_doc_tokens > 1 {
-                    let kept: Vec<u64> = (0..shards.len())
-                        .filter(|&d| shards.doc_len(d) >= min_doc_tokens)
-                        .collect();
-                    let n = kept.len() as u64;
+                    let kept = KeptDocs::new(shards.len(), |d| shards.doc_len(d) >= min_doc_tokens);
+                    let n = kept.len();
                     kept_docs = Some(Arc::new(kept));
                     n
                 } else {
@@ -165,7 +218,7 @@ impl Sequences {
         out[0] = self.cls;
         match self.layout {
             Layout::Truncate => {
-                let doc = self.kept_docs.as_ref().map_or(j, |k| k[j as usize]);
+                let doc = self.kept_docs.as_ref().map_or(j, |k| k.select(j));
                 let tokens = self.shards.doc_checked(doc)?;
                 let n = tokens.len().min(body);
                 tokens.slice(0..n).copy_to(&mut out[1..1 + n]);
@@ -217,5 +270,37 @@ impl Sequences {
             }
         }
         lo - 1
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::KeptDocs;
+
+    #[test]
+    fn select_finds_the_jth_kept_document() {
+        for (n, sparse) in [
+            (1u64, false),
+            (63, false),
+            (64, false),
+            (65, false),
+            (1000, false),
+            (5000, true),
+        ] {
+            // Dense, or sparse enough that whole 64-document words keep nothing.
+            let keep = |d: u64| {
+                if sparse {
+                    d % 200 == 7
+                } else {
+                    d % 3 == 0 || d % 7 == 5
+                }
+            };
+            let kept = KeptDocs::new(n, keep);
+            let want: Vec<u64> = (0..n).filter(|&d| keep(d)).collect();
+            assert_eq!(kept.len(), want.len() as u64);
+            for (j, &d) in want.iter().enumerate() {
+                assert_eq!(kept.select(j as u64), d, "n {n} j {j}");
+            }
+        }
     }
 }

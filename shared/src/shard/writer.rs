@@ -95,8 +95,9 @@ impl ShardWriter {
                 }
             }
         }
-        let path = self.bin_path();
-        self.bin.write_all(&self.scratch).with_path(path)?;
+        if let Err(e) = self.bin.write_all(&self.scratch) {
+            return Err(Error::io(self.bin_path(), e));
+        }
         self.lengths.push(len);
         self.tokens += ids.len() as u64;
         Ok(())
