@@ -292,7 +292,7 @@ mod kept_tests {
                 if sparse {
                     d % 200 == 7
                 } else {
-                    d % 3 == 0 || d % 7 == 5
+                    d.is_multiple_of(3) || d % 7 == 5
                 }
             };
             let kept = KeptDocs::new(n, keep);
