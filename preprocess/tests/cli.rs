@@ -1,5 +1,6 @@
 //! End-to-end tests of the `preprocess` binary on the bundled fixtures.
 
+use shared::fixtures::files_of;
 use shared::shard::ShardSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -61,21 +62,6 @@ fn reference_ids() -> Vec<(u64, Vec<u32>)> {
             )
         })
         .collect()
-}
-
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]

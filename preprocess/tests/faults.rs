@@ -3,6 +3,7 @@
 //! step (shard written, fsynced, renamed; journal; manifest), and ENOSPC/EIO at every step, each
 //! followed by a plain re-run that must end byte-identical to an uninterrupted run.
 
+use shared::fixtures::files_of;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,19 +22,6 @@ fn run(args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Output {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
-}
-
-fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(e.path()).unwrap())
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// The durable steps a run makes, from `MASKRATE_FAULT_LOG`.

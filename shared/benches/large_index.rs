@@ -15,15 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    shared::fixtures::resident_kb() as f64 / 1024.0
 }
 
 fn ensure(dir: &Path, docs: u64) {

@@ -122,3 +122,39 @@ pub fn synthetic_set(dir: &Path, documents: u64, shards: usize) -> crate::error:
     )
     .save(dir)
 }
+
+/// Every file directly in `dir` with its bytes, sorted by name (to compare output directories).
+pub fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("directory")
+        .map(|e| e.expect("entry"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, std::fs::read(e.path()).expect("file"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Copies every file of `from` into `to` except the one named `except`.
+pub fn copy_dir_except(from: &Path, to: &Path, except: &str) {
+    for e in std::fs::read_dir(from).expect("directory") {
+        let e = e.expect("entry");
+        if e.file_name() != except {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+/// This process's resident memory in kB (`VmRSS`; 0 where `/proc` has no such line).
+pub fn resident_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -18,15 +18,6 @@ fn valid_set() -> tempfile::TempDir {
     dir
 }
 
-fn copy_all_but(from: &Path, to: &Path, except: &str) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != except {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 /// Opens the set in `path`'s directory and reads every document through the checked path.
 fn open_and_read(path: &Path) -> Result<(), String> {
     let set = ShardSet::open(path.parent().unwrap()).map_err(|e| e.to_string())?;
@@ -58,7 +49,8 @@ fn fuzz_idx_header_and_arrays() {
 fn fuzz_shard_set_with_a_damaged_idx() {
     let set = valid_set();
     let seeds = vec![std::fs::read(set.path().join("shard-00000.idx")).unwrap()];
-    let prepare = |dir: &Path| copy_all_but(set.path(), dir, "shard-00000.idx");
+    let prepare =
+        |dir: &Path| shared::fixtures::copy_dir_except(set.path(), dir, "shard-00000.idx");
     fuzz(
         "set-idx",
         "shard-00000.idx",
@@ -72,7 +64,8 @@ fn fuzz_shard_set_with_a_damaged_idx() {
 fn fuzz_shard_set_with_a_damaged_bin() {
     let set = valid_set();
     let seeds = vec![std::fs::read(set.path().join("shard-00000.bin")).unwrap()];
-    let prepare = |dir: &Path| copy_all_but(set.path(), dir, "shard-00000.bin");
+    let prepare =
+        |dir: &Path| shared::fixtures::copy_dir_except(set.path(), dir, "shard-00000.bin");
     fuzz(
         "set-bin",
         "shard-00000.bin",
@@ -86,7 +79,7 @@ fn fuzz_shard_set_with_a_damaged_bin() {
 fn fuzz_manifest() {
     let set = valid_set();
     let seeds = vec![std::fs::read(set.path().join("manifest.json")).unwrap()];
-    let prepare = |dir: &Path| copy_all_but(set.path(), dir, "manifest.json");
+    let prepare = |dir: &Path| shared::fixtures::copy_dir_except(set.path(), dir, "manifest.json");
     fuzz(
         "manifest",
         "manifest.json",
@@ -108,7 +101,7 @@ fn fuzz_regressions_stay_fixed() {
     assert!(err.contains("shard-00000.idx"), "{err}");
     // An `.idx` whose pointers lead outside the `.bin`, inside an otherwise valid set.
     let dir = tempfile::tempdir().unwrap();
-    copy_all_but(set.path(), dir.path(), "shard-00000.idx");
+    shared::fixtures::copy_dir_except(set.path(), dir.path(), "shard-00000.idx");
     std::fs::copy(
         fixtures.join("set-idx-pointer-outside-bin.idx"),
         dir.path().join("shard-00000.idx"),

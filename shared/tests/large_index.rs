@@ -8,25 +8,14 @@ use shared::shard::ShardSet;
 use shared::tokenizer::LoadedTokenizer;
 use std::sync::Arc;
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn millions_of_documents_open_in_constant_memory_and_batch_correctly() {
     const DOCS: u64 = 3_000_000;
     let dir = tempfile::tempdir().unwrap();
     synthetic_set(dir.path(), DOCS, 3).unwrap();
-    let before = rss_kb();
+    let before = shared::fixtures::resident_kb();
     let set = Arc::new(ShardSet::open(dir.path()).unwrap());
-    let grown = rss_kb().saturating_sub(before);
+    let grown = shared::fixtures::resident_kb().saturating_sub(before);
     assert_eq!(set.len(), DOCS);
     // The index is ~60 MB; opening maps it and reads headers and one entry per shard.
     assert!(

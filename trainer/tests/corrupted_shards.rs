@@ -2,31 +2,16 @@
 //! naming the shard (never an out-of-range embedding lookup), `--verify-shards` finds a flipped
 //! byte before training, and `--resume` refuses a shard set replaced while the run was stopped.
 
+mod common;
+
 use shared::fixtures::{sample_docs, write_set};
 use std::path::Path;
 use std::process::{Command, Output};
 
 fn train(shards: &Path, out: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args([
-            "--model",
-            "tiny",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "8",
-            "--eval-every",
-            "0",
-            "--eval-sequences",
-            "8",
-            "--quiet",
-        ])
+        .args(common::tiny_flags())
+        .args(["--eval-every", "0"])
         .arg("--shards")
         .arg(shards)
         .arg("--out")

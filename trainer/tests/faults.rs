@@ -4,7 +4,9 @@
 //! next (`--resume` when a checkpoint exists, else the same command); the run must end with the
 //! uninterrupted run's loss curve and final weights.
 
-use shared::fixtures::sample_shards;
+mod common;
+
+use shared::fixtures::{files_of, sample_shards};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -20,32 +22,11 @@ fn trainer(args: &[&std::ffi::OsStr], env: &[(&str, String)]) -> Output {
 }
 
 fn train_args(shards: &Path, out: &Path, resume: bool) -> Vec<std::ffi::OsString> {
-    let mut v: Vec<std::ffi::OsString> = [
-        "--model",
-        "tiny",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--intermediate",
-        "64",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "8",
-        "--eval-sequences",
-        "8",
-        "--eval-every",
-        "3",
-        "--steps",
-        "6",
-        "--save-every",
-        "1",
-        "--quiet",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let mut v: Vec<std::ffi::OsString> = common::tiny_flags()
+        .into_iter()
+        .chain(["--eval-every", "3", "--steps", "6", "--save-every", "1"].map(String::from))
+        .map(Into::into)
+        .collect();
     v.extend(["--shards".into(), shards.into(), "--out".into(), out.into()]);
     if resume {
         v.push("--resume".into());
@@ -203,21 +184,7 @@ fn export_survives_a_kill_or_an_io_error_at_every_durable_step() {
     )
     .status
     .success());
-    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
-        let mut v: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap())
-            .map(|e| {
-                (
-                    e.file_name().to_string_lossy().into_owned(),
-                    std::fs::read(e.path()).unwrap(),
-                )
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let want = files(&reference);
+    let want = files_of(&reference);
     let steps = std::fs::read_to_string(&log).unwrap().lines().count();
     assert!(steps >= 6, "{steps}");
     for k in 1..=steps {
@@ -232,7 +199,7 @@ fn export_survives_a_kill_or_an_io_error_at_every_durable_step() {
                 export(&out, &[]).status.success(),
                 "re-export after {var}={k}"
             );
-            assert!(files(&out) == want, "{var}={k}: exported files differ");
+            assert!(files_of(&out) == want, "{var}={k}: exported files differ");
         }
     }
     eprintln!("export: {steps} kill points and {steps} I/O-error points survived");

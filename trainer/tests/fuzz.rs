@@ -58,15 +58,6 @@ fn checkpoint() -> (tempfile::TempDir, tempfile::TempDir, PathBuf) {
     (keep, root, dir)
 }
 
-fn copy_all_but(from: &Path, to: &Path, except: &str) {
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_name() != except {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}
-
 fn load_checkpoint(path: &Path) -> Result<(), String> {
     training::checkpoint::load(path.parent().unwrap())
         .map(|_| ())
@@ -78,7 +69,7 @@ fn fuzz_checkpoint_state_and_safetensors() {
     let (_keep, _root, dir) = checkpoint();
     for name in ["state.json", "model.safetensors", "optimizer.safetensors"] {
         let seeds = vec![std::fs::read(dir.join(name)).unwrap()];
-        let prepare = |case: &Path| copy_all_but(&dir, case, name);
+        let prepare = |case: &Path| shared::fixtures::copy_dir_except(&dir, case, name);
         fuzz(
             &format!("checkpoint-{name}"),
             name,

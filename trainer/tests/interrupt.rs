@@ -1,6 +1,8 @@
 //! The `trainer` binary end to end on tiny configurations: SIGINT saves a checkpoint that resumes
 //! the uninterrupted run exactly.
 
+mod common;
+
 use shared::fixtures::sample_shards;
 use training::metrics_log::{read, Record};
 
@@ -25,33 +27,20 @@ fn sigint_saves_and_resume_matches_an_uninterrupted_run() {
     let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
     let flags = |out: &std::path::Path| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "--model",
-            "tiny",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--seq-len",
-            "32",
-            "--batch-size",
-            "8",
-            "--micro-batch",
-            "8",
-            "--eval-sequences",
-            "8",
-            "--steps",
-            "60",
-            "--save-every",
-            "1000",
-            "--eval-every",
-            "0",
-            "--quiet",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut v = common::tiny_flags();
+        v.extend(
+            [
+                "--micro-batch",
+                "8",
+                "--steps",
+                "60",
+                "--save-every",
+                "1000",
+                "--eval-every",
+                "0",
+            ]
+            .map(String::from),
+        );
         v.extend(["--shards".into(), shards.display().to_string()]);
         v.extend(["--out".into(), out.display().to_string()]);
         v
