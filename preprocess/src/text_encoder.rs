@@ -132,14 +132,6 @@ impl<'a> TextEncoder<'a> {
         TextEncoder::Legacy(&loaded.tokenizer)
     }
 
-    /// Short name of the library in use, for logs and run configs.
-    pub fn library(&self) -> &'static str {
-        match self {
-            TextEncoder::Pipeline { .. } => "tokenizers 1.0.0-rc.3 pipeline",
-            TextEncoder::Legacy(_) => "tokenizers 0.23",
-        }
-    }
-
     /// Appends the ids of `text` (no special tokens added) to `out`; `scratch` is reused between
     /// calls so the pipeline allocates nothing per document.
     pub fn encode_into(
@@ -154,13 +146,7 @@ impl<'a> TextEncoder<'a> {
             }
             TextEncoder::Pipeline {
                 tokenizer, options, ..
-            } => {
-                scratch.clear();
-                tokenizer
-                    .encode_into(text, options, scratch)
-                    .map_err(|e| e.to_string())?;
-                out.extend_from_slice(PipelineToken::cast_slice(scratch));
-            }
+            } => out.extend_from_slice(encode_pipeline(tokenizer, options, text, scratch)?),
             TextEncoder::Legacy(tokenizer) => encode_legacy(tokenizer, text, out)?,
         }
         Ok(())
@@ -175,9 +161,9 @@ impl<'a> TextEncoder<'a> {
         else {
             return None;
         };
-        scratch.clear();
-        tokenizer.encode_into(text, options, scratch).ok()?;
-        Some(PipelineToken::cast_slice(scratch).to_vec())
+        encode_pipeline(tokenizer, options, text, scratch)
+            .ok()
+            .map(<[u32]>::to_vec)
     }
 
     /// Compares this encoder with the oracle on [`PROBES`]; the first text they disagree on.
@@ -215,6 +201,20 @@ const PROBES: &[&str] = &[
     "  leading and trailing whitespace  ",
     "",
 ];
+
+/// The pipeline's ids for `text`, in `scratch`.
+fn encode_pipeline<'s>(
+    tokenizer: &PipelineTokenizer,
+    options: &EncodeOptions,
+    text: &str,
+    scratch: &'s mut Vec<PipelineToken>,
+) -> Result<&'s [u32], String> {
+    scratch.clear();
+    tokenizer
+        .encode_into(text, options, scratch)
+        .map_err(|e| e.to_string())?;
+    Ok(PipelineToken::cast_slice(scratch))
+}
 
 fn encode_legacy(tokenizer: &Tokenizer, text: &str, out: &mut Vec<u32>) -> Result<(), String> {
     let encoding = tokenizer

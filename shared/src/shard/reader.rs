@@ -263,56 +263,66 @@ impl ShardSet {
         (s, (doc - self.doc_starts[s]) as usize)
     }
 
+    /// Document `local` of shard `s` as a slice of the shard's map; `None` when a corrupted index
+    /// points outside the `.bin` (or at a misaligned offset).
+    #[inline]
+    fn slice(&self, s: usize, local: usize) -> Option<Tokens<'_>> {
+        let shard = &self.shards[s];
+        let view = shard.index();
+        let (ptr, len) = (view.pointer(local), view.length(local));
+        if len == 0 {
+            return Some(Tokens::U16(&[]));
+        }
+        let size = shard.dtype.size();
+        let end = ptr.checked_add(len.checked_mul(size)?)?;
+        let bytes = shard
+            .bin_bytes()
+            .get(ptr..end)
+            .filter(|_| ptr % size == 0)?;
+        Some(match shard.dtype {
+            TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
+            TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
+        })
+    }
+
     /// Tokens of global document `doc`. For shard sets already checked (tests, benchmarks): it
     /// panics if a corrupted index points outside the `.bin`; readers of untrusted sets use
     /// [`ShardSet::doc_checked`].
     #[inline]
     pub fn doc(&self, doc: u64) -> Tokens<'_> {
         let (s, local) = self.locate(doc);
-        let shard = &self.shards[s];
-        let view = shard.index();
-        let (ptr, len) = (view.pointer(local), view.length(local));
-        let bytes = &shard.bin_bytes()[ptr..ptr + len * shard.dtype.size()];
-        match shard.dtype {
-            TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
-            TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
-        }
+        self.slice(s, local).unwrap_or_else(|| {
+            panic!(
+                "{}: document {local} points outside {}",
+                self.shards[s].idx_path.display(),
+                self.shards[s].bin_path.display()
+            )
+        })
     }
 
-    /// Tokens of global document `doc`, refused (naming the shard file and document) if an id is
-    /// outside the tokenizer's vocabulary: a corrupted or foreign shard must never reach an
-    /// embedding lookup.
+    /// Tokens of global document `doc`, refused (naming the shard file and document) if the
+    /// index points outside the `.bin` or an id is outside the tokenizer's vocabulary: a
+    /// corrupted or foreign shard must never reach an embedding lookup.
     pub fn doc_checked(&self, doc: u64) -> Result<Tokens<'_>> {
         let (s, local) = self.locate(doc);
         let shard = &self.shards[s];
-        let view = shard.index();
-        let (ptr, len) = (view.pointer(local), view.length(local));
-        if len == 0 {
-            return Ok(Tokens::U16(&[]));
-        }
-        let bytes = len
-            .checked_mul(shard.dtype.size())
-            .and_then(|n| ptr.checked_add(n))
-            .and_then(|end| shard.bin_bytes().get(ptr..end))
-            .filter(|_| ptr % shard.dtype.size() == 0)
-            .ok_or_else(|| {
-                Error::format(
-                    &shard.idx_path,
-                    format!(
-                        "document {local} points at bytes {ptr}+{len} tokens, outside {} ({} bytes): a corrupted index",
-                        shard.bin_path.display(),
-                        shard.bin_bytes().len()
-                    ),
-                )
-            })?;
-        let tokens = match shard.dtype {
-            TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
-            TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
-        };
+        let tokens = self.slice(s, local).ok_or_else(|| {
+            let view = shard.index();
+            Error::format(
+                &shard.idx_path,
+                format!(
+                    "document {local} points at bytes {}+{} tokens, outside {} ({} bytes): a corrupted index",
+                    view.pointer(local),
+                    view.length(local),
+                    shard.bin_path.display(),
+                    shard.bin_bytes().len()
+                ),
+            )
+        })?;
         let vocab = self.manifests[0].tokenizer.vocab_size as u32;
         if let Some((at, id)) = tokens.first_at_or_above(vocab) {
             return Err(Error::format(
-                &self.shards[s].bin_path,
+                &shard.bin_path,
                 format!(
                     "document {local} (document {doc} of the set) holds token id {id} at position {at}, outside the vocabulary of {vocab}: a corrupted or foreign shard (check it with `preprocess inspect --verify`)"
                 ),

@@ -381,6 +381,7 @@ pub fn pretrain(
     });
 
     // Resume.
+    let shards_fingerprint = data.shards.fingerprint();
     let mut start = 0u64;
     if args.resume {
         let Some((_, dir)) = checkpoint::list(&out)?.pop() else {
@@ -389,19 +390,18 @@ pub fn pretrain(
         let loaded = checkpoint::load(&dir)?;
         // The shard contents are part of the run: a set rebuilt or replaced under the same path
         // while the run was stopped would silently change the data stream.
-        let shards_now = data.shards.fingerprint();
         if let Some(saved) = loaded
             .state
             .config
             .get(SHARDS_FINGERPRINT)
             .and_then(|v| v.as_str())
         {
-            if saved != shards_now {
+            if saved != shards_fingerprint {
                 bail!(
                     "--resume: the shards in {} changed since {} was written (content fingerprint {}, the checkpoint's {}): resume with the shard set it was trained on",
                     args.data.shards.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                     dir.display(),
-                    &shards_now[..16],
+                    &shards_fingerprint[..16],
                     &saved[..saved.len().min(16)]
                 );
             }
@@ -475,7 +475,6 @@ pub fn pretrain(
     bar.set_position(start);
 
     // Rank 0 saves; every rank holds the same parameters (checked every --check-every steps).
-    let shards_fingerprint = data.shards.fingerprint();
     let save = |opt: &AdamW, step: u64| -> Result<Option<PathBuf>> {
         if !writer {
             return Ok(None);
