@@ -8,8 +8,8 @@
 //!
 //! Run: `cargo bench -p preprocess --bench throughput` (optionally `-- PATH` for another corpus).
 
-use preprocess::encode::extract_text;
 use preprocess::input::discover;
+use preprocess::record_encoder::extract_text;
 use preprocess::records::{Payload, RecordReader};
 use preprocess::text_encoder::TextEncoder;
 use rayon::prelude::*;

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// Renders the report for `dir`; `docs` are decoded, `verify` recomputes every checksum.
+/// Kept whole: the report's sections in the order they are printed.
 pub fn inspect(dir: &Path, docs: &[u64], verify: bool) -> Result<String> {
     let set = ShardSet::open(dir)?;
     let m = &set.manifests()[0];

@@ -41,84 +41,25 @@ fn output_err(dir: &Path, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Runs (or resumes, or confirms) the preprocessing described by `cfg`.
+/// Runs (or resumes, or confirms) the preprocessing described by `cfg`: the output directory's
+/// state decides (finished by the same command: nothing to do; unfinished: resume from the
+/// journal; fresh: start), then the pipeline runs and the manifest is written last.
 pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
     let tok = LoadedTokenizer::load(cfg.tokenizer.as_deref())?;
     let fingerprint = cfg.fingerprint(&tok.info.sha256);
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| output_err(dir, format!("cannot create: {e}")))?;
     let _lock = DirLock::acquire(dir, "preprocess")?;
-
     if cfg.overwrite {
-        for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
-            let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
-            if is_ours(&entry.file_name().to_string_lossy()) {
-                std::fs::remove_file(entry.path()).map_err(|e| {
-                    output_err(
-                        dir,
-                        format!("cannot remove {}: {e}", entry.path().display()),
-                    )
-                })?;
-            }
-        }
+        remove_our_files(dir)?;
     }
-
-    // Finished already?
-    if dir.join(MANIFEST_FILE).exists() {
-        let manifest = Manifest::load(dir)?;
-        if manifest
-            .options
-            .get("run_fingerprint")
-            .and_then(|v| v.as_str())
-            == Some(fingerprint.as_str())
-        {
-            let _ = std::fs::remove_file(Journal::path(dir));
-            let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
-            let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
-            return Ok(Outcome {
-                manifest,
-                summary,
-                already_done: true,
-            });
-        }
-        return Err(output_err(dir, "holds a finished shard set made from other inputs, options or tokenizer; choose another --out or pass --overwrite"));
+    if let Some(done) = already_finished(dir, &fingerprint)? {
+        return Ok(done);
     }
-
     atomic::clean_temporaries(dir)?;
-    let journal = match Journal::load(dir)? {
-        Some(j) if j.run_fingerprint == fingerprint => j,
-        Some(_) => return Err(output_err(dir, "holds an unfinished run of a different command (other inputs, options or tokenizer); re-run that command to finish it, or pass --overwrite")),
-        None => {
-            let foreign: Vec<String> = std::fs::read_dir(dir)
-                .map_err(|e| output_err(dir, e.to_string()))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| is_ours(n) && n != TOKENIZER_FILE)
-                .collect();
-            if !foreign.is_empty() {
-                return Err(output_err(dir, format!("holds shard files ({}) but no {JOURNAL_FILE}; pass --overwrite to replace them", foreign.join(", "))));
-            }
-            // Journaled before the first shard file exists: a run killed while committing its
-            // first shard is then a resumable run, not a directory of unexplained files.
-            let fresh = Journal { run_fingerprint: fingerprint.clone(), ..Default::default() };
-            fresh.save(dir)?;
-            fresh
-        }
-    };
+    let journal = open_journal(dir, &fingerprint)?;
     let resumed = !journal.shards.is_empty() || journal.next_file > 0;
-    // Shards past the journal (committed just before a kill, not yet journaled) are rebuilt identically.
-    for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
-        let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("shard-")
-            && !journal
-                .shards
-                .iter()
-                .any(|s| name.starts_with(&format!("{}.", s.name)))
-        {
-            std::fs::remove_file(entry.path()).map_err(|e| output_err(dir, e.to_string()))?;
-        }
-    }
+    remove_unjournaled_shards(dir, &journal)?;
     atomic::write_file(&dir.join(TOKENIZER_FILE), &tok.json)?;
 
     let dtype = TokenDtype::for_vocab(tok.info.vocab_size);
@@ -146,7 +87,114 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
         let _ = atomic::clean_temporaries(dir);
         return Err(e);
     }
+    let manifest = write_manifest(cfg, dir, &tok, dtype, fingerprint, &sink)?;
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+    let summary = summary(
+        &manifest.totals,
+        manifest.shards.len(),
+        bytes,
+        progress.elapsed_secs(),
+        resumed,
+    );
+    Ok(Outcome {
+        manifest,
+        summary,
+        already_done: false,
+    })
+}
 
+/// `--overwrite`: removes every file this tool owns from `dir` (and nothing else).
+fn remove_our_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
+        let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
+        if is_ours(&entry.file_name().to_string_lossy()) {
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                output_err(
+                    dir,
+                    format!("cannot remove {}: {e}", entry.path().display()),
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The outcome when `dir` already holds the finished output of this very command; an error when
+/// it holds another command's; `None` when it is not finished.
+fn already_finished(dir: &Path, fingerprint: &str) -> Result<Option<Outcome>> {
+    if !dir.join(MANIFEST_FILE).exists() {
+        return Ok(None);
+    }
+    let manifest = Manifest::load(dir)?;
+    if manifest
+        .options
+        .get("run_fingerprint")
+        .and_then(|v| v.as_str())
+        != Some(fingerprint)
+    {
+        return Err(output_err(dir, "holds a finished shard set made from other inputs, options or tokenizer; choose another --out or pass --overwrite"));
+    }
+    let _ = std::fs::remove_file(Journal::path(dir));
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+    let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
+    Ok(Some(Outcome {
+        manifest,
+        summary,
+        already_done: true,
+    }))
+}
+
+/// The journal of the unfinished run in `dir` (which must be this command's), or a new one
+/// saved before the first shard file exists: a run killed while committing its first shard is
+/// then a resumable run, not a directory of unexplained files.
+fn open_journal(dir: &Path, fingerprint: &str) -> Result<Journal> {
+    match Journal::load(dir)? {
+        Some(j) if j.run_fingerprint == fingerprint => Ok(j),
+        Some(_) => Err(output_err(dir, "holds an unfinished run of a different command (other inputs, options or tokenizer); re-run that command to finish it, or pass --overwrite")),
+        None => {
+            let foreign: Vec<String> = std::fs::read_dir(dir)
+                .map_err(|e| output_err(dir, e.to_string()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| is_ours(n) && n != TOKENIZER_FILE)
+                .collect();
+            if !foreign.is_empty() {
+                return Err(output_err(dir, format!("holds shard files ({}) but no {JOURNAL_FILE}; pass --overwrite to replace them", foreign.join(", "))));
+            }
+            let fresh = Journal { run_fingerprint: fingerprint.to_string(), ..Default::default() };
+            fresh.save(dir)?;
+            Ok(fresh)
+        }
+    }
+}
+
+/// Removes shards past the journal (committed just before a kill, not yet journaled): they are
+/// rebuilt identically.
+fn remove_unjournaled_shards(dir: &Path, journal: &Journal) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| output_err(dir, e.to_string()))? {
+        let entry = entry.map_err(|e| output_err(dir, e.to_string()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shard-")
+            && !journal
+                .shards
+                .iter()
+                .any(|s| name.starts_with(&format!("{}.", s.name)))
+        {
+            std::fs::remove_file(entry.path()).map_err(|e| output_err(dir, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `manifest.json` (the last file of a finished set) and removes the journal.
+fn write_manifest(
+    cfg: &RunConfig,
+    dir: &Path,
+    tok: &LoadedTokenizer,
+    dtype: TokenDtype,
+    fingerprint: String,
+    sink: &Sink,
+) -> Result<Manifest> {
     let mut options = serde_json::to_value(&cfg.output).expect("serializes");
     options["run_fingerprint"] = serde_json::Value::String(fingerprint);
     let inputs = cfg
@@ -168,17 +216,5 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
     manifest.save(dir)?;
     std::fs::remove_file(Journal::path(dir))
         .map_err(|e| output_err(dir, format!("cannot remove {JOURNAL_FILE}: {e}")))?;
-    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
-    let summary = summary(
-        &manifest.totals,
-        manifest.shards.len(),
-        bytes,
-        progress.elapsed_secs(),
-        resumed,
-    );
-    Ok(Outcome {
-        manifest,
-        summary,
-        already_done: false,
-    })
+    Ok(manifest)
 }

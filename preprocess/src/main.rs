@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::Parser;
-use preprocess::cli::{Cli, Command};
+use preprocess::cli::Cli;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -17,57 +17,17 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Merge(args)) => {
-            let (manifest, copied) = preprocess::merge::merge(&args.dirs, &args.out)?;
-            println!(
-                "merged {} shard set(s) into {}: {} shards, {} documents, {} tokens{}",
-                args.dirs.len(),
-                args.out.display(),
-                manifest.shards.len(),
-                manifest.totals.documents,
-                manifest.totals.tokens,
-                if copied > 0 {
-                    format!(" ({copied} files copied: not on the same filesystem)")
-                } else {
-                    String::new()
-                }
-            );
-        }
-        Some(Command::Inspect(args)) => print!(
-            "{}",
-            preprocess::inspect::inspect(&args.dir, &args.docs, args.verify)?
-        ),
-        None => {
-            let cfg = cli.run.into_config()?;
-            eprintln!(
-                "preprocess: {} input file(s), {:.1} MB -> {}\nconfig: {}",
-                cfg.inputs.len(),
-                cfg.inputs.iter().map(|f| f.size).sum::<u64>() as f64 / 1e6,
-                cfg.out.display(),
-                serde_json::json!({
-                    "tokenizer": cfg.tokenizer.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| shared::tokenizer::BUNDLED_NAME.into()),
-                    "threads": cfg.threads,
-                    "options": cfg.output,
-                })
-            );
-            let interrupted = Arc::new(AtomicBool::new(false));
-            let flag = interrupted.clone();
-            ctrlc::set_handler(move || {
-                if flag.swap(true, Ordering::SeqCst) {
-                    std::process::exit(130); // second Ctrl-C: leave now; the journal is still consistent
-                }
-                eprintln!("\ninterrupt: stopping after in-flight work; committed shards are kept");
-            })?;
-            let outcome = preprocess::job::preprocess(&cfg, &interrupted)?;
-            if outcome.already_done {
-                eprintln!(
-                    "{} is already complete for this command; nothing to do",
-                    cfg.out.display()
-                );
+    let interrupted = Arc::new(AtomicBool::new(false));
+    if cli.command.is_none() {
+        // A preprocessing run stops cleanly on Ctrl-C; merge and inspect keep the default.
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130); // second Ctrl-C: leave now; the journal is still consistent
             }
-            println!("{}", outcome.summary);
-        }
+            eprintln!("\ninterrupt: stopping after in-flight work; committed shards are kept");
+        })?;
     }
+    preprocess::command::run(cli, &interrupted)?;
     Ok(())
 }

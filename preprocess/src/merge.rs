@@ -26,6 +26,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<bool> {
 }
 
 /// Merges the shard sets in `inputs` into `out`; returns the new manifest and how many files were copied rather than linked.
+/// Kept whole: check, copy, manifest: the steps of a merge in the order they commit.
 pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
     if inputs.is_empty() {
         return Err(Error::Usage(

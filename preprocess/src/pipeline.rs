@@ -13,10 +13,10 @@
 //! size (plus one shard's index in memory), whatever the corpus. Output order is input order, so
 //! bytes do not depend on the number of workers or readers.
 
-use crate::encode::{Encoded, Encoder, Outcome};
 use crate::error::{Error, Result};
 use crate::journal::Journal;
 use crate::progress::Progress;
+use crate::record_encoder::{Encoded, Encoder, Outcome};
 use crate::records::Payload;
 use crate::records::{RawRecord, RecordReader};
 use crate::run_config::RunConfig;
@@ -122,6 +122,7 @@ pub const WORKERS_PER_READER: usize = 12;
 /// Files are read by `R` reader threads (file `start + i` by reader `i mod R`), each with its own
 /// share of the chunk window, so a reader running ahead on a later file can never starve the one
 /// whose file the writer is waiting for.
+/// Kept whole: the three stages and their channel wiring read best side by side.
 pub fn tokenize_into_shards<'a>(
     cfg: &'a RunConfig,
     text_encoder: &TextEncoder,
@@ -140,16 +141,7 @@ pub fn tokenize_into_shards<'a>(
     let window = per_reader * readers;
     let (work_tx, work_rx) = bounded::<Chunk>(window);
     let (done_tx, done_rx) = bounded::<Done>(window);
-    let mut ticket_txs = Vec::with_capacity(readers);
-    let mut ticket_rxs = Vec::with_capacity(readers);
-    for _ in 0..readers {
-        let (tx, rx) = bounded::<()>(per_reader);
-        for _ in 0..per_reader {
-            tx.send(()).expect("fresh channel");
-        }
-        ticket_txs.push(tx);
-        ticket_rxs.push(rx);
-    }
+    let (ticket_txs, ticket_rxs) = ticket_windows(readers, per_reader);
     let stop = AtomicBool::new(false);
     let bytes_read = progress.bytes_counter();
     // Files finished before the resume point count as read.
@@ -188,23 +180,7 @@ pub fn tokenize_into_shards<'a>(
                 max_tokens_per_doc: cfg.output.max_tokens_per_doc,
                 scratch: Vec::new(),
             };
-            scope.spawn(move || {
-                for chunk in work_rx.iter() {
-                    let encoded = encoder.encode_all(chunk.records);
-                    if done_tx
-                        .send(Done {
-                            seq: chunk.seq,
-                            file: chunk.file,
-                            encoded,
-                            last: chunk.last,
-                            error: chunk.error,
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
+            scope.spawn(move || encode_chunks(&mut encoder, &work_rx, &done_tx));
         }
         drop(work_rx);
         drop(done_tx);
@@ -230,6 +206,37 @@ pub fn tokenize_into_shards<'a>(
         )));
     }
     Ok(())
+}
+
+/// One window of `per_reader` tickets per reader: a reader takes a ticket per chunk it sends and
+/// gets it back when the writer has written that chunk.
+fn ticket_windows(readers: usize, per_reader: usize) -> (Vec<Sender<()>>, Vec<Receiver<()>>) {
+    (0..readers)
+        .map(|_| {
+            let (tx, rx) = bounded::<()>(per_reader);
+            for _ in 0..per_reader {
+                tx.send(()).expect("fresh channel");
+            }
+            (tx, rx)
+        })
+        .unzip()
+}
+
+/// One worker thread: tokenizes chunks until the readers are done or the writer has stopped.
+fn encode_chunks(encoder: &mut Encoder<'_>, work_rx: &Receiver<Chunk>, done_tx: &Sender<Done>) {
+    for chunk in work_rx.iter() {
+        let encoded = encoder.encode_all(chunk.records);
+        let done = Done {
+            seq: chunk.seq,
+            file: chunk.file,
+            encoded,
+            last: chunk.last,
+            error: chunk.error,
+        };
+        if done_tx.send(done).is_err() {
+            return;
+        }
+    }
 }
 
 /// What one reader thread needs.
@@ -260,107 +267,134 @@ impl Tickets {
     }
 }
 
-/// One reader thread: decompresses and splits its files into chunks, taking a ticket per chunk.
-fn read_files(input: ReaderInput<'_>) {
-    let ReaderInput {
-        cfg,
-        files,
-        start_file,
-        skip_records,
-        tickets,
-        work_tx,
-        bytes_read,
-        stop,
-        interrupted,
-    } = input;
-    let send = |chunk: Chunk| -> bool {
-        if tickets.recv().is_err()
-            || stop.load(Ordering::Relaxed)
-            || interrupted.load(Ordering::Relaxed)
-        {
+impl ReaderInput<'_> {
+    /// Whether the run is stopping (an error in the writer, or Ctrl-C).
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Sends a chunk once a ticket is free; false when the run is stopping.
+    fn send(&self, chunk: Chunk) -> bool {
+        if self.tickets.recv().is_err() || self.stopping() {
             return false;
         }
-        work_tx.send(chunk).is_ok()
+        self.work_tx.send(chunk).is_ok()
+    }
+}
+
+/// One reader thread: decompresses and splits its files into chunks, taking a ticket per chunk.
+fn read_files(input: ReaderInput<'_>) {
+    for file in input.files.clone() {
+        if !read_file(&input, file) {
+            return;
+        }
+    }
+}
+
+/// Sends file `file` as chunks of at most [`CHUNK_RECORDS`] records or [`CHUNK_BYTES`] bytes
+/// (records before the resume point skipped); an unreadable file is one chunk carrying the
+/// error. Returns false when the run is stopping.
+/// Kept whole: one file's open, skip, chunk and progress steps in reading order.
+fn read_file(input: &ReaderInput<'_>, file: usize) -> bool {
+    let cfg = input.cfg;
+    let spec = &cfg.inputs[file];
+    let skip = if file == input.start_file {
+        input.skip_records
+    } else {
+        0
     };
-    for file in files {
-        let spec = &cfg.inputs[file];
-        let skip = if file == start_file { skip_records } else { 0 };
-        // This file's bytes, moved into the shared progress counter chunk by chunk.
-        let file_bytes = Arc::new(AtomicU64::new(0));
-        let mut reported = 0u64;
-        let mut report = |upto: u64| {
-            bytes_read.fetch_add(upto.saturating_sub(reported), Ordering::Relaxed);
-            reported = reported.max(upto);
+    // This file's bytes, moved into the shared progress counter chunk by chunk.
+    let file_bytes = Arc::new(AtomicU64::new(0));
+    let mut reported = 0u64;
+    let mut report = |upto: u64| {
+        input
+            .bytes_read
+            .fetch_add(upto.saturating_sub(reported), Ordering::Relaxed);
+        reported = reported.max(upto);
+    };
+    let mut reader = match RecordReader::open(
+        spec,
+        &cfg.output.text_field,
+        cfg.output.max_record_bytes,
+        file_bytes.clone(),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            report(spec.size);
+            return input.send(Chunk {
+                seq: 0,
+                file,
+                records: Vec::new(),
+                last: true,
+                error: Some(e),
+            });
+        }
+    };
+    let mut chunk = ChunkBuffer::default();
+    loop {
+        if input.stopping() {
+            return false;
+        }
+        let (next, error) = match reader.next_record(&spec.path) {
+            Ok(r) => (r, None),
+            Err(e) => (None, Some(e)),
         };
-        let mut reader = match RecordReader::open(
-            spec,
-            &cfg.output.text_field,
-            cfg.output.max_record_bytes,
-            file_bytes.clone(),
-        ) {
-            Ok(r) => r,
-            Err(e) => {
-                report(spec.size);
-                let chunk = Chunk {
-                    seq: 0,
-                    file,
-                    records: Vec::new(),
-                    last: true,
-                    error: Some(e),
-                };
-                if !send(chunk) {
-                    return;
-                }
-                continue;
+        let end = next.is_none();
+        match next {
+            Some(rec) if rec.record <= skip => continue,
+            Some(rec) => chunk.push(rec),
+            None => {}
+        }
+        if end || chunk.is_full() {
+            // Exact for this file at its end, even if decoding stopped early.
+            report(if end {
+                spec.size
+            } else {
+                file_bytes.load(Ordering::Relaxed)
+            });
+            if !input.send(chunk.take(file, end, error)) {
+                return false;
             }
-        };
-        let mut seq = 0u64;
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        loop {
-            if interrupted.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let (next, error) = match reader.next_record(&spec.path) {
-                Ok(r) => (r, None),
-                Err(e) => (None, Some(e)),
-            };
-            let end = next.is_none();
-            if let Some(rec) = next {
-                if rec.record <= skip {
-                    continue;
-                }
-                bytes += match &rec.payload {
-                    Payload::Json(b) => b.len(),
-                    Payload::Text(t) => t.len(),
-                    Payload::Bad(_) => 0,
-                };
-                records.push(rec);
-            }
-            if end || records.len() >= CHUNK_RECORDS || bytes >= CHUNK_BYTES {
-                // Exact for this file at its end, even if decoding stopped early.
-                report(if end {
-                    spec.size
-                } else {
-                    file_bytes.load(Ordering::Relaxed)
-                });
-                let chunk = Chunk {
-                    seq,
-                    file,
-                    records: std::mem::take(&mut records),
-                    last: end,
-                    error,
-                };
-                if !send(chunk) {
-                    return;
-                }
-                seq += 1;
-                bytes = 0;
-                if end {
-                    break;
-                }
+            if end {
+                return true;
             }
         }
+    }
+}
+
+/// The records of the chunk being filled, and its sequence number within the file.
+#[derive(Default)]
+struct ChunkBuffer {
+    seq: u64,
+    records: Vec<RawRecord>,
+    bytes: usize,
+}
+
+impl ChunkBuffer {
+    fn push(&mut self, rec: RawRecord) {
+        self.bytes += match &rec.payload {
+            Payload::Json(b) => b.len(),
+            Payload::Text(t) => t.len(),
+            Payload::Bad(_) => 0,
+        };
+        self.records.push(rec);
+    }
+
+    fn is_full(&self) -> bool {
+        self.records.len() >= CHUNK_RECORDS || self.bytes >= CHUNK_BYTES
+    }
+
+    /// The chunk so far, leaving the buffer empty for the file's next chunk.
+    fn take(&mut self, file: usize, last: bool, error: Option<Error>) -> Chunk {
+        let chunk = Chunk {
+            seq: self.seq,
+            file,
+            records: std::mem::take(&mut self.records),
+            last,
+            error,
+        };
+        (self.seq, self.bytes) = (self.seq + 1, 0);
+        chunk
     }
 }
 
@@ -387,43 +421,13 @@ fn write_in_order(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        while let Some(done) = pending.remove(&next) {
+        while let Some(mut done) = pending.remove(&next) {
             next = if done.last {
                 (done.file + 1, 0)
             } else {
                 (done.file, done.seq + 1)
             };
-            let path = &cfg.inputs[done.file].path;
-            for (outcome, ids) in done.encoded.iter() {
-                match outcome {
-                    Outcome::Doc {
-                        record, truncated, ..
-                    } => {
-                        sink.totals.truncated_documents += *truncated as u64;
-                        sink.push(done.file, *record, ids)?;
-                    }
-                    Outcome::Empty { .. } => sink.totals.empty_documents += 1,
-                    Outcome::Bad { record, msg } => {
-                        let err = Error::Record {
-                            file: path.clone(),
-                            record: *record,
-                            msg: msg.clone(),
-                        };
-                        if !cfg.output.skip_bad_records {
-                            return Err(err);
-                        }
-                        sink.totals.bad_records += 1;
-                        warn_skipped(&mut warned, &err, progress);
-                    }
-                }
-            }
-            if let Some(err) = done.error {
-                if !cfg.output.skip_bad_records {
-                    return Err(err);
-                }
-                sink.totals.bad_records += 1;
-                warn_skipped(&mut warned, &err, progress);
-            }
+            write_chunk(cfg, sink, &mut done, progress, &mut warned)?;
             if done.last {
                 sink.totals.input_bytes += cfg.inputs[done.file].size;
             }
@@ -444,6 +448,49 @@ fn write_in_order(
     }
     // Final shard and position at the end of the input list.
     sink.commit(cfg.inputs.len(), 0)
+}
+
+/// Writes one chunk's documents to the sink; a bad record (or a read error ending the file)
+/// stops the run unless `--skip-bad-records`, which counts and reports it.
+fn write_chunk(
+    cfg: &RunConfig,
+    sink: &mut Sink<'_>,
+    done: &mut Done,
+    progress: &Progress,
+    warned: &mut usize,
+) -> Result<()> {
+    let path = &cfg.inputs[done.file].path;
+    for (outcome, ids) in done.encoded.iter() {
+        match outcome {
+            Outcome::Doc {
+                record, truncated, ..
+            } => {
+                sink.totals.truncated_documents += *truncated as u64;
+                sink.push(done.file, *record, ids)?;
+            }
+            Outcome::Empty { .. } => sink.totals.empty_documents += 1,
+            Outcome::Bad { record, msg } => {
+                let err = Error::Record {
+                    file: path.clone(),
+                    record: *record,
+                    msg: msg.clone(),
+                };
+                if !cfg.output.skip_bad_records {
+                    return Err(err);
+                }
+                sink.totals.bad_records += 1;
+                warn_skipped(warned, &err, progress);
+            }
+        }
+    }
+    if let Some(err) = done.error.take() {
+        if !cfg.output.skip_bad_records {
+            return Err(err);
+        }
+        sink.totals.bad_records += 1;
+        warn_skipped(warned, &err, progress);
+    }
+    Ok(())
 }
 
 fn warn_skipped(warned: &mut usize, err: &Error, progress: &Progress) {

@@ -132,6 +132,13 @@ impl<'a> TextEncoder<'a> {
         TextEncoder::Legacy(&loaded.tokenizer)
     }
 
+    /// The ids of `text` in a new vector (for callers that encode a text at a time).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, String> {
+        let mut out = Vec::new();
+        self.encode_into(text, &mut Vec::new(), &mut out)?;
+        Ok(out)
+    }
+
     /// Appends the ids of `text` (no special tokens added) to `out`; `scratch` is reused between
     /// calls so the pipeline allocates nothing per document.
     pub fn encode_into(
@@ -236,11 +243,7 @@ mod tests {
     use super::*;
 
     fn ids(encoder: &TextEncoder, text: &str) -> Vec<u32> {
-        let mut out = Vec::new();
-        encoder
-            .encode_into(text, &mut Vec::new(), &mut out)
-            .unwrap();
-        out
+        encoder.encode(text).unwrap()
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! JSON lines plain, gzip and zstd (split into records, each record's text field extracted as a
 //! worker does), parquet and Arrow IPC, and `progress.json`.
 
-use preprocess::encode::extract_text;
 use preprocess::error::Error;
 use preprocess::input::InputSpec;
 use preprocess::journal::Journal;
+use preprocess::record_encoder::extract_text;
 use preprocess::records::{Payload, RecordReader};
 use shared::fuzz::{fuzz, CountingAlloc};
 use std::io::{Read, Write};

@@ -5,8 +5,8 @@
 //! The property test runs `PARITY_CASES` cases (default 4,000); the longer documented run is
 //! `PARITY_CASES=1000000 cargo test --release -p preprocess --test tokenizer_parity`.
 
-use preprocess::encode::extract_text;
 use preprocess::input::discover;
+use preprocess::record_encoder::extract_text;
 use preprocess::records::{Payload, RecordReader};
 use preprocess::text_encoder::TextEncoder;
 use proptest::prelude::*;
@@ -22,11 +22,7 @@ fn tokenizer() -> &'static LoadedTokenizer {
 }
 
 fn ids(encoder: &TextEncoder, text: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    encoder
-        .encode_into(text, &mut Vec::new(), &mut out)
-        .unwrap();
-    out
+    encoder.encode(text).unwrap()
 }
 
 /// The texts of every record of the corpus under `dir`, with their file and record number.

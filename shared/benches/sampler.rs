@@ -1,5 +1,6 @@
 //! Batch build time of the masking sampler: the paper's 4096×128 global batch and a 256×128
-//! batch at rate 0.3, on 1 and 2 threads.
+//! batch at rate 0.3, on 1 and 2 threads; and the 4096×128 batch drawn from a mixture of three
+//! sources (one of them with a scheduled weight) against one source of the same documents.
 //!
 //! Run: `cargo bench -p maskrate-shared --bench sampler`
 
@@ -44,6 +45,57 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+    }
+    group.finish();
+    mixture(c, &tok);
+}
+
+/// 4096×128 from three named sources (the sample split in three) vs the same documents as one.
+fn mixture(c: &mut Criterion, tok: &LoadedTokenizer) {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = shared::fixtures::sample_docs();
+    let mut named = Vec::new();
+    for (name, range) in [("c4", 0..100), ("books", 100..200), ("wiki", 200..300)] {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        shared::fixtures::write_set(&d, &docs[range], 100);
+        named.push(std::path::PathBuf::from(format!("{name}={}", d.display())));
+    }
+    let one = dir.path().join("one");
+    std::fs::create_dir_all(&one).unwrap();
+    shared::fixtures::write_set(&one, &docs, 100);
+    let config = |shards: Vec<std::path::PathBuf>, mix: Option<&str>| shared::sampler::DataConfig {
+        shards,
+        mix: mix.map(|m| m.parse().unwrap()),
+        steps: 70_000,
+        batch_size: 4096,
+        eval_sequences: 0,
+        schedule: "constant:0.3".parse().unwrap(),
+        ..Default::default()
+    };
+    let _ = tok;
+    let mut group = c.benchmark_group("mixture");
+    group.throughput(Throughput::Elements(4096 * 128));
+    for (label, cfg) in [
+        ("1_source", config(vec![one], None)),
+        (
+            "3_sources",
+            config(named, Some("c4=0.5,books=0.2,wiki=linear:0.5:0.1")),
+        ),
+    ] {
+        let data = cfg.open().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // Steps spread over the run: the mixture's prefix sums are looked up, not replayed.
+        let mut step = 0u64;
+        group.bench_function(BenchmarkId::new("4096x128_2_threads", label), |b| {
+            b.iter(|| {
+                step = (step + 7919) % 70_000;
+                pool.install(|| data.sampler.global_batch(step).unwrap())
+            })
+        });
     }
     group.finish();
 }

@@ -28,8 +28,13 @@ pub enum Error {
     #[error("tokenizer mismatch: {0}")]
     TokenizerMismatch(String),
     /// A masking-rate or learning-rate schedule spec is malformed.
-    #[error("bad schedule {spec:?}: {msg}\n{}", crate::schedule::GRAMMAR)]
-    Schedule { spec: String, msg: String },
+    #[error("bad schedule {spec:?}: {msg}\n{grammar}")]
+    Schedule {
+        spec: String,
+        msg: String,
+        /// The spec grammar (given by the schedule module, so errors do not depend on it).
+        grammar: &'static str,
+    },
     /// Another process is writing to this directory.
     #[error("{} is in use by {holder}; wait for it to finish or stop it (a killed holder releases it)", dir.display())]
     Locked { dir: PathBuf, holder: String },

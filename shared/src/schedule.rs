@@ -47,8 +47,10 @@ pub struct MaskSchedule {
     pub start: f64,
     /// Rate at the last step (or after the switch, for `step`).
     pub end: f64,
-    /// `step`: switch fraction; others: fraction of training at which `end` is reached.
-    pub fraction: f64,
+    /// Fraction of training at which `end` takes over: where `step` switches, or where
+    /// linear/cosine/exp reach `end` and hold it (1 = the last step).
+    #[serde(alias = "fraction")]
+    pub end_at: f64,
 }
 
 impl MaskSchedule {
@@ -58,7 +60,7 @@ impl MaskSchedule {
             shape: Shape::Constant,
             start: rate,
             end: rate,
-            fraction: 1.0,
+            end_at: 1.0,
         }
     }
 
@@ -66,13 +68,13 @@ impl MaskSchedule {
     pub fn rate(&self, step: u64, total_steps: u64) -> f64 {
         let (start, end) = (self.start, self.end);
         if self.shape == Shape::Step {
-            let switch = (self.fraction * total_steps as f64).ceil() as u64;
+            let switch = (self.end_at * total_steps as f64).ceil() as u64;
             return if step < switch { start } else { end };
         }
         let progress = if total_steps <= 1 {
             0.0
         } else {
-            (step.min(total_steps - 1) as f64 / (total_steps - 1) as f64 / self.fraction).min(1.0)
+            (step.min(total_steps - 1) as f64 / (total_steps - 1) as f64 / self.end_at).min(1.0)
         };
         match self.shape {
             Shape::Constant => start,
@@ -90,7 +92,32 @@ fn bad(spec: &str, msg: impl Into<String>) -> Error {
     Error::Schedule {
         spec: spec.to_string(),
         msg: msg.into(),
+        grammar: GRAMMAR,
     }
+}
+
+/// The shape called `name`, checked to take `values` values.
+fn parse_shape(spec: &str, name: &str, values: usize) -> Result<Shape> {
+    let shape = match name {
+        "constant" => Shape::Constant,
+        "linear" => Shape::Linear,
+        "cosine" => Shape::Cosine,
+        "exp" => Shape::Exp,
+        "step" => Shape::Step,
+        other => return Err(bad(spec, format!("unknown schedule {other:?}"))),
+    };
+    let (expected, wording) = match shape {
+        Shape::Constant => (1..=1, "1"),
+        Shape::Step => (2..=3, "2 or 3"),
+        _ => (2..=2, "2"),
+    };
+    if !expected.contains(&values) {
+        return Err(bad(
+            spec,
+            format!("{name} takes {wording} value(s), got {values}"),
+        ));
+    }
+    Ok(shape)
 }
 
 fn parse_rate(spec: &str, what: &str, s: &str) -> Result<f64> {
@@ -126,33 +153,7 @@ impl FromStr for MaskSchedule {
         let parts: Vec<&str> = body.split(':').collect();
         let name = parts[0].trim().to_ascii_lowercase();
         let args = &parts[1..];
-        let shape = match name.as_str() {
-            "constant" => Shape::Constant,
-            "linear" => Shape::Linear,
-            "cosine" => Shape::Cosine,
-            "exp" => Shape::Exp,
-            "step" => Shape::Step,
-            other => return Err(bad(spec, format!("unknown schedule {other:?}"))),
-        };
-        let expected = match shape {
-            Shape::Constant => 1..=1,
-            Shape::Step => 2..=3,
-            _ => 2..=2,
-        };
-        if !expected.contains(&args.len()) {
-            return Err(bad(
-                spec,
-                format!(
-                    "{name} takes {} value(s), got {}",
-                    if shape == Shape::Step {
-                        "2 or 3".to_string()
-                    } else {
-                        expected.start().to_string()
-                    },
-                    args.len()
-                ),
-            ));
-        }
+        let shape = parse_shape(spec, &name, args.len())?;
         if reach.is_some() && matches!(shape, Shape::Constant | Shape::Step) {
             return Err(bad(
                 spec,
@@ -165,7 +166,7 @@ impl FromStr for MaskSchedule {
         } else {
             parse_rate(spec, "end rate", args[1])?
         };
-        let fraction = match (shape, args.get(2)) {
+        let end_at = match (shape, args.get(2)) {
             (Shape::Step, Some(f)) => {
                 let f = parse_fraction(spec, "switch fraction", f)?;
                 if f >= 1.0 {
@@ -180,7 +181,7 @@ impl FromStr for MaskSchedule {
             shape,
             start,
             end,
-            fraction,
+            end_at,
         })
     }
 }
@@ -189,7 +190,7 @@ impl fmt::Display for MaskSchedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.shape {
             Shape::Constant => write!(f, "constant:{}", self.start),
-            Shape::Step => write!(f, "step:{}:{}:{}", self.start, self.end, self.fraction),
+            Shape::Step => write!(f, "step:{}:{}:{}", self.start, self.end, self.end_at),
             shape => {
                 let name = match shape {
                     Shape::Linear => "linear",
@@ -197,8 +198,8 @@ impl fmt::Display for MaskSchedule {
                     _ => "exp",
                 };
                 write!(f, "{name}:{}:{}", self.start, self.end)?;
-                if self.fraction < 1.0 {
-                    write!(f, "@{}", self.fraction)?;
+                if self.end_at < 1.0 {
+                    write!(f, "@{}", self.end_at)?;
                 }
                 Ok(())
             }

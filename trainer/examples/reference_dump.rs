@@ -65,12 +65,9 @@ fn main() -> Result<()> {
         t.eval_shards.is_none(),
         "--eval-shards is not supported here"
     );
-    let data = t
-        .data
-        .open_with_holdout(t.batch_size, t.steps, t.eval_sequences)
-        .context("opening the shards")?;
+    let data = t.data.config.open().context("opening the shards")?;
     let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
-    let params = ParamStore::new(&Device::Cpu, t.data.seed);
+    let params = ParamStore::new(&Device::Cpu, t.data.config.seed);
     let model = Bert::new(cfg, &params)?;
     let init = training::export::with_tied_decoder(
         params
@@ -81,11 +78,11 @@ fn main() -> Result<()> {
     );
     candle_core::safetensors::save(&init, args.dump.join("init.safetensors"))?;
 
-    let steps: Vec<Batch> = (0..args.dump_steps.min(t.steps))
+    let steps: Vec<Batch> = (0..args.dump_steps.min(t.steps()))
         .map(|s| data.sampler.global_batch(s))
         .collect::<shared::Result<_>>()?;
     candle_core::safetensors::save(&stack(&steps)?, args.dump.join("batches.safetensors"))?;
-    if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size {
+    if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size() {
         // Step 0's gradients (before clipping), as the trainer computes them.
         let inputs = MlmInputs::from_batch(&steps[0], &Device::Cpu)?;
         let grads = model.mlm_loss(&inputs, &mut None)?.loss.backward()?;
@@ -107,7 +104,7 @@ fn main() -> Result<()> {
         "model": cfg,
         "pad_token_id": data.tokenizer.info.pad_id,
         "train": t,
-        "lr": (0..t.steps).map(|s| lr.lr(s)).collect::<Vec<f64>>(),
+        "lr": (0..t.steps()).map(|s| lr.lr(s)).collect::<Vec<f64>>(),
     });
     std::fs::write(
         args.dump.join("config.json"),
@@ -117,7 +114,7 @@ fn main() -> Result<()> {
         "wrote {} ({} steps of {} sequences, {} eval batches)",
         args.dump.display(),
         steps.len(),
-        t.batch_size,
+        t.batch_size(),
         eval.len()
     );
     Ok(())

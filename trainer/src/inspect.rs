@@ -4,11 +4,11 @@
 use crate::charts::{line_chart, Series};
 use anyhow::{bail, Result};
 use clap::Args;
-use shared::sampler::{Batch, MaskCounts, IGNORE_LABEL};
+use shared::sampler::{Batch, BatchPlan, MaskCounts, MaskingSampler, IGNORE_LABEL};
 use shared::tokenizer::LoadedTokenizer;
 use std::fmt::Write;
 use std::path::PathBuf;
-use training::data::DataArgs;
+use training::data::{Data, DataArgs};
 
 /// Flags of `inspect-batch`.
 #[derive(Debug, Args)]
@@ -16,12 +16,6 @@ pub struct InspectBatchArgs {
     /// Data, schedule and masking flags (as for training).
     #[command(flatten)]
     pub data: DataArgs,
-    /// Length of the run, in optimizer steps (the schedule's time axis).
-    #[arg(long, default_value_t = 70_000)]
-    pub steps: u64,
-    /// Sequences per step over all ranks.
-    #[arg(long, default_value_t = 4096)]
-    pub batch_size: usize,
     /// The step to show.
     #[arg(long, default_value_t = 0)]
     pub step: u64,
@@ -37,6 +31,17 @@ pub struct InspectBatchArgs {
     /// Where --stats writes its plot.
     #[arg(long, default_value = "mask-rate.png")]
     pub plot: PathBuf,
+    /// Print the step's batch as one JSON object (`step`, `rate`, `slots`, and `input_ids`,
+    /// `attention_mask`, `token_type_ids`, `labels` as lists of rows), as the Python package
+    /// returns it.
+    #[arg(long, conflicts_with = "stats")]
+    pub json: bool,
+    /// With --json: this data-parallel rank's rows of the global batch.
+    #[arg(long, default_value_t = 0, requires = "json")]
+    pub rank: usize,
+    /// With --json: the number of data-parallel ranks the global batch is split over.
+    #[arg(long, default_value_t = 1, requires = "json")]
+    pub world_size: usize,
 }
 
 /// Renders one row with masked positions marked: `[M:word]` → [MASK], `[R:word>other]` → random, `[K:word]` → kept.
@@ -88,97 +93,227 @@ fn split(c: &MaskCounts) -> (f64, f64, f64) {
 
 /// Runs the command and returns its report.
 pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
-    if args.step >= args.steps {
+    let config = &args.data.config;
+    if args.step >= config.steps {
         bail!(
             "--step {} is outside a {}-step run (0..{})",
             args.step,
-            args.steps,
-            args.steps
+            config.steps,
+            config.steps
         );
     }
-    let data = args.data.open(args.batch_size, args.steps)?;
+    let data = config.open()?;
+    if args.json {
+        return batch_json(args, &data);
+    }
+    let mut out = describe_stream(args, &data);
+    if args.stats {
+        out += &rate_statistics(args, &data.sampler)?;
+    } else {
+        out += &show_batch(args, &data)?;
+    }
+    Ok(out)
+}
+
+/// The epoch step `step` starts in; with a mixture, each source's (fractional) epochs so far.
+fn epochs_text(s: &MaskingSampler, step: u64) -> String {
+    if s.mixture().is_none() {
+        return s.epoch_at(step).to_string();
+    }
+    let parts: Vec<String> = s
+        .source_names()
+        .iter()
+        .zip(s.source_epochs_at(step))
+        .map(|(n, e)| format!("{n} {e:.2}"))
+        .collect();
+    parts.join(", ")
+}
+
+/// `--json`: this rank's rows of the step's batch, as the Python package's `MaskedBatches.batch`
+/// returns them (labels -100 where nothing is predicted, token types all 0).
+fn batch_json(args: &InspectBatchArgs, data: &Data) -> Result<String> {
+    let plan = BatchPlan::whole_rank(args.data.config.batch_size, args.world_size, args.rank);
+    plan.validate()?;
+    let b = data.sampler.batch(args.step, plan.rank_slots())?;
+    let rows =
+        |v: Vec<i64>| -> Vec<Vec<i64>> { v.chunks(b.seq_len).map(<[i64]>::to_vec).collect() };
+    let names = data.sampler.source_names();
+    let source: Vec<&str> = b.sources.iter().map(|&s| names[s as usize]).collect();
+    let json = serde_json::json!({
+        "step": b.step,
+        "source": source,
+        "rate": b.rate,
+        "slots": [b.slots.start, b.slots.end],
+        "input_ids": rows(b.input_ids.iter().map(|&x| x as i64).collect()),
+        "attention_mask": rows(b.attention_mask.iter().map(|&x| x as i64).collect()),
+        "token_type_ids": rows(vec![0; b.input_ids.len()]),
+        "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
+    });
+    Ok(serde_json::to_string(&json)? + "\n")
+}
+
+/// The shards, sequences, schedule and masking rules the batches come from.
+fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
     let s = &data.sampler;
     let masking = s.config().masking;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "shards {} ({} documents, {} sequences of {} tokens, {:?} layout)",
-        args.data
-            .shards
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        data.shards.len(),
-        s.sequences().len(),
-        args.data.seq_len,
-        args.data.layout
+        data.describe_dirs(),
+        data.sources.iter().map(|(_, set)| set.len()).sum::<u64>(),
+        (0..s.source_names().len())
+            .map(|i| s.source_sequences(i).len())
+            .sum::<u64>(),
+        args.data.config.seq_len,
+        args.data.config.layout
     );
     let _ = writeln!(
         out,
         "schedule {} over {} steps; batch {}; seed {}; split {:.0}/{:.0}/{:.0} mask/random/keep{}{}",
-        args.data.schedule,
-        args.steps,
-        args.batch_size,
-        args.data.seed,
+        args.data.config.schedule,
+        args.data.config.steps,
+        args.data.config.batch_size,
+        args.data.config.seed,
         masking.mask_fraction * 100.0,
         masking.random_fraction * 100.0,
         masking.keep_fraction() * 100.0,
         if masking.exact { "; exact count" } else { "" },
         if masking.whole_word { "; whole words" } else { "" }
     );
-    if args.stats {
-        let last = args.steps - 1;
-        let points = args.points.clamp(2, args.steps.max(2));
-        let mut steps: Vec<u64> = (0..points).map(|i| (i * last) / (points - 1)).collect();
-        steps.dedup();
+    if let Some(m) = s.mixture() {
+        let names = s.source_names();
+        let parts: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "{n}={} ({} sequences)",
+                    m.weights()[i],
+                    s.source_sequences(i).len()
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "mixture: {}", parts.join(", "));
+    }
+    out
+}
+
+/// `--stats` with a mixture: each source's scheduled weight against its realised share of the
+/// global batch (exact rows over the batch), as a table and a PNG plot beside the rate plot.
+fn weight_statistics(args: &InspectBatchArgs, s: &MaskingSampler, steps: &[u64]) -> Result<String> {
+    let Some(m) = s.mixture() else {
+        return Ok(String::new());
+    };
+    let names = s.source_names();
+    let batch = args.data.config.batch_size as f64;
+    let mut out = String::from("\nmixture weights: scheduled / realised share of the batch\n");
+    let _ = write!(out, "{:>8}", "step");
+    for n in &names {
+        let _ = write!(out, " {:>21}", n);
+    }
+    out.push('\n');
+    let mut series: Vec<Series> = Vec::new();
+    for n in &names {
+        for kind in ["scheduled", "realised"] {
+            series.push(Series {
+                label: format!("{n} {kind}"),
+                points: Vec::new(),
+            });
+        }
+    }
+    for &step in steps {
+        let b = s.global_batch(step)?;
+        let _ = write!(out, "{step:>8}");
+        for (i, w) in m.weights_at(step).iter().enumerate() {
+            let rows = b.sources.iter().filter(|&&x| x as usize == i).count();
+            let share = rows as f64 / batch;
+            let _ = write!(out, " {w:>10.4} / {share:>8.4}");
+            series[2 * i].points.push((step as f64, *w));
+            series[2 * i + 1].points.push((step as f64, share));
+        }
+        out.push('\n');
+    }
+    let plot = args.plot.with_file_name(format!(
+        "{}-mixture.png",
+        args.plot
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("mask-rate")
+    ));
+    line_chart(
+        &plot,
+        "mixture weights",
+        "step",
+        "share of the batch",
+        &series,
+    )?;
+    let _ = writeln!(out, "plot written to {}", plot.display());
+    Ok(out)
+}
+
+/// `--stats`: scheduled vs realised rate and the replacement split at evenly spaced steps, as a
+/// table and a PNG plot.
+fn rate_statistics(args: &InspectBatchArgs, s: &MaskingSampler) -> Result<String> {
+    let mut out = String::new();
+    let steps = args.data.config.steps;
+    let last = steps - 1;
+    let points = args.points.clamp(2, steps.max(2));
+    let mut steps: Vec<u64> = (0..points).map(|i| (i * last) / (points - 1)).collect();
+    steps.dedup();
+    let _ = writeln!(
+        out,
+        "\n{:>8} {:>10} {:>10} {:>7} {:>7} {:>7}",
+        "step", "scheduled", "realised", "mask%", "rand%", "keep%"
+    );
+    let (mut sched, mut real) = (Vec::new(), Vec::new());
+    for &step in &steps {
+        let b = s.global_batch(step)?;
+        let (m, r, k) = split(&b.counts);
         let _ = writeln!(
             out,
-            "\n{:>8} {:>10} {:>10} {:>7} {:>7} {:>7}",
-            "step", "scheduled", "realised", "mask%", "rand%", "keep%"
+            "{step:>8} {:>10.4} {:>10.4} {:>7.1} {:>7.1} {:>7.1}",
+            b.rate,
+            b.realised_rate(),
+            m * 100.0,
+            r * 100.0,
+            k * 100.0
         );
-        let (mut sched, mut real) = (Vec::new(), Vec::new());
-        for &step in &steps {
-            let b = s.global_batch(step)?;
-            let (m, r, k) = split(&b.counts);
-            let _ = writeln!(
-                out,
-                "{step:>8} {:>10.4} {:>10.4} {:>7.1} {:>7.1} {:>7.1}",
-                b.rate,
-                b.realised_rate(),
-                m * 100.0,
-                r * 100.0,
-                k * 100.0
-            );
-            sched.push((step as f64, b.rate));
-            real.push((step as f64, b.realised_rate()));
-        }
-        line_chart(
-            &args.plot,
-            &format!("masking rate: {}", args.data.schedule),
-            "step",
-            "masking rate",
-            &[
-                Series {
-                    label: "scheduled".into(),
-                    points: sched,
-                },
-                Series {
-                    label: "realised (whole batch)".into(),
-                    points: real,
-                },
-            ],
-        )?;
-        let _ = writeln!(out, "\nplot written to {}", args.plot.display());
-        return Ok(out);
+        sched.push((step as f64, b.rate));
+        real.push((step as f64, b.realised_rate()));
     }
+    line_chart(
+        &args.plot,
+        &format!("masking rate: {}", args.data.config.schedule),
+        "step",
+        "masking rate",
+        &[
+            Series {
+                label: "scheduled".into(),
+                points: sched,
+            },
+            Series {
+                label: "realised (whole batch)".into(),
+                points: real,
+            },
+        ],
+    )?;
+    let _ = writeln!(out, "\nplot written to {}", args.plot.display());
+    out += &weight_statistics(args, s, &steps)?;
+    Ok(out)
+}
+
+/// One step's batch: its rates and its first rows decoded, masked positions marked.
+fn show_batch(args: &InspectBatchArgs, data: &Data) -> Result<String> {
+    let s = &data.sampler;
+    let mut out = String::new();
     let b = s.global_batch(args.step)?;
     let (m, r, k) = split(&b.counts);
     let _ = writeln!(
         out,
         "\nstep {} (epoch {}): scheduled rate {:.4}",
         args.step,
-        s.epoch_at(args.step),
+        epochs_text(s, args.step),
         b.rate
     );
     let _ = writeln!(
@@ -194,14 +329,20 @@ pub fn inspect_batch(args: &InspectBatchArgs) -> Result<String> {
     let _ = writeln!(out, "legend: [M:word] -> [MASK], [R:word>other] -> random token, [K:word] -> kept; all three are predicted");
     let mut original = vec![0u32; b.seq_len];
     for row in 0..args.rows.min(b.rows()) {
-        s.sequences().fill(b.sequence_ids[row], &mut original)?;
+        let source = b.sources[row] as usize;
+        s.source_sequences(source)
+            .fill(b.sequence_ids[row], &mut original)?;
+        let from = match s.source_names()[source] {
+            "" => String::new(),
+            name => format!(" of {name}"),
+        };
         let chosen = b.labels[row * b.seq_len..(row + 1) * b.seq_len]
             .iter()
             .filter(|&&l| l != IGNORE_LABEL)
             .count();
         let _ = writeln!(
             out,
-            "\n--- row {row}: sequence {} ({chosen} predicted) ---\n{}",
+            "\n--- row {row}: sequence {}{from} ({chosen} predicted) ---\n{}",
             b.sequence_ids[row],
             render_row(&data.tokenizer, &b, row, &original)
         );

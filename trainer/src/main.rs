@@ -22,7 +22,8 @@ Examples:
   trainer sweep experiments/small.toml              # the paper's comparison, sized for 2 CPU cores
   trainer sweep experiments/small.toml --dry-run    # what is done and what is left
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
-  trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png";
+  trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png
+  trainer inspect-batch --shards shards/ --steps 70000 --step 12 --json --rank 1 --world-size 8";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
 #[derive(Debug, Parser)]

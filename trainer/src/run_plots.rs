@@ -5,8 +5,35 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use training::metrics_log::{read, Record};
 
-/// Extracts an (x, y) point from a record, if it carries that metric.
-type Pick = Box<dyn Fn(&Record) -> Option<(f64, f64)>>;
+/// The (step, value) a chart takes from a metrics record, if the record carries it.
+type Pick = fn(&Record) -> Option<(f64, f64)>;
+
+/// The four comparison charts: file, title, y label, and what each plots.
+const CHARTS: [(&str, &str, &str, Pick); 4] = [
+    ("train-loss.png", "training MLM loss", "loss", |r| match r {
+        Record::Train { step, loss, .. } => Some((*step as f64, *loss)),
+        _ => None,
+    }),
+    (
+        "eval-loss.png",
+        "held-out MLM loss at 15% masking",
+        "loss",
+        |r| match r {
+            Record::Eval { step, loss, .. } => Some((*step as f64, *loss)),
+            _ => None,
+        },
+    ),
+    ("mask-rate.png", "masking rate", "rate", |r| match r {
+        Record::Train {
+            step, mask_rate, ..
+        } => Some((*step as f64, *mask_rate)),
+        _ => None,
+    }),
+    ("lr.png", "learning rate", "lr", |r| match r {
+        Record::Train { step, lr, .. } => Some((*step as f64, *lr)),
+        _ => None,
+    }),
+];
 
 /// The four charts for `runs`, written into `out_dir`; returns the files written.
 pub fn compare(runs: &[PathBuf], out_dir: &Path) -> Result<Vec<PathBuf>> {
@@ -27,63 +54,10 @@ pub fn compare(runs: &[PathBuf], out_dir: &Path) -> Result<Vec<PathBuf>> {
             })
             .collect()
     };
-    let charts: [(&str, &str, &str, Pick); 4] = [
-        (
-            "train-loss.png",
-            "training MLM loss",
-            "loss",
-            Box::new(|r| {
-                if let Record::Train { step, loss, .. } = r {
-                    Some((*step as f64, *loss))
-                } else {
-                    None
-                }
-            }),
-        ),
-        (
-            "eval-loss.png",
-            "held-out MLM loss at 15% masking",
-            "loss",
-            Box::new(|r| {
-                if let Record::Eval { step, loss, .. } = r {
-                    Some((*step as f64, *loss))
-                } else {
-                    None
-                }
-            }),
-        ),
-        (
-            "mask-rate.png",
-            "masking rate",
-            "rate",
-            Box::new(|r| {
-                if let Record::Train {
-                    step, mask_rate, ..
-                } = r
-                {
-                    Some((*step as f64, *mask_rate))
-                } else {
-                    None
-                }
-            }),
-        ),
-        (
-            "lr.png",
-            "learning rate",
-            "lr",
-            Box::new(|r| {
-                if let Record::Train { step, lr, .. } = r {
-                    Some((*step as f64, *lr))
-                } else {
-                    None
-                }
-            }),
-        ),
-    ];
     let mut written = Vec::new();
-    for (file, title, y, pick) in charts.iter() {
+    for (file, title, y, pick) in CHARTS {
         let path = out_dir.join(file);
-        line_chart(&path, title, "step", y, &series(pick.as_ref()))?;
+        line_chart(&path, title, "step", y, &series(&pick))?;
         written.push(path);
     }
     Ok(written)

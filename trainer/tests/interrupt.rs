@@ -4,21 +4,7 @@
 mod common;
 
 use shared::fixtures::sample_shards;
-use training::metrics_log::{read, Record};
-
-fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
-    read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| {
-            if let Record::Train { step, loss, .. } = r {
-                Some((step, loss))
-            } else {
-                None
-            }
-        })
-        .collect()
-}
+use training::metrics_log::train_losses;
 
 /// SIGINT to the real binary: it saves a checkpoint and exits cleanly; `--resume` then finishes
 /// with the same losses as a run that was never interrupted.
@@ -94,5 +80,8 @@ fn sigint_saves_and_resume_matches_an_uninterrupted_run() {
         .status()
         .unwrap();
     assert!(status.success());
-    assert_eq!(train_losses(&run), train_losses(&whole));
+    assert_eq!(
+        train_losses(&run.join("metrics.jsonl")).unwrap(),
+        train_losses(&whole.join("metrics.jsonl")).unwrap()
+    );
 }

@@ -109,6 +109,7 @@ fn curve(run: &Path) -> Vec<(bool, u64, f64, f64, f64)> {
                 step,
                 loss,
                 accuracy,
+                ..
             } => (false, step, loss, accuracy, 0.0),
         })
         .collect()

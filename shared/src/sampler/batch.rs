@@ -1,12 +1,15 @@
 //! The step-aware masking sampler: batch = f(seed, step, slot).
 //!
 //! Global batch *t* holds the sample-stream positions `t·B .. (t+1)·B`. Position *g* is sequence
-//! `perm_epoch(g mod N)` of epoch `g div N`. Slot *k* of the batch is masked at the schedule's rate
+//! `perm_epoch(g mod N)` of epoch `g div N`. With a mixture of sources ([`super::mixture`]), each
+//! source has its own stream and order: step *t* takes its exact count of rows from each, at the
+//! slots a seeded permutation of the step's slots assigns to that source. Slot *k* of the batch is masked at the schedule's rate
 //! for step *t* with an RNG seeded from `(seed, t, k)`. Nothing depends on threads, prefetching,
 //! data-parallel rank or micro-batch split, so ranks' slices of a step union to the single-rank
 //! global batch and a resumed run rebuilds exactly the batches it would have seen.
 
 use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
+use super::mixture::{MixSpec, Mixture};
 use super::order::Permutation;
 use super::sequence::Sequences;
 use crate::error::{Error, Result};
@@ -20,6 +23,7 @@ use std::ops::Range;
 /// Domain-separation tags for the sampler's seeds.
 const ORDER_TAG: u64 = 0x006f_7264_6572;
 const MASK_TAG: u64 = 0x6d61_736b;
+const MIX_TAG: u64 = 0x6d69_7874;
 
 /// A masked batch, row-major `[rows, seq_len]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,8 +36,10 @@ pub struct Batch {
     pub rate: f64,
     /// Sequence length.
     pub seq_len: usize,
-    /// Sequence index (within an epoch) of each row.
+    /// Sequence index (within its source's epoch) of each row.
     pub sequence_ids: Vec<u64>,
+    /// Source of each row (an index into [`MaskingSampler::source_names`]; all 0 with one source).
+    pub sources: Vec<u16>,
     /// Input ids after masking.
     pub input_ids: Vec<u32>,
     /// 1 for real tokens, 0 for padding.
@@ -75,11 +81,28 @@ pub struct SamplerConfig {
     pub masking: MaskingConfig,
 }
 
+/// One source's sequences and the key of its order.
+struct Source {
+    name: String,
+    sequences: Sequences,
+    /// `None` for the one unnamed source (today's order); a hash of the name otherwise.
+    order_key: Option<u64>,
+}
+
 /// Builds the batch of any step, from shards, on demand.
 pub struct MaskingSampler {
-    sequences: Sequences,
+    sources: Vec<Source>,
+    mixture: Option<Mixture>,
     vocab: MaskVocab,
     cfg: SamplerConfig,
+}
+
+/// A stable 64-bit key of a source name (FNV-1a), so a source's order depends on its name, not
+/// on its position among the sources.
+fn name_key(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl MaskingSampler {
@@ -97,10 +120,98 @@ impl MaskingSampler {
             ));
         }
         Ok(MaskingSampler {
-            sequences,
+            sources: vec![Source {
+                name: String::new(),
+                sequences,
+                order_key: None,
+            }],
+            mixture: None,
             vocab,
             cfg,
         })
+    }
+
+    /// A sampler over named sources (one or more), mixed per step as `mix` says.
+    pub fn mixed(
+        sources: Vec<(String, Sequences)>,
+        mix: &MixSpec,
+        vocab: MaskVocab,
+        cfg: SamplerConfig,
+    ) -> Result<Self> {
+        let mut sources = sources;
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
+        let mixture = Mixture::new(&names, mix, cfg.total_steps, cfg.global_batch)?;
+        let mut sampler = MaskingSampler::new(sources.remove(0).1, vocab, cfg)?;
+        sampler.sources[0].name = names[0].clone();
+        sampler.sources[0].order_key = Some(name_key(&names[0]));
+        for (name, sequences) in sources {
+            sampler.sources.push(Source {
+                order_key: Some(name_key(&name)),
+                name,
+                sequences,
+            });
+        }
+        sampler.mixture = Some(mixture);
+        Ok(sampler)
+    }
+
+    /// The sources' names, in the order [`Batch::sources`] indexes (sorted; `[""]` for one
+    /// unnamed source).
+    pub fn source_names(&self) -> Vec<&str> {
+        self.sources.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// The mixture, when the sources are named.
+    pub fn mixture(&self) -> Option<&Mixture> {
+        self.mixture.as_ref()
+    }
+
+    /// The sequences of source `index`.
+    pub fn source_sequences(&self, index: usize) -> &Sequences {
+        &self.sources[index].sequences
+    }
+
+    /// Epochs of each source read before step `step` (rows taken / sequences in the source).
+    pub fn source_epochs_at(&self, step: u64) -> Vec<f64> {
+        let before = self.rows_before(step);
+        self.sources
+            .iter()
+            .zip(before)
+            .map(|(s, rows)| rows as f64 / s.sequences.len() as f64)
+            .collect()
+    }
+
+    /// Rows of each source in steps `0..step`.
+    fn rows_before(&self, step: u64) -> Vec<u64> {
+        match &self.mixture {
+            Some(m) => m.rows_before(step),
+            None => vec![step * self.cfg.global_batch as u64],
+        }
+    }
+
+    /// Where each slot of step `step` reads: the slot permutation (with several sources), each
+    /// source's first slot after it, and each source's rows before the step.
+    fn step_plan(&self, step: u64) -> StepPlan {
+        let b = self.cfg.global_batch;
+        let counts = match &self.mixture {
+            Some(m) => m.counts(step),
+            None => vec![b],
+        };
+        let mut starts = Vec::with_capacity(counts.len());
+        let mut start = 0;
+        for c in &counts {
+            starts.push(start);
+            start += c;
+        }
+        let slot_order = (self.sources.len() > 1)
+            .then(|| Permutation::new(b as u64, seed_of(&[self.cfg.seed, MIX_TAG, step])));
+        StepPlan {
+            step,
+            slot_order,
+            starts,
+            before: self.rows_before(step),
+        }
     }
 
     /// The configuration.
@@ -108,9 +219,9 @@ impl MaskingSampler {
         &self.cfg
     }
 
-    /// The sequence view.
+    /// The sequence view (of the first source, the only one without a mixture).
     pub fn sequences(&self) -> &Sequences {
-        &self.sequences
+        &self.sources[0].sequences
     }
 
     /// The schedule's masking rate at `step`.
@@ -118,23 +229,18 @@ impl MaskingSampler {
         self.cfg.schedule.rate(step, self.cfg.total_steps)
     }
 
-    /// The sequence in slot `slot` of step `step`'s global batch.
-    pub fn sequence_at(&self, step: u64, slot: usize) -> u64 {
-        let n = self.sequences.len();
-        let g = step * self.cfg.global_batch as u64 + slot as u64;
-        self.epoch_permutation(g / n).apply(g % n)
+    fn epoch_permutation(&self, source: usize, epoch: u64) -> Permutation {
+        let s = &self.sources[source];
+        let key = match s.order_key {
+            None => seed_of(&[self.cfg.seed, ORDER_TAG, epoch]),
+            Some(k) => seed_of(&[self.cfg.seed, ORDER_TAG, k, epoch]),
+        };
+        Permutation::new(s.sequences.len(), key)
     }
 
-    fn epoch_permutation(&self, epoch: u64) -> Permutation {
-        Permutation::new(
-            self.sequences.len(),
-            seed_of(&[self.cfg.seed, ORDER_TAG, epoch]),
-        )
-    }
-
-    /// Epoch (0-based) that step `step` starts in.
+    /// Epoch (0-based) that step `step` starts in (of the first source).
     pub fn epoch_at(&self, step: u64) -> u64 {
-        step * self.cfg.global_batch as u64 / self.sequences.len()
+        self.rows_before(step)[0] / self.sources[0].sequences.len()
     }
 
     /// The whole global batch of `step`.
@@ -150,60 +256,33 @@ impl MaskingSampler {
             "slots {slots:?} beyond global batch {}",
             self.cfg.global_batch
         );
-        let (rows, len) = (slots.len(), self.sequences.seq_len());
+        let (rows, len) = (slots.len(), self.sequences().seq_len());
         let rate = self.rate_at(step);
         // Zeroed allocations: pages are first touched by the parallel tasks below.
         let mut input_ids = vec![0u32; rows * len];
         let mut labels = vec![0i32; rows * len];
         let mut attention_mask = vec![0u8; rows * len];
         let mut sequence_ids = vec![0u64; rows];
+        let mut sources = vec![0u16; rows];
+        let plan = self.step_plan(step);
         const ROWS_PER_TASK: usize = 32;
-        let epoch_len = self.sequences.len();
         let parts: Vec<(MaskCounts, Vec<u32>)> = input_ids
             .par_chunks_mut(len * ROWS_PER_TASK)
             .zip(labels.par_chunks_mut(len * ROWS_PER_TASK))
             .zip(attention_mask.par_chunks_mut(len * ROWS_PER_TASK))
             .zip(sequence_ids.par_chunks_mut(ROWS_PER_TASK))
+            .zip(sources.par_chunks_mut(ROWS_PER_TASK))
             .enumerate()
-            .map(|(task, (((ids, labels), attn), seq_ids))| {
-                let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
-                let mut positions = Vec::new();
-                let mut counts = MaskCounts::default();
-                let first_slot = slots.start + task * ROWS_PER_TASK;
-                let mut perm: Option<(u64, Permutation)> = None;
-                for (r, seq_id) in seq_ids.iter_mut().enumerate() {
-                    let slot = first_slot + r;
-                    let g = step * self.cfg.global_batch as u64 + slot as u64;
-                    let epoch = g / epoch_len;
-                    if perm.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                        perm = Some((epoch, self.epoch_permutation(epoch)));
-                    }
-                    let seq = perm.as_ref().expect("set above").1.apply(g % epoch_len);
-                    *seq_id = seq;
-                    let row = r * len..(r + 1) * len;
-                    let used = self.sequences.fill(seq, &mut ids[row.clone()])?;
-                    attn[row.start..row.start + used].fill(1);
-                    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
-                        self.cfg.seed,
-                        MASK_TAG,
-                        step,
-                        slot as u64,
-                    ]));
-                    let c = mask_sequence(
-                        &mut rng,
-                        &mut ids[row.clone()],
-                        &mut labels[row],
-                        rate,
-                        &self.cfg.masking,
-                        &self.vocab,
-                        &mut scratch,
-                        &mut chosen,
-                    );
-                    counts.add(&c);
-                    let base = ((task * ROWS_PER_TASK + r) * len) as u32;
-                    positions.extend(chosen.iter().map(|&p| base + p));
-                }
-                Ok((counts, positions))
+            .map(|(task, ((((ids, labels), attention), seq_ids), sources))| {
+                let first_row = task * ROWS_PER_TASK;
+                let rows = RowsMut {
+                    input_ids: ids,
+                    labels,
+                    attention_mask: attention,
+                    sequence_ids: seq_ids,
+                    sources,
+                };
+                self.fill_rows(&plan, rate, slots.start + first_row, first_row, rows)
             })
             .collect::<Result<_>>()?;
         let mut counts = MaskCounts::default();
@@ -222,6 +301,7 @@ impl MaskingSampler {
             rate,
             seq_len: len,
             sequence_ids,
+            sources,
             input_ids,
             attention_mask,
             labels,
@@ -229,6 +309,109 @@ impl MaskingSampler {
             masked_labels,
             counts,
         })
+    }
+
+    /// Fills and masks consecutive rows: row `r` of `rows` is slot `first_slot + r` of the step's
+    /// global batch and row `first_row + r` of the batch being built. Returns the rows' mask counts
+    /// and their chosen positions as flat indices into the batch.
+    fn fill_rows(
+        &self,
+        plan: &StepPlan,
+        rate: f64,
+        first_slot: usize,
+        first_row: usize,
+        rows: RowsMut<'_>,
+    ) -> Result<(MaskCounts, Vec<u32>)> {
+        let len = self.sequences().seq_len();
+        let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        let mut positions = Vec::new();
+        let mut counts = MaskCounts::default();
+        let step = plan.step;
+        let mut order = StreamOrder::new(self);
+        for (r, seq_id) in rows.sequence_ids.iter_mut().enumerate() {
+            let slot = first_slot + r;
+            let (source, seq) = order.sequence_at(plan, slot);
+            (*seq_id, rows.sources[r]) = (seq, source as u16);
+            let row = r * len..(r + 1) * len;
+            let used = self.sources[source]
+                .sequences
+                .fill(seq, &mut rows.input_ids[row.clone()])?;
+            rows.attention_mask[row.start..row.start + used].fill(1);
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
+                self.cfg.seed,
+                MASK_TAG,
+                step,
+                slot as u64,
+            ]));
+            let c = mask_sequence(
+                &mut rng,
+                &mut rows.input_ids[row.clone()],
+                &mut rows.labels[row],
+                rate,
+                &self.cfg.masking,
+                &self.vocab,
+                &mut scratch,
+                &mut chosen,
+            );
+            counts.add(&c);
+            let base = ((first_row + r) * len) as u32;
+            positions.extend(chosen.iter().map(|&p| base + p));
+        }
+        Ok((counts, positions))
+    }
+}
+
+/// The row buffers of a run of consecutive rows, `[rows, seq_len]` each (`[rows]` for the ids).
+struct RowsMut<'a> {
+    input_ids: &'a mut [u32],
+    labels: &'a mut [i32],
+    attention_mask: &'a mut [u8],
+    sequence_ids: &'a mut [u64],
+    sources: &'a mut [u16],
+}
+
+/// What every row of one step needs to find its sequence (computed once per batch).
+struct StepPlan {
+    step: u64,
+    /// With several sources: the slots' shuffle, so each source's rows spread over all ranks.
+    slot_order: Option<Permutation>,
+    /// Each source's first (shuffled) slot; its rows are `starts[s]..starts[s + 1]`.
+    starts: Vec<usize>,
+    /// Rows each source gave to steps before this one: where its stream continues.
+    before: Vec<u64>,
+}
+
+/// The sample streams' order: position `g` of a source's stream is its sequence
+/// `perm_epoch(g mod N)` of epoch `g div N`. Keeps each source's last epoch permutation, since
+/// consecutive rows share it.
+struct StreamOrder<'a> {
+    sampler: &'a MaskingSampler,
+    epochs: Vec<Option<(u64, Permutation)>>,
+}
+
+impl<'a> StreamOrder<'a> {
+    fn new(sampler: &'a MaskingSampler) -> Self {
+        StreamOrder {
+            sampler,
+            epochs: vec![None; sampler.sources.len()],
+        }
+    }
+
+    /// The (source, sequence) in slot `slot` of the planned step's global batch.
+    fn sequence_at(&mut self, plan: &StepPlan, slot: usize) -> (usize, u64) {
+        let shuffled = plan
+            .slot_order
+            .map_or(slot, |p| p.apply(slot as u64) as usize);
+        let source = plan.starts.partition_point(|&start| start <= shuffled) - 1;
+        let g = plan.before[source] + (shuffled - plan.starts[source]) as u64;
+        let epoch_len = self.sampler.sources[source].sequences.len();
+        let epoch = g / epoch_len;
+        let cached = &mut self.epochs[source];
+        if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            *cached = Some((epoch, self.sampler.epoch_permutation(source, epoch)));
+        }
+        let perm = &cached.as_ref().expect("set above").1;
+        (source, perm.apply(g % epoch_len))
     }
 }
 
@@ -246,6 +429,17 @@ pub struct BatchPlan {
 }
 
 impl BatchPlan {
+    /// Rank `rank` of `world_size` taking its share of the global batch in one micro-batch (what
+    /// a caller that does its own accumulation, such as the Python package, asks for).
+    pub fn whole_rank(global_batch: usize, world_size: usize, rank: usize) -> Self {
+        BatchPlan {
+            global_batch,
+            world_size,
+            rank,
+            micro_batch: global_batch / world_size.max(1),
+        }
+    }
+
     /// Checks that the global batch splits evenly.
     pub fn validate(&self) -> Result<()> {
         if self.world_size == 0 || self.rank >= self.world_size {
@@ -270,6 +464,12 @@ impl BatchPlan {
     /// Micro-batches per rank per step (gradient-accumulation steps).
     pub fn accumulation_steps(&self) -> usize {
         self.global_batch / (self.world_size * self.micro_batch)
+    }
+
+    /// Global-batch slots of this rank: the union of its micro-batches, in order.
+    pub fn rank_slots(&self) -> Range<usize> {
+        let per_rank = self.global_batch / self.world_size;
+        self.rank * per_rank..(self.rank + 1) * per_rank
     }
 
     /// Global-batch slots of this rank's micro-batch `m`.

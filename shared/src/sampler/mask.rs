@@ -178,6 +178,7 @@ fn choose_bernoulli<R: Rng>(
 }
 
 /// Exact counts and/or whole words: choose units (tokens, or words with their ## pieces).
+/// Kept whole: grouping into units, counting and drawing are one pass over the sequence.
 #[allow(clippy::too_many_arguments)]
 fn choose_units<R: Rng>(
     rng: &mut R,

@@ -6,16 +6,26 @@
 //! - [`mask::mask_sequence`]: choice (Bernoulli, exact, whole-word) and 80/10/10 replacement.
 //! - [`batch::MaskingSampler`]: `batch(step, slots)`, a pure function of the seed and step.
 //! - [`loader::Loader`]: prefetching on a background thread.
+//! - [`data_config::DataConfig`]: everything a batch depends on (the trainer's data flags, the
+//!   Python package's keywords), and [`data_config::Data`], what it opens.
+//! - [`mixture::Mixture`]: named sources mixed with weights that follow schedules.
+//! - [`held_out::HeldOutBatches`]: the held-out sequences masked at a fixed 15% and seed.
 
 pub mod batch;
+pub mod data_config;
+pub mod held_out;
 pub mod loader;
 pub mod mask;
+pub mod mixture;
 pub mod order;
 pub mod sequence;
 
 pub use batch::{Batch, BatchPlan, MaskingSampler, SamplerConfig};
+pub use data_config::{Data, DataConfig};
+pub use held_out::HeldOutBatches;
 pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
+pub use mixture::{MixSpec, Mixture, Weight};
 pub use sequence::{Layout, Sequences};
 
 use crate::tokenizer::LoadedTokenizer;

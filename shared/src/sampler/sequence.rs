@@ -165,7 +165,7 @@ impl Sequences {
     pub fn split_tail(self, held_out: u64) -> Result<(Sequences, Sequences)> {
         if held_out == 0 || held_out >= self.count {
             return Err(Error::Config(format!(
-                "cannot hold out {held_out} of {} sequences",
+                "cannot hold out {held_out} of {} sequences for evaluation (--eval-sequences)",
                 self.count
             )));
         }

@@ -88,6 +88,7 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 impl<'a> IndexView<'a> {
     /// Checks magic, version, dtype, counts and file length; `path` is only used in errors.
+    /// Kept whole: the header fields validated in on-disk order.
     pub fn parse(bytes: &'a [u8], path: &Path) -> Result<Self> {
         if bytes.len() < HEADER_LEN {
             return Err(Error::format(

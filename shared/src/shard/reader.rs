@@ -146,6 +146,7 @@ impl ShardSet {
     }
 
     /// Opens several shard directories as one collection; they must share a tokenizer.
+    /// Kept whole: the checks run in the order a reader of the format expects them.
     pub fn open_many(dirs: &[PathBuf]) -> Result<Self> {
         if dirs.is_empty() {
             return Err(Error::Config("no shard directory given".into()));
@@ -410,10 +411,5 @@ impl ShardSet {
             }
         }
         Ok(checked)
-    }
-
-    /// Documents per shard, for summaries.
-    pub fn shard_documents(&self) -> impl Iterator<Item = usize> + '_ {
-        self.shards.iter().map(|s| s.documents)
     }
 }

@@ -13,7 +13,7 @@ use evaluation::finetune::{train_seed, FinetuneOptions, TaskData};
 use evaluation::tasks::{present, read_tsv};
 use model::BertConfig;
 use std::path::{Path, PathBuf};
-use training::pretrained::Pretrained;
+use training::saved_model::Pretrained;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

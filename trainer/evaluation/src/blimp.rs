@@ -13,8 +13,8 @@ use shared::tokenizer::TokenizerInfo;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use training::pretrained::Pretrained;
 use training::runtime::RuntimeArgs;
+use training::saved_model::Pretrained;
 
 /// `trainer blimp` flags.
 #[derive(Debug, Clone, Args)]
@@ -104,31 +104,7 @@ pub fn pll_scores(
         if rows.is_empty() {
             return Ok(());
         }
-        let len = rows
-            .iter()
-            .map(|&(s, _)| sentences[s].len())
-            .max()
-            .unwrap_or(1);
-        let n = rows.len();
-        let (mut ids, mut mask) = (vec![pad_id; n * len], vec![0f32; n * len]);
-        let (mut positions, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for (r, &(s, pos)) in rows.iter().enumerate() {
-            let sent = &sentences[s];
-            ids[r * len..r * len + sent.len()].copy_from_slice(sent);
-            mask[r * len..r * len + sent.len()].fill(1.0);
-            ids[r * len + pos] = mask_id;
-            positions.push((r * len + pos) as u32);
-            labels.push(sent[pos]);
-        }
-        let input = Tensor::from_vec(ids, (n, len), device)?;
-        let attn = Tensor::from_vec(mask, (n, len), device)?;
-        let hidden = model.encode(&input, &attn, &mut None)?;
-        let logits = model.mlm_logits(&hidden, &Tensor::from_vec(positions, n, device)?)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let picked = logp
-            .gather(&Tensor::from_vec(labels, (n, 1), device)?, 1)?
-            .squeeze(1)?
-            .to_vec1::<f32>()?;
+        let picked = masked_log_probs(model, sentences, rows, mask_id, pad_id, device)?;
         for (&(s, _), lp) in rows.iter().zip(picked) {
             scores[s] += lp as f64;
         }
@@ -148,6 +124,44 @@ pub fn pll_scores(
     }
     flush(&mut rows, &mut scores)?;
     Ok(scores)
+}
+
+/// For each `(sentence, position)` row: the log-probability of the sentence's token at that
+/// position with the position masked, all rows in one forward pass.
+fn masked_log_probs(
+    model: &Bert,
+    sentences: &[Vec<u32>],
+    rows: &[(usize, usize)],
+    mask_id: u32,
+    pad_id: u32,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let len = rows
+        .iter()
+        .map(|&(s, _)| sentences[s].len())
+        .max()
+        .unwrap_or(1);
+    let n = rows.len();
+    let (mut ids, mut mask) = (vec![pad_id; n * len], vec![0f32; n * len]);
+    let (mut positions, mut labels) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for (r, &(s, pos)) in rows.iter().enumerate() {
+        let sent = &sentences[s];
+        ids[r * len..r * len + sent.len()].copy_from_slice(sent);
+        mask[r * len..r * len + sent.len()].fill(1.0);
+        ids[r * len + pos] = mask_id;
+        positions.push((r * len + pos) as u32);
+        labels.push(sent[pos]);
+    }
+    let input = Tensor::from_vec(ids, (n, len), device)?;
+    let attn = Tensor::from_vec(mask, (n, len), device)?;
+    let hidden = model.encode(&input, &attn, &mut None)?;
+    let logits = model.mlm_logits(&hidden, &Tensor::from_vec(positions, n, device)?)?;
+    let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    let picked = logp
+        .gather(&Tensor::from_vec(labels, (n, 1), device)?, 1)?
+        .squeeze(1)?
+        .to_vec1::<f32>()?;
+    Ok(picked)
 }
 
 /// Accuracy of a group of pairs.
@@ -213,6 +227,7 @@ impl BlimpReport {
 }
 
 /// Scores `pairs` with the model in `pre`.
+/// Kept whole: read, score, group and report, in order.
 pub fn evaluate(
     pre: &Pretrained,
     pairs: &[Pair],

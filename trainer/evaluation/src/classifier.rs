@@ -8,7 +8,7 @@ use model::ops::Dropout;
 use model::params::Unmatched;
 use model::{Bert, BertConfig, Linear, ParamStore};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
-use training::pretrained::Pretrained;
+use training::saved_model::Pretrained;
 
 /// One tokenized input.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::time::Instant;
-use training::pretrained;
+use training::saved_model;
 
 /// `trainer glue` flags.
 #[derive(Debug, Clone, Args)]
@@ -84,9 +84,9 @@ impl GlueReport {
     }
 }
 
-/// Runs the suite.
-pub fn run_suite(args: &GlueArgs) -> Result<GlueReport> {
-    let t0 = Instant::now();
+/// The tasks to run: those present under `--data`, narrowed to `--tasks` (each of which must be
+/// present), in [`Task::ALL`] order.
+fn selected_tasks(args: &GlueArgs) -> Result<Vec<(Task, PathBuf)>> {
     let mut tasks = present(&args.data);
     if !args.tasks.is_empty() {
         let wanted: Vec<Task> = args
@@ -108,6 +108,13 @@ pub fn run_suite(args: &GlueArgs) -> Result<GlueReport> {
             Task::ALL.map(|t| t.dir_name()).join(", ")
         );
     }
+    Ok(tasks)
+}
+
+/// Runs the suite.
+pub fn run_suite(args: &GlueArgs) -> Result<GlueReport> {
+    let t0 = Instant::now();
+    let tasks = selected_tasks(args)?;
     let pre = args.source.load()?;
     let out = args
         .out
@@ -143,7 +150,7 @@ pub fn run_suite(args: &GlueArgs) -> Result<GlueReport> {
             save.as_deref(),
         )?;
         if let Some(dir) = save {
-            mnli_model = Some(pretrained::load(&dir, None)?);
+            mnli_model = Some(saved_model::load(&dir, None)?);
         }
         eprintln!(
             "{}: score {:.2} ({})",

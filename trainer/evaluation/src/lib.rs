@@ -31,7 +31,7 @@ pub struct CheckpointArgs {
 
 impl CheckpointArgs {
     /// Loads the weights, config and tokenizer.
-    pub fn load(&self) -> anyhow::Result<training::pretrained::Pretrained> {
-        training::pretrained::load(&self.checkpoint, self.tokenizer.as_deref())
+    pub fn load(&self) -> anyhow::Result<training::saved_model::Pretrained> {
+        training::saved_model::load(&self.checkpoint, self.tokenizer.as_deref())
     }
 }

@@ -287,6 +287,48 @@ pub struct ReadFile {
     pub skipped: Vec<String>,
 }
 
+/// Where a task file's fields are, by column index.
+struct RowColumns {
+    a: usize,
+    b: Option<usize>,
+    label: Option<usize>,
+    id: Option<usize>,
+}
+
+impl RowColumns {
+    /// The example in one row's `fields`, or why the row is malformed.
+    fn example(&self, task: Task, fields: &[&str]) -> std::result::Result<Example, String> {
+        let get = |i: usize| {
+            fields
+                .get(i)
+                .copied()
+                .ok_or_else(|| format!("{} columns, expected at least {}", fields.len(), i + 1))
+        };
+        let label = match self.label {
+            Some(c) => {
+                let raw = get(c)?.trim();
+                task.parse_label(raw).ok_or_else(|| {
+                    format!(
+                        "label {raw:?} is not one of {}",
+                        if task.is_regression() {
+                            "a number".to_string()
+                        } else {
+                            format!("{:?}", task.labels())
+                        }
+                    )
+                })?
+            }
+            None => Label::None,
+        };
+        Ok(Example {
+            a: get(self.a)?.to_string(),
+            b: self.b.map(get).transpose()?.map(str::to_string),
+            label,
+            id: self.id.map(get).transpose()?.unwrap_or("").to_string(),
+        })
+    }
+}
+
 /// Reads a GLUE TSV (`test` = unlabelled test layout). A malformed row is an error naming the
 /// file and line, or is skipped and reported when `skip_bad` (QQP's train file has a few).
 pub fn read_tsv(task: Task, path: &Path, test: bool, skip_bad: bool) -> Result<ReadFile> {
@@ -316,10 +358,12 @@ pub fn read_tsv(task: Task, path: &Path, test: bool, skip_bad: bool) -> Result<R
             )
         })
     };
-    let a_col = find(layout.a)?;
-    let b_col = layout.b.map(find).transpose()?;
-    let label_col = layout.label.map(find).transpose()?;
-    let id_col = layout.id.map(find).transpose()?;
+    let columns = RowColumns {
+        a: find(layout.a)?,
+        b: layout.b.map(find).transpose()?,
+        label: layout.label.map(find).transpose()?,
+        id: layout.id.map(find).transpose()?,
+    };
     let mut out = ReadFile {
         examples: Vec::new(),
         skipped: Vec::new(),
@@ -329,37 +373,7 @@ pub fn read_tsv(task: Task, path: &Path, test: bool, skip_bad: bool) -> Result<R
             continue;
         }
         let fields: Vec<&str> = line.split('\t').collect();
-        let row = (|| -> std::result::Result<Example, String> {
-            let get = |i: usize| {
-                fields
-                    .get(i)
-                    .copied()
-                    .ok_or_else(|| format!("{} columns, expected at least {}", fields.len(), i + 1))
-            };
-            let label = match label_col {
-                Some(c) => {
-                    let raw = get(c)?.trim();
-                    task.parse_label(raw).ok_or_else(|| {
-                        format!(
-                            "label {raw:?} is not one of {}",
-                            if task.is_regression() {
-                                "a number".to_string()
-                            } else {
-                                format!("{:?}", task.labels())
-                            }
-                        )
-                    })?
-                }
-                None => Label::None,
-            };
-            Ok(Example {
-                a: get(a_col)?.to_string(),
-                b: b_col.map(get).transpose()?.map(str::to_string),
-                label,
-                id: id_col.map(get).transpose()?.unwrap_or("").to_string(),
-            })
-        })();
-        match row {
+        match columns.example(task, &fields) {
             Ok(ex) => out.examples.push(ex),
             Err(msg) => {
                 let msg = format!("{}:{line_no}: {msg}", path.display());

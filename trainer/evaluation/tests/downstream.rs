@@ -7,7 +7,7 @@ use evaluation::finetune::{majority_baseline, train_seed, FinetuneOptions, TaskD
 use evaluation::tasks::{read_tsv, Hyper, Label, Task};
 use model::BertConfig;
 use std::path::{Path, PathBuf};
-use training::pretrained::Pretrained;
+use training::saved_model::Pretrained;
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -148,6 +148,7 @@ pub struct MlmOutput {
 
 impl Bert {
     /// Builds (or binds to existing) parameters in `p`.
+    /// Kept whole: the parameters in HuggingFace's order, one per line.
     pub fn new(cfg: BertConfig, p: &ParamStore) -> Result<Self> {
         let (h, std, eps) = (cfg.hidden_size, cfg.initializer_range, cfg.layer_norm_eps);
         if h % cfg.num_attention_heads != 0 {
@@ -236,6 +237,7 @@ impl Bert {
 
     /// Final hidden states `[B, L, H]`; `token_type_ids` `[B, L]` u32 marks sentence pairs'
     /// second segments (`None` = all type 0).
+    /// Kept whole: the encoder's forward pass in layer order, like the reference implementation.
     pub fn encode_with_types(
         &self,
         input_ids: &Tensor,

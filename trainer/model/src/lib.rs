@@ -6,13 +6,11 @@
 //!   GELU, bias add, cross-entropy, dropout, autocast matmul. Each has a fused CPU kernel with its
 //!   own backward and a composed twin for every other device; [`ops::supports`] chooses.
 //! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
-//! - [`device`]: `--device` and `--precision`.
 //!
 //! Invariant: the device is a parameter everywhere; nothing assumes CPU except where a test says so.
 
 pub mod bert;
 pub mod bert_config;
-pub mod device;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
 pub mod ops;

@@ -239,90 +239,32 @@ fn existing(primary: &Path, fallback: &Path) -> PathBuf {
     }
 }
 
-/// Runs the sweep (or one phase of it).
+/// Runs the sweep (or one phase of it): preprocess the corpus once, train every schedule × seed,
+/// evaluate each finished run, write the report. Each phase skips what is already done.
 pub fn run_experiment(args: &SweepArgs) -> Result<()> {
     let cfg = SweepConfig::load(&args.experiment)?;
     let steps = cfg.steps()?;
-    let shards = cfg.shards();
-    let (corpus, fallback) = cfg.corpus();
-    let want = |p: Phase| args.phase == Phase::All || args.phase == p;
     if args.dry_run {
-        println!(
-            "corpus: {}{}",
-            corpus
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            if fallback { " (fallback)" } else { "" }
-        );
-        println!(
-            "shards: {} ({})",
-            shards.display(),
-            if shards.join("manifest.json").exists() {
-                "done"
-            } else {
-                "to do"
-            }
-        );
-        for s in &cfg.schedules {
-            for &seed in &cfg.seeds {
-                let dir = cfg.run_dir(s, seed);
-                let state = run_state(&dir, steps)?;
-                let evals = [("blimp", "blimp/blimp.json"), ("glue", "glue/glue.json")]
-                    .iter()
-                    .map(|(n, f)| {
-                        format!(
-                            "{n} {}",
-                            if dir.join(f).exists() {
-                                "done"
-                            } else {
-                                "to do"
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                println!("{}: {state:?}; {evals}", dir.display());
-            }
-        }
-        return Ok(());
+        return print_plan(&cfg, steps);
     }
+    let want = |p: Phase| args.phase == Phase::All || args.phase == p;
     std::fs::create_dir_all(&cfg.out)?;
     let _lock = shared::lock::DirLock::acquire(&cfg.out, "trainer sweep")?;
+    let shards = cfg.shards();
     if want(Phase::Preprocess) && !shards.join("manifest.json").exists() {
         let mut cmd = Command::new(sibling_binary("preprocess")?);
-        cmd.args(&corpus).arg("--out").arg(&shards);
+        cmd.args(&cfg.corpus().0).arg("--out").arg(&shards);
         cmd.args(&cfg.data.preprocess_args);
         run_child(&mut cmd, "preprocessing the corpus once")?;
     }
     let train_toml = cfg.out.join("train.toml");
     shared::atomic::write_file(&train_toml, toml::to_string(&cfg.train)?.as_bytes())?;
     let me = std::env::current_exe()?;
+    // Every run is trained before any is evaluated: evaluation never holds up training.
     if want(Phase::Train) {
         for &seed in &cfg.seeds {
             for s in &cfg.schedules {
-                let dir = cfg.run_dir(s, seed);
-                let state = run_state(&dir, steps)?;
-                if state == RunState::Complete {
-                    eprintln!("sweep: {} complete, skipped", dir.display());
-                    continue;
-                }
-                let mut cmd = Command::new(&me);
-                cmd.arg("--config")
-                    .arg(&train_toml)
-                    .arg("--shards")
-                    .arg(&shards)
-                    .arg("--schedule")
-                    .arg(s)
-                    .arg("--seed")
-                    .arg(seed.to_string())
-                    .arg("--out")
-                    .arg(&dir);
-                if matches!(state, RunState::Partial(_)) {
-                    cmd.arg("--resume");
-                }
-                run_child(&mut cmd, &format!("training {}", run_name(s, seed)))?;
+                train_run(&cfg, &me, &train_toml, s, seed, steps)?;
             }
         }
     }
@@ -334,50 +276,7 @@ pub fn run_experiment(args: &SweepArgs) -> Result<()> {
                     eprintln!("sweep: {} not trained yet, not evaluated", dir.display());
                     continue;
                 }
-                if let Some(b) = &cfg.blimp {
-                    if !dir.join("blimp/blimp.json").exists() {
-                        let mut cmd = Command::new(&me);
-                        cmd.arg("blimp")
-                            .arg("--checkpoint")
-                            .arg(&dir)
-                            .arg("--data")
-                            .arg(existing(&b.data, &b.fallback))
-                            .arg("--quiet");
-                        if let Some(m) = b.max_pairs {
-                            cmd.arg("--max-pairs").arg(m.to_string());
-                        }
-                        run_child(&mut cmd, &format!("BLiMP of {}", run_name(s, seed)))?;
-                    }
-                }
-                if let Some(g) = &cfg.glue {
-                    if !dir.join("glue/glue.json").exists() {
-                        let mut cmd = Command::new(&me);
-                        cmd.arg("glue")
-                            .arg("--checkpoint")
-                            .arg(&dir)
-                            .arg("--data")
-                            .arg(existing(&g.data, &g.fallback))
-                            .arg("--seeds")
-                            .arg(g.seeds.to_string())
-                            .arg("--quiet");
-                        if !g.tasks.is_empty() {
-                            cmd.arg("--tasks").arg(g.tasks.join(","));
-                        }
-                        for (flag, v) in [
-                            ("--max-train", g.max_train),
-                            ("--max-eval", g.max_eval),
-                            ("--epochs", g.epochs),
-                        ] {
-                            if let Some(v) = v {
-                                cmd.arg(flag).arg(v.to_string());
-                            }
-                        }
-                        if let Some(lr) = g.lr {
-                            cmd.arg("--lr").arg(lr.to_string());
-                        }
-                        run_child(&mut cmd, &format!("GLUE of {}", run_name(s, seed)))?;
-                    }
-                }
+                evaluate_run(&cfg, &me, s, seed)?;
             }
         }
     }
@@ -388,6 +287,136 @@ pub fn run_experiment(args: &SweepArgs) -> Result<()> {
             cfg.report.display(),
             text.lines().count()
         );
+    }
+    Ok(())
+}
+
+/// `--dry-run`: the corpus, the shards and each run's state, without doing anything.
+fn print_plan(cfg: &SweepConfig, steps: u64) -> Result<()> {
+    let shards = cfg.shards();
+    let (corpus, fallback) = cfg.corpus();
+    println!(
+        "corpus: {}{}",
+        corpus
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if fallback { " (fallback)" } else { "" }
+    );
+    println!(
+        "shards: {} ({})",
+        shards.display(),
+        if shards.join("manifest.json").exists() {
+            "done"
+        } else {
+            "to do"
+        }
+    );
+    for s in &cfg.schedules {
+        for &seed in &cfg.seeds {
+            let dir = cfg.run_dir(s, seed);
+            let state = run_state(&dir, steps)?;
+            let evals = [("blimp", "blimp/blimp.json"), ("glue", "glue/glue.json")]
+                .iter()
+                .map(|(n, f)| {
+                    format!(
+                        "{n} {}",
+                        if dir.join(f).exists() {
+                            "done"
+                        } else {
+                            "to do"
+                        }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            println!("{}: {state:?}; {evals}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+/// Trains (or resumes) one schedule × seed unless it is complete.
+fn train_run(
+    cfg: &SweepConfig,
+    me: &Path,
+    train_toml: &Path,
+    s: &str,
+    seed: u64,
+    steps: u64,
+) -> Result<()> {
+    let shards = cfg.shards();
+    let dir = cfg.run_dir(s, seed);
+    let state = run_state(&dir, steps)?;
+    if state == RunState::Complete {
+        eprintln!("sweep: {} complete, skipped", dir.display());
+        return Ok(());
+    }
+    let mut cmd = Command::new(me);
+    cmd.arg("--config")
+        .arg(train_toml)
+        .arg("--shards")
+        .arg(&shards)
+        .arg("--schedule")
+        .arg(s)
+        .arg("--seed")
+        .arg(seed.to_string())
+        .arg("--out")
+        .arg(&dir);
+    if matches!(state, RunState::Partial(_)) {
+        cmd.arg("--resume");
+    }
+    run_child(&mut cmd, &format!("training {}", run_name(s, seed)))?;
+    Ok(())
+}
+
+/// BLiMP and GLUE of one trained run, each unless its results exist.
+fn evaluate_run(cfg: &SweepConfig, me: &Path, s: &str, seed: u64) -> Result<()> {
+    let dir = cfg.run_dir(s, seed);
+    if let Some(b) = &cfg.blimp {
+        if !dir.join("blimp/blimp.json").exists() {
+            let mut cmd = Command::new(me);
+            cmd.arg("blimp")
+                .arg("--checkpoint")
+                .arg(&dir)
+                .arg("--data")
+                .arg(existing(&b.data, &b.fallback))
+                .arg("--quiet");
+            if let Some(m) = b.max_pairs {
+                cmd.arg("--max-pairs").arg(m.to_string());
+            }
+            run_child(&mut cmd, &format!("BLiMP of {}", run_name(s, seed)))?;
+        }
+    }
+    if let Some(g) = &cfg.glue {
+        if !dir.join("glue/glue.json").exists() {
+            let mut cmd = Command::new(me);
+            cmd.arg("glue")
+                .arg("--checkpoint")
+                .arg(&dir)
+                .arg("--data")
+                .arg(existing(&g.data, &g.fallback))
+                .arg("--seeds")
+                .arg(g.seeds.to_string())
+                .arg("--quiet");
+            if !g.tasks.is_empty() {
+                cmd.arg("--tasks").arg(g.tasks.join(","));
+            }
+            for (flag, v) in [
+                ("--max-train", g.max_train),
+                ("--max-eval", g.max_eval),
+                ("--epochs", g.epochs),
+            ] {
+                if let Some(v) = v {
+                    cmd.arg(flag).arg(v.to_string());
+                }
+            }
+            if let Some(lr) = g.lr {
+                cmd.arg("--lr").arg(lr.to_string());
+            }
+            run_child(&mut cmd, &format!("GLUE of {}", run_name(s, seed)))?;
+        }
     }
     Ok(())
 }

@@ -37,8 +37,9 @@ pub fn with_tied_decoder(mut tensors: HashMap<String, Tensor>) -> HashMap<String
 
 /// Exports `run`'s latest checkpoint (read by the same loader as `glue`/`blimp`) into `out`;
 /// returns the files written.
+/// Kept whole: the HuggingFace directory's files written in one place.
 pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
-    let pre = crate::pretrained::load(run, None)?;
+    let pre = crate::saved_model::load(run, None)?;
     let cfg = pre.config;
     if cfg.pre_ln {
         bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");

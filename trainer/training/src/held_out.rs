@@ -1,75 +1,101 @@
-//! Held-out evaluation: MLM loss and accuracy at a constant 15% rate with a fixed mask seed, so
-//! runs with different schedules are compared on the same masked tokens (the paper's protocol).
+//! Held-out evaluation: MLM loss and accuracy on [`HeldOutBatches`] (a constant 15% rate with a
+//! fixed mask seed), so runs with different schedules are compared on the same masked tokens.
+//! With a mixture, each source's held-out sequences are scored apart and pooled.
 
 use crate::dist::Collective;
 use anyhow::Result;
 use candle_core::Device;
 use model::{Bert, MlmInputs};
-use shared::sampler::{MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
-use shared::schedule::MaskSchedule;
+use serde::{Deserialize, Serialize};
+use shared::sampler::{HeldOutBatches, MaskVocab, Sequences};
 use shared::tokenizer::LoadedTokenizer;
+use std::collections::BTreeMap;
 
-/// The fixed evaluation masking rate.
-pub const EVAL_RATE: f64 = 0.15;
-/// The fixed evaluation mask seed.
-pub const EVAL_SEED: u64 = 0x00e7_a15e;
+/// Loss and accuracy on a held-out set.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    /// Mean MLM loss over the predicted tokens.
+    pub loss: f64,
+    /// Masked-token accuracy.
+    pub accuracy: f64,
+}
 
-/// Evaluates a model on the held-out sequences.
+/// The pooled score and, with named sources, each source's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Over every held-out sequence of every source.
+    pub pooled: Score,
+    /// By source name (empty with one unnamed source).
+    pub by_source: BTreeMap<String, Score>,
+}
+
+/// Evaluates a model on the held-out sequences of each source.
 pub struct Evaluator {
-    sampler: MaskingSampler,
-    batches: u64,
+    sources: Vec<(String, HeldOutBatches)>,
 }
 
 impl Evaluator {
     /// `None` when nothing is held out.
     pub fn new(
-        held_out: Option<Sequences>,
+        held_out: Vec<(String, Sequences)>,
         tok: &LoadedTokenizer,
         batch: usize,
     ) -> Result<Option<Self>> {
-        let Some(seqs) = held_out else {
+        if held_out.is_empty() {
             return Ok(None);
-        };
-        let batch = batch.min(seqs.len() as usize).max(1);
-        let batches = seqs.len() / batch as u64;
-        let cfg = SamplerConfig {
-            seed: EVAL_SEED,
-            global_batch: batch,
-            total_steps: batches.max(1),
-            schedule: MaskSchedule::constant(EVAL_RATE),
-            masking: MaskingConfig::default(),
-        };
-        Ok(Some(Evaluator {
-            sampler: MaskingSampler::new(seqs, MaskVocab::from_tokenizer(tok), cfg)?,
-            batches,
-        }))
+        }
+        let vocab = MaskVocab::from_tokenizer(tok);
+        let sources = held_out
+            .into_iter()
+            .map(|(name, seqs)| Ok((name, HeldOutBatches::new(seqs, vocab.clone(), batch)?)))
+            .collect::<Result<_>>()?;
+        Ok(Some(Evaluator { sources }))
     }
 
     /// The held-out batches, in evaluation order (what [`Evaluator::evaluate`] scores).
     pub fn batches(&self) -> impl Iterator<Item = shared::Result<shared::sampler::Batch>> + '_ {
-        (0..self.batches).map(|step| self.sampler.global_batch(step))
+        self.sources.iter().flat_map(|(_, b)| b.iter())
     }
 
-    /// Mean loss (weighted by predicted tokens) and accuracy over every held-out batch; the
-    /// batches are split across `comm`'s ranks (batch i on rank i mod world size) and the sums
-    /// combined.
+    /// Mean loss (weighted by predicted tokens) and accuracy over every held-out batch, pooled
+    /// and per source; the batches are split across `comm`'s ranks (batch i of a source on rank
+    /// i mod world size) and the sums combined.
     pub fn evaluate(
         &self,
         model: &Bert,
         device: &Device,
         comm: &dyn Collective,
-    ) -> Result<(f64, f64)> {
-        let mut sums = [0f64; 3]; // loss × predicted, correct, predicted
+    ) -> Result<Evaluation> {
+        // Per source: loss × predicted, correct, predicted.
+        let mut sums = vec![0f64; 3 * self.sources.len()];
         let (rank, world) = (comm.rank(), comm.world_size());
-        for batch in self.batches().skip(rank).step_by(world) {
-            let batch = batch?;
-            let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
-            sums[0] += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
-            sums[1] += out.correct as f64;
-            sums[2] += out.predicted as f64;
+        for (i, (_, batches)) in self.sources.iter().enumerate() {
+            for batch in batches.iter().skip(rank).step_by(world) {
+                let batch = batch?;
+                let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
+                sums[3 * i] += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
+                sums[3 * i + 1] += out.correct as f64;
+                sums[3 * i + 2] += out.predicted as f64;
+            }
         }
         comm.sum_f64(&mut sums)?;
-        let [loss_sum, correct, predicted] = sums;
-        Ok((loss_sum / predicted.max(1.0), correct / predicted.max(1.0)))
+        let score = |s: &[f64]| Score {
+            loss: s[0] / s[2].max(1.0),
+            accuracy: s[1] / s[2].max(1.0),
+        };
+        let mut pooled = [0f64; 3];
+        let mut by_source = BTreeMap::new();
+        for ((name, _), s) in self.sources.iter().zip(sums.chunks(3)) {
+            for (p, v) in pooled.iter_mut().zip(s) {
+                *p += v;
+            }
+            if !name.is_empty() {
+                by_source.insert(name.clone(), score(s));
+            }
+        }
+        Ok(Evaluation {
+            pooled: score(&pooled),
+            by_source,
+        })
     }
 }

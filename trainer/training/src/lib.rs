@@ -8,7 +8,7 @@
 //! - [`pretrain`]: `TrainArgs` and the pretraining loop; [`data`] the flags that fix the data
 //!   stream; [`held_out`] held-out loss at a fixed rate and mask seed; [`metrics_log`]
 //!   `metrics.jsonl`; [`checkpoint`] atomic safetensors checkpoints.
-//! - [`pretrained`]: weights + config + tokenizer from a run, a checkpoint or a HuggingFace
+//! - [`saved_model`]: weights + config + tokenizer from a run, a checkpoint or a HuggingFace
 //!   directory; [`export`] writes a HuggingFace `BertForMaskedLM` directory.
 //! - [`dist`]: the ranks of a data-parallel job and its collectives (MPI with feature `mpi`).
 //! - [`runtime`]: the `--device`/`--quiet` flags every command that computes shares;
@@ -18,12 +18,13 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod config_file;
 pub mod data;
+pub mod device;
 pub mod dist;
 pub mod export;
 pub mod held_out;
 pub mod metrics_log;
 pub mod optim;
 pub mod pretrain;
-pub mod pretrained;
 pub mod runtime;
+pub mod saved_model;
 pub mod step;

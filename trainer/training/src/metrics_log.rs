@@ -1,7 +1,9 @@
 //! `metrics.jsonl`: one JSON object per logged step (training) or evaluation.
 
+use crate::held_out::Score;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -40,6 +42,9 @@ pub enum Record {
         loss: f64,
         /// Masked-token accuracy.
         accuracy: f64,
+        /// With a mixture: each source's held-out loss and accuracy (the fields above pool them).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        sources: BTreeMap<String, Score>,
     },
 }
 
@@ -109,6 +114,17 @@ pub fn read(path: &Path) -> Result<Vec<Record>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(path, &text)
+}
+
+/// The (step, loss) of every training record of a `metrics.jsonl`, in file order.
+pub fn train_losses(path: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(read(path)?
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Train { step, loss, .. } => Some((step, loss)),
+            Record::Eval { .. } => None,
+        })
+        .collect())
 }
 
 /// [`read`], leaving out a last line cut short (no newline) by a full disk or a crash mid-append.

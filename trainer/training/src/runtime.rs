@@ -18,13 +18,13 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// The device `--device` names.
     pub fn device(&self) -> anyhow::Result<candle_core::Device> {
-        model::device::parse(&self.device, 0)
+        crate::device::parse(&self.device, 0)
     }
 
     /// The device of the process with node-local rank `local_rank`: `auto` and `cuda` (without
     /// an ordinal) pick GPU `local_rank`, one process per GPU; `cuda:N` and `cpu` are taken as
     /// given.
     pub fn device_for_rank(&self, local_rank: usize) -> anyhow::Result<candle_core::Device> {
-        model::device::parse(&self.device, local_rank)
+        crate::device::parse(&self.device, local_rank)
     }
 }

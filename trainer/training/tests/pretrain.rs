@@ -6,7 +6,7 @@ use clap::Parser;
 use model::fixtures::{inputs, tiny};
 use model::{Bert, BertConfig, ParamStore};
 use shared::fixtures::sample_shards;
-use training::metrics_log::{read, Record};
+use training::metrics_log::{read, train_losses, Record};
 use training::pretrain::{Summary, TrainArgs};
 
 /// Trains as one process.
@@ -61,20 +61,6 @@ fn train_args(shards: &std::path::Path, out: &std::path::Path, extra: &[&str]) -
     Cmd::parse_from(argv).train
 }
 
-fn train_losses(run: &std::path::Path) -> Vec<(u64, f64)> {
-    read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| {
-            if let Record::Train { step, loss, .. } = r {
-                Some((step, loss))
-            } else {
-                None
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
     let (_keep, shards) = sample_shards();
@@ -102,7 +88,10 @@ fn a_resumed_run_reproduces_the_uninterrupted_loss_curve_exactly() {
     let mut resume = common.to_vec();
     resume.push("--resume");
     pretrain(&train_args(&shards, &b, &resume), flag()).unwrap();
-    let (la, lb) = (train_losses(&a), train_losses(&b));
+    let (la, lb) = (
+        train_losses(&a.join("metrics.jsonl")).unwrap(),
+        train_losses(&b.join("metrics.jsonl")).unwrap(),
+    );
     assert_eq!(la.len(), 6);
     assert_eq!(la, lb, "bit-identical losses after resuming");
     // Checkpoints round-trip: the final parameters are identical too.

@@ -231,6 +231,7 @@ impl CustomOp1 for FusedAttention {
         "fused-attention"
     }
 
+    // Kept whole: one kernel, its loop nest and buffers in one place.
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = Dims::of(l, self.heads, "attention")?;
         let qkv = f32_data(s, l, "attention")?;
@@ -331,6 +332,7 @@ impl CustomOp2 for FusedAttentionBackward {
         "fused-attention-bwd"
     }
 
+    // Kept whole: one kernel, its loop nest and buffers in one place.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,

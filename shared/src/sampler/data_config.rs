@@ -1,0 +1,424 @@
+//! [`DataConfig`]: everything a batch depends on, in one type. The trainer's flags, `trainer
+//! inspect-batch` and the Python package's `MaskedBatches` keywords are all this struct (with
+//! feature `clap`, its fields are the command-line flags), so the three cannot disagree about a
+//! batch. [`DataConfig::open`] turns it into [`Data`]: the shards, their tokenizer, the sampler
+//! and the held-out sequences.
+
+use super::{Layout, MaskVocab, MaskingConfig, MaskingSampler, MixSpec, SamplerConfig, Sequences};
+use crate::error::{Error, Result};
+use crate::schedule::MaskSchedule;
+use crate::shard::ShardSet;
+use crate::tokenizer::LoadedTokenizer;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The data stream of a run: shards, sequences, schedule, masking, batch and run length.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct DataConfig {
+    /// Shard directory made by `preprocess` (repeat to read several as one), or NAME=DIR for a
+    /// named source of a mixture (repeat a name to read several directories as that source).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "shards", value_name = "[NAME=]DIR", required = true)
+    )]
+    pub shards: Vec<PathBuf>,
+    /// Weights of the named sources, each a number or a schedule (normalised at every step),
+    /// e.g. c4=0.7,wiki=0.3 or c4=0.5,wiki=linear:0.5:0.1. Needed with two or more sources.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME=WEIGHT,...", value_parser = parse_mix))]
+    #[serde(default, with = "mix_spec", skip_serializing_if = "Option::is_none")]
+    pub mix: Option<MixSpec>,
+    /// Masking-rate schedule over the run, e.g. constant:0.15, linear:0.3:0.15, cosine:0.3:0.15@0.5.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "constant:0.15", value_parser = parse_schedule, long_help = crate::schedule::GRAMMAR))]
+    #[serde(with = "schedule_spec")]
+    pub schedule: MaskSchedule,
+    /// Optimizer steps: the length of the run (the schedule's time axis).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 70_000))]
+    pub steps: u64,
+    /// Sequences per optimizer step over all ranks (reached by gradient accumulation).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 4096))]
+    pub batch_size: usize,
+    /// Sequence length including [CLS] and [SEP].
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 128))]
+    pub seq_len: usize,
+    /// truncate: one document per sequence, padded (the paper's); pack: documents joined with [SEP], no padding.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "truncate"))]
+    pub layout: Layout,
+    /// Skip documents shorter than this many tokens (truncate layout).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
+    pub min_doc_tokens: usize,
+    /// Seed of data order and masks.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
+    pub seed: u64,
+    /// Share of chosen tokens replaced by [MASK].
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.8))]
+    pub mask_token_fraction: f64,
+    /// Share of chosen tokens replaced by a random token (the rest are kept).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.1))]
+    pub random_token_fraction: f64,
+    /// Mask exactly round(rate x maskable tokens) per sequence instead of independent draws.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mask_exact: bool,
+    /// Mask whole words (WordPiece ## pieces with the piece they continue).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub whole_word: bool,
+    /// Documents (truncate layout) or sequences (pack) held out for evaluation, from the end of the
+    /// shards (or taken from the end of --eval-shards).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 256))]
+    pub eval_sequences: u64,
+}
+
+impl Default for DataConfig {
+    /// The command line's defaults (no shards).
+    fn default() -> Self {
+        DataConfig {
+            shards: Vec::new(),
+            mix: None,
+            schedule: MaskSchedule::constant(0.15),
+            steps: 70_000,
+            batch_size: 4096,
+            seq_len: 128,
+            layout: Layout::Truncate,
+            min_doc_tokens: 1,
+            seed: 0,
+            mask_token_fraction: 0.8,
+            random_token_fraction: 0.1,
+            mask_exact: false,
+            whole_word: false,
+            eval_sequences: 256,
+        }
+    }
+}
+
+/// What a [`DataConfig`] opens.
+pub struct Data {
+    /// The shards (of the first source, in name order: the only one without a mixture).
+    pub shards: Arc<ShardSet>,
+    /// Every source's name and shards, sorted by name (one entry named "" without a mixture).
+    pub sources: Vec<(String, Arc<ShardSet>)>,
+    /// Their tokenizer (the copy stored with the shards).
+    pub tokenizer: LoadedTokenizer,
+    /// The training sampler.
+    pub sampler: Arc<MaskingSampler>,
+    /// Sequences held out for evaluation (excluded from `sampler`), per source, in name order;
+    /// empty when nothing is held out.
+    pub held_out: Vec<(String, Sequences)>,
+}
+
+impl Data {
+    /// Content fingerprint of the data: the shard set's, or with named sources a hash of each
+    /// source's name and fingerprint.
+    pub fn fingerprint(&self) -> String {
+        if self.sources.len() == 1 && self.sources[0].0.is_empty() {
+            return self.shards.fingerprint();
+        }
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (name, set) in &self.sources {
+            h.update(format!("{name}={}\n", set.fingerprint()).as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Every shard directory, as `--shards` names them.
+    pub fn describe_dirs(&self) -> String {
+        let mut out = Vec::new();
+        for (name, set) in &self.sources {
+            for d in set.dirs() {
+                out.push(if name.is_empty() {
+                    d.display().to_string()
+                } else {
+                    format!("{name}={}", d.display())
+                });
+            }
+        }
+        out.join(", ")
+    }
+}
+
+/// The sources `--shards` names: one unnamed source, or named ones.
+enum SourceDirs {
+    Unnamed(Vec<PathBuf>),
+    Named(Vec<(String, Vec<PathBuf>)>),
+}
+
+impl DataConfig {
+    /// The masking rules.
+    pub fn masking(&self) -> MaskingConfig {
+        MaskingConfig {
+            mask_fraction: self.mask_token_fraction,
+            random_fraction: self.random_token_fraction,
+            exact: self.mask_exact,
+            whole_word: self.whole_word,
+        }
+    }
+
+    /// Opens the shards and builds the sampler, holding out the last `eval_sequences` sequences.
+    pub fn open(&self) -> Result<Data> {
+        self.open_with_holdout(self.eval_sequences)
+    }
+
+    /// As [`DataConfig::open`], holding out `held_out` sequences (of each source) instead (0:
+    /// none, as when the evaluation set comes from other shards).
+    pub fn open_with_holdout(&self, held_out: u64) -> Result<Data> {
+        match self.source_dirs()? {
+            SourceDirs::Unnamed(dirs) => {
+                let shards = Arc::new(ShardSet::open_many(&dirs)?);
+                self.sample_from(shards, held_out)
+            }
+            SourceDirs::Named(named) => self.open_mixture(named, held_out),
+        }
+    }
+
+    /// Splits `--shards` into sources; checks `--mix` belongs with them.
+    fn source_dirs(&self) -> Result<SourceDirs> {
+        if self.shards.is_empty() {
+            return Err(Error::Config("no shard directory given".into()));
+        }
+        let parsed: Vec<(Option<&str>, PathBuf)> =
+            self.shards.iter().map(|p| split_source(p)).collect();
+        let named = parsed.iter().filter(|(n, _)| n.is_some()).count();
+        if named == 0 {
+            if self.mix.is_some() {
+                return Err(Error::Config(
+                    "--mix weighs named sources: give them as --shards NAME=DIR".into(),
+                ));
+            }
+            return Ok(SourceDirs::Unnamed(self.shards.clone()));
+        }
+        if named < parsed.len() {
+            return Err(Error::Config(
+                "--shards: name every source (NAME=DIR) or none".into(),
+            ));
+        }
+        let mut sources: Vec<(String, Vec<PathBuf>)> = Vec::new();
+        for (name, dir) in parsed {
+            let name = name.expect("all named");
+            match sources.iter_mut().find(|(n, _)| n == name) {
+                Some((_, dirs)) => dirs.push(dir),
+                None => sources.push((name.to_string(), vec![dir])),
+            }
+        }
+        if sources.len() > 1 && self.mix.is_none() {
+            let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Error::Config(format!(
+                "{} sources ({}) need --mix with a weight for each, e.g. --mix {}",
+                sources.len(),
+                names.join(", "),
+                names
+                    .iter()
+                    .map(|n| format!("{n}=1"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        }
+        sources.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(SourceDirs::Named(sources))
+    }
+
+    /// Opens named sources (same tokenizer), holds out `held_out` sequences of each and builds
+    /// the mixture's sampler.
+    fn open_mixture(&self, named: Vec<(String, Vec<PathBuf>)>, held_out: u64) -> Result<Data> {
+        let mut sources = Vec::new();
+        for (name, dirs) in &named {
+            let set = Arc::new(ShardSet::open_many(dirs)?);
+            if let Some((first_name, first)) = sources.first() {
+                let first: &Arc<ShardSet> = first;
+                first
+                    .tokenizer()
+                    .ensure_same(set.tokenizer(), &first.dirs()[0], &dirs[0])
+                    .map_err(|e| match e {
+                        Error::TokenizerMismatch(m) => Error::TokenizerMismatch(format!(
+                            "sources {first_name:?} and {name:?} must share a tokenizer: {m}"
+                        )),
+                        other => other,
+                    })?;
+            }
+            sources.push((name.clone(), set));
+        }
+        let (_, first) = &sources[0];
+        let tokenizer = LoadedTokenizer::load_from_shards(&first.dirs()[0], first.tokenizer())?;
+        let mut train = Vec::new();
+        let mut held = Vec::new();
+        for (name, set) in &sources {
+            let all = Sequences::new(
+                set.clone(),
+                &tokenizer.info,
+                self.layout,
+                self.seq_len,
+                self.min_doc_tokens,
+            )?;
+            if held_out > 0 {
+                let (t, h) = all.split_tail(held_out)?;
+                train.push((name.clone(), t));
+                held.push((name.clone(), h));
+            } else {
+                train.push((name.clone(), all));
+            }
+        }
+        let mix = match &self.mix {
+            Some(m) => m.clone(),
+            None => format!("{}=1", sources[0].0).parse()?,
+        };
+        let sampler = Arc::new(MaskingSampler::mixed(
+            train,
+            &mix,
+            MaskVocab::from_tokenizer(&tokenizer),
+            self.sampler_config(),
+        )?);
+        Ok(Data {
+            shards: sources[0].1.clone(),
+            sources,
+            tokenizer,
+            sampler,
+            held_out: held,
+        })
+    }
+
+    fn sampler_config(&self) -> SamplerConfig {
+        SamplerConfig {
+            seed: self.seed,
+            global_batch: self.batch_size,
+            total_steps: self.steps,
+            schedule: self.schedule,
+            masking: self.masking(),
+        }
+    }
+
+    /// As [`DataConfig::open_with_holdout`] for one unnamed source already open
+    /// (`self.shards` is not read).
+    pub fn sample_from(&self, shards: Arc<ShardSet>, held_out: u64) -> Result<Data> {
+        let first = shards
+            .dirs()
+            .first()
+            .ok_or_else(|| Error::Config("an empty shard set".into()))?
+            .clone();
+        let tokenizer = LoadedTokenizer::load_from_shards(&first, shards.tokenizer())?;
+        let all = Sequences::new(
+            shards.clone(),
+            &tokenizer.info,
+            self.layout,
+            self.seq_len,
+            self.min_doc_tokens,
+        )?;
+        let (sequences, held_out) = if held_out > 0 {
+            let (train, eval) = all.split_tail(held_out)?;
+            (train, vec![(String::new(), eval)])
+        } else {
+            (all, Vec::new())
+        };
+        let sampler = Arc::new(MaskingSampler::new(
+            sequences,
+            MaskVocab::from_tokenizer(&tokenizer),
+            self.sampler_config(),
+        )?);
+        Ok(Data {
+            sources: vec![(String::new(), shards.clone())],
+            shards,
+            tokenizer,
+            sampler,
+            held_out,
+        })
+    }
+}
+
+/// `NAME=DIR` as (name, dir) when NAME is a source name; anything else is a plain directory.
+fn split_source(arg: &std::path::Path) -> (Option<&str>, PathBuf) {
+    if let Some((name, dir)) = arg.to_str().and_then(|s| s.split_once('=')) {
+        if super::mixture::is_source_name(name) && !dir.is_empty() {
+            return (Some(name), PathBuf::from(dir));
+        }
+    }
+    (None, arg.to_path_buf())
+}
+
+/// `--mix` is stored as its spec string in configs.
+mod mix_spec {
+    use crate::sampler::MixSpec;
+
+    pub fn serialize<S: serde::Serializer>(m: &Option<MixSpec>, ser: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => ser.serialize_str(&m.to_string()),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<MixSpec>, D::Error> {
+        let s: Option<String> = serde::Deserialize::deserialize(de)?;
+        s.map(|s| s.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(feature = "clap")]
+fn parse_mix(s: &str) -> std::result::Result<MixSpec, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// Schedules are stored as their spec strings (`linear:0.3:0.15`) in configs.
+mod schedule_spec {
+    use crate::schedule::MaskSchedule;
+
+    pub fn serialize<S: serde::Serializer>(s: &MaskSchedule, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(&s.to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<MaskSchedule, D::Error> {
+        let s: String = serde::Deserialize::deserialize(de)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(feature = "clap")]
+fn parse_schedule(s: &str) -> std::result::Result<MaskSchedule, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+#[cfg(all(test, feature = "clap"))]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        data: DataConfig,
+    }
+
+    #[test]
+    fn command_line_defaults_are_the_default_config() {
+        let parsed = Cli::parse_from(["t", "--shards", "dir"]).data;
+        let expected = DataConfig {
+            shards: vec!["dir".into()],
+            ..DataConfig::default()
+        };
+        assert_eq!(parsed, expected);
+    }
+
+    #[test]
+    fn every_field_is_a_flag_and_a_config_key() {
+        let every_field_set = DataConfig {
+            mix: Some("a=1".parse().unwrap()),
+            ..DataConfig::default()
+        };
+        let keys: Vec<String> = serde_json::to_value(every_field_set)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let mut flags: Vec<String> = <Cli as clap::CommandFactory>::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| id != "help")
+            .collect();
+        flags.sort();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(flags, keys);
+    }
+}

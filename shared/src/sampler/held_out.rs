@@ -1,0 +1,57 @@
+//! The held-out evaluation batches: the held-out sequences masked at a constant 15% with a fixed
+//! seed, so runs with different schedules are scored on the same masked tokens (the paper's
+//! protocol). The trainer's evaluator and the Python package both take them from here.
+
+use super::{Batch, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
+use crate::error::Result;
+use crate::schedule::MaskSchedule;
+
+/// The fixed evaluation masking rate.
+pub const EVAL_RATE: f64 = 0.15;
+/// The fixed evaluation mask seed.
+pub const EVAL_SEED: u64 = 0x00e7_a15e;
+
+/// The held-out sequences in batches of a fixed size, each masked the same way every time.
+pub struct HeldOutBatches {
+    sampler: MaskingSampler,
+    batches: u64,
+}
+
+impl HeldOutBatches {
+    /// Batches of `batch` sequences (at most all of them; a last partial batch is left out).
+    pub fn new(sequences: Sequences, vocab: MaskVocab, batch: usize) -> Result<Self> {
+        let batch = batch.min(sequences.len() as usize).max(1);
+        let batches = sequences.len() / batch as u64;
+        let cfg = SamplerConfig {
+            seed: EVAL_SEED,
+            global_batch: batch,
+            total_steps: batches.max(1),
+            schedule: MaskSchedule::constant(EVAL_RATE),
+            masking: MaskingConfig::default(),
+        };
+        Ok(HeldOutBatches {
+            sampler: MaskingSampler::new(sequences, vocab, cfg)?,
+            batches,
+        })
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> u64 {
+        self.batches
+    }
+
+    /// Whether there is no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    /// Batch `i`, `0..len()`.
+    pub fn batch(&self, i: u64) -> Result<Batch> {
+        self.sampler.global_batch(i)
+    }
+
+    /// Every batch, in evaluation order.
+    pub fn iter(&self) -> impl Iterator<Item = Result<Batch>> + '_ {
+        (0..self.batches).map(|i| self.batch(i))
+    }
+}

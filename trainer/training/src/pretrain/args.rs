@@ -1,0 +1,177 @@
+//! `TrainArgs`: every pretraining flag, and what the model and learning rate follow from them.
+
+use crate::data::DataArgs;
+use crate::runtime::RuntimeArgs;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use model::BertConfig;
+use serde::{Deserialize, Serialize};
+use shared::schedule::LrSchedule;
+use std::path::PathBuf;
+
+/// Training flags (every one can also come from `--config run.toml`; flags win).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct TrainArgs {
+    /// Data, schedule and masking.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub data: DataArgs,
+    /// Run directory (config.toml, metrics.jsonl, checkpoints/, plots).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Model size: tiny, mini, small, medium, base, large (Google's BERT miniatures and BERT).
+    #[arg(long, default_value = "base")]
+    pub model: String,
+    /// Override: encoder layers.
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Override: hidden size.
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Override: attention heads.
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Override: feed-forward size.
+    #[arg(long)]
+    pub intermediate: Option<usize>,
+    /// Pre-LN encoder layers instead of BERT's post-LN.
+    #[arg(long)]
+    pub pre_ln: bool,
+    /// Dropout probability.
+    #[arg(long, default_value_t = 0.1)]
+    pub dropout: f64,
+    /// Sequences per forward/backward pass (per rank in a data-parallel job).
+    #[arg(long, default_value_t = 32)]
+    pub micro_batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    /// Fraction of steps of linear warm-up.
+    #[arg(long, default_value_t = 0.06)]
+    pub warmup: f64,
+    /// Final learning rate as a fraction of the peak (linear decay).
+    #[arg(long, default_value_t = 0.02)]
+    pub final_lr_ratio: f64,
+    /// Adam beta1.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// Adam beta2.
+    #[arg(long, default_value_t = 0.98)]
+    pub beta2: f64,
+    /// Adam epsilon.
+    #[arg(long, default_value_t = 1e-6)]
+    pub eps: f64,
+    /// Decoupled weight decay (none on biases and LayerNorm).
+    #[arg(long, default_value_t = 1e-5)]
+    pub weight_decay: f64,
+    /// Gradient clipping by global norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Matrix products in: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Parameters,
+    /// optimizer state, LayerNorm, softmax and the loss stay fp32.
+    #[arg(long, default_value = "auto")]
+    #[serde(default = "default_precision")]
+    pub precision: String,
+    /// Save a checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub save_every: u64,
+    /// Checkpoints kept (0 = all).
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    /// Continue from the run directory's latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Evaluate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub eval_every: u64,
+    /// Evaluate on this separate shard set (same tokenizer) instead of holding out training data.
+    #[arg(long, value_name = "DIR")]
+    pub eval_shards: Option<PathBuf>,
+    /// Sequences per evaluation forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub eval_batch: usize,
+    /// Data-parallel jobs: compare a checksum of the parameters across ranks every N steps and
+    /// stop on a mismatch (0 = never).
+    #[arg(long, default_value_t = 100)]
+    #[serde(default = "default_check_every")]
+    pub check_every: u64,
+    /// Recompute every shard file's SHA-256 against its manifest before training (reads the whole
+    /// shard set once, with a progress bar).
+    #[arg(long)]
+    #[serde(default)]
+    pub verify_shards: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+impl TrainArgs {
+    /// The model configuration for a vocabulary.
+    pub fn model_config(&self, vocab_size: usize) -> Result<BertConfig> {
+        let mut c = BertConfig::from_preset(&self.model, vocab_size).with_context(|| {
+            format!(
+                "--model {:?}: expected one of {}",
+                self.model,
+                model::bert_config::PRESETS.join(", ")
+            )
+        })?;
+        if let Some(v) = self.layers {
+            c.num_hidden_layers = v;
+        }
+        if let Some(v) = self.hidden {
+            c.hidden_size = v;
+        }
+        if let Some(v) = self.heads {
+            c.num_attention_heads = v;
+        }
+        if let Some(v) = self.intermediate {
+            c.intermediate_size = v;
+        }
+        c.pre_ln = self.pre_ln;
+        c.dropout = self.dropout;
+        if c.hidden_size % c.num_attention_heads != 0 {
+            bail!(
+                "hidden size {} is not a multiple of {} heads",
+                c.hidden_size,
+                c.num_attention_heads
+            );
+        }
+        if self.data.config.seq_len > c.max_position_embeddings {
+            bail!(
+                "--seq-len {} exceeds the model's {} positions",
+                self.data.config.seq_len,
+                c.max_position_embeddings
+            );
+        }
+        Ok(c)
+    }
+
+    /// The learning-rate schedule.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        let steps = self.steps();
+        LrSchedule {
+            peak: self.lr,
+            warmup_steps: (self.warmup * steps as f64).round() as u64,
+            total_steps: steps,
+            final_ratio: self.final_lr_ratio,
+        }
+    }
+
+    /// Optimizer steps of the run (`--steps`).
+    pub fn steps(&self) -> u64 {
+        self.data.config.steps
+    }
+
+    /// Sequences per optimizer step over all ranks (`--batch-size`).
+    pub fn batch_size(&self) -> usize {
+        self.data.config.batch_size
+    }
+}
+
+fn default_precision() -> String {
+    "auto".into()
+}
+
+fn default_check_every() -> u64 {
+    100
+}

@@ -1,0 +1,322 @@
+//! What `--resume` may and may not change.
+//!
+//! [`TrainArgs::split`] sorts every flag into one of two structs by destructuring `TrainArgs`
+//! (and the structs flattened into it) field by field, with no `..`: a new flag does not compile
+//! until it is placed on one side. [`RunIdentity`] holds the flags that change the numbers (data,
+//! model, optimizer, evaluation set); it is saved with each checkpoint and a resume must match it
+//! whole. [`ResumeFree`] holds the ones that do not (where files go, how often, how fast).
+
+use super::TrainArgs;
+use crate::data::DataArgs;
+use crate::runtime::RuntimeArgs;
+use serde::{Deserialize, Serialize};
+use shared::sampler::{DataConfig, Layout};
+use std::path::PathBuf;
+
+/// The flags that define a run's numbers. Serialized with the same (flat) keys as `TrainArgs`,
+/// so it compares equal to the identity saved by any earlier version that had the same flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunIdentity {
+    pub shards: Vec<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<String>,
+    pub schedule: String,
+    pub seq_len: usize,
+    pub layout: Layout,
+    pub min_doc_tokens: usize,
+    pub seed: u64,
+    pub mask_token_fraction: f64,
+    pub random_token_fraction: f64,
+    pub mask_exact: bool,
+    pub whole_word: bool,
+    pub model: String,
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub intermediate: Option<usize>,
+    pub pre_ln: bool,
+    pub dropout: f64,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub warmup: f64,
+    pub final_lr_ratio: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub precision: String,
+    pub eval_sequences: u64,
+    pub eval_shards: Option<PathBuf>,
+    pub eval_batch: usize,
+}
+
+/// The flags a resumed run may change: output, cadence, resources and display.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResumeFree {
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub save_every: u64,
+    pub keep: usize,
+    pub eval_every: u64,
+    pub check_every: u64,
+    pub verify_shards: bool,
+    pub loader_threads: usize,
+    pub prefetch: usize,
+    pub device: String,
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// Every flag, on the side of `--resume` it belongs to.
+    /// Kept whole: one exhaustive destructuring is what makes an unclassified flag a compile error.
+    pub fn split(&self) -> (RunIdentity, ResumeFree) {
+        let TrainArgs {
+            data,
+            out,
+            model,
+            layers,
+            hidden,
+            heads,
+            intermediate,
+            pre_ln,
+            dropout,
+            micro_batch,
+            lr,
+            warmup,
+            final_lr_ratio,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            clip,
+            precision,
+            save_every,
+            keep,
+            resume,
+            eval_every,
+            eval_shards,
+            eval_batch,
+            check_every,
+            verify_shards,
+            runtime,
+        } = self.clone();
+        let DataArgs {
+            config,
+            loader_threads,
+            prefetch,
+        } = data;
+        let DataConfig {
+            shards,
+            mix,
+            schedule,
+            steps,
+            batch_size,
+            seq_len,
+            layout,
+            min_doc_tokens,
+            seed,
+            mask_token_fraction,
+            random_token_fraction,
+            mask_exact,
+            whole_word,
+            eval_sequences,
+        } = config;
+        let RuntimeArgs { device, quiet } = runtime;
+        let identity = RunIdentity {
+            shards,
+            mix: mix.map(|m| m.to_string()),
+            schedule: schedule.to_string(),
+            seq_len,
+            layout,
+            min_doc_tokens,
+            seed,
+            mask_token_fraction,
+            random_token_fraction,
+            mask_exact,
+            whole_word,
+            model,
+            layers,
+            hidden,
+            heads,
+            intermediate,
+            pre_ln,
+            dropout,
+            steps,
+            batch_size,
+            micro_batch,
+            lr,
+            warmup,
+            final_lr_ratio,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            clip,
+            precision,
+            eval_sequences,
+            eval_shards,
+            eval_batch,
+        };
+        let free = ResumeFree {
+            out,
+            resume,
+            save_every,
+            keep,
+            eval_every,
+            check_every,
+            verify_shards,
+            loader_threads,
+            prefetch,
+            device,
+            quiet,
+        };
+        (identity, free)
+    }
+
+    /// The run-defining flags (saved with each checkpoint).
+    pub fn identity(&self) -> RunIdentity {
+        self.split().0
+    }
+}
+
+impl RunIdentity {
+    /// As JSON without unset optional flags: a checkpoint written before an optional flag existed
+    /// still compares equal when the flag is left unset.
+    pub fn to_json(&self) -> serde_json::Value {
+        without_unset(serde_json::to_value(self).expect("serializes"))
+    }
+
+    /// The flags whose values differ between `saved` (a checkpoint's identity JSON) and `self`,
+    /// as `name: saved -> current` lines; empty when a resume may continue.
+    pub fn differences(&self, saved: &serde_json::Value) -> Vec<String> {
+        let (saved, current) = (without_unset(saved.clone()), self.to_json());
+        let empty = serde_json::Map::new();
+        let saved = saved.as_object().unwrap_or(&empty);
+        let current = current
+            .as_object()
+            .expect("a struct serializes to an object");
+        let mut names: Vec<&String> = saved.keys().chain(current.keys()).collect();
+        names.sort();
+        names.dedup();
+        let show =
+            |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+        names
+            .into_iter()
+            .filter(|name| saved.get(*name) != current.get(*name))
+            .map(|name| {
+                format!(
+                    "{name}: {} -> {}",
+                    show(saved.get(name)),
+                    show(current.get(name))
+                )
+            })
+            .collect()
+    }
+}
+
+/// `v` without its null (unset optional) fields.
+fn without_unset(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(map) = v.as_object_mut() {
+        map.retain(|_, value| !value.is_null());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::collections::BTreeSet;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    /// Every optional flag set, so that no key is hidden by being unset.
+    fn all_flags_set() -> TrainArgs {
+        let argv = [
+            "t",
+            "--shards",
+            "s",
+            "--mix",
+            "a=1",
+            "--out",
+            "o",
+            "--layers",
+            "2",
+            "--hidden",
+            "8",
+            "--heads",
+            "2",
+            "--intermediate",
+            "16",
+            "--eval-shards",
+            "e",
+        ];
+        Cli::parse_from(argv).train
+    }
+
+    fn keys(v: serde_json::Value) -> BTreeSet<String> {
+        v.as_object().expect("object").keys().cloned().collect()
+    }
+
+    #[test]
+    fn every_flag_is_on_exactly_one_side_of_resume() {
+        let args = all_flags_set();
+        let all = keys(serde_json::to_value(&args).unwrap());
+        let (identity, free) = args.split();
+        let (identity, free) = (
+            keys(serde_json::to_value(identity).unwrap()),
+            keys(serde_json::to_value(free).unwrap()),
+        );
+        assert!(
+            identity.is_disjoint(&free),
+            "{:?}",
+            identity.intersection(&free)
+        );
+        let sorted: BTreeSet<String> = identity.union(&free).cloned().collect();
+        assert_eq!(sorted, all, "a flag of TrainArgs is on neither side");
+        // And the clap flags are exactly the serialized fields (no flag escapes the config).
+        let flags: BTreeSet<String> = <Cli as clap::CommandFactory>::command()
+            .get_arguments()
+            .filter(|a| !matches!(a.get_id().as_str(), "help"))
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert_eq!(flags, all);
+    }
+
+    #[test]
+    fn identity_changes_with_each_run_defining_flag_and_not_with_the_others() {
+        let base = all_flags_set();
+        let mut resumed = base.clone();
+        resumed.resume = true;
+        resumed.save_every = 7;
+        resumed.data.loader_threads = 3;
+        resumed.runtime.quiet = true;
+        resumed.out = Some("elsewhere".into());
+        assert!(resumed
+            .identity()
+            .differences(&base.identity().to_json())
+            .is_empty());
+
+        let mut other = base.clone();
+        other.data.config.seed = 9;
+        other.lr = 1e-3;
+        let diff = other.identity().differences(&base.identity().to_json());
+        assert_eq!(diff, ["lr: 0.0005 -> 0.001", "seed: 0 -> 9"]);
+    }
+
+    #[test]
+    fn an_identity_saved_before_an_optional_flag_existed_still_matches() {
+        let mut args = all_flags_set();
+        args.eval_shards = None;
+        let mut saved = args.identity().to_json();
+        saved.as_object_mut().unwrap().remove("eval_shards");
+        assert!(args.identity().differences(&saved).is_empty());
+    }
+}
