@@ -1,0 +1,132 @@
+"""Type stubs of maskrate's extension module (see the package docstring)."""
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+SCHEDULE_GRAMMAR: str
+
+_Path = str | os.PathLike[str]
+
+class Shards:
+    """A shard set made by ``preprocess``; ``shards[i]`` is document ``i`` as a read-only numpy
+    view of the memory map (``uint16`` or ``int32``). A corrupted or foreign directory raises
+    ``ValueError`` (``OSError`` for I/O failures) naming the file."""
+
+    def __init__(self, path: _Path | Sequence[_Path], verify: bool = False) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> npt.NDArray[np.uint16] | npt.NDArray[np.int32]: ...
+    def doc_len(self, index: int) -> int: ...
+    def verify(self) -> int:
+        """Hashes every shard file against its manifest; returns the number of files."""
+    @property
+    def paths(self) -> list[str]: ...
+    @property
+    def num_documents(self) -> int: ...
+    @property
+    def num_tokens(self) -> int: ...
+    @property
+    def num_shards(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        """``source``, ``sha256``, ``vocab_size`` and the special token ids."""
+
+class Schedule:
+    """A masking-rate schedule over a ``total_steps``-step run, in the trainer's grammar
+    (``constant:0.15``, ``linear:0.3:0.15``, ``cosine:0.3:0.15@0.5``, ``step:0.3:0.15:0.5``)."""
+
+    def __init__(self, spec: str, total_steps: int) -> None: ...
+    def rate(self, step: int) -> float: ...
+    @property
+    def spec(self) -> str: ...
+    @property
+    def total_steps(self) -> int: ...
+
+class MaskedBatches:
+    """The trainer's masked batches. Keywords are the trainer's flags with its defaults
+    (``total_steps`` is ``--steps``): schedule ``"constant:0.15"``, total_steps 70000,
+    batch_size 4096 (the global batch), seq_len 128, layout ``"truncate"``, min_doc_tokens 1,
+    seed 0, mask_token_fraction 0.8, random_token_fraction 0.1, mask_exact False, whole_word
+    False, eval_sequences 256 (held out from the end of the shards), eval_batch 64 (held-out
+    batches only)."""
+
+    def __init__(
+        self,
+        shards: Shards | _Path | Sequence[_Path] | dict[str, _Path | Sequence[_Path]],
+        *,
+        mix: str | None = None,
+        schedule: str | Schedule | None = ...,
+        total_steps: int | None = ...,
+        batch_size: int | None = ...,
+        seq_len: int | None = ...,
+        layout: str | None = ...,
+        min_doc_tokens: int | None = ...,
+        seed: int | None = ...,
+        mask_token_fraction: float | None = ...,
+        random_token_fraction: float | None = ...,
+        mask_exact: bool | None = ...,
+        whole_word: bool | None = ...,
+        eval_sequences: int | None = ...,
+        eval_batch: int = 64,
+        rank: int = 0,
+        world_size: int = 1,
+        threads: int = 0,
+    ) -> None: ...
+    def batch(self, step: int, with_sources: bool = False) -> dict[str, npt.NDArray[np.int64]]:
+        """This rank's rows of step ``step``: ``input_ids``, ``attention_mask``,
+        ``token_type_ids``, ``labels`` (-100 where nothing is predicted), ``(rows, seq_len)``;
+        with ``with_sources``, also ``source`` (each row's index into ``source_names``)."""
+    def micro_batch(self, step: int, index: int, micro_batch: int) -> dict[str, npt.NDArray[np.int64]]: ...
+    def held_out_batch(self, index: int, source: str | None = None) -> dict[str, npt.NDArray[np.int64]]:
+        """Held-out batch ``index`` exactly as the trainer evaluates it (constant 15%, fixed
+        seed, ``eval_batch`` sequences from the last ``eval_sequences`` of each source)."""
+    def num_held_out_batches(self, source: str | None = None) -> int: ...
+    @property
+    def source_names(self) -> list[str]: ...
+    def mixture_at(self, step: int) -> list[tuple[str, float, int]]:
+        """Each source's normalised weight at ``step`` and its rows in that step's batch."""
+    def source_epochs(self, step: int) -> list[tuple[str, float]]: ...
+    def rate(self, step: int) -> float: ...
+    def epoch_at(self, step: int) -> int: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def seq_len(self) -> int: ...
+    @property
+    def rank(self) -> tuple[int, int]: ...
+    @property
+    def num_sequences(self) -> int: ...
+    @property
+    def shards(self) -> Shards | None: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+def preprocess(
+    inputs: list[str],
+    out: str,
+    *,
+    tokenizer: str | None = None,
+    threads: int = 0,
+    text_field: str = "text",
+    max_tokens_per_doc: int | None = None,
+    shard_size: str = "256MiB",
+    skip_bad_records: bool = False,
+    max_record_bytes: str = "16MiB",
+    partition: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]: ...
+def preprocess_cli(argv: list[str]) -> int: ...

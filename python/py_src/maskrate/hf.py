@@ -1,0 +1,128 @@
+"""HuggingFace ``Trainer`` integration: pretrain ``BertForMaskedLM`` on maskrate shards with a
+masking-rate schedule, in place of ``DataCollatorForLanguageModeling`` and a dataset.
+
+    from maskrate.hf import MaskrateTrainer, masked_dataset
+    train = masked_dataset("shards/", args, schedule="linear:0.3:0.15")
+    trainer = MaskrateTrainer(model=model, args=args, train_dataset=train)
+    trainer.train()                                   # or train(resume_from_checkpoint=True)
+
+What it changes in the Trainer, and why:
+
+- The batches come from :class:`maskrate.torch.MaskedDataset`: step ``t``'s masks at the
+  schedule's rate for ``t``, the same batches as maskrate's own trainer.
+- ``resume_from_checkpoint`` continues at the checkpoint's step in O(1): a callback moves the
+  dataset to ``state.global_step`` before the first batch, and ``ignore_data_skip`` is set so the
+  Trainer does not replay (``skip_first_batches``) what it already trained on.
+- The loss is the mean over every masked token of the optimizer step (all micro-batches, all
+  ranks): ``BertForMaskedLM`` averages over its own micro-batch and ignores the Trainer's
+  ``num_items_in_batch``, so with gradient accumulation or several processes a micro-batch with
+  fewer masked tokens would weigh as much as one with more (and the Trainer, which scales the loss
+  by the number of processes for models that take loss kwargs, would log it multiplied by them).
+- The train DataLoader uses ``batch_size=None`` (items are batches) and is not passed through
+  ``accelerator.prepare``: the dataset picks this rank's rows itself, so batches must be neither
+  dispatched from rank 0 nor re-sharded. Under ``torchrun`` each process reads its own rows of the
+  same global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.data
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .torch import MaskedDataset
+
+__all__ = ["MaskrateTrainer", "StepSyncCallback", "masked_dataset"]
+
+
+def masked_dataset(shards: Any, args: TrainingArguments, **batch_kwargs: Any) -> MaskedDataset:
+    """A :class:`MaskedDataset` sized from ``args``: ``micro_batch`` =
+    ``per_device_train_batch_size``, the global ``batch_size`` = that × gradient accumulation ×
+    world size, ``total_steps`` = ``max_steps``, ``seed`` = ``args.seed``; keywords override."""
+    world = max(args.world_size, 1)
+    batch_kwargs.setdefault(
+        "batch_size",
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+    )
+    if args.max_steps <= 0 and "total_steps" not in batch_kwargs:
+        raise ValueError("set TrainingArguments.max_steps (the schedule's length) or total_steps=")
+    batch_kwargs.setdefault("total_steps", args.max_steps)
+    batch_kwargs.setdefault("seed", args.seed)
+    return MaskedDataset(shards, micro_batch=args.per_device_train_batch_size, **batch_kwargs)
+
+
+class StepSyncCallback(TrainerCallback):
+    """Moves the dataset to the Trainer's step when training begins (after a checkpoint's state
+    is loaded, before the first batch is drawn)."""
+
+    def __init__(self, dataset: MaskedDataset) -> None:
+        self.dataset = dataset
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, D102
+        self.dataset.set_step(state.global_step)
+
+
+class MaskrateTrainer(Trainer):
+    """A ``Trainer`` whose training data is a :class:`MaskedDataset` (see the module docs)."""
+
+    def __init__(self, *args: Any, train_dataset: MaskedDataset, **kwargs: Any) -> None:
+        if not isinstance(train_dataset, MaskedDataset):
+            raise TypeError("MaskrateTrainer trains on a maskrate.torch.MaskedDataset")
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
+        self.args.ignore_data_skip = True
+        self.add_callback(StepSyncCallback(train_dataset))
+        self._check_sizes(train_dataset)
+
+    def _check_sizes(self, ds: MaskedDataset) -> None:
+        a = self.args
+        world = max(a.world_size, 1)
+        expected = a.per_device_train_batch_size * a.gradient_accumulation_steps * world
+        if ds.batch_size != expected or ds.micro_batch != a.per_device_train_batch_size:
+            raise ValueError(
+                f"the dataset's global batch {ds.batch_size} (micro-batch {ds.micro_batch}) "
+                f"does not match per_device_train_batch_size {a.per_device_train_batch_size} x "
+                f"gradient_accumulation_steps {a.gradient_accumulation_steps} x {world} "
+                "processes: build it with maskrate.hf.masked_dataset(shards, args, ...)"
+            )
+        if a.max_steps <= 0 or a.max_steps > ds.total_steps:
+            raise ValueError(
+                f"max_steps {a.max_steps} must be in 1..{ds.total_steps} (the dataset's "
+                "total_steps, the schedule's length)"
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        """Masked-token cross-entropy summed over this micro-batch and divided by the masked
+        tokens of the whole optimizer step (``num_items_in_batch``: every micro-batch of every
+        rank), times the number of processes, whose gradients DDP averages: the gradient of the
+        mean over all of the step's masked tokens, as one process with the whole batch has."""
+        if num_items_in_batch is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        ) / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Items are batches (``batch_size=None``); no ``accelerator.prepare``: see module docs."""
+        a = self.args
+        workers = a.dataloader_num_workers
+        return torch.utils.data.DataLoader(
+            self.train_dataset,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=a.dataloader_pin_memory,
+            prefetch_factor=a.dataloader_prefetch_factor if workers > 0 else None,
+            persistent_workers=False,
+        )

@@ -1,0 +1,37 @@
+//! `maskrate._maskrate`, the extension module behind the `maskrate` Python package: maskrate's
+//! token shards, masking-rate schedules and step-aware masking sampler, without candle.
+//!
+//! - [`shards`]: `Shards`, a shard directory whose documents are zero-copy numpy views of the maps.
+//! - [`schedule`]: `Schedule`, the CLI's schedule grammar and values.
+//! - [`batches`]: `MaskedBatches`, the trainer's batch of any step (or one rank's rows of it), built
+//!   in Rust with the GIL released.
+//! - [`preprocessing`]: `preprocess(...)` and the `preprocess` command line, run off the GIL with
+//!   Ctrl-C handled.
+//! - [`errors`]: Rust errors as Python exceptions (`OSError` for I/O, `ValueError` otherwise).
+
+pub mod batches;
+pub mod errors;
+pub mod preprocessing;
+pub mod schedule;
+pub mod shards;
+
+use pyo3::prelude::*;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The extension module.
+#[pymodule]
+fn _maskrate(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // `mi_option_purge_delay` (15 in mimalloc.h): -1 = never return freed pages to the OS.
+    // SAFETY: sets a process-wide mimalloc option; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(15, -1) };
+    m.add_class::<shards::Shards>()?;
+    m.add_class::<schedule::Schedule>()?;
+    m.add_class::<batches::MaskedBatches>()?;
+    m.add_function(wrap_pyfunction!(preprocessing::preprocess_files, m)?)?;
+    m.add_function(wrap_pyfunction!(preprocessing::preprocess_cli, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("SCHEDULE_GRAMMAR", shared::schedule::GRAMMAR)?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The preprocessing pipeline from Python: the CLI's `preprocess` as a function and as a console
+//! script. The work runs on Rust threads with the GIL released; the calling thread waits in short
+//! slices and checks Python's signals in between, so Ctrl-C stops the run cleanly (committed
+//! shards kept, the same call resumes) and then raises `KeyboardInterrupt`.
+
+use crate::errors::preprocess_to_py;
+use ::preprocess::cli::{parse_partition, parse_size, Cli, RunArgs};
+use clap::Parser;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs `work` on a new thread while this thread keeps answering Python's signals. On Ctrl-C the
+/// flag given to `work` is set, `work` is awaited (it stops after its in-flight work) and the
+/// `KeyboardInterrupt` is raised.
+fn run_interruptibly<T: Send + 'static>(
+    py: Python<'_>,
+    work: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> PyResult<T> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(work(&flag));
+    });
+    let mut pending_signal: Option<PyErr> = None;
+    loop {
+        let waited = py.detach(|| rx.recv_timeout(Duration::from_millis(100)));
+        match waited {
+            Ok(result) => {
+                return match pending_signal {
+                    Some(err) => Err(err),
+                    None => Ok(result),
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(PyValueError::new_err("preprocessing thread panicked"))
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if pending_signal.is_none() {
+                    if let Err(e) = py.check_signals() {
+                        interrupted.store(true, Ordering::SeqCst);
+                        eprintln!(
+                            "\ninterrupt: stopping after in-flight work; committed shards are kept"
+                        );
+                        pending_signal = Some(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Tokenizes `inputs` (files or directories, walked in sorted order) into a shard set in `out`,
+/// exactly as the `preprocess` command does, and returns its summary. See the package docs.
+#[pyfunction]
+#[pyo3(signature = (
+    inputs, out, *, tokenizer = None, threads = 0, text_field = "text".to_string(),
+    max_tokens_per_doc = None, shard_size = "256MiB".to_string(), skip_bad_records = false,
+    max_record_bytes = "16MiB".to_string(), partition = None, overwrite = false, progress = true
+))]
+#[pyo3(name = "preprocess")]
+#[allow(clippy::too_many_arguments)]
+pub fn preprocess_files<'py>(
+    py: Python<'py>,
+    inputs: Vec<PathBuf>,
+    out: PathBuf,
+    tokenizer: Option<PathBuf>,
+    threads: usize,
+    text_field: String,
+    max_tokens_per_doc: Option<usize>,
+    shard_size: String,
+    skip_bad_records: bool,
+    max_record_bytes: String,
+    partition: Option<String>,
+    overwrite: bool,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let args = RunArgs {
+        inputs,
+        out: Some(out),
+        tokenizer,
+        text_field,
+        max_tokens_per_doc,
+        shard_size: parse_size(&shard_size).map_err(PyValueError::new_err)?,
+        threads,
+        skip_bad_records,
+        max_record_bytes: parse_size(&max_record_bytes).map_err(PyValueError::new_err)?,
+        partition: partition
+            .as_deref()
+            .map(parse_partition)
+            .transpose()
+            .map_err(PyValueError::new_err)?,
+        overwrite,
+        quiet: !progress,
+    };
+    let cfg = args.into_config().map_err(preprocess_to_py)?;
+    let out_dir = cfg.out.clone();
+    let outcome = run_interruptibly(py, move |flag| ::preprocess::job::preprocess(&cfg, flag))?
+        .map_err(preprocess_to_py)?;
+    let m = &outcome.manifest;
+    let dict = PyDict::new(py);
+    dict.set_item("out", out_dir)?;
+    dict.set_item("documents", m.totals.documents)?;
+    dict.set_item("tokens", m.totals.tokens)?;
+    dict.set_item("shards", m.shards.len())?;
+    dict.set_item("already_done", outcome.already_done)?;
+    dict.set_item("summary", outcome.summary)?;
+    Ok(dict)
+}
+
+/// The `preprocess` command line (`argv` without the program name): preprocessing, `merge` and
+/// `inspect`, with the binary's flags, help and messages. Returns the exit status.
+#[pyfunction]
+pub fn preprocess_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+    let cli = match Cli::try_parse_from(std::iter::once("preprocess".to_string()).chain(argv)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(e.exit_code());
+        }
+    };
+    let result = run_interruptibly(py, move |flag| ::preprocess::command::run(cli, flag))?;
+    Ok(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                ::preprocess::Error::Interrupted(_) => 130,
+                _ => 1,
+            }
+        }
+    })
+}

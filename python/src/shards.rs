@@ -1,0 +1,205 @@
+//! `Shards`: a shard directory (or several read as one) opened once, its documents handed out as
+//! read-only numpy arrays that are views of the memory map, never copies.
+
+use crate::errors::to_py;
+use numpy::ndarray::ArrayView1;
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::{PyFileNotFoundError, PyIndexError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use shared::shard::{ShardSet, Tokens};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A shard set made by `preprocess`: `len(shards)` documents, `shards[i]` the token ids of
+/// document `i` as a read-only numpy array (`uint16` or `int32`, as stored) whose memory is the
+/// shard file's.
+#[pyclass(frozen, module = "maskrate._maskrate")]
+pub struct Shards {
+    dirs: Vec<PathBuf>,
+    set: Arc<ShardSet>,
+}
+
+impl Shards {
+    /// The open set, shared with samplers built on it.
+    pub fn set(&self) -> &Arc<ShardSet> {
+        &self.set
+    }
+
+    /// The directories, in order.
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+
+    /// Opens `dirs` (manifests and index headers checked; with `verify`, every file's SHA-256).
+    pub fn open(py: Python<'_>, dirs: Vec<PathBuf>, verify: bool) -> PyResult<Self> {
+        if let Some(missing) = dirs.iter().find(|d| !d.exists()) {
+            return Err(PyFileNotFoundError::new_err(format!(
+                "{}: no such shard directory",
+                missing.display()
+            )));
+        }
+        let set = py
+            .detach(|| {
+                let set = ShardSet::open_many(&dirs)?;
+                if verify {
+                    set.verify_checksums()?;
+                }
+                Ok(set)
+            })
+            .map_err(to_py)?;
+        Ok(Shards {
+            dirs,
+            set: Arc::new(set),
+        })
+    }
+
+    fn index(&self, index: i64) -> PyResult<u64> {
+        let n = self.set.len() as i64;
+        let i = if index < 0 { index + n } else { index };
+        if !(0..n).contains(&i) {
+            return Err(PyIndexError::new_err(format!(
+                "document {index} out of range for {n} documents"
+            )));
+        }
+        Ok(i as u64)
+    }
+}
+
+/// One directory or a list of them.
+#[derive(FromPyObject)]
+pub enum ShardPaths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+impl ShardPaths {
+    /// The directories as a list.
+    pub fn into_vec(self) -> Vec<PathBuf> {
+        match self {
+            ShardPaths::One(p) => vec![p],
+            ShardPaths::Many(v) => v,
+        }
+    }
+}
+
+#[pymethods]
+impl Shards {
+    /// Opens a shard directory made by `preprocess` (or a list of them, read as one set in
+    /// order). The manifests and index headers are always checked; `verify=True` also hashes
+    /// every shard file against its manifest. A corrupted or foreign directory raises
+    /// `ValueError` (or `OSError` for I/O failures) naming the file.
+    #[new]
+    #[pyo3(signature = (path, verify = false))]
+    fn new(py: Python<'_>, path: ShardPaths, verify: bool) -> PyResult<Self> {
+        Shards::open(py, path.into_vec(), verify)
+    }
+
+    fn __len__(&self) -> usize {
+        self.set.len() as usize
+    }
+
+    /// Document `index` (negative counts from the end) as a read-only numpy view of the map.
+    fn __getitem__<'py>(slf: &Bound<'py, Self>, index: i64) -> PyResult<Bound<'py, PyAny>> {
+        let this = slf.get();
+        let doc = this.index(index)?;
+        let tokens = this.set.doc_checked(doc).map_err(to_py)?;
+        let owner = slf.clone().into_any();
+        // SAFETY: the slice lies in a memory map owned by `this.set`, which `owner` (the array's
+        // base object) keeps alive for as long as the array exists; the maps are read-only and
+        // never unmapped or remapped while the set lives.
+        let array = match tokens {
+            Tokens::U16(s) => {
+                let a = unsafe { PyArray1::borrow_from_array(&ArrayView1::from(s), owner) };
+                a.readwrite().make_nonwriteable();
+                a.into_any()
+            }
+            Tokens::U32(s) => {
+                let s: &[i32] = bytemuck::cast_slice(s);
+                let a = unsafe { PyArray1::borrow_from_array(&ArrayView1::from(s), owner) };
+                a.readwrite().make_nonwriteable();
+                a.into_any()
+            }
+        };
+        Ok(array)
+    }
+
+    /// Token count of document `index`.
+    fn doc_len(&self, index: i64) -> PyResult<usize> {
+        Ok(self.set.doc_len(self.index(index)?))
+    }
+
+    /// The shard directories, in order.
+    #[getter]
+    fn paths(&self) -> Vec<PathBuf> {
+        self.dirs.clone()
+    }
+
+    /// Documents in the set.
+    #[getter]
+    fn num_documents(&self) -> u64 {
+        self.set.len()
+    }
+
+    /// Tokens in the set.
+    #[getter]
+    fn num_tokens(&self) -> u64 {
+        self.set.num_tokens()
+    }
+
+    /// Shard files (`.bin`/`.idx` pairs).
+    #[getter]
+    fn num_shards(&self) -> usize {
+        self.set.num_shards()
+    }
+
+    /// The numpy dtype of the documents: `"uint16"` or `"int32"`.
+    #[getter]
+    fn dtype(&self) -> &'static str {
+        match self.set.doc(0) {
+            Tokens::U16(_) => "uint16",
+            Tokens::U32(_) => "int32",
+        }
+    }
+
+    /// Content fingerprint of the set (changes when any shard is rebuilt).
+    #[getter]
+    fn fingerprint(&self) -> String {
+        self.set.fingerprint()
+    }
+
+    /// The tokenizer identity stored in the manifests: `source`, `sha256`, `vocab_size` and the
+    /// special token ids.
+    #[getter]
+    fn tokenizer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        crate::batches::json_to_py(
+            py,
+            &serde_json::to_value(self.set.tokenizer()).expect("serializes"),
+        )
+    }
+
+    /// Recomputes every shard file's SHA-256 against its manifest (the GIL released); returns the
+    /// number of files checked.
+    fn verify(&self, py: Python<'_>) -> PyResult<usize> {
+        let set = self.set.clone();
+        py.detach(move || set.verify_checksums()).map_err(to_py)
+    }
+
+    fn __repr__(&self) -> String {
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        format!(
+            "Shards({:?}, documents={}, tokens={})",
+            dirs.join(", "),
+            self.set.len(),
+            self.set.num_tokens()
+        )
+    }
+
+    /// Pickled as its paths: a worker process reopens (and maps) the same files.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py = slf.py();
+        let cls = py.get_type::<Shards>();
+        let args = (slf.get().dirs.clone(),);
+        PyTuple::new(py, [cls.into_any(), args.into_pyobject(py)?.into_any()])
+    }
+}

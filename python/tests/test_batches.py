@@ -1,0 +1,164 @@
+"""Python batches are the trainer's batches, byte for byte (`trainer inspect-batch --json` is the
+reference), for every option that changes a batch, and for one rank against two."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import maskrate
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "c4-sample"
+
+CASES = [
+    # (keywords, steps to compare)
+    (dict(schedule="constant:0.15", total_steps=40, batch_size=16), [0, 7, 39]),
+    (dict(schedule="linear:0.3:0.15", total_steps=40, batch_size=16, seed=3), [0, 20, 39]),
+    (dict(schedule="cosine:0.4:0.1@0.5", total_steps=100, batch_size=8, seq_len=64), [1, 50, 99]),
+    (dict(schedule="step:0.3:0.15:0.5", total_steps=10, batch_size=8, layout="pack"), [4, 5]),
+    (dict(schedule="linear:0.3:0.15", total_steps=30, batch_size=8, whole_word=True), [2, 29]),
+    (dict(schedule="exp:0.3:0.15", total_steps=30, batch_size=8, mask_exact=True), [0, 13]),
+    (
+        dict(
+            total_steps=5,
+            batch_size=4,
+            mask_token_fraction=0.5,
+            random_token_fraction=0.3,
+            min_doc_tokens=20,
+            eval_sequences=10,
+        ),
+        [3],
+    ),
+]
+
+
+def flags(kwargs: dict) -> list[str]:
+    """The trainer's flags for MaskedBatches keywords (`total_steps` is `--steps`)."""
+    out = []
+    for key, value in kwargs.items():
+        flag = "--steps" if key == "total_steps" else "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is not False:
+            out += [flag, str(value)]
+    return out
+
+
+def trainer_batch(trainer: Path, shards: Path, kwargs: dict, step: int, rank=0, world=1) -> dict:
+    cmd = [str(trainer), "inspect-batch", "--shards", str(shards), "--step", str(step), "--json"]
+    cmd += flags(kwargs) + ["--rank", str(rank), "--world-size", str(world)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("kwargs,steps", CASES)
+def test_batches_equal_the_trainers(trainer_bin, sample_shards, kwargs, steps):
+    batches = maskrate.MaskedBatches(sample_shards, **kwargs)
+    for step in steps:
+        ours = batches.batch(step)
+        ref = trainer_batch(trainer_bin, sample_shards, kwargs, step)
+        assert ref["step"] == step
+        assert batches.rate(step) == ref["rate"]
+        for name in ("input_ids", "attention_mask", "token_type_ids", "labels"):
+            expected = np.array(ref[name], dtype=np.int64)
+            assert ours[name].dtype == np.int64
+            assert ours[name].shape == expected.shape == (kwargs["batch_size"], batches.seq_len)
+            assert np.array_equal(ours[name], expected), (name, step)
+        # Something is masked and labels are -100 exactly where nothing is predicted.
+        assert (ours["labels"] != -100).any()
+
+
+@pytest.mark.parametrize("kwargs,steps", CASES[:3])
+def test_two_ranks_are_the_halves_of_the_global_batch(trainer_bin, sample_shards, kwargs, steps):
+    whole = maskrate.MaskedBatches(sample_shards, **kwargs)
+    ranks = [maskrate.MaskedBatches(sample_shards, rank=r, world_size=2, **kwargs) for r in (0, 1)]
+    for step in steps:
+        global_batch = whole.batch(step)
+        parts = [r.batch(step) for r in ranks]
+        for name, array in global_batch.items():
+            assert np.array_equal(np.concatenate([p[name] for p in parts]), array)
+        ref = trainer_batch(trainer_bin, sample_shards, kwargs, step, rank=1, world=2)
+        assert np.array_equal(parts[1]["input_ids"], np.array(ref["input_ids"]))
+        assert np.array_equal(parts[1]["labels"], np.array(ref["labels"]))
+
+
+def test_micro_batches_split_the_ranks_rows(sample_shards):
+    mb = maskrate.MaskedBatches(sample_shards, total_steps=10, batch_size=16, world_size=2, rank=1)
+    rows = mb.batch(4)
+    parts = [mb.micro_batch(4, i, 4) for i in range(2)]
+    assert np.array_equal(np.concatenate([p["input_ids"] for p in parts]), rows["input_ids"])
+    with pytest.raises(ValueError, match="does not divide"):
+        mb.micro_batch(4, 0, 3)
+
+
+def test_keywords_default_to_the_trainers_defaults(sample_shards):
+    config = maskrate.MaskedBatches(sample_shards, eval_sequences=0).config
+    assert config["steps"] == 70_000 and config["batch_size"] == 4096
+    assert config["seq_len"] == 128 and config["layout"] == "truncate"
+    assert config["schedule"] == "constant:0.15" and config["seed"] == 0
+    assert config["mask_token_fraction"] == 0.8 and config["random_token_fraction"] == 0.1
+
+
+def test_a_batch_runs_while_another_python_thread_keeps_running(sample_shards):
+    """While a thread is inside `batch`, this thread keeps running: the longest stretch in which it
+    could not run is far shorter than the calls (with the GIL held it would span them whole)."""
+    mb = maskrate.MaskedBatches(
+        sample_shards, total_steps=10, batch_size=4096, seq_len=512, eval_sequences=0, threads=1
+    )
+    span: list[float] = []
+    done = threading.Event()
+
+    def build():
+        span.append(time.perf_counter())
+        for step in range(3):
+            mb.batch(step)
+        span.append(time.perf_counter())
+        done.set()
+
+    worker = threading.Thread(target=build)
+    stamps = []
+    worker.start()
+    while not done.is_set():
+        stamps.append(time.perf_counter())
+    worker.join()
+    start, end = span
+    inside = [start] + [s for s in stamps if start <= s <= end] + [end]
+    longest_pause = max(b - a for a, b in zip(inside, inside[1:]))
+    assert longest_pause < 0.5 * (end - start), (longest_pause, end - start)
+
+
+def test_batches_pickle_and_rebuild_identically(sample_shards):
+    import pickle
+
+    mb = maskrate.MaskedBatches(sample_shards, schedule="linear:0.3:0.15", total_steps=9, batch_size=8)
+    again = pickle.loads(pickle.dumps(mb))
+    assert np.array_equal(again.batch(5)["input_ids"], mb.batch(5)["input_ids"])
+
+
+def test_mixtures_equal_the_trainers(trainer_bin, sample_shards, tmp_path):
+    """Two named sources with a scheduled weight: rows, masks and each row's source."""
+    short = tmp_path / "short"
+    maskrate.preprocess(SAMPLE, short, max_tokens_per_doc=40, progress=False)
+    sources = {"c4": sample_shards, "wiki": short}
+    kwargs = dict(mix="c4=0.6,wiki=linear:0.5:0.1", total_steps=30, batch_size=16, seed=2)
+    mb = maskrate.MaskedBatches(sources, **kwargs)
+    assert mb.source_names == ["c4", "wiki"]
+    shard_flags = [f"c4={sample_shards}", f"wiki={short}"]
+    for step in (0, 17, 29):
+        ours = mb.batch(step, with_sources=True)
+        cmd = [str(trainer_bin), "inspect-batch", "--step", str(step), "--json"]
+        cmd += ["--shards", shard_flags[0], "--shards", shard_flags[1]] + flags(kwargs)
+        ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+        for name in ("input_ids", "labels", "attention_mask"):
+            assert np.array_equal(ours[name], np.array(ref[name])), (name, step)
+        assert [mb.source_names[i] for i in ours["source"]] == ref["source"]
+        (_, w_c4, n_c4), (_, w_wiki, n_wiki) = mb.mixture_at(step)
+        assert (n_c4, n_wiki) == (ref["source"].count("c4"), ref["source"].count("wiki"))
+        assert w_c4 + w_wiki == pytest.approx(1.0)
+    assert mb.num_held_out_batches("c4") >= 1 and mb.num_held_out_batches("wiki") >= 1

@@ -1,0 +1,80 @@
+"""The HF Trainer on maskrate shards (through `python/examples/hf_trainer.py`, as a user runs it):
+the loss falls; a run stopped at step 10 and resumed from its checkpoint has the uninterrupted
+run's losses without replaying batches; two `torchrun` processes (gloo) match one process with the
+same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="torch is not installed (CI installs it: see .ci/run)")
+pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
+COMMON = [
+    "--schedule", "linear:0.3:0.15", "--model", "tiny", "--steps", "20", "--batch-size", "8",
+    "--seq-len", "64", "--dropout", "0", "--lr", "1e-3", "--eval-sequences", "32",
+    "--save-every", "10",
+]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run(cmd: list[str]) -> None:
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+
+
+def losses(out: Path, this_run_only: bool = False) -> dict[int, float]:
+    name = "this_run_log.json" if this_run_only else "log_history.json"
+    history = json.loads((out / "linear_0.3_0.15" / name).read_text())
+    return {r["step"]: r["loss"] for r in history}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sample_shards, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("hf") / "whole"
+    run([sys.executable, str(EXAMPLE), "--shards", str(sample_shards), "--out", str(out),
+         "--per-device-batch", "8", *COMMON])
+    return out
+
+
+def test_the_loss_falls(uninterrupted):
+    l = losses(uninterrupted)
+    assert sorted(l) == list(range(1, 21))
+    first, last = sum(l[s] for s in (1, 2, 3)) / 3, sum(l[s] for s in (18, 19, 20)) / 3
+    assert last < first - 0.5, l
+    summary = json.loads((uninterrupted / "linear_0.3_0.15" / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["eval_loss"] < 11
+
+
+def test_resuming_from_step_10_continues_with_the_same_losses(uninterrupted, sample_shards, tmp_path):
+    run_dir = tmp_path / "resumed" / "linear_0.3_0.15"
+    run_dir.mkdir(parents=True)
+    shutil.copytree(uninterrupted / "linear_0.3_0.15" / "checkpoint-10", run_dir / "checkpoint-10")
+    run([sys.executable, str(EXAMPLE), "--shards", str(sample_shards), "--out", str(tmp_path / "resumed"),
+         "--per-device-batch", "8", "--resume", *COMMON])
+    whole, resumed = losses(uninterrupted), losses(tmp_path / "resumed", this_run_only=True)
+    assert sorted(resumed) == list(range(11, 21)), "resumed run replayed or skipped steps"
+    summary = json.loads((tmp_path / "resumed" / "linear_0.3_0.15" / "summary.json").read_text())
+    assert summary["started_at_step"] == 10
+    for step in range(11, 21):
+        assert resumed[step] == pytest.approx(whole[step], rel=1e-6, abs=1e-6), step
+
+
+def test_torchrun_two_processes_match_one(uninterrupted, sample_shards, tmp_path):
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun not found beside the interpreter"
+    out = tmp_path / "ddp"
+    run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(EXAMPLE),
+         "--shards", str(sample_shards), "--out", str(out), "--per-device-batch", "4", *COMMON])
+    one, two = losses(uninterrupted), losses(out)
+    assert sorted(two) == sorted(one)
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), (step, one[step], two[step])
