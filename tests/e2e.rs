@@ -313,6 +313,75 @@ epochs = 1
     assert!(String::from_utf8_lossy(&plan.stdout).contains("Complete; blimp done, glue done"));
 }
 
+/// A sweep over a mixture: each named corpus preprocessed once into its own shards, every run
+/// trained on `--shards NAME=DIR` for each with `[train] mix`, the report naming the sources.
+#[test]
+fn a_mixture_sweep_preprocesses_each_source_and_trains_on_the_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let exp = dir.path().join("mix.toml");
+    std::fs::write(
+        &exp,
+        format!(
+            r#"
+name = "mix"
+out = "{out}"
+report = "{out}/REPORT.md"
+schedules = ["constant:0.15"]
+baseline = "constant:0.15"
+seeds = [0]
+[data]
+preprocess_args = ["--quiet", "--max-tokens-per-doc", "40"]
+[data.sources.c4]
+inputs = ["{sample}"]
+fallback = "{sample}"
+[data.sources.short]
+inputs = ["{out}/missing"]
+fallback = "{sample}"
+[train]
+model = "tiny"
+hidden = 32
+heads = 2
+intermediate = 64
+seq_len = 32
+steps = 4
+batch_size = 8
+micro_batch = 8
+eval_every = 2
+eval_sequences = 8
+quiet = true
+mix = "c4=0.7,short=linear:0.5:0.1"
+"#,
+            out = out.display(),
+            sample = data("c4-sample").display(),
+        ),
+    )
+    .unwrap();
+    maskrate_e2e::binary("preprocess");
+    run_ok("trainer", &[&"sweep", &exp, &"--phase", &"preprocess"]);
+    assert!(out.join("shards/c4/manifest.json").exists());
+    assert!(out.join("shards/short/manifest.json").exists());
+    run_ok("trainer", &[&"sweep", &exp, &"--phase", &"train"]);
+    let summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("runs/constant-0.15-seed0/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        summary["source_epochs"]["c4"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    assert!(
+        summary["source_epochs"]["short"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    run_ok("trainer", &[&"sweep", &exp, &"--phase", &"report"]);
+    let report = std::fs::read_to_string(out.join("REPORT.md")).unwrap();
+    assert!(
+        report.contains("mixed as `c4=0.7,short=linear:0.5:0.1`"),
+        "{report}"
+    );
+}
+
 /// The trainer learns exactly like transformers: with dropout off, the same start and the same
 /// batches, its loss and gradient norm at every step and its held-out loss after 40 steps equal
 /// `BertForMaskedLM` + `torch.optim.AdamW` (recorded by `scripts/hf_equivalence.py`, with the

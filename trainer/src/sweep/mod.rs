@@ -16,13 +16,51 @@ use std::process::Command;
 /// Where the corpus comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataSection {
-    /// Inputs to preprocess (all must exist to be used).
+    /// The corpus (files or directories), when the runs train on one.
+    #[serde(default)]
     pub inputs: Vec<PathBuf>,
-    /// Used instead when an input is missing (e.g. the bundled sample).
+    /// Used when an input is missing (the bundled sample).
+    #[serde(default)]
     pub fallback: PathBuf,
-    /// Extra `preprocess` flags.
+    /// Extra `preprocess` flags (every corpus).
     #[serde(default)]
     pub preprocess_args: Vec<String>,
+    /// Named corpora for a mixture (`[data.sources.wiki]`), weighted by `[train] mix`; instead of
+    /// `inputs`.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, SourceSection>,
+}
+
+/// One named corpus of a mixture sweep.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceSection {
+    /// Its files or directories.
+    pub inputs: Vec<PathBuf>,
+    /// Used when an input is missing.
+    pub fallback: PathBuf,
+}
+
+/// A corpus the sweep preprocesses once, and where its shards go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Corpus {
+    /// The source name (`None`: the one unnamed corpus).
+    pub name: Option<String>,
+    /// The inputs used: the configured ones, or the fallback when one is missing.
+    pub inputs: Vec<PathBuf>,
+    /// Whether the fallback is used.
+    pub fallback: bool,
+    /// Its shard directory under the sweep's output.
+    pub shards: PathBuf,
+}
+
+impl Corpus {
+    /// The `--shards` value: `DIR` or `NAME=DIR`.
+    pub fn shards_arg(&self) -> std::ffi::OsString {
+        match &self.name {
+            None => self.shards.clone().into_os_string(),
+            Some(n) => format!("{n}={}", self.shards.display()).into(),
+        }
+    }
 }
 
 /// BLiMP evaluation of every run.
@@ -109,6 +147,21 @@ impl SweepConfig {
         if cfg.seeds.is_empty() {
             bail!("{}: no seeds", path.display());
         }
+        let d = &cfg.data;
+        if d.sources.is_empty() == (d.inputs.is_empty() && d.fallback.as_os_str().is_empty()) {
+            bail!(
+                "{}: [data] needs either inputs and fallback (one corpus) or [data.sources.NAME] \
+                 tables (a mixture), not both",
+                path.display()
+            );
+        }
+        if d.sources.len() > 1 && !cfg.train.contains_key("mix") {
+            bail!(
+                "{}: a mixture of {} sources needs [train] mix = \"NAME=WEIGHT,...\"",
+                path.display(),
+                d.sources.len()
+            );
+        }
         for key in ["shards", "schedule", "seed", "out", "resume", "config"] {
             if cfg.train.contains_key(key) {
                 bail!(
@@ -140,6 +193,39 @@ impl SweepConfig {
     }
 
     /// The corpus actually used: the inputs when all exist, else the fallback.
+    /// Every corpus to preprocess: the one unnamed corpus, or each named source.
+    pub fn corpora(&self) -> Vec<Corpus> {
+        let pick = |inputs: &[PathBuf], fallback: &Path| {
+            if !inputs.is_empty() && inputs.iter().all(|p| p.exists()) {
+                (inputs.to_vec(), false)
+            } else {
+                (vec![fallback.to_path_buf()], true)
+            }
+        };
+        if self.data.sources.is_empty() {
+            let (inputs, fallback) = self.corpus();
+            return vec![Corpus {
+                name: None,
+                inputs,
+                fallback,
+                shards: self.shards(),
+            }];
+        }
+        self.data
+            .sources
+            .iter()
+            .map(|(name, src)| {
+                let (inputs, fallback) = pick(&src.inputs, &src.fallback);
+                Corpus {
+                    name: Some(name.clone()),
+                    inputs,
+                    fallback,
+                    shards: self.shards().join(name),
+                }
+            })
+            .collect()
+    }
+
     pub fn corpus(&self) -> (Vec<PathBuf>, bool) {
         if !self.data.inputs.is_empty() && self.data.inputs.iter().all(|p| p.exists()) {
             (self.data.inputs.clone(), false)
@@ -250,12 +336,17 @@ pub fn run_experiment(args: &SweepArgs) -> Result<()> {
     let want = |p: Phase| args.phase == Phase::All || args.phase == p;
     std::fs::create_dir_all(&cfg.out)?;
     let _lock = shared::lock::DirLock::acquire(&cfg.out, "trainer sweep")?;
-    let shards = cfg.shards();
-    if want(Phase::Preprocess) && !shards.join("manifest.json").exists() {
-        let mut cmd = Command::new(sibling_binary("preprocess")?);
-        cmd.args(&cfg.corpus().0).arg("--out").arg(&shards);
-        cmd.args(&cfg.data.preprocess_args);
-        run_child(&mut cmd, "preprocessing the corpus once")?;
+    for corpus in cfg.corpora() {
+        if want(Phase::Preprocess) && !corpus.shards.join("manifest.json").exists() {
+            let mut cmd = Command::new(sibling_binary("preprocess")?);
+            cmd.args(&corpus.inputs).arg("--out").arg(&corpus.shards);
+            cmd.args(&cfg.data.preprocess_args);
+            let what = match &corpus.name {
+                None => "preprocessing the corpus once".to_string(),
+                Some(n) => format!("preprocessing source {n} once"),
+            };
+            run_child(&mut cmd, &what)?;
+        }
     }
     let train_toml = cfg.out.join("train.toml");
     shared::atomic::write_file(&train_toml, toml::to_string(&cfg.train)?.as_bytes())?;
@@ -293,26 +384,28 @@ pub fn run_experiment(args: &SweepArgs) -> Result<()> {
 
 /// `--dry-run`: the corpus, the shards and each run's state, without doing anything.
 fn print_plan(cfg: &SweepConfig, steps: u64) -> Result<()> {
-    let shards = cfg.shards();
-    let (corpus, fallback) = cfg.corpus();
-    println!(
-        "corpus: {}{}",
-        corpus
+    for corpus in cfg.corpora() {
+        let inputs: Vec<String> = corpus
+            .inputs
             .iter()
             .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        if fallback { " (fallback)" } else { "" }
-    );
-    println!(
-        "shards: {} ({})",
-        shards.display(),
-        if shards.join("manifest.json").exists() {
-            "done"
-        } else {
-            "to do"
-        }
-    );
+            .collect();
+        println!(
+            "corpus{}: {}{}",
+            corpus.name.map(|n| format!(" {n}")).unwrap_or_default(),
+            inputs.join(", "),
+            if corpus.fallback { " (fallback)" } else { "" }
+        );
+        println!(
+            "shards: {} ({})",
+            corpus.shards.display(),
+            if corpus.shards.join("manifest.json").exists() {
+                "done"
+            } else {
+                "to do"
+            }
+        );
+    }
     for s in &cfg.schedules {
         for &seed in &cfg.seeds {
             let dir = cfg.run_dir(s, seed);
@@ -346,7 +439,6 @@ fn train_run(
     seed: u64,
     steps: u64,
 ) -> Result<()> {
-    let shards = cfg.shards();
     let dir = cfg.run_dir(s, seed);
     let state = run_state(&dir, steps)?;
     if state == RunState::Complete {
@@ -354,11 +446,11 @@ fn train_run(
         return Ok(());
     }
     let mut cmd = Command::new(me);
-    cmd.arg("--config")
-        .arg(train_toml)
-        .arg("--shards")
-        .arg(&shards)
-        .arg("--schedule")
+    cmd.arg("--config").arg(train_toml);
+    for corpus in cfg.corpora() {
+        cmd.arg("--shards").arg(corpus.shards_arg());
+    }
+    cmd.arg("--schedule")
         .arg(s)
         .arg("--seed")
         .arg(seed.to_string())

@@ -270,7 +270,28 @@ impl<'a> Report<'a> {
     /// Title, provenance, and the setup of the runs, BLiMP and GLUE.
     fn setup(&self, s: &mut String, experiment: &Path) {
         let (cfg, steps, get) = (self.cfg, self.steps, |k: &str| self.train_flag(k));
-        let (corpus, fallback) = cfg.corpus();
+        let corpora = cfg.corpora();
+        let fallback = corpora.iter().any(|c| c.fallback);
+        let corpus_text: Vec<String> = corpora
+            .iter()
+            .map(|c| {
+                let files: Vec<String> = c
+                    .inputs
+                    .iter()
+                    .map(|p| format!("`{}`", p.display()))
+                    .collect();
+                match &c.name {
+                    None => files.join(" + "),
+                    Some(n) => format!("{n}: {}", files.join(" + ")),
+                }
+            })
+            .collect();
+        let mix = cfg
+            .train
+            .get("mix")
+            .and_then(|m| m.as_str())
+            .map(|m| format!(", mixed as `{m}`"))
+            .unwrap_or_default();
         let _ = writeln!(s, "# Masking-rate schedules: {}\n", cfg.name);
         let _ = writeln!(
             s,
@@ -298,11 +319,7 @@ impl<'a> Report<'a> {
             get("lr"),
             get("layout").trim_matches('"'),
             cfg.seeds,
-            corpus
-                .iter()
-                .map(|p| format!("`{}`", p.display()))
-                .collect::<Vec<_>>()
-                .join(" + "),
+            corpus_text.join("; ") + &mix,
             if fallback { " (the bundled sample: the full corpus was absent)" } else { "" }
         );
         if let Some(b) = &cfg.blimp {
