@@ -243,6 +243,16 @@ fn sample_shards_train_a_model_with_a_schedule_and_plots() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown GLUE task \"squad\""));
 }
 
+/// The `[train]` flags of the sweep tests: a tiny model on 8 sequences of 32 tokens per step.
+const TINY_SWEEP_TRAIN: &str = r#"model = "tiny"
+hidden = 32
+heads = 2
+intermediate = 64
+seq_len = 32
+batch_size = 8
+micro_batch = 8
+quiet = true"#;
+
 #[test]
 fn a_tiny_sweep_trains_evaluates_skips_finished_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,17 +273,10 @@ inputs = ["{out}/no-such-corpus"]
 fallback = "{sample}"
 preprocess_args = ["--quiet"]
 [train]
-model = "tiny"
-hidden = 32
-heads = 2
-intermediate = 64
-seq_len = 32
+{tiny}
 steps = 6
-batch_size = 8
-micro_batch = 8
 eval_every = 3
 eval_sequences = 16
-quiet = true
 [blimp]
 data = "{blimp}"
 fallback = "{blimp}"
@@ -287,6 +290,7 @@ max_eval = 20
 epochs = 1
 "#,
             out = out.display(),
+            tiny = TINY_SWEEP_TRAIN,
             sample = data("c4-sample").display(),
             blimp = data("blimp").display(),
             glue = data("glue").display(),
@@ -339,20 +343,14 @@ fallback = "{sample}"
 inputs = ["{out}/missing"]
 fallback = "{sample}"
 [train]
-model = "tiny"
-hidden = 32
-heads = 2
-intermediate = 64
-seq_len = 32
+{tiny}
 steps = 4
-batch_size = 8
-micro_batch = 8
 eval_every = 2
 eval_sequences = 8
-quiet = true
 mix = "c4=0.7,short=linear:0.5:0.1"
 "#,
             out = out.display(),
+            tiny = TINY_SWEEP_TRAIN,
             sample = data("c4-sample").display(),
         ),
     )
