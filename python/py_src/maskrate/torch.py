@@ -75,7 +75,10 @@ class MaskedDataset(torch.utils.data.IterableDataset):
         self._next_step = int(start_step)
         self._next_micro = 0
         self._worker_slot: tuple[int, int] | None = None
-        self._batches: tuple[int, tuple[int, int], MaskedBatches] | None = None
+        # The probe is this process's builder too while the rank is (0, 1) and threads are all.
+        self._batches: tuple[int, tuple[int, int], MaskedBatches] | None = (
+            (os.getpid(), (0, 1), self._probe) if not threads else None
+        )
         self._check_step(self._next_step)
 
     # -- the run ---------------------------------------------------------------------------

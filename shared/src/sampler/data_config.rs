@@ -8,7 +8,7 @@ use super::{Layout, MaskVocab, MaskingConfig, MaskingSampler, MixSpec, SamplerCo
 use crate::error::{Error, Result};
 use crate::schedule::MaskSchedule;
 use crate::shard::ShardSet;
-use crate::tokenizer::LoadedTokenizer;
+use crate::tokenizer::{LoadedTokenizer, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -242,20 +242,9 @@ impl DataConfig {
         let mut train = Vec::new();
         let mut held = Vec::new();
         for (name, set) in &sources {
-            let all = Sequences::new(
-                set.clone(),
-                &tokenizer.info,
-                self.layout,
-                self.seq_len,
-                self.min_doc_tokens,
-            )?;
-            if held_out > 0 {
-                let (t, h) = all.split_tail(held_out)?;
-                train.push((name.clone(), t));
-                held.push((name.clone(), h));
-            } else {
-                train.push((name.clone(), all));
-            }
+            let (t, h) = self.split(set.clone(), &tokenizer.info, held_out)?;
+            train.push((name.clone(), t));
+            held.extend(h.map(|h| (name.clone(), h)));
         }
         let mix = match &self.mix {
             Some(m) => m.clone(),
@@ -274,6 +263,32 @@ impl DataConfig {
             sampler,
             held_out: held,
         })
+    }
+
+    /// `set` as sequences of this config's layout, length and minimum document length.
+    pub fn sequences(&self, set: Arc<ShardSet>, tokenizer: &TokenizerInfo) -> Result<Sequences> {
+        Sequences::new(
+            set,
+            tokenizer,
+            self.layout,
+            self.seq_len,
+            self.min_doc_tokens,
+        )
+    }
+
+    /// [`DataConfig::sequences`] with the last `held_out` split off (none when 0).
+    fn split(
+        &self,
+        set: Arc<ShardSet>,
+        tokenizer: &TokenizerInfo,
+        held_out: u64,
+    ) -> Result<(Sequences, Option<Sequences>)> {
+        let all = self.sequences(set, tokenizer)?;
+        if held_out == 0 {
+            return Ok((all, None));
+        }
+        let (train, eval) = all.split_tail(held_out)?;
+        Ok((train, Some(eval)))
     }
 
     fn sampler_config(&self) -> SamplerConfig {
@@ -295,19 +310,9 @@ impl DataConfig {
             .ok_or_else(|| Error::Config("an empty shard set".into()))?
             .clone();
         let tokenizer = LoadedTokenizer::load_from_shards(&first, shards.tokenizer())?;
-        let all = Sequences::new(
-            shards.clone(),
-            &tokenizer.info,
-            self.layout,
-            self.seq_len,
-            self.min_doc_tokens,
-        )?;
-        let (sequences, held_out) = if held_out > 0 {
-            let (train, eval) = all.split_tail(held_out)?;
-            (train, vec![(String::new(), eval)])
-        } else {
-            (all, Vec::new())
-        };
+        let (sequences, held) = self.split(shards.clone(), &tokenizer.info, held_out)?;
+        let held_out: Vec<(String, Sequences)> =
+            held.map(|h| (String::new(), h)).into_iter().collect();
         let sampler = Arc::new(MaskingSampler::new(
             sequences,
             MaskVocab::from_tokenizer(&tokenizer),

@@ -101,13 +101,7 @@ fn eval_sequences_from(dir: &Path, args: &TrainArgs, data: &Data) -> Result<Sequ
     let config = &args.data.config;
     set.tokenizer()
         .ensure_same(data.shards.tokenizer(), dir, &config.shards[0])?;
-    let all = Sequences::new(
-        Arc::new(set),
-        &data.tokenizer.info,
-        config.layout,
-        config.seq_len,
-        config.min_doc_tokens,
-    )?;
+    let all = config.sequences(Arc::new(set), &data.tokenizer.info)?;
     if config.eval_sequences == 0 || config.eval_sequences >= all.len() {
         return Ok(all);
     }
