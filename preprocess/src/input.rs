@@ -57,6 +57,10 @@ pub struct InputSpec {
 pub fn discover(inputs: &[PathBuf]) -> Result<Vec<InputSpec>> {
     let mut found = Vec::new();
     for input in inputs {
+        if shared::store::is_remote(input) {
+            found.extend(discover_remote(input)?);
+            continue;
+        }
         let meta = std::fs::metadata(input).map_err(|e| Error::Input {
             file: input.clone(),
             msg: format!("cannot read: {e}"),
@@ -101,6 +105,43 @@ pub fn discover(inputs: &[PathBuf]) -> Result<Vec<InputSpec>> {
                 size: meta.len(),
             });
         }
+    }
+    Ok(found)
+}
+
+/// A bucket URL: one object when it names a supported file, else every supported object under
+/// the prefix, sorted by path (as for a directory).
+fn discover_remote(input: &Path) -> Result<Vec<InputSpec>> {
+    let url = input.to_string_lossy().trim_end_matches('/').to_string();
+    if let Some(format) = Format::of(input) {
+        let (store, name) = shared::store::open_object(&url)?;
+        let size = store.size_of(&name)?.ok_or_else(|| Error::Input {
+            file: input.to_path_buf(),
+            msg: "not found (HTTP 404)".into(),
+        })?;
+        return Ok(vec![InputSpec {
+            path: input.to_path_buf(),
+            format,
+            size,
+        }]);
+    }
+    let store = shared::store::Store::open(&url)?;
+    let found: Vec<InputSpec> = store
+        .list()?
+        .into_iter()
+        .filter_map(|(rel, size)| {
+            let path = PathBuf::from(store.url_of(&rel));
+            let format = Format::of(&path)?;
+            (!is_datasets_metadata(&path)).then_some(InputSpec { path, format, size })
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(Error::Input {
+            file: input.to_path_buf(),
+            msg:
+                "holds no .json, .jsonl, .json.gz, .jsonl.gz, .jsonl.zst, .parquet or .arrow object"
+                    .into(),
+        });
     }
     Ok(found)
 }

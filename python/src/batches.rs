@@ -5,7 +5,7 @@
 
 use crate::errors::to_py;
 use crate::schedule::Schedule;
-use crate::shards::{ShardPaths, Shards};
+use crate::shards::{ShardPaths, Shards, SizeArg};
 use numpy::ndarray::Array2;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -156,7 +156,8 @@ impl MaskedBatches {
         shards, *, mix = None, schedule = None, total_steps = None, batch_size = None, seq_len = None,
         layout = None, min_doc_tokens = None, seed = None, mask_token_fraction = None,
         random_token_fraction = None, mask_exact = None, whole_word = None, eval_sequences = None,
-        eval_batch = 64, rank = 0, world_size = 1, threads = 0
+        eval_batch = 64, rank = 0, world_size = 1, threads = 0, order = None, cache_dir = None,
+        cache_bytes = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -179,11 +180,18 @@ impl MaskedBatches {
         rank: usize,
         world_size: usize,
         threads: usize,
+        order: Option<&str>,
+        cache_dir: Option<PathBuf>,
+        cache_bytes: Option<SizeArg>,
     ) -> PyResult<Self> {
+        let cache_bytes = cache_bytes.map(SizeArg::bytes).transpose()?;
         let (shards, named) = match shards {
             ShardsArg::Open(s) => (Some(s), BTreeMap::new()),
             ShardsArg::Paths(p) => (
-                Some(Py::new(py, Shards::open(py, p.into_vec(), false)?)?),
+                Some(Py::new(
+                    py,
+                    Shards::open(py, p.into_vec(), false, cache_dir.clone(), cache_bytes)?,
+                )?),
                 BTreeMap::new(),
             ),
             ShardsArg::Named(map) => (
@@ -239,6 +247,13 @@ impl MaskedBatches {
             mask_exact: mask_exact.unwrap_or(d.mask_exact),
             whole_word: whole_word.unwrap_or(d.whole_word),
             eval_sequences: eval_sequences.unwrap_or(d.eval_sequences),
+            order: order
+                .map(str::parse)
+                .transpose()
+                .map_err(to_py)?
+                .unwrap_or(d.order),
+            cache_dir,
+            cache_bytes,
         };
         let plan = BatchPlan::whole_rank(config.batch_size, world_size, rank);
         plan.validate().map_err(to_py)?;

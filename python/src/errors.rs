@@ -1,4 +1,4 @@
-//! Rust errors as Python exceptions: I/O failures as `OSError`, everything else (bad formats,
+//! Rust errors as Python exceptions: I/O and object-store failures as `OSError`, everything else (bad formats,
 //! options, schedules, tokenizers) as `ValueError`, with the Rust message, which names the file.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyValueError};
@@ -7,7 +7,9 @@ use pyo3::PyErr;
 /// A `shared` error as a Python exception.
 pub fn to_py(e: shared::Error) -> PyErr {
     match e {
-        shared::Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        shared::Error::Io { .. } | shared::Error::Remote { .. } => {
+            PyOSError::new_err(e.to_string())
+        }
         other => PyValueError::new_err(other.to_string()),
     }
 }

@@ -7,7 +7,8 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::{PyFileNotFoundError, PyIndexError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
-use shared::shard::{ShardSet, Tokens};
+use shared::shard::{ShardSet, TokenDtype, Tokens};
+use shared::store::{cache::parse_bytes, is_remote, CacheConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ use std::sync::Arc;
 pub struct Shards {
     dirs: Vec<PathBuf>,
     set: Arc<ShardSet>,
+    cache_dir: Option<PathBuf>,
+    cache_bytes: Option<u64>,
 }
 
 impl Shards {
@@ -31,9 +34,16 @@ impl Shards {
         &self.dirs
     }
 
-    /// Opens `dirs` (manifests and index headers checked; with `verify`, every file's SHA-256).
-    pub fn open(py: Python<'_>, dirs: Vec<PathBuf>, verify: bool) -> PyResult<Self> {
-        if let Some(missing) = dirs.iter().find(|d| !d.exists()) {
+    /// Opens `dirs` (manifests and index headers checked; with `verify`, every file's SHA-256);
+    /// bucket URLs are read through the cache `cache_dir` bounded by `cache_bytes`.
+    pub fn open(
+        py: Python<'_>,
+        dirs: Vec<PathBuf>,
+        verify: bool,
+        cache_dir: Option<PathBuf>,
+        cache_bytes: Option<u64>,
+    ) -> PyResult<Self> {
+        if let Some(missing) = dirs.iter().find(|d| !is_remote(d) && !d.exists()) {
             return Err(PyFileNotFoundError::new_err(format!(
                 "{}: no such shard directory",
                 missing.display()
@@ -41,7 +51,11 @@ impl Shards {
         }
         let set = py
             .detach(|| {
-                let set = ShardSet::open_many(&dirs)?;
+                let cache = match dirs.iter().any(|d| is_remote(d)) {
+                    true => Some(CacheConfig::new(cache_dir.clone(), cache_bytes)?),
+                    false => None,
+                };
+                let set = ShardSet::open_many_cached(&dirs, cache.as_ref())?;
                 if verify {
                     set.verify_checksums()?;
                 }
@@ -51,6 +65,8 @@ impl Shards {
         Ok(Shards {
             dirs,
             set: Arc::new(set),
+            cache_dir,
+            cache_bytes,
         })
     }
 
@@ -89,20 +105,50 @@ impl Shards {
     /// order). The manifests and index headers are always checked; `verify=True` also hashes
     /// every shard file against its manifest. A corrupted or foreign directory raises
     /// `ValueError` (or `OSError` for I/O failures) naming the file.
+    ///
+    /// A path may be a bucket URL (`s3://bucket/shards`, `gs://`, `az://`, `https://`): its
+    /// manifest and indexes are fetched at once, each shard file when a document of it is first
+    /// read, into the cache `cache_dir` (default `$MASKRATE_CACHE_DIR`, else
+    /// `~/.cache/maskrate/shards`) bounded by `cache_bytes` (an int or a size such as `"4G"`).
     #[new]
-    #[pyo3(signature = (path, verify = false))]
-    fn new(py: Python<'_>, path: ShardPaths, verify: bool) -> PyResult<Self> {
-        Shards::open(py, path.into_vec(), verify)
+    #[pyo3(signature = (path, verify = false, cache_dir = None, cache_bytes = None))]
+    fn new(
+        py: Python<'_>,
+        path: ShardPaths,
+        verify: bool,
+        cache_dir: Option<PathBuf>,
+        cache_bytes: Option<SizeArg>,
+    ) -> PyResult<Self> {
+        let cache_bytes = cache_bytes.map(SizeArg::bytes).transpose()?;
+        Shards::open(py, path.into_vec(), verify, cache_dir, cache_bytes)
     }
 
     fn __len__(&self) -> usize {
         self.set.len() as usize
     }
 
-    /// Document `index` (negative counts from the end) as a read-only numpy view of the map.
+    /// Document `index` (negative counts from the end) as a read-only numpy view of the map (a
+    /// copy for shards in a bucket, whose cached files may be evicted).
     fn __getitem__<'py>(slf: &Bound<'py, Self>, index: i64) -> PyResult<Bound<'py, PyAny>> {
         let this = slf.get();
         let doc = this.index(index)?;
+        if this.set.is_remote() {
+            let set = this.set.clone();
+            let py = slf.py();
+            let ids = py
+                .detach(move || set.read_doc(doc).map(|d| d.tokens().to_vec()))
+                .map_err(to_py)?;
+            return Ok(match this.set.manifests()[0].token_dtype {
+                TokenDtype::Uint16 => {
+                    let v: Vec<u16> = ids.into_iter().map(|t| t as u16).collect();
+                    PyArray1::from_vec(py, v).into_any()
+                }
+                TokenDtype::Int32 => {
+                    let v: Vec<i32> = ids.into_iter().map(|t| t as i32).collect();
+                    PyArray1::from_vec(py, v).into_any()
+                }
+            });
+        }
         let tokens = this.set.doc_checked(doc).map_err(to_py)?;
         let owner = slf.clone().into_any();
         // SAFETY: the slice lies in a memory map owned by `this.set`, which `owner` (the array's
@@ -156,9 +202,9 @@ impl Shards {
     /// The numpy dtype of the documents: `"uint16"` or `"int32"`.
     #[getter]
     fn dtype(&self) -> &'static str {
-        match self.set.doc(0) {
-            Tokens::U16(_) => "uint16",
-            Tokens::U32(_) => "int32",
+        match self.set.manifests()[0].token_dtype {
+            TokenDtype::Uint16 => "uint16",
+            TokenDtype::Int32 => "int32",
         }
     }
 
@@ -199,7 +245,30 @@ impl Shards {
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let cls = py.get_type::<Shards>();
-        let args = (slf.get().dirs.clone(),);
+        let this = slf.get();
+        let args = (
+            this.dirs.clone(),
+            false,
+            this.cache_dir.clone(),
+            this.cache_bytes,
+        );
         PyTuple::new(py, [cls.into_any(), args.into_pyobject(py)?.into_any()])
+    }
+}
+
+/// A byte count from Python: an int, or a size string such as `"512M"` or `"4G"`.
+#[derive(FromPyObject)]
+pub enum SizeArg {
+    Int(u64),
+    Text(String),
+}
+
+impl SizeArg {
+    /// The size in bytes.
+    pub fn bytes(self) -> PyResult<u64> {
+        match self {
+            SizeArg::Int(n) => Ok(n),
+            SizeArg::Text(s) => parse_bytes(&s).map_err(to_py),
+        }
     }
 }

@@ -59,6 +59,7 @@ fn measure(dir: &Path) {
             total_steps: 1_000_000,
             schedule: "linear:0.3:0.15".parse().unwrap(),
             masking: MaskingConfig::default(),
+            order: Default::default(),
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let build_s = t.elapsed().as_secs_f64();

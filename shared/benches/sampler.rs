@@ -25,6 +25,7 @@ fn bench(c: &mut Criterion) {
             total_steps: 1000,
             schedule: "constant:0.3".parse().unwrap(),
             masking: MaskingConfig::default(),
+            order: Default::default(),
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         group.throughput(Throughput::Elements((rows * 128) as u64));

@@ -38,6 +38,9 @@ pub enum Error {
     /// Another process is writing to this directory.
     #[error("{} is in use by {holder}; wait for it to finish or stop it (a killed holder releases it)", dir.display())]
     Locked { dir: PathBuf, holder: String },
+    /// An object-store request failed (`msg` is one line and never holds a secret).
+    #[error("{url}: {msg}")]
+    Remote { url: String, msg: String },
     /// A sampler or loader option is invalid.
     #[error("invalid option: {0}")]
     Config(String),

@@ -7,7 +7,8 @@
 //! 4. [`sampler`]: sequences, order and masking: batch = f(seed, step).
 //! 5. [`atomic`]: write-temporary-then-rename helpers used for every output file.
 //! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
-//! 7. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
+//! 7. [`store`]: object storage (`s3://`, `gs://`, `az://`, `https://`) and the bounded shard cache.
+//! 8. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -23,6 +24,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod seed;
 pub mod shard;
+pub mod store;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

@@ -33,6 +33,7 @@ fn millions_of_documents_open_in_constant_memory_and_batch_correctly() {
             total_steps: 10,
             schedule: shared::schedule::MaskSchedule::constant(0.0),
             masking: MaskingConfig::default(),
+            order: Default::default(),
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let batch = sampler.global_batch(7).unwrap();

@@ -44,6 +44,7 @@ fn sampler(
         total_steps: steps,
         schedule: schedule.parse().unwrap(),
         masking,
+        order: Default::default(),
     };
     MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&f.tok), cfg).unwrap()
 }

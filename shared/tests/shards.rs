@@ -125,6 +125,7 @@ fn a_token_id_outside_the_vocabulary_is_refused_at_read() {
         total_steps: 1,
         schedule: shared::schedule::MaskSchedule::constant(0.15),
         masking: MaskingConfig::default(),
+        order: Default::default(),
     };
     let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
     let err = sampler.global_batch(0).unwrap_err().to_string();

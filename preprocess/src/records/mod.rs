@@ -83,7 +83,7 @@ impl RecordReader {
         counter: Arc<AtomicU64>,
     ) -> Result<Self> {
         let path = &spec.path;
-        let file = File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?;
+        let remote = shared::store::is_remote(path);
         if spec.size == 0 {
             counter.fetch_add(0, Ordering::Relaxed);
             return Err(input_err(
@@ -91,8 +91,25 @@ impl RecordReader {
                 "file is empty (0 bytes): an interrupted download?",
             ));
         }
+        if matches!(spec.format, Format::Parquet | Format::Arrow) {
+            // Their footers need random access: a bucket's object is fetched whole first.
+            let file = if remote {
+                let (store, name) = shared::store::open_object(&path.to_string_lossy())?;
+                store.download_to_tempfile(&name)?
+            } else {
+                File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?
+            };
+            return Self::columnar(spec, file, text_field, max_record_bytes, counter);
+        }
+        let source: Box<dyn Read + Send> = if remote {
+            // JSON lines stream from the bucket, never downloaded whole.
+            let (store, name) = shared::store::open_object(&path.to_string_lossy())?;
+            Box::new(store.reader(&name)?)
+        } else {
+            Box::new(File::open(path).map_err(|e| input_err(path, format!("cannot open: {e}")))?)
+        };
         let counting = Counting {
-            inner: file,
+            inner: source,
             counter: counter.clone(),
         };
         let inner: Box<dyn BufRead + Send> = match spec.format {
@@ -106,22 +123,34 @@ impl RecordReader {
                     .map_err(|e| input_err(path, format!("not a zstd stream: {e}")))?;
                 Box::new(BufReader::with_capacity(1 << 20, dec))
             }
-            Format::Parquet => {
-                let (file, size) = (counting.inner, spec.size);
-                let rows = contained(path, "parquet", || {
-                    ColumnRows::parquet(path, file, size, text_field, max_record_bytes, counter)
-                })?;
-                return Ok(RecordReader::Columnar(Box::new(rows)));
-            }
-            Format::Arrow => {
-                let size = spec.size;
-                let rows = contained(path, "Arrow IPC", || {
-                    ColumnRows::arrow(path, counting, size, text_field, max_record_bytes, counter)
-                })?;
-                return Ok(RecordReader::Columnar(Box::new(rows)));
-            }
+            Format::Parquet | Format::Arrow => unreachable!("opened above"),
         };
         Ok(RecordReader::Lines(JsonLines::new(inner, max_record_bytes)))
+    }
+
+    /// A parquet or Arrow IPC file's rows.
+    fn columnar(
+        spec: &InputSpec,
+        file: File,
+        text_field: &str,
+        max_record_bytes: usize,
+        counter: Arc<AtomicU64>,
+    ) -> Result<Self> {
+        let (path, size) = (&spec.path, spec.size);
+        let rows = if spec.format == Format::Parquet {
+            contained(path, "parquet", || {
+                ColumnRows::parquet(path, file, size, text_field, max_record_bytes, counter)
+            })?
+        } else {
+            let counting = Counting {
+                inner: file,
+                counter: counter.clone(),
+            };
+            contained(path, "Arrow IPC", || {
+                ColumnRows::arrow(path, counting, size, text_field, max_record_bytes, counter)
+            })?
+        };
+        Ok(RecordReader::Columnar(Box::new(rows)))
     }
 
     /// The next record; `Ok(None)` at the end; `Err` when the file itself is unreadable from here on

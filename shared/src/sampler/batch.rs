@@ -6,12 +6,15 @@
 //! slots a seeded permutation of the step's slots assigns to that source. Slot *k* of the batch is masked at the schedule's rate
 //! for step *t* with an RNG seeded from `(seed, t, k)`. Nothing depends on threads, prefetching,
 //! data-parallel rank or micro-batch split, so ranks' slices of a step union to the single-rank
-//! global batch and a resumed run rebuilds exactly the batches it would have seen.
+//! global batch and a resumed run rebuilds exactly the batches it would have seen. With
+//! `--order shard-blocks:K` ([`super::shard_blocks`]) the epoch's order visits blocks of shards in
+//! turn instead; still a pure function of (seed, epoch, position).
 
 use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
 use super::mixture::{MixSpec, Mixture};
 use super::order::Permutation;
 use super::sequence::Sequences;
+use super::shard_blocks::{BlockEpoch, Order, ShardBlocks};
 use crate::error::{Error, Result};
 use crate::schedule::MaskSchedule;
 use crate::seed::seed_of;
@@ -19,6 +22,7 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::{Arc, Mutex};
 
 /// Domain-separation tags for the sampler's seeds.
 const ORDER_TAG: u64 = 0x006f_7264_6572;
@@ -79,6 +83,9 @@ pub struct SamplerConfig {
     pub schedule: MaskSchedule,
     /// Choice and replacement rules.
     pub masking: MaskingConfig,
+    /// How each epoch orders the sequences.
+    #[serde(default)]
+    pub order: Order,
 }
 
 /// One source's sequences and the key of its order.
@@ -87,6 +94,30 @@ struct Source {
     sequences: Sequences,
     /// `None` for the one unnamed source (today's order); a hash of the name otherwise.
     order_key: Option<u64>,
+    /// With `--order shard-blocks:K`: the shards as units of the order.
+    blocks: Option<ShardBlocks>,
+}
+
+impl Source {
+    fn new(name: String, sequences: Sequences, order_key: Option<u64>, order: Order) -> Source {
+        let blocks = match order {
+            Order::Global => None,
+            Order::ShardBlocks(k) => Some(ShardBlocks::new(&sequences, k)),
+        };
+        Source {
+            name,
+            sequences,
+            order_key,
+            blocks,
+        }
+    }
+}
+
+/// One epoch's order of one source.
+#[derive(Clone)]
+enum EpochOrder {
+    Global(Permutation),
+    Blocks(Arc<BlockEpoch>),
 }
 
 /// Builds the batch of any step, from shards, on demand.
@@ -95,7 +126,14 @@ pub struct MaskingSampler {
     mixture: Option<Mixture>,
     vocab: MaskVocab,
     cfg: SamplerConfig,
+    /// The block orders of the epochs read last, by (source, epoch) (O(shards) each to build).
+    block_epochs: Mutex<Vec<(usize, u64, Arc<BlockEpoch>)>>,
 }
+
+/// Steps ahead whose shards are fetched in the background (remote shards).
+const LOOKAHEAD_STEPS: u64 = 2;
+/// Positions sampled per source to find the shards a window of steps reads (global order).
+const LOOKAHEAD_ROWS: u64 = 16_384;
 
 /// A stable 64-bit key of a source name (FNV-1a), so a source's order depends on its name, not
 /// on its position among the sources.
@@ -119,15 +157,13 @@ impl MaskingSampler {
                 "special-token table shorter than the vocabulary".into(),
             ));
         }
+        let order = cfg.order;
         Ok(MaskingSampler {
-            sources: vec![Source {
-                name: String::new(),
-                sequences,
-                order_key: None,
-            }],
+            sources: vec![Source::new(String::new(), sequences, None, order)],
             mixture: None,
             vocab,
             cfg,
+            block_epochs: Mutex::new(Vec::new()),
         })
     }
 
@@ -142,15 +178,15 @@ impl MaskingSampler {
         sources.sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
         let mixture = Mixture::new(&names, mix, cfg.total_steps, cfg.global_batch)?;
+        let order = cfg.order;
         let mut sampler = MaskingSampler::new(sources.remove(0).1, vocab, cfg)?;
         sampler.sources[0].name = names[0].clone();
         sampler.sources[0].order_key = Some(name_key(&names[0]));
         for (name, sequences) in sources {
-            sampler.sources.push(Source {
-                order_key: Some(name_key(&name)),
-                name,
-                sequences,
-            });
+            let key = Some(name_key(&name));
+            sampler
+                .sources
+                .push(Source::new(name, sequences, key, order));
         }
         sampler.mixture = Some(mixture);
         Ok(sampler)
@@ -229,13 +265,94 @@ impl MaskingSampler {
         self.cfg.schedule.rate(step, self.cfg.total_steps)
     }
 
-    fn epoch_permutation(&self, source: usize, epoch: u64) -> Permutation {
+    fn epoch_order(&self, source: usize, epoch: u64) -> EpochOrder {
         let s = &self.sources[source];
         let key = match s.order_key {
             None => seed_of(&[self.cfg.seed, ORDER_TAG, epoch]),
             Some(k) => seed_of(&[self.cfg.seed, ORDER_TAG, k, epoch]),
         };
-        Permutation::new(s.sequences.len(), key)
+        let Some(blocks) = &s.blocks else {
+            return EpochOrder::Global(Permutation::new(s.sequences.len(), key));
+        };
+        let mut cached = self.block_epochs.lock().expect("block epochs");
+        if let Some((_, _, e)) = cached.iter().find(|(s, e, _)| (*s, *e) == (source, epoch)) {
+            return EpochOrder::Blocks(e.clone());
+        }
+        let built = Arc::new(blocks.epoch(key));
+        if cached.len() >= 2 * self.sources.len() {
+            cached.remove(0);
+        }
+        cached.push((source, epoch, built.clone()));
+        EpochOrder::Blocks(built)
+    }
+
+    /// Position `g` of source `source`'s stream under `order` (of `g`'s epoch).
+    fn sequence_in(&self, source: usize, order: &EpochOrder, g: u64) -> u64 {
+        let s = &self.sources[source];
+        let i = g % s.sequences.len();
+        match order {
+            EpochOrder::Global(p) => p.apply(i),
+            EpochOrder::Blocks(e) => e.apply(s.blocks.as_ref().expect("block order"), i),
+        }
+    }
+
+    /// The cache the first remote source reads through (sources in one cache directory share it).
+    pub fn shard_cache(&self) -> Option<Arc<crate::store::ShardCache>> {
+        self.sources
+            .iter()
+            .find_map(|s| s.sequences.shards().cache().cloned())
+    }
+
+    /// Starts fetching, in the background, the remote shards that steps `step ..= step +
+    /// LOOKAHEAD_STEPS` read (with the block order, also the block after them). A no-op for local
+    /// shards.
+    pub fn prefetch_from(&self, step: u64) {
+        if !self
+            .sources
+            .iter()
+            .any(|s| s.sequences.shards().is_remote())
+        {
+            return;
+        }
+        let from = self.rows_before(step);
+        let to = self.rows_before(step + 1 + LOOKAHEAD_STEPS);
+        for (i, s) in self.sources.iter().enumerate() {
+            let set = s.sequences.shards();
+            if !set.is_remote() || from[i] == to[i] {
+                continue;
+            }
+            let n = s.sequences.len();
+            let mut shards = Vec::new();
+            let mut g = from[i];
+            while g < to[i] {
+                let epoch = g / n;
+                let end = to[i].min((epoch + 1) * n);
+                let order = self.epoch_order(i, epoch);
+                match &order {
+                    EpochOrder::Blocks(e) => shards.extend(e.shards_for(g % n, end - epoch * n)),
+                    EpochOrder::Global(_) => {
+                        let stride = ((end - g) / LOOKAHEAD_ROWS).max(1);
+                        for p in (g..end).step_by(stride as usize) {
+                            let seq = self.sequence_in(i, &order, p);
+                            shards.extend(s.sequences.shards_of(seq));
+                        }
+                    }
+                }
+                g = end;
+            }
+            if s.sequences.layout() == super::Layout::Pack {
+                // A packed sequence may run into the next shard.
+                let next: Vec<usize> = shards
+                    .iter()
+                    .map(|&x| x + 1)
+                    .filter(|&x| x < set.num_shards())
+                    .collect();
+                shards.extend(next);
+            }
+            let mut seen = std::collections::HashSet::new();
+            shards.retain(|x| seen.insert(*x));
+            set.prefetch(shards);
+        }
     }
 
     /// Epoch (0-based) that step `step` starts in (of the first source).
@@ -265,6 +382,7 @@ impl MaskingSampler {
         let mut sequence_ids = vec![0u64; rows];
         let mut sources = vec![0u16; rows];
         let plan = self.step_plan(step);
+        self.prefetch_from(step);
         const ROWS_PER_TASK: usize = 32;
         let parts: Vec<(MaskCounts, Vec<u32>)> = input_ids
             .par_chunks_mut(len * ROWS_PER_TASK)
@@ -381,12 +499,12 @@ struct StepPlan {
     before: Vec<u64>,
 }
 
-/// The sample streams' order: position `g` of a source's stream is its sequence
-/// `perm_epoch(g mod N)` of epoch `g div N`. Keeps each source's last epoch permutation, since
-/// consecutive rows share it.
+/// The sample streams' order: position `g` of a source's stream is its sequence at position
+/// `g mod N` of epoch `g div N`'s order. Keeps each source's last epoch order, since consecutive
+/// rows share it.
 struct StreamOrder<'a> {
     sampler: &'a MaskingSampler,
-    epochs: Vec<Option<(u64, Permutation)>>,
+    epochs: Vec<Option<(u64, EpochOrder)>>,
 }
 
 impl<'a> StreamOrder<'a> {
@@ -408,10 +526,10 @@ impl<'a> StreamOrder<'a> {
         let epoch = g / epoch_len;
         let cached = &mut self.epochs[source];
         if cached.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            *cached = Some((epoch, self.sampler.epoch_permutation(source, epoch)));
+            *cached = Some((epoch, self.sampler.epoch_order(source, epoch)));
         }
-        let perm = &cached.as_ref().expect("set above").1;
-        (source, perm.apply(g % epoch_len))
+        let order = &cached.as_ref().expect("set above").1;
+        (source, self.sampler.sequence_in(source, order, g))
     }
 }
 

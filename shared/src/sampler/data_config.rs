@@ -4,10 +4,13 @@
 //! batch. [`DataConfig::open`] turns it into [`Data`]: the shards, their tokenizer, the sampler
 //! and the held-out sequences.
 
-use super::{Layout, MaskVocab, MaskingConfig, MaskingSampler, MixSpec, SamplerConfig, Sequences};
+use super::{
+    Layout, MaskVocab, MaskingConfig, MaskingSampler, MixSpec, Order, SamplerConfig, Sequences,
+};
 use crate::error::{Error, Result};
 use crate::schedule::MaskSchedule;
 use crate::shard::ShardSet;
+use crate::store::CacheConfig;
 use crate::tokenizer::{LoadedTokenizer, TokenizerInfo};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -18,7 +21,9 @@ use std::sync::Arc;
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct DataConfig {
     /// Shard directory made by `preprocess` (repeat to read several as one), or NAME=DIR for a
-    /// named source of a mixture (repeat a name to read several directories as that source).
+    /// named source of a mixture (repeat a name to read several directories as that source). A
+    /// directory may be a bucket URL (s3://bucket/shards, gs://, az://, https://), read through
+    /// the local cache (--cache-dir, --cache-bytes).
     #[cfg_attr(
         feature = "clap",
         arg(long = "shards", value_name = "[NAME=]DIR", required = true)
@@ -67,6 +72,26 @@ pub struct DataConfig {
     /// shards (or taken from the end of --eval-shards).
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 256))]
     pub eval_sequences: u64,
+    /// Order of each epoch: global (one shuffle of all sequences) or shard-blocks:K (shuffled
+    /// blocks of K shards, sequences shuffled within a block: reads a few shards at a time, for
+    /// shards in a bucket bigger than the cache). Same flags, same batches, wherever the shards are.
+    #[cfg_attr(feature = "clap", arg(long, default_value = "global"))]
+    #[serde(default)]
+    pub order: Order,
+    /// Local cache of shards read from a bucket [default: $MASKRATE_CACHE_DIR, else
+    /// ~/.cache/maskrate/shards].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound on the cache's size, e.g. 512M, 4G [default: $MASKRATE_CACHE_BYTES, else 4G].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", value_parser = parse_size))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_bytes: Option<u64>,
+}
+
+#[cfg(feature = "clap")]
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    crate::store::cache::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 impl Default for DataConfig {
@@ -87,6 +112,9 @@ impl Default for DataConfig {
             mask_exact: false,
             whole_word: false,
             eval_sequences: 256,
+            order: Order::Global,
+            cache_dir: None,
+            cache_bytes: None,
         }
     }
 }
@@ -154,6 +182,21 @@ impl DataConfig {
         }
     }
 
+    /// The cache remote shards are read through.
+    pub fn cache_config(&self) -> Result<CacheConfig> {
+        CacheConfig::new(self.cache_dir.clone(), self.cache_bytes)
+    }
+
+    /// Opens shard directories (local or bucket URLs) as one set, through this config's cache.
+    pub fn open_shards(&self, dirs: &[PathBuf]) -> Result<ShardSet> {
+        let cache = if dirs.iter().any(|d| crate::store::is_remote(d)) {
+            Some(self.cache_config()?)
+        } else {
+            None
+        };
+        ShardSet::open_many_cached(dirs, cache.as_ref())
+    }
+
     /// Opens the shards and builds the sampler, holding out the last `eval_sequences` sequences.
     pub fn open(&self) -> Result<Data> {
         self.open_with_holdout(self.eval_sequences)
@@ -164,7 +207,7 @@ impl DataConfig {
     pub fn open_with_holdout(&self, held_out: u64) -> Result<Data> {
         match self.source_dirs()? {
             SourceDirs::Unnamed(dirs) => {
-                let shards = Arc::new(ShardSet::open_many(&dirs)?);
+                let shards = Arc::new(self.open_shards(&dirs)?);
                 self.sample_from(shards, held_out)
             }
             SourceDirs::Named(named) => self.open_mixture(named, held_out),
@@ -222,7 +265,7 @@ impl DataConfig {
     fn open_mixture(&self, named: Vec<(String, Vec<PathBuf>)>, held_out: u64) -> Result<Data> {
         let mut sources = Vec::new();
         for (name, dirs) in &named {
-            let set = Arc::new(ShardSet::open_many(dirs)?);
+            let set = Arc::new(self.open_shards(dirs)?);
             if let Some((first_name, first)) = sources.first() {
                 let first: &Arc<ShardSet> = first;
                 first
@@ -238,7 +281,8 @@ impl DataConfig {
             sources.push((name.clone(), set));
         }
         let (_, first) = &sources[0];
-        let tokenizer = LoadedTokenizer::load_from_shards(&first.dirs()[0], first.tokenizer())?;
+        let tokenizer =
+            LoadedTokenizer::load_from_shards(&first.metadata_dirs()[0], first.tokenizer())?;
         let mut train = Vec::new();
         let mut held = Vec::new();
         for (name, set) in &sources {
@@ -298,6 +342,7 @@ impl DataConfig {
             total_steps: self.steps,
             schedule: self.schedule,
             masking: self.masking(),
+            order: self.order,
         }
     }
 
@@ -305,7 +350,7 @@ impl DataConfig {
     /// (`self.shards` is not read).
     pub fn sample_from(&self, shards: Arc<ShardSet>, held_out: u64) -> Result<Data> {
         let first = shards
-            .dirs()
+            .metadata_dirs()
             .first()
             .ok_or_else(|| Error::Config("an empty shard set".into()))?
             .clone();
@@ -407,6 +452,8 @@ mod tests {
     fn every_field_is_a_flag_and_a_config_key() {
         let every_field_set = DataConfig {
             mix: Some("a=1".parse().unwrap()),
+            cache_dir: Some("cache".into()),
+            cache_bytes: Some(1 << 20),
             ..DataConfig::default()
         };
         let keys: Vec<String> = serde_json::to_value(every_field_set)

@@ -28,6 +28,7 @@ impl HeldOutBatches {
             total_steps: batches.max(1),
             schedule: MaskSchedule::constant(EVAL_RATE),
             masking: MaskingConfig::default(),
+            order: Default::default(),
         };
         Ok(HeldOutBatches {
             sampler: MaskingSampler::new(sequences, vocab, cfg)?,

@@ -19,6 +19,7 @@ pub mod mask;
 pub mod mixture;
 pub mod order;
 pub mod sequence;
+pub mod shard_blocks;
 
 pub use batch::{Batch, BatchPlan, MaskingSampler, SamplerConfig};
 pub use data_config::{Data, DataConfig};
@@ -27,6 +28,7 @@ pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
 pub use mixture::{MixSpec, Mixture, Weight};
 pub use sequence::{Layout, Sequences};
+pub use shard_blocks::Order;
 
 use crate::tokenizer::LoadedTokenizer;
 

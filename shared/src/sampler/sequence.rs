@@ -95,6 +95,15 @@ impl KeptDocs {
         self.count
     }
 
+    /// Kept documents before document `d` (`d <= documents`).
+    fn rank(&self, d: u64) -> u64 {
+        let (w, b) = ((d / 64) as usize, d % 64);
+        if w >= self.words.len() {
+            return self.count;
+        }
+        self.before[w] + (self.words[w] & ((1u64 << b) - 1)).count_ones() as u64
+    }
+
     /// The `j`-th kept document (`j < len`).
     fn select(&self, j: u64) -> u64 {
         let w = self.before.partition_point(|&b| b <= j) - 1;
@@ -219,7 +228,8 @@ impl Sequences {
         match self.layout {
             Layout::Truncate => {
                 let doc = self.kept_docs.as_ref().map_or(j, |k| k.select(j));
-                let tokens = self.shards.doc_checked(doc)?;
+                let held = self.shards.read_doc(doc)?;
+                let tokens = held.tokens();
                 let n = tokens.len().min(body);
                 tokens.slice(0..n).copy_to(&mut out[1..1 + n]);
                 out[1 + n] = self.sep;
@@ -232,7 +242,8 @@ impl Sequences {
                 let mut offset = (start - self.stream_start(doc)) as usize;
                 let mut at = 1;
                 while at < 1 + body {
-                    let tokens = self.shards.doc_checked(doc)?;
+                    let held = self.shards.read_doc(doc)?;
+                    let tokens = held.tokens();
                     if offset < tokens.len() {
                         let n = (tokens.len() - offset).min(1 + body - at);
                         tokens
@@ -249,6 +260,49 @@ impl Sequences {
                 }
                 out[self.seq_len - 1] = self.sep;
                 Ok(self.seq_len)
+            }
+        }
+    }
+
+    /// For each shard `s` of the set, the first sequence of this view that begins in it (clipped to
+    /// the view; entry `num_shards` is the view's length): the units of the shard-block order.
+    pub fn shard_starts(&self) -> Vec<u64> {
+        let set = &self.shards;
+        let body = self.seq_len as u64 - 2;
+        (0..=set.num_shards())
+            .map(|s| {
+                let first_doc = if s == set.num_shards() {
+                    set.len()
+                } else {
+                    set.shard_docs(s).start
+                };
+                let absolute = match self.layout {
+                    Layout::Truncate => self
+                        .kept_docs
+                        .as_ref()
+                        .map_or(first_doc, |k| k.rank(first_doc)),
+                    Layout::Pack => (set.shard_token_start(s) + first_doc).div_ceil(body),
+                };
+                absolute.clamp(self.offset, self.offset + self.count) - self.offset
+            })
+            .collect()
+    }
+
+    /// The shards sequence `j` of this view reads (one, or with packing those its tokens span).
+    pub fn shards_of(&self, j: u64) -> std::ops::RangeInclusive<usize> {
+        let j = j + self.offset;
+        let set = &self.shards;
+        match self.layout {
+            Layout::Truncate => {
+                let doc = self.kept_docs.as_ref().map_or(j, |k| k.select(j));
+                let s = set.shard_of(doc);
+                s..=s
+            }
+            Layout::Pack => {
+                let body = self.seq_len as u64 - 2;
+                let first = set.shard_of(self.doc_at_stream(j * body));
+                let last = set.shard_of(self.doc_at_stream((j + 1) * body - 1).min(set.len() - 1));
+                first..=last
             }
         }
     }

@@ -7,11 +7,14 @@
 use super::idx::IndexView;
 use super::{Manifest, TokenDtype};
 use crate::error::{Error, IoContext, Result};
-use crate::tokenizer::TokenizerInfo;
+use crate::store::cache::Fetch;
+use crate::store::{self, CacheConfig, ShardCache, Store};
+use crate::tokenizer::{TokenizerInfo, TOKENIZER_FILE};
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The token ids of one document, borrowed from the memory map.
 #[derive(Debug, Clone, Copy)]
@@ -94,12 +97,71 @@ impl<'a> Tokens<'a> {
     }
 }
 
-/// One mapped shard pair.
+/// The token bytes of one shard: mapped from a local file, or fetched whole from object storage
+/// into the bounded cache when a document is read.
+enum BinBytes {
+    /// A local `.bin` (`None` when empty).
+    Mapped(Option<Mmap>),
+    /// A `.bin` in a bucket.
+    Remote {
+        cache: Arc<ShardCache>,
+        fetch: Fetch,
+    },
+}
+
+/// A shard's token bytes held for reading: borrowed from a local map, or a cached file kept
+/// mapped (and safe from eviction) while this value lives.
+enum BinView<'a> {
+    Borrowed(&'a [u8]),
+    Cached(Arc<Mmap>),
+}
+
+impl BinView<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            BinView::Borrowed(b) => b,
+            BinView::Cached(m) => m,
+        }
+    }
+}
+
+/// One document's tokens, held for reading (see [`ShardSet::read_doc`]).
+pub struct Doc<'a> {
+    view: BinView<'a>,
+    range: std::ops::Range<usize>,
+    dtype: TokenDtype,
+}
+
+impl<'a> Doc<'a> {
+    /// The token ids.
+    pub fn tokens(&self) -> Tokens<'_> {
+        tokens_of(&self.view.bytes()[self.range.clone()], self.dtype)
+    }
+
+    /// The token ids with the set's lifetime (local shards only).
+    fn into_borrowed(self) -> Option<Tokens<'a>> {
+        match self.view {
+            BinView::Borrowed(b) => Some(tokens_of(&b[self.range], self.dtype)),
+            BinView::Cached(_) => None,
+        }
+    }
+}
+
+fn tokens_of(bytes: &[u8], dtype: TokenDtype) -> Tokens<'_> {
+    match dtype {
+        TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
+        TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
+    }
+}
+
+/// One shard pair.
 struct Shard {
     bin_path: PathBuf,
     idx_path: PathBuf,
-    bin: Option<Mmap>,
-    idx: Mmap,
+    bin: BinBytes,
+    /// Length of the `.bin` in bytes (checked against the manifest at open).
+    bin_len: usize,
+    idx: Arc<Mmap>,
     dtype: TokenDtype,
     documents: usize,
     expected_bin_sha256: String,
@@ -111,8 +173,23 @@ impl Shard {
         IndexView::trusted(&self.idx, self.dtype, self.documents)
     }
 
-    fn bin_bytes(&self) -> &[u8] {
-        self.bin.as_deref().unwrap_or(&[])
+    /// The token bytes, fetched first when remote and not cached.
+    fn bin_view(&self) -> Result<BinView<'_>> {
+        match &self.bin {
+            BinBytes::Mapped(m) => Ok(BinView::Borrowed(m.as_deref().unwrap_or(&[]))),
+            BinBytes::Remote { cache, fetch } => Ok(BinView::Cached(cache.get(fetch, false)?)),
+        }
+    }
+
+    /// The local map (panics for a remote shard: callers check [`ShardSet::is_remote`]).
+    fn local_bytes(&self) -> &[u8] {
+        match &self.bin {
+            BinBytes::Mapped(m) => m.as_deref().unwrap_or(&[]),
+            BinBytes::Remote { .. } => panic!(
+                "{}: a remote shard is read through ShardSet::read_doc",
+                self.bin_path.display()
+            ),
+        }
     }
 }
 
@@ -129,14 +206,28 @@ fn map(path: &Path) -> Result<Option<Mmap>> {
 }
 
 /// All documents of one or more shard directories, in manifest order, as one indexed collection.
+/// A directory may be an object-store URL (`s3://bucket/shards`): its manifest, tokenizer and
+/// indexes are fetched at open, its token files when first read, through a [`ShardCache`].
 pub struct ShardSet {
     dirs: Vec<PathBuf>,
+    /// Local directories holding each set's manifest and tokenizer (the dirs themselves when local).
+    meta_dirs: Vec<PathBuf>,
     manifests: Vec<Manifest>,
     shards: Vec<Shard>,
     /// `doc_starts[s]` = global index of shard `s`'s first document; last entry = total.
     doc_starts: Vec<u64>,
     /// `token_starts[s]` = global offset of shard `s`'s first token; last entry = total.
     token_starts: Vec<u64>,
+    cache: Option<Arc<ShardCache>>,
+}
+
+/// Where a directory's files are read from.
+enum DirSource {
+    Local,
+    Remote {
+        store: Store,
+        cache: Arc<ShardCache>,
+    },
 }
 
 impl ShardSet {
@@ -145,21 +236,53 @@ impl ShardSet {
         Self::open_many(&[dir.to_path_buf()])
     }
 
-    /// Opens several shard directories as one collection; they must share a tokenizer.
-    /// Kept whole: the checks run in the order a reader of the format expects them.
+    /// Opens several shard directories as one collection; they must share a tokenizer. Remote
+    /// ones use the default cache ([`CacheConfig::new`]`(None, None)`).
     pub fn open_many(dirs: &[PathBuf]) -> Result<Self> {
+        let cache = if dirs.iter().any(|d| store::is_remote(d)) {
+            Some(CacheConfig::new(None, None)?)
+        } else {
+            None
+        };
+        Self::open_many_cached(dirs, cache.as_ref())
+    }
+
+    /// As [`ShardSet::open_many`], remote directories read through the cache `cache`.
+    /// Kept whole: the checks run in the order a reader of the format expects them.
+    pub fn open_many_cached(dirs: &[PathBuf], cache: Option<&CacheConfig>) -> Result<Self> {
         if dirs.is_empty() {
             return Err(Error::Config("no shard directory given".into()));
         }
         let mut set = ShardSet {
             dirs: dirs.to_vec(),
+            meta_dirs: Vec::new(),
             manifests: Vec::new(),
             shards: Vec::new(),
             doc_starts: vec![0],
             token_starts: vec![0],
+            cache: None,
         };
         for dir in dirs {
-            let manifest = Manifest::load(dir)?;
+            let (meta_dir, source) = if store::is_remote(dir) {
+                let cfg = match cache {
+                    Some(c) => c.clone(),
+                    None => CacheConfig::new(None, None)?,
+                };
+                let shard_cache = ShardCache::shared(&cfg)?;
+                let store = Store::open(&dir.to_string_lossy())?;
+                let meta_dir = mirror_metadata(&store, &cfg)?;
+                set.cache = Some(shard_cache.clone());
+                (
+                    meta_dir,
+                    DirSource::Remote {
+                        store,
+                        cache: shard_cache,
+                    },
+                )
+            } else {
+                (dir.clone(), DirSource::Local)
+            };
+            let manifest = Manifest::load(&meta_dir)?;
             if let Some(first) = set.manifests.first() {
                 first
                     .tokenizer
@@ -167,7 +290,40 @@ impl ShardSet {
             }
             for entry in &manifest.shards {
                 let [bin_path, idx_path] = super::pair_paths(dir, &entry.name);
-                let idx = map(&idx_path)?.ok_or_else(|| Error::format(&idx_path, "empty file"))?;
+                let dtype = manifest.token_dtype;
+                let (idx, bin) = match &source {
+                    DirSource::Local => {
+                        let idx = map(&idx_path)?
+                            .ok_or_else(|| Error::format(&idx_path, "empty file"))?;
+                        (Arc::new(idx), BinBytes::Mapped(map(&bin_path)?))
+                    }
+                    DirSource::Remote { store, cache } => {
+                        let [bin_name, idx_name] = super::pair_paths(Path::new(""), &entry.name)
+                            .map(|p| p.to_string_lossy().into_owned());
+                        let idx_fetch = Fetch {
+                            store: store.clone(),
+                            rel: idx_name,
+                            sha256: entry.idx_sha256.clone(),
+                            bytes: super::idx::index_len(entry.documents as usize) as u64,
+                            ext: "idx",
+                        };
+                        let bin_fetch = Fetch {
+                            store: store.clone(),
+                            rel: bin_name,
+                            sha256: entry.bin_sha256.clone(),
+                            bytes: entry.tokens * dtype.size() as u64,
+                            ext: "bin",
+                        };
+                        let idx = cache.get(&idx_fetch, true)?;
+                        (
+                            idx,
+                            BinBytes::Remote {
+                                cache: cache.clone(),
+                                fetch: bin_fetch,
+                            },
+                        )
+                    }
+                };
                 let view = IndexView::parse(&idx, &idx_path)?;
                 if view.len() as u64 != entry.documents {
                     return Err(Error::format(
@@ -190,8 +346,10 @@ impl ShardSet {
                     ));
                 }
                 let dtype = view.dtype();
-                let bin = map(&bin_path)?;
-                let bin_len = bin.as_ref().map_or(0, |m| m.len()) as u64;
+                let bin_len = match &bin {
+                    BinBytes::Mapped(m) => m.as_ref().map_or(0, |m| m.len()) as u64,
+                    BinBytes::Remote { fetch, .. } => fetch.bytes,
+                };
                 if bin_len != entry.tokens * dtype.size() as u64 {
                     return Err(Error::format(
                         &bin_path,
@@ -207,6 +365,7 @@ impl ShardSet {
                     bin_path,
                     idx_path,
                     bin,
+                    bin_len: bin_len as usize,
                     idx,
                     dtype,
                     documents,
@@ -215,8 +374,54 @@ impl ShardSet {
                 });
             }
             set.manifests.push(manifest);
+            set.meta_dirs.push(meta_dir);
         }
         Ok(set)
+    }
+
+    /// Whether any shard is read from object storage.
+    pub fn is_remote(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The cache remote shards are read through, if any.
+    pub fn cache(&self) -> Option<&Arc<ShardCache>> {
+        self.cache.as_ref()
+    }
+
+    /// Starts fetching shards `shards` (indices in set order) in the background; a no-op for local
+    /// shards.
+    pub fn prefetch(&self, shards: impl IntoIterator<Item = usize>) {
+        let Some(cache) = &self.cache else { return };
+        cache.prefetch(
+            shards
+                .into_iter()
+                .filter_map(|s| match &self.shards[s].bin {
+                    BinBytes::Remote { fetch, .. } => Some(fetch.clone()),
+                    BinBytes::Mapped(_) => None,
+                }),
+        );
+    }
+
+    /// Global documents `start..end` of shard `s`.
+    pub fn shard_docs(&self, s: usize) -> std::ops::Range<u64> {
+        self.doc_starts[s]..self.doc_starts[s + 1]
+    }
+
+    /// Global offset of shard `s`'s first token (`s == num_shards()`: the total).
+    pub fn shard_token_start(&self, s: usize) -> u64 {
+        self.token_starts[s]
+    }
+
+    /// The shard holding global document `doc`.
+    pub fn shard_of(&self, doc: u64) -> usize {
+        self.locate(doc).0
+    }
+
+    /// Local directories holding each directory's `manifest.json` and `tokenizer.json` (a mirror
+    /// in the cache for remote ones).
+    pub fn metadata_dirs(&self) -> &[PathBuf] {
+        &self.meta_dirs
     }
 
     /// The tokenizer shared by every directory.
@@ -264,50 +469,56 @@ impl ShardSet {
         (s, (doc - self.doc_starts[s]) as usize)
     }
 
-    /// Document `local` of shard `s` as a slice of the shard's map; `None` when a corrupted index
-    /// points outside the `.bin` (or at a misaligned offset).
+    /// Byte range of document `local` of shard `s` in its `.bin`; `None` when a corrupted index
+    /// points outside it (or at a misaligned offset).
     #[inline]
-    fn slice(&self, s: usize, local: usize) -> Option<Tokens<'_>> {
+    fn doc_range(&self, s: usize, local: usize) -> Option<std::ops::Range<usize>> {
         let shard = &self.shards[s];
         let view = shard.index();
         let (ptr, len) = (view.pointer(local), view.length(local));
         if len == 0 {
-            return Some(Tokens::U16(&[]));
+            return Some(0..0);
         }
         let size = shard.dtype.size();
         let end = ptr.checked_add(len.checked_mul(size)?)?;
-        let bytes = shard
-            .bin_bytes()
-            .get(ptr..end)
-            .filter(|_| ptr % size == 0)?;
-        Some(match shard.dtype {
-            TokenDtype::Uint16 => Tokens::U16(bytemuck::cast_slice(bytes)),
-            TokenDtype::Int32 => Tokens::U32(bytemuck::cast_slice(bytes)),
-        })
+        (end <= shard.bin_len && ptr % size == 0).then_some(ptr..end)
     }
 
-    /// Tokens of global document `doc`. For shard sets already checked (tests, benchmarks): it
-    /// panics if a corrupted index points outside the `.bin`; readers of untrusted sets use
-    /// [`ShardSet::doc_checked`].
+    /// Tokens of global document `doc` of a local set. For shard sets already checked (tests,
+    /// benchmarks): it panics if a corrupted index points outside the `.bin`, or if the set is
+    /// remote; readers of untrusted or remote sets use [`ShardSet::read_doc`].
     #[inline]
     pub fn doc(&self, doc: u64) -> Tokens<'_> {
         let (s, local) = self.locate(doc);
-        self.slice(s, local).unwrap_or_else(|| {
+        let shard = &self.shards[s];
+        let range = self.doc_range(s, local).unwrap_or_else(|| {
             panic!(
                 "{}: document {local} points outside {}",
-                self.shards[s].idx_path.display(),
-                self.shards[s].bin_path.display()
+                shard.idx_path.display(),
+                shard.bin_path.display()
             )
+        });
+        tokens_of(&shard.local_bytes()[range], shard.dtype)
+    }
+
+    /// [`ShardSet::read_doc`] for a local set, borrowing from its map; remote sets are refused.
+    pub fn doc_checked(&self, doc: u64) -> Result<Tokens<'_>> {
+        self.read_doc(doc)?.into_borrowed().ok_or_else(|| {
+            Error::Config(format!(
+                "{}: remote shards are read with read_doc",
+                self.dirs[0].display()
+            ))
         })
     }
 
-    /// Tokens of global document `doc`, refused (naming the shard file and document) if the
-    /// index points outside the `.bin` or an id is outside the tokenizer's vocabulary: a
-    /// corrupted or foreign shard must never reach an embedding lookup.
-    pub fn doc_checked(&self, doc: u64) -> Result<Tokens<'_>> {
+    /// Tokens of global document `doc`, fetching its shard first when it is remote and not
+    /// cached. Refused (naming the shard file and document) if the index points outside the
+    /// `.bin` or an id is outside the tokenizer's vocabulary: a corrupted or foreign shard must
+    /// never reach an embedding lookup.
+    pub fn read_doc(&self, doc: u64) -> Result<Doc<'_>> {
         let (s, local) = self.locate(doc);
         let shard = &self.shards[s];
-        let tokens = self.slice(s, local).ok_or_else(|| {
+        let range = self.doc_range(s, local).ok_or_else(|| {
             let view = shard.index();
             Error::format(
                 &shard.idx_path,
@@ -316,12 +527,17 @@ impl ShardSet {
                     view.pointer(local),
                     view.length(local),
                     shard.bin_path.display(),
-                    shard.bin_bytes().len()
+                    shard.bin_len
                 ),
             )
         })?;
+        let doc_ref = Doc {
+            view: shard.bin_view()?,
+            range,
+            dtype: shard.dtype,
+        };
         let vocab = self.manifests[0].tokenizer.vocab_size as u32;
-        if let Some((at, id)) = tokens.first_at_or_above(vocab) {
+        if let Some((at, id)) = doc_ref.tokens().first_at_or_above(vocab) {
             return Err(Error::format(
                 &shard.bin_path,
                 format!(
@@ -329,7 +545,7 @@ impl ShardSet {
                 ),
             ));
         }
-        Ok(tokens)
+        Ok(doc_ref)
     }
 
     /// Length in tokens of global document `doc`.
@@ -359,7 +575,7 @@ impl ShardSet {
     pub fn file_bytes(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| (s.bin_bytes().len() + s.idx.len()) as u64)
+            .map(|s| (s.bin_len + s.idx.len()) as u64)
             .sum()
     }
 
@@ -386,12 +602,9 @@ impl ShardSet {
         let mut done = 0u64;
         let mut checked = 0;
         for shard in &self.shards {
+            let bin = shard.bin_view()?;
             for (path, bytes, expected) in [
-                (
-                    &shard.bin_path,
-                    shard.bin_bytes(),
-                    &shard.expected_bin_sha256,
-                ),
+                (&shard.bin_path, bin.bytes(), &shard.expected_bin_sha256),
                 (&shard.idx_path, &shard.idx[..], &shard.expected_idx_sha256),
             ] {
                 let mut hasher = Sha256::new();
@@ -412,4 +625,20 @@ impl ShardSet {
         }
         Ok(checked)
     }
+}
+
+/// Copies a remote set's `manifest.json` and `tokenizer.json` into a local directory of the cache
+/// named by the manifest's hash (so a replaced set gets a fresh one), written atomically.
+fn mirror_metadata(store: &Store, cache: &CacheConfig) -> Result<PathBuf> {
+    let manifest = store.get_bytes(super::MANIFEST_FILE)?;
+    let hash = hex::encode(Sha256::digest(&manifest));
+    let dir = cache.dir.join("sets").join(&hash[..32]);
+    if dir.join(super::MANIFEST_FILE).exists() && dir.join(TOKENIZER_FILE).exists() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).with_path(&dir)?;
+    let tokenizer = store.get_bytes(TOKENIZER_FILE)?;
+    crate::atomic::write_file(&dir.join(TOKENIZER_FILE), &tokenizer)?;
+    crate::atomic::write_file(&dir.join(super::MANIFEST_FILE), &manifest)?;
+    Ok(dir)
 }

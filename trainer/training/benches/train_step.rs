@@ -50,6 +50,7 @@ fn main() {
             total_steps: 1000,
             schedule: "constant:0.15".parse().unwrap(),
             masking: MaskingConfig::default(),
+            order: Default::default(),
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let mcfg = BertConfig::from_preset(name, tok.info.vocab_size).unwrap();

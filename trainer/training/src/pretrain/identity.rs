@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::data::DataArgs;
 use crate::runtime::RuntimeArgs;
 use serde::{Deserialize, Serialize};
-use shared::sampler::{DataConfig, Layout};
+use shared::sampler::{DataConfig, Layout, Order};
 use std::path::PathBuf;
 
 /// The flags that define a run's numbers. Serialized with the same (flat) keys as `TrainArgs`,
@@ -29,6 +29,9 @@ pub struct RunIdentity {
     pub random_token_fraction: f64,
     pub mask_exact: bool,
     pub whole_word: bool,
+    /// `None` for the default global order (so checkpoints from before `--order` still match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
     pub model: String,
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
@@ -63,6 +66,8 @@ pub struct ResumeFree {
     pub eval_every: u64,
     pub check_every: u64,
     pub verify_shards: bool,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_bytes: Option<u64>,
     pub loader_threads: usize,
     pub prefetch: usize,
     pub device: String,
@@ -123,6 +128,9 @@ impl TrainArgs {
             mask_exact,
             whole_word,
             eval_sequences,
+            order,
+            cache_dir,
+            cache_bytes,
         } = config;
         let RuntimeArgs { device, quiet } = runtime;
         let identity = RunIdentity {
@@ -137,6 +145,7 @@ impl TrainArgs {
             random_token_fraction,
             mask_exact,
             whole_word,
+            order: (order != Order::Global).then(|| order.to_string()),
             model,
             layers,
             hidden,
@@ -168,6 +177,8 @@ impl TrainArgs {
             eval_every,
             check_every,
             verify_shards,
+            cache_dir,
+            cache_bytes,
             loader_threads,
             prefetch,
             device,

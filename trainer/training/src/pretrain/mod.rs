@@ -51,6 +51,10 @@ pub struct Summary {
     /// times over repeats with a fresh permutation each epoch).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub source_epochs: BTreeMap<String, f64>,
+    /// With shards in a bucket: this process's use of the shard cache (downloads, bytes, hits,
+    /// reads that waited for the network, evictions, peak size).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard_cache: Option<shared::store::CacheStats>,
 }
 
 /// Trains as configured, as one rank of `comm`'s job (every rank runs this with the same

@@ -355,6 +355,7 @@ impl<'a> Run<'a> {
                 .filter(|(name, _)| !name.is_empty())
                 .map(|(name, e)| (name.clone(), e))
                 .collect(),
+            shard_cache: self.sampler.shard_cache().map(|c| c.stats()),
         };
         if self.env.writer {
             write_file(

@@ -96,7 +96,10 @@ pub fn open_data(args: &TrainArgs, env: &Environment) -> Result<Data> {
 
 /// The last `--eval-sequences` sequences of a separate shard set, laid out like the training data.
 fn eval_sequences_from(dir: &Path, args: &TrainArgs, data: &Data) -> Result<Sequences> {
-    let set = ShardSet::open_many(std::slice::from_ref(&dir.to_path_buf()))
+    let set = args
+        .data
+        .config
+        .open_shards(std::slice::from_ref(&dir.to_path_buf()))
         .with_context(|| format!("--eval-shards {}", dir.display()))?;
     let config = &args.data.config;
     set.tokenizer()
