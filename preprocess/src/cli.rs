@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::input;
 use crate::run_config::{OutputOptions, RunConfig};
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -14,6 +14,7 @@ Examples:
   preprocess my_dataset/ --out shards/                 # a datasets.save_to_disk directory
   preprocess c4/en/ --max-tokens-per-doc 128 --out shards-128/  # the paper's truncation, far smaller
   preprocess c4/en/ --partition 3/8 --out part-3/      # job 3 of an 8-way job array
+  preprocess s3://corpora/c4/en/ --out s3://corpora/shards/   # bucket to bucket (AWS_* environment)
   preprocess merge part-0/ part-1/ part-2/ --out shards/
   preprocess inspect shards/ --doc 0 --doc 41 --verify
 
@@ -48,9 +49,14 @@ pub struct RunArgs {
     /// Input files or directories (walked recursively in sorted order).
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
-    /// Output shard directory.
+    /// Output shard directory, or a bucket URL (s3://bucket/shards, gs://, az://): shards are
+    /// uploaded as they are finished, the manifest last.
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
+    /// With --out in a bucket: the local directory holding the journal and the shard being written
+    /// (each is deleted once uploaded) [default: ~/.cache/maskrate/staging/HASH-OF-OUT].
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
     /// HF tokenizers `tokenizer.json`; default: bert-base-uncased, bundled.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -89,7 +95,8 @@ pub struct MergeArgs {
     /// Shard directories, in the order their documents should appear.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
-    /// Output directory (same filesystem for hard links; otherwise files are copied).
+    /// Output directory (same filesystem for hard links; otherwise files are copied), or a URL in
+    /// the inputs' bucket (objects copied server-side, the manifest last).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -97,7 +104,7 @@ pub struct MergeArgs {
 /// Flags of `inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Shard directory.
+    /// Shard directory, or a bucket URL (read through the cache, $MASKRATE_CACHE_DIR).
     pub dir: PathBuf,
     /// Decode document I back to text (repeatable).
     #[arg(long = "doc", value_name = "I")]
@@ -138,6 +145,15 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     Ok(v)
 }
 
+/// `~/.cache/maskrate/staging/<first 16 hex of sha256(url)>`: where a run writing to `url` stages.
+fn staging_dir(url: &str) -> Result<PathBuf> {
+    use sha2::Digest;
+    let cache = shared::store::CacheConfig::new(None, None)?.dir;
+    let base = cache.parent().map_or(cache.clone(), Path::to_path_buf);
+    let hash = hex::encode(sha2::Sha256::digest(url.as_bytes()));
+    Ok(base.join("staging").join(&hash[..16]))
+}
+
 /// Parses `I/N` with I < N.
 pub fn parse_partition(s: &str) -> std::result::Result<(usize, usize), String> {
     let (i, n) = s
@@ -163,6 +179,16 @@ impl RunArgs {
         let out = self
             .out
             .ok_or_else(|| Error::Usage("--out is required".into()))?;
+        let (out, upload_to) = if shared::store::is_remote(&out) {
+            let url = out.to_string_lossy().trim_end_matches('/').to_string();
+            let staging = match self.work_dir {
+                Some(d) => d,
+                None => staging_dir(&url)?,
+            };
+            (staging, Some(url))
+        } else {
+            (out, None)
+        };
         let (index, count) = self.partition.unwrap_or((0, 1));
         let inputs = input::partition(input::discover(&self.inputs)?, index, count);
         if inputs.is_empty() {
@@ -183,6 +209,7 @@ impl RunArgs {
         Ok(RunConfig {
             inputs,
             out,
+            upload_to,
             tokenizer: self.tokenizer,
             output: OutputOptions {
                 text_field: self.text_field,

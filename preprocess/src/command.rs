@@ -18,7 +18,9 @@ pub fn run(cli: Cli, interrupted: &AtomicBool) -> Result<()> {
                 manifest.shards.len(),
                 manifest.totals.documents,
                 manifest.totals.tokens,
-                if copied > 0 {
+                if shared::store::is_remote(&args.out) {
+                    format!(" ({copied} objects copied server-side)")
+                } else if copied > 0 {
                     format!(" ({copied} files copied: not on the same filesystem)")
                 } else {
                     String::new()
@@ -35,7 +37,9 @@ pub fn run(cli: Cli, interrupted: &AtomicBool) -> Result<()> {
                 "preprocess: {} input file(s), {:.1} MB -> {}\nconfig: {}",
                 cfg.inputs.len(),
                 cfg.inputs.iter().map(|f| f.size).sum::<u64>() as f64 / 1e6,
-                cfg.out.display(),
+                cfg.upload_to
+                    .clone()
+                    .unwrap_or_else(|| cfg.out.display().to_string()),
                 serde_json::json!({
                     "tokenizer": cfg.tokenizer.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| shared::tokenizer::BUNDLED_NAME.into()),
                     "threads": cfg.threads,
@@ -47,6 +51,12 @@ pub fn run(cli: Cli, interrupted: &AtomicBool) -> Result<()> {
                 eprintln!(
                     "{} is already complete for this command; nothing to do",
                     cfg.out.display()
+                );
+            }
+            if let Some((url, bytes)) = &outcome.uploaded {
+                eprintln!(
+                    "{url} complete (manifest written last; {:.1} MB uploaded at the end)",
+                    *bytes as f64 / 1e6
                 );
             }
             println!("{}", outcome.summary);

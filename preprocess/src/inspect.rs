@@ -7,7 +7,7 @@ use shared::tokenizer::LoadedTokenizer;
 use std::fmt::Write;
 use std::path::Path;
 
-/// Renders the report for `dir`; `docs` are decoded, `verify` recomputes every checksum.
+/// Renders the report for `dir` (a directory or a bucket URL); `docs` are decoded, `verify` recomputes every checksum.
 /// Kept whole: the report's sections in the order they are printed.
 pub fn inspect(dir: &Path, docs: &[u64], verify: bool) -> Result<String> {
     let set = ShardSet::open(dir)?;
@@ -52,7 +52,7 @@ pub fn inspect(dir: &Path, docs: &[u64], verify: bool) -> Result<String> {
         let _ = writeln!(s, "checksums      {n} files match the manifest");
     }
     if !docs.is_empty() {
-        let tok = LoadedTokenizer::load_from_shards(dir, &m.tokenizer)?;
+        let tok = LoadedTokenizer::load_from_shards(&set.metadata_dirs()[0], &m.tokenizer)?;
         for &d in docs {
             if d >= set.len() {
                 return Err(crate::error::Error::Usage(format!(
@@ -61,7 +61,7 @@ pub fn inspect(dir: &Path, docs: &[u64], verify: bool) -> Result<String> {
                     set.len()
                 )));
             }
-            let ids = set.doc_checked(d)?.to_vec();
+            let ids = set.read_doc(d)?.tokens().to_vec();
             let text = tok
                 .tokenizer
                 .decode(&ids, false)

@@ -23,6 +23,9 @@ pub struct Outcome {
     pub summary: String,
     /// The run found the work already complete.
     pub already_done: bool,
+    /// With `--out` in a bucket: its URL and the bytes uploaded at the end (what earlier commits
+    /// had not uploaded, then the tokenizer and the manifest).
+    pub uploaded: Option<(String, u64)>,
 }
 
 /// Files this tool owns in an output directory (removed by `--overwrite`).
@@ -43,8 +46,20 @@ fn output_err(dir: &Path, msg: impl Into<String>) -> Error {
 
 /// Runs (or resumes, or confirms) the preprocessing described by `cfg`: the output directory's
 /// state decides (finished by the same command: nothing to do; unfinished: resume from the
-/// journal; fresh: start), then the pipeline runs and the manifest is written last.
+/// journal; fresh: start), then the pipeline runs and the manifest is written last. With `--out`
+/// in a bucket the directory is the local staging one: shards are uploaded as they are
+/// committed, and here whatever is missing from the bucket, then the manifest last.
 pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
+    let mut outcome = preprocess_locally(cfg, interrupted)?;
+    if let Some(url) = &cfg.upload_to {
+        let store = shared::store::Store::open(url)?;
+        let bytes = shared::store::upload_shard_dir(&cfg.out, &store, |_| {})?;
+        outcome.uploaded = Some((url.clone(), bytes));
+    }
+    Ok(outcome)
+}
+
+fn preprocess_locally(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
     let tok = LoadedTokenizer::load(cfg.tokenizer.as_deref())?;
     let fingerprint = cfg.fingerprint(&tok.info.sha256);
     let dir = cfg.out.as_path();
@@ -80,6 +95,9 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
         progress.println(&format!("notice: {notice}"));
     }
     let mut sink = Sink::new(dir, dtype, cfg.output.shard_size, journal);
+    if let Some(url) = &cfg.upload_to {
+        sink.upload = Some(shared::store::Store::open(url)?);
+    }
     let result =
         pipeline::tokenize_into_shards(cfg, &text_encoder, &mut sink, &progress, interrupted);
     progress.finish();
@@ -100,6 +118,7 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
         manifest,
         summary,
         already_done: false,
+        uploaded: None,
     })
 }
 
@@ -141,6 +160,7 @@ fn already_finished(dir: &Path, fingerprint: &str) -> Result<Option<Outcome>> {
         manifest,
         summary,
         already_done: true,
+        uploaded: None,
     }))
 }
 

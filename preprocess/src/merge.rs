@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use shared::atomic;
-use shared::shard::{pair_paths, shard_name, InputFile, Manifest, Totals};
+use shared::shard::{pair_paths, shard_name, InputFile, Manifest, Totals, MANIFEST_FILE};
+use shared::store::{is_remote, Store};
 use shared::tokenizer::TOKENIZER_FILE;
 use std::path::{Path, PathBuf};
 
@@ -33,24 +34,14 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
             "merge needs at least one shard directory".into(),
         ));
     }
+    if is_remote(out) || inputs.iter().any(|d| is_remote(d)) {
+        return merge_in_bucket(inputs, out);
+    }
     let manifests: Vec<Manifest> = inputs
         .iter()
         .map(|d| Manifest::load(d))
         .collect::<Result<_, _>>()?;
-    for (m, d) in manifests.iter().zip(inputs).skip(1) {
-        manifests[0]
-            .tokenizer
-            .ensure_same(&m.tokenizer, &inputs[0], d)?;
-        if m.token_dtype != manifests[0].token_dtype {
-            return Err(Error::Usage(format!(
-                "{} stores {:?} ids but {} stores {:?}",
-                d.display(),
-                m.token_dtype,
-                inputs[0].display(),
-                manifests[0].token_dtype
-            )));
-        }
-    }
+    check_compatible(&manifests, inputs)?;
     std::fs::create_dir_all(out).map_err(|e| Error::Output {
         dir: out.to_path_buf(),
         msg: format!("cannot create: {e}"),
@@ -82,14 +73,100 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
         totals.add(&m.totals);
     }
     link_or_copy(&inputs[0].join(TOKENIZER_FILE), &out.join(TOKENIZER_FILE))?;
-    let manifest = Manifest::new(
+    let manifest = merged_manifest(&manifests, inputs, shards, inputs_consumed, totals);
+    manifest.save(out)?;
+    Ok((manifest, copied))
+}
+
+/// The sets must share a tokenizer and an id width.
+fn check_compatible(manifests: &[Manifest], inputs: &[PathBuf]) -> Result<()> {
+    for (m, d) in manifests.iter().zip(inputs).skip(1) {
+        manifests[0]
+            .tokenizer
+            .ensure_same(&m.tokenizer, &inputs[0], d)?;
+        if m.token_dtype != manifests[0].token_dtype {
+            return Err(Error::Usage(format!(
+                "{} stores {:?} ids but {} stores {:?}",
+                d.display(),
+                m.token_dtype,
+                inputs[0].display(),
+                manifests[0].token_dtype
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn merged_manifest(
+    manifests: &[Manifest],
+    inputs: &[PathBuf],
+    shards: Vec<shared::shard::ShardEntry>,
+    inputs_consumed: Vec<InputFile>,
+    totals: Totals,
+) -> Manifest {
+    Manifest::new(
         manifests[0].tokenizer.clone(),
         manifests[0].token_dtype,
         totals,
         shards,
         inputs_consumed,
         serde_json::json!({ "merged_from": inputs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(), "parts": manifests.iter().map(|m| m.options.clone()).collect::<Vec<_>>() }),
-    );
-    manifest.save(out)?;
+    )
+}
+
+/// Merge within one bucket: shard objects copied server-side under their new names, the
+/// manifest written last. Returns the objects copied.
+fn merge_in_bucket(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> {
+    let url = |p: &Path| p.to_string_lossy().trim_end_matches('/').to_string();
+    if !is_remote(out) || !inputs.iter().all(|d| is_remote(d)) {
+        return Err(Error::Usage(
+            "merge: give either local directories only or bucket URLs only (copy the others first)"
+                .into(),
+        ));
+    }
+    let target = Store::open(&url(out))?;
+    if target.size_of(MANIFEST_FILE)?.is_some() {
+        return Err(Error::Output {
+            dir: out.to_path_buf(),
+            msg: "already holds a shard set".into(),
+        });
+    }
+    let sources: Vec<Store> = inputs
+        .iter()
+        .map(|d| Store::open(&url(d)))
+        .collect::<Result<_, _>>()?;
+    let manifests: Vec<Manifest> = sources
+        .iter()
+        .map(|s| {
+            Manifest::parse(
+                &s.get_bytes(MANIFEST_FILE)?,
+                Path::new(&s.url_of(MANIFEST_FILE)),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    check_compatible(&manifests, inputs)?;
+    let (mut shards, mut inputs_consumed, mut totals, mut copied) =
+        (Vec::new(), Vec::new(), Totals::default(), 0);
+    let rel = |p: PathBuf| p.to_string_lossy().into_owned();
+    for (m, source) in manifests.iter().zip(&sources) {
+        for entry in &m.shards {
+            let name = shard_name(shards.len());
+            let from = pair_paths(Path::new(""), &entry.name).map(rel);
+            let to = pair_paths(Path::new(""), &name).map(rel);
+            for (f, t) in from.iter().zip(&to) {
+                target.copy_within_bucket(source, f, t)?;
+                copied += 1;
+            }
+            shards.push(shared::shard::ShardEntry {
+                name,
+                ..entry.clone()
+            });
+        }
+        inputs_consumed.extend(m.inputs.iter().cloned());
+        totals.add(&m.totals);
+    }
+    target.copy_within_bucket(&sources[0], TOKENIZER_FILE, TOKENIZER_FILE)?;
+    let manifest = merged_manifest(&manifests, inputs, shards, inputs_consumed, totals);
+    target.put_bytes(MANIFEST_FILE, manifest.to_bytes())?;
     Ok((manifest, copied))
 }

@@ -65,6 +65,8 @@ pub struct Sink<'a> {
     pub journal: Journal,
     /// Totals including the open shard.
     pub totals: Totals,
+    /// Where each committed shard is uploaded (then deleted here), when `--out` is a bucket.
+    pub upload: Option<shared::store::Store>,
 }
 
 impl<'a> Sink<'a> {
@@ -78,6 +80,7 @@ impl<'a> Sink<'a> {
             current: None,
             journal,
             totals,
+            upload: None,
         }
     }
 
@@ -101,14 +104,30 @@ impl<'a> Sink<'a> {
 
     /// Commits the open shard (if any) and journals position (`file`, `records_done`).
     pub fn commit(&mut self, file: usize, records_done: u64) -> Result<()> {
+        let mut uploaded = None;
         if let Some(w) = self.current.take() {
             let entry = w.finish()?;
+            if let Some(store) = &self.upload {
+                // Uploaded before it is journaled: a run killed in between rebuilds and re-uploads
+                // the same bytes.
+                let paths = shared::shard::pair_paths(self.dir, &entry.name);
+                for path in &paths {
+                    let name = path.file_name().expect("file name").to_string_lossy();
+                    store.upload_file(&name, path)?;
+                }
+                uploaded = Some(paths);
+            }
             self.journal.shards.push(entry);
         }
         self.journal.next_file = file;
         self.journal.next_record = records_done;
         self.journal.totals = self.totals.clone();
-        self.journal.save(self.dir)
+        self.journal.save(self.dir)?;
+        for path in uploaded.iter().flatten() {
+            // Journaled and in the bucket: the local copy is no longer needed.
+            std::fs::remove_file(path).map_err(|e| shared::Error::io(path, e))?;
+        }
+        Ok(())
     }
 }
 

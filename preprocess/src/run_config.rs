@@ -10,8 +10,10 @@ use std::path::PathBuf;
 pub struct RunConfig {
     /// Input files of this partition, in processing order.
     pub inputs: Vec<InputSpec>,
-    /// Output shard directory.
+    /// Output shard directory (with `upload_to`, the local staging directory).
     pub out: PathBuf,
+    /// The bucket URL the shards go to, each uploaded once committed, the manifest last.
+    pub upload_to: Option<String>,
     /// `tokenizer.json` to use; `None` = bundled bert-base-uncased.
     pub tokenizer: Option<PathBuf>,
     /// Options that determine the output bytes.

@@ -520,6 +520,13 @@ impl MaskedBatches {
         kwargs.set_item("rank", this.plan.rank)?;
         kwargs.set_item("world_size", this.plan.world_size)?;
         kwargs.set_item("threads", this.threads)?;
+        kwargs.set_item("order", c.order.to_string())?;
+        if let Some(dir) = &c.cache_dir {
+            kwargs.set_item("cache_dir", dir)?;
+        }
+        if let Some(bytes) = c.cache_bytes {
+            kwargs.set_item("cache_bytes", bytes)?;
+        }
         let rebuild = py.import("maskrate")?.getattr("_rebuild_masked_batches")?;
         let shards = match &this.shards {
             Some(s) => s.clone_ref(py).into_any(),

@@ -61,7 +61,8 @@ fn run_interruptibly<T: Send + 'static>(
 #[pyo3(signature = (
     inputs, out, *, tokenizer = None, threads = 0, text_field = "text".to_string(),
     max_tokens_per_doc = None, shard_size = "256MiB".to_string(), skip_bad_records = false,
-    max_record_bytes = "16MiB".to_string(), partition = None, overwrite = false, progress = true
+    max_record_bytes = "16MiB".to_string(), partition = None, overwrite = false, progress = true,
+    work_dir = None
 ))]
 #[pyo3(name = "preprocess")]
 #[allow(clippy::too_many_arguments)]
@@ -79,10 +80,12 @@ pub fn preprocess_files<'py>(
     partition: Option<String>,
     overwrite: bool,
     progress: bool,
+    work_dir: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let args = RunArgs {
         inputs,
         out: Some(out),
+        work_dir,
         tokenizer,
         text_field,
         max_tokens_per_doc,
@@ -99,12 +102,16 @@ pub fn preprocess_files<'py>(
         quiet: !progress,
     };
     let cfg = args.into_config().map_err(preprocess_to_py)?;
-    let out_dir = cfg.out.clone();
+    let (out_dir, out_url) = (cfg.out.clone(), cfg.upload_to.clone());
     let outcome = run_interruptibly(py, move |flag| ::preprocess::job::preprocess(&cfg, flag))?
         .map_err(preprocess_to_py)?;
     let m = &outcome.manifest;
     let dict = PyDict::new(py);
-    dict.set_item("out", out_dir)?;
+    // A bucket URL stays a string (pathlib would fold its "//").
+    match out_url {
+        Some(url) => dict.set_item("out", url)?,
+        None => dict.set_item("out", out_dir)?,
+    }
     dict.set_item("documents", m.totals.documents)?;
     dict.set_item("tokens", m.totals.tokens)?;
     dict.set_item("shards", m.shards.len())?;

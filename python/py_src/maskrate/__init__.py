@@ -55,6 +55,7 @@ def preprocess(
     partition: str | tuple[int, int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    work_dir: PathLike | None = None,
 ) -> dict[str, Any]:
     """Tokenizes ``inputs`` (files or directories of JSON lines, gzip/zstd JSON lines, parquet or
     Arrow files, walked in sorted order) into a shard set in ``out``, exactly as
@@ -63,8 +64,10 @@ def preprocess(
 
     ``tokenizer`` is a HuggingFace ``tokenizer.json`` (default: the bundled bert-base-uncased);
     ``threads=0`` uses every core; sizes take ints (bytes) or strings such as ``"256MiB"``;
-    ``partition`` is ``"I/N"`` or ``(I, N)``. Returns the run's summary (documents, tokens,
-    shards, and the text the command prints).
+    ``partition`` is ``"I/N"`` or ``(I, N)``. Inputs and ``out`` may be bucket URLs
+    (``s3://bucket/prefix``; credentials from the ``AWS_*`` environment): inputs are streamed,
+    shards uploaded as they are finished (staged in ``work_dir``), the manifest last. Returns the
+    run's summary (documents, tokens, shards, and the text the command prints).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -83,6 +86,7 @@ def preprocess(
         partition=partition,
         overwrite=overwrite,
         progress=progress,
+        work_dir=None if work_dir is None else os.fspath(work_dir),
     )
 
 

@@ -14,9 +14,19 @@ _Path = str | os.PathLike[str]
 class Shards:
     """A shard set made by ``preprocess``; ``shards[i]`` is document ``i`` as a read-only numpy
     view of the memory map (``uint16`` or ``int32``). A corrupted or foreign directory raises
-    ``ValueError`` (``OSError`` for I/O failures) naming the file."""
+    ``ValueError`` (``OSError`` for I/O failures) naming the file. A path may be a bucket URL
+    (``s3://bucket/shards``, ``gs://``, ``az://``, ``https://``; credentials from the cloud's
+    environment, e.g. ``AWS_*``): documents are then copies, read through the local cache
+    ``cache_dir`` (default ``$MASKRATE_CACHE_DIR``, else ``~/.cache/maskrate/shards``) bounded by
+    ``cache_bytes`` (int or ``"4G"``; default 4 GiB)."""
 
-    def __init__(self, path: _Path | Sequence[_Path], verify: bool = False) -> None: ...
+    def __init__(
+        self,
+        path: _Path | Sequence[_Path],
+        verify: bool = False,
+        cache_dir: _Path | None = None,
+        cache_bytes: int | str | None = None,
+    ) -> None: ...
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> npt.NDArray[np.uint16] | npt.NDArray[np.int32]: ...
     def doc_len(self, index: int) -> int: ...
@@ -55,7 +65,8 @@ class MaskedBatches:
     batch_size 4096 (the global batch), seq_len 128, layout ``"truncate"``, min_doc_tokens 1,
     seed 0, mask_token_fraction 0.8, random_token_fraction 0.1, mask_exact False, whole_word
     False, eval_sequences 256 (held out from the end of the shards), eval_batch 64 (held-out
-    batches only)."""
+    batches only), order ``"global"`` (or ``"shard-blocks:K"``: blocks of K shards read in turn,
+    for buckets larger than the cache); ``cache_dir``/``cache_bytes`` as for :class:`Shards`."""
 
     def __init__(
         self,
@@ -78,6 +89,9 @@ class MaskedBatches:
         rank: int = 0,
         world_size: int = 1,
         threads: int = 0,
+        order: str | None = None,
+        cache_dir: _Path | None = None,
+        cache_bytes: int | str | None = None,
     ) -> None: ...
     def batch(self, step: int, with_sources: bool = False) -> dict[str, npt.NDArray[np.int64]]:
         """This rank's rows of step ``step``: ``input_ids``, ``attention_mask``,
@@ -128,5 +142,6 @@ def preprocess(
     partition: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    work_dir: str | None = None,
 ) -> dict[str, Any]: ...
 def preprocess_cli(argv: list[str]) -> int: ...

@@ -122,7 +122,13 @@ impl Manifest {
             ));
         }
         let bytes = std::fs::read(&path).with_path(&path)?;
-        let m: Manifest = serde_json::from_slice(&bytes).map_err(|cause| Error::Json {
+        Self::parse(&bytes, &path)
+    }
+
+    /// Parses and checks the bytes of a `manifest.json` read from `path` (named in errors).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|cause| Error::Json {
             path: path.clone(),
             cause,
         })?;
@@ -144,10 +150,15 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Writes `DIR/manifest.json` atomically, keys in a fixed order, so equal manifests are equal bytes.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// The JSON bytes, keys in a fixed order, so equal manifests are equal bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
         bytes.push(b'\n');
-        atomic::write_file(&dir.join(MANIFEST_FILE), &bytes)
+        bytes
+    }
+
+    /// Writes `DIR/manifest.json` atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        atomic::write_file(&dir.join(MANIFEST_FILE), &self.to_bytes())
     }
 }

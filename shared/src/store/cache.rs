@@ -309,6 +309,9 @@ impl ShardCache {
                     }
                 }
                 None => {
+                    if self.adopt(&mut st, &key, fetch.bytes, clock)? {
+                        continue;
+                    }
                     self.reserve(&mut st, &key, fetch.bytes, pin, clock)?;
                     drop(st);
                     let result = self.download(fetch);
@@ -343,11 +346,37 @@ impl ShardCache {
         }
         st.clock += 1;
         let clock = st.clock;
+        if self.adopt(&mut st, &key, fetch.bytes, clock)? {
+            return Ok(());
+        }
         self.reserve(&mut st, &key, fetch.bytes, false, clock)?;
         drop(st);
         let result = self.download(fetch);
         let mut st = self.state.lock().expect("cache state");
         self.finish(&mut st, &key, result).map(|_| ())
+    }
+
+    /// Takes over `key` when another process (a rank on the same machine) has downloaded it since
+    /// this cache was opened; false when it is not on disk.
+    fn adopt(&self, st: &mut State, key: &str, bytes: u64, clock: u64) -> Result<bool> {
+        let path = self.cfg.dir.join(key);
+        if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes) {
+            return Ok(false);
+        }
+        self.evict_to(st, bytes)?;
+        st.used += bytes;
+        self.peak.fetch_max(st.used, Ordering::Relaxed);
+        st.entries.insert(
+            key.to_string(),
+            Entry {
+                bytes,
+                map: None,
+                fetching: false,
+                pinned: false,
+                last_use: clock,
+            },
+        );
+        Ok(true)
     }
 
     fn count(&self, which: usize) {

@@ -320,6 +320,27 @@ impl Store {
         })
     }
 
+    /// `scheme://bucket` of this store's URL.
+    pub fn bucket(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => format!("{scheme}://{}", rest.split('/').next().unwrap_or("")),
+            None => self.url.clone(),
+        }
+    }
+
+    /// Copies object `src_rel` of `src` (in the same bucket) to `rel` here, server-side: no byte
+    /// passes through this machine.
+    pub fn copy_within_bucket(&self, src: &Store, src_rel: &str, rel: &str) -> Result<()> {
+        if src.bucket() != self.bucket() {
+            return Err(Error::Remote {
+                url: src.url_of(src_rel),
+                msg: format!("in another bucket than {}: copy it there first", self.url),
+            });
+        }
+        block_on(self.inner.copy(&src.path(src_rel), &self.path(rel)))
+            .map_err(|e| src.err(src_rel, e))
+    }
+
     /// Deletes object `rel` (absent is fine).
     pub fn delete(&self, rel: &str) -> Result<()> {
         match block_on(self.inner.delete(&self.path(rel))) {

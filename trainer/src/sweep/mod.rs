@@ -196,7 +196,7 @@ impl SweepConfig {
     /// Every corpus to preprocess: the one unnamed corpus, or each named source.
     pub fn corpora(&self) -> Vec<Corpus> {
         let pick = |inputs: &[PathBuf], fallback: &Path| {
-            if !inputs.is_empty() && inputs.iter().all(|p| p.exists()) {
+            if !inputs.is_empty() && inputs.iter().all(|p| available(p)) {
                 (inputs.to_vec(), false)
             } else {
                 (vec![fallback.to_path_buf()], true)
@@ -227,12 +227,18 @@ impl SweepConfig {
     }
 
     pub fn corpus(&self) -> (Vec<PathBuf>, bool) {
-        if !self.data.inputs.is_empty() && self.data.inputs.iter().all(|p| p.exists()) {
+        if !self.data.inputs.is_empty() && self.data.inputs.iter().all(|p| available(p)) {
             (self.data.inputs.clone(), false)
         } else {
             (vec![self.data.fallback.clone()], true)
         }
     }
+}
+
+/// An input that exists locally, or a bucket URL (`preprocess` reads it; a missing one fails there
+/// with the URL, rather than silently falling back to the sample).
+fn available(input: &Path) -> bool {
+    shared::store::is_remote(input) || input.exists()
 }
 
 /// A run's directory name: `linear-0.3-0.15-seed0` for `linear:0.3:0.15`, seed 0.

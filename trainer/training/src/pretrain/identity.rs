@@ -268,6 +268,12 @@ mod tests {
             "16",
             "--eval-shards",
             "e",
+            "--order",
+            "shard-blocks:2",
+            "--cache-dir",
+            "c",
+            "--cache-bytes",
+            "1G",
         ];
         Cli::parse_from(argv).train
     }
@@ -310,6 +316,8 @@ mod tests {
         resumed.data.loader_threads = 3;
         resumed.runtime.quiet = true;
         resumed.out = Some("elsewhere".into());
+        resumed.data.config.cache_dir = Some("another-cache".into());
+        resumed.data.config.cache_bytes = Some(5 << 30);
         assert!(resumed
             .identity()
             .differences(&base.identity().to_json())
@@ -320,6 +328,12 @@ mod tests {
         other.lr = 1e-3;
         let diff = other.identity().differences(&base.identity().to_json());
         assert_eq!(diff, ["lr: 0.0005 -> 0.001", "seed: 0 -> 9"]);
+
+        let mut reordered = base.clone();
+        reordered.data.config.order = shared::sampler::Order::ShardBlocks(8);
+        let diff = reordered.identity().differences(&base.identity().to_json());
+        assert_eq!(diff.len(), 1);
+        assert!(diff[0].starts_with("order:"), "{diff:?}");
     }
 
     #[test]
