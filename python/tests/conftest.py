@@ -16,9 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "c4-sample"
 
 
-def _binary(name: str) -> Path:
+def _binary(name: str, package: str | None = None) -> Path:
     """A built maskrate binary: $MASKRATE_BIN_DIR/NAME, else target/{debug,release}/NAME, else
-    built now with cargo."""
+    built now with cargo (from `package`, default NAME)."""
     candidates = []
     if os.environ.get("MASKRATE_BIN_DIR"):
         candidates.append(Path(os.environ["MASKRATE_BIN_DIR"]) / name)
@@ -27,7 +27,7 @@ def _binary(name: str) -> Path:
     for c in candidates:
         if c.is_file():
             return c
-    subprocess.run(["cargo", "build", "-p", name], cwd=REPO, check=True)
+    subprocess.run(["cargo", "build", "-p", package or name], cwd=REPO, check=True)
     return target / "debug" / name
 
 

@@ -14,13 +14,13 @@ import pytest
 
 import maskrate
 
-from conftest import REPO, SAMPLE, _binary
+from conftest import SAMPLE, _binary
 
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory):
     """A server with bucket `data`; the AWS_* environment pointing at it while the module runs."""
-    binary = _binary("maskrate-s3-server")
+    binary = _binary("maskrate-s3-server", "maskrate-s3-test-server")
     root = tmp_path_factory.mktemp("s3")
     proc = subprocess.Popen(
         [str(binary), str(root), "--bucket", "data"],

@@ -149,7 +149,8 @@ fn main() {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".idx"))
             .map(|e| e.metadata().unwrap().len())
             .sum();
-        let bound = idx + 3 * k as u64 * largest;
+        // Room for the indexes, the block being read, the next one, and a spare shard per block.
+        let bound = idx + (4 * k as u64 + 2) * largest;
         let order = Order::ShardBlocks(k);
         let (d, t) = open(config(url.clone(), order, batch, small.path(), bound));
         report(

@@ -14,6 +14,7 @@ Examples:
   trainer --shards sample-shards/ --model mini --steps 200 --batch-size 64 --micro-batch 32 --out runs/mini
   trainer --config run.toml --steps 100 --out runs/short                    # flags override the file
   trainer --shards shards/ --out runs/linear --resume                       # continue after a stop
+  trainer --shards s3://corpora/c4-shards --order shard-blocks:16 --cache-bytes 20G --out runs/s3
   trainer plot runs/constant runs/linear --out plots/
   trainer export runs/linear --out hf/linear       # loads with transformers BertForMaskedLM
   trainer glue --checkpoint runs/linear --data ../shared/data/glue --seeds 5   # fine-tune, dev table

@@ -128,6 +128,9 @@ pub struct MaskingSampler {
     cfg: SamplerConfig,
     /// The block orders of the epochs read last, by (source, epoch) (O(shards) each to build).
     block_epochs: Mutex<Vec<(usize, u64, Arc<BlockEpoch>)>>,
+    /// 1 + the last step whose shards were prefetched (0: none); micro-batches of one step and
+    /// ranks' slices ask once.
+    prefetched: std::sync::atomic::AtomicU64,
 }
 
 /// Steps ahead whose shards are fetched in the background (remote shards).
@@ -164,6 +167,7 @@ impl MaskingSampler {
             vocab,
             cfg,
             block_epochs: Mutex::new(Vec::new()),
+            prefetched: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -314,11 +318,24 @@ impl MaskingSampler {
         {
             return;
         }
+        use std::sync::atomic::Ordering;
+        if self.prefetched.swap(step + 1, Ordering::Relaxed) == step + 1 {
+            return;
+        }
         let from = self.rows_before(step);
         let to = self.rows_before(step + 1 + LOOKAHEAD_STEPS);
         for (i, s) in self.sources.iter().enumerate() {
             let set = s.sequences.shards();
             if !set.is_remote() || from[i] == to[i] {
+                continue;
+            }
+            let fits = set
+                .cache()
+                .is_some_and(|c| c.config().max_bytes >= set.file_bytes());
+            if s.blocks.is_none() && fits {
+                // The global order reads everywhere: with room for the whole set, fetch it all
+                // (the cache skips what it holds or has queued).
+                set.prefetch(0..set.num_shards());
                 continue;
             }
             let n = s.sequences.len();

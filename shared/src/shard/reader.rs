@@ -283,6 +283,10 @@ impl ShardSet {
                 (dir.clone(), DirSource::Local)
             };
             let manifest = Manifest::load(&meta_dir)?;
+            if let DirSource::Remote { store, cache } = &source {
+                // The indexes in parallel (the loop below then finds them cached).
+                cache.prefetch(manifest.shards.iter().map(|e| index_fetch(store, e)));
+            }
             if let Some(first) = set.manifests.first() {
                 first
                     .tokenizer
@@ -298,22 +302,16 @@ impl ShardSet {
                         (Arc::new(idx), BinBytes::Mapped(map(&bin_path)?))
                     }
                     DirSource::Remote { store, cache } => {
-                        let [bin_name, idx_name] = super::pair_paths(Path::new(""), &entry.name)
+                        let [bin_name, _] = super::pair_paths(Path::new(""), &entry.name)
                             .map(|p| p.to_string_lossy().into_owned());
-                        let idx_fetch = Fetch {
-                            store: store.clone(),
-                            rel: idx_name,
-                            sha256: entry.idx_sha256.clone(),
-                            bytes: super::idx::index_len(entry.documents as usize) as u64,
-                            ext: "idx",
-                        };
-                        let bin_fetch = Fetch {
-                            store: store.clone(),
-                            rel: bin_name,
-                            sha256: entry.bin_sha256.clone(),
-                            bytes: entry.tokens * dtype.size() as u64,
-                            ext: "bin",
-                        };
+                        let idx_fetch = index_fetch(store, entry);
+                        let bin_fetch = Fetch::new(
+                            store.clone(),
+                            bin_name,
+                            entry.bin_sha256.clone(),
+                            entry.tokens * dtype.size() as u64,
+                            "bin",
+                        );
                         let idx = cache.get(&idx_fetch, true)?;
                         (
                             idx,
@@ -625,6 +623,18 @@ impl ShardSet {
         }
         Ok(checked)
     }
+}
+
+/// The fetch of a remote shard's `.idx`.
+fn index_fetch(store: &Store, entry: &super::ShardEntry) -> Fetch {
+    let [_, idx] = super::pair_paths(Path::new(""), &entry.name);
+    Fetch::new(
+        store.clone(),
+        idx.to_string_lossy().into_owned(),
+        entry.idx_sha256.clone(),
+        super::idx::index_len(entry.documents as usize) as u64,
+        "idx",
+    )
 }
 
 /// Copies a remote set's `manifest.json` and `tokenizer.json` into a local directory of the cache

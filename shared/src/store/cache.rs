@@ -95,13 +95,25 @@ pub struct Fetch {
     pub sha256: String,
     /// Its size in bytes.
     pub bytes: u64,
-    /// `bin` or `idx` (the cached file's extension).
-    pub ext: &'static str,
+    /// The cached file's name: `<sha256>.<ext>`.
+    key: Arc<str>,
 }
 
 impl Fetch {
-    fn key(&self) -> String {
-        format!("{}.{}", self.sha256, self.ext)
+    /// `rel` of `store`, `bytes` long with SHA-256 `sha256`, cached as `<sha256>.<ext>`.
+    pub fn new(store: Store, rel: String, sha256: String, bytes: u64, ext: &str) -> Fetch {
+        let key: Arc<str> = format!("{sha256}.{ext}").into();
+        Fetch {
+            store,
+            rel,
+            sha256,
+            bytes,
+            key,
+        }
+    }
+
+    fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -156,8 +168,15 @@ const HITS: usize = 2;
 const WAITS: usize = 3;
 const EVICTIONS: usize = 4;
 
-/// Background download threads per cache.
-const PREFETCH_THREADS: usize = 4;
+/// Background download threads per cache (`MASKRATE_FETCH_THREADS`, default 8: one S3 connection
+/// gives ~90 MB/s, so a node streaming shards at several Gbit/s needs several).
+fn prefetch_threads() -> usize {
+    std::env::var("MASKRATE_FETCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(8)
+}
 
 impl ShardCache {
     /// The process's cache for `cfg.dir` (created, and scanned for files of earlier runs, on first
@@ -229,7 +248,7 @@ impl ShardCache {
             cache.evict_to(&mut st, 0)?;
             cache.peak.store(st.used, Ordering::Relaxed);
         }
-        for i in 0..PREFETCH_THREADS {
+        for i in 0..prefetch_threads() {
             let (rx, weak) = (rx.clone(), Arc::downgrade(&cache));
             std::thread::Builder::new()
                 .name(format!("maskrate-prefetch-{i}"))
@@ -277,7 +296,7 @@ impl ShardCache {
         loop {
             st.clock += 1;
             let clock = st.clock;
-            match st.entries.get_mut(&key) {
+            match st.entries.get_mut(key) {
                 Some(e) if e.fetching => {
                     waited = true;
                     st = self.ready.wait(st).expect("cache state");
@@ -291,7 +310,7 @@ impl ShardCache {
                         self.count(if waited { WAITS } else { HITS });
                         return Ok(map);
                     }
-                    let path = self.cfg.dir.join(&key);
+                    let path = self.cfg.dir.join(key);
                     match map_file(&path) {
                         Ok(map) => {
                             let map = Arc::new(map);
@@ -302,21 +321,30 @@ impl ShardCache {
                         Err(_) => {
                             // Removed under us (another process's eviction): fetch again.
                             let bytes = e.bytes;
-                            st.entries.remove(&key);
+                            st.entries.remove(key);
                             st.used -= bytes;
                             continue;
                         }
                     }
                 }
                 None => {
-                    if self.adopt(&mut st, &key, fetch.bytes, clock)? {
+                    if self.adopt(&mut st, key, fetch.bytes, clock)? {
                         continue;
                     }
-                    self.reserve(&mut st, &key, fetch.bytes, pin, clock)?;
+                    if let Err(full) = self.reserve(&mut st, key, fetch.bytes, pin, clock) {
+                        // Background downloads hold the room: wait for one to finish (it then
+                        // becomes evictable) rather than fail; fail when none is in flight.
+                        if !st.entries.values().any(|e| e.fetching) {
+                            return Err(full);
+                        }
+                        waited = true;
+                        st = self.ready.wait(st).expect("cache state");
+                        continue;
+                    }
                     drop(st);
                     let result = self.download(fetch);
                     st = self.state.lock().expect("cache state");
-                    let result = self.finish(&mut st, &key, result);
+                    let result = self.finish(&mut st, key, result);
                     self.count(WAITS);
                     return result;
                 }
@@ -328,8 +356,7 @@ impl ShardCache {
     pub fn prefetch(&self, fetches: impl IntoIterator<Item = Fetch>) {
         let mut st = self.state.lock().expect("cache state");
         for f in fetches {
-            let key = f.key();
-            if !st.entries.contains_key(&key) && st.queued.insert(key) {
+            if !st.entries.contains_key(f.key()) && st.queued.insert(f.key().to_string()) {
                 let _ = self.prefetch.send(f);
             }
         }
@@ -340,20 +367,20 @@ impl ShardCache {
     fn fetch_ahead(&self, fetch: &Fetch) -> Result<()> {
         let key = fetch.key();
         let mut st = self.state.lock().expect("cache state");
-        st.queued.remove(&key);
-        if st.entries.contains_key(&key) {
+        st.queued.remove(key);
+        if st.entries.contains_key(key) {
             return Ok(());
         }
         st.clock += 1;
         let clock = st.clock;
-        if self.adopt(&mut st, &key, fetch.bytes, clock)? {
+        if self.adopt(&mut st, key, fetch.bytes, clock)? {
             return Ok(());
         }
-        self.reserve(&mut st, &key, fetch.bytes, false, clock)?;
+        self.reserve(&mut st, key, fetch.bytes, false, clock)?;
         drop(st);
         let result = self.download(fetch);
         let mut st = self.state.lock().expect("cache state");
-        self.finish(&mut st, &key, result).map(|_| ())
+        self.finish(&mut st, key, result).map(|_| ())
     }
 
     /// Takes over `key` when another process (a rank on the same machine) has downloaded it since
@@ -425,6 +452,7 @@ impl ShardCache {
             let e = st.entries.remove(&victim).expect("chosen above");
             drop(e.map);
             let _ = std::fs::remove_file(self.cfg.dir.join(&victim));
+            let _ = std::fs::remove_file(self.cfg.dir.join(format!(".lock-{victim}")));
             st.used -= e.bytes;
             self.count(EVICTIONS);
         }
@@ -455,6 +483,13 @@ impl ShardCache {
     /// and maps it.
     fn download(&self, fetch: &Fetch) -> Result<Mmap> {
         let dest = self.cfg.dir.join(fetch.key());
+        // One download per file per machine: ranks sharing the directory wait for the first.
+        let lock_path = self.cfg.dir.join(format!(".lock-{}", fetch.key()));
+        let lock = std::fs::File::create(&lock_path).with_path(&lock_path)?;
+        lock.lock().with_path(&lock_path)?;
+        if std::fs::metadata(&dest).map(|m| m.len()).ok() == Some(fetch.bytes) {
+            return map_file(&dest); // another process fetched it while this one waited
+        }
         let mut tmp = tempfile::Builder::new()
             .prefix(".tmp")
             .tempfile_in(&self.cfg.dir)
