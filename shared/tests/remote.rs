@@ -170,11 +170,11 @@ fn the_cache_stays_within_its_bound_and_a_warm_cache_downloads_nothing() {
     };
     let first = run();
     assert!(first.downloads > 0);
-    let gets = server().get_requests();
+    let gets = server().gets_under("/data/bounded/");
     let second = run();
     assert_eq!(second.downloads, 0, "{second:?}");
     assert_eq!(
-        server().get_requests() - gets,
+        server().gets_under("/data/bounded/") - gets,
         1,
         "only the manifest is fetched again"
     );

@@ -2,11 +2,12 @@
 //! size, only rank 0 writes, resumes across world sizes, and a dead rank ends the job. Built with
 //! `--features mpi` (see the README's test command).
 
+mod common;
+
 use shared::fixtures::sample_shards;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use training::metrics_log::{read, Record};
 
 /// A tiny model on the bundled sample, `steps` steps of a 16-sequence global batch.
 fn flags(shards: &Path, out: &Path, steps: u64, micro: usize) -> Vec<String> {
@@ -92,29 +93,6 @@ fn run_ok(child: Child) -> String {
     err
 }
 
-/// (kind, step, loss, accuracy, grad norm) of every record.
-fn curve(run: &Path) -> Vec<(bool, u64, f64, f64, f64)> {
-    read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| match r {
-            Record::Train {
-                step,
-                loss,
-                accuracy,
-                grad_norm,
-                ..
-            } => (true, step, loss, accuracy, grad_norm),
-            Record::Eval {
-                step,
-                loss,
-                accuracy,
-                ..
-            } => (false, step, loss, accuracy, 0.0),
-        })
-        .collect()
-}
-
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -186,7 +164,7 @@ fn two_ranks_train_exactly_like_one_process_and_only_rank_0_writes() {
         err.contains("rank 0/2") && err.contains("rank 1/2"),
         "{err}"
     );
-    assert_eq!(curve(&one), curve(&two));
+    assert_eq!(common::curve(&one), common::curve(&two));
     assert_eq!(files(&one), files(&two));
     let weights =
         |run: &Path| std::fs::read(run.join("checkpoints/step-0000008/model.safetensors"));
@@ -204,7 +182,7 @@ fn four_ranks_match_one_process_to_1e_6() {
     let (one, four) = (root.path().join("one"), root.path().join("four"));
     run_ok(single(&flags(&shards, &one, 8, 4)));
     run_ok(mpirun(4, &flags(&shards, &four, 8, 4)));
-    let (a, b) = (curve(&one), curve(&four));
+    let (a, b) = (common::curve(&one), common::curve(&four));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.0, x.1), (y.0, y.1));
@@ -238,7 +216,7 @@ fn an_interrupted_run_resumes_at_another_world_size_with_the_same_curve() {
     let mut resume = flags(&shards, &run, 60, 8);
     resume.push("--resume".into());
     run_ok(single(&resume));
-    assert_eq!(curve(&run), curve(&whole));
+    assert_eq!(common::curve(&run), common::curve(&whole));
 
     let run = root.path().join("one-then-two");
     let child = single(&flags(&shards, &run, 60, 8));
@@ -250,7 +228,7 @@ fn an_interrupted_run_resumes_at_another_world_size_with_the_same_curve() {
     let mut resume = flags(&shards, &run, 60, 8);
     resume.push("--resume".into());
     run_ok(mpirun(2, &resume));
-    assert_eq!(curve(&run), curve(&whole));
+    assert_eq!(common::curve(&run), common::curve(&whole));
 }
 
 /// A rank that dies (SIGKILL) ends the whole job with a failure, in bounded time.

@@ -7,7 +7,7 @@ mod common;
 use s3_test_server::S3Server;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use training::metrics_log::{read, train_losses, Record};
+use training::metrics_log::train_losses;
 
 /// The bundled sample in 15 shards of 20 documents, on disk and in bucket `data` under `shards/`.
 struct Bucket {
@@ -79,28 +79,6 @@ fn check(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Losses and evaluations, without timings.
-fn numbers(run: &Path) -> Vec<(u64, f64, f64)> {
-    read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .map(|r| match r {
-            Record::Train {
-                step,
-                loss,
-                grad_norm,
-                ..
-            } => (step, loss, grad_norm),
-            Record::Eval {
-                step,
-                loss,
-                accuracy,
-                ..
-            } => (step, loss, accuracy),
-        })
-        .collect()
-}
-
 /// Bytes of a cache bound holding the indexes and 3 shards.
 fn small_bound(local: &Path) -> u64 {
     let mut idx = 0;
@@ -140,7 +118,7 @@ fn training_from_a_bucket_matches_training_from_local_shards() {
             .output()
             .unwrap(),
     );
-    assert_eq!(numbers(&local_run), numbers(&remote_run));
+    assert_eq!(common::curve(&local_run), common::curve(&remote_run));
     let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
     let stats = &summary["shard_cache"];
     assert!(stats["downloads"].as_u64().unwrap() >= 15, "{stats}");

@@ -390,19 +390,7 @@ impl ShardCache {
         if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes) {
             return Ok(false);
         }
-        self.evict_to(st, bytes)?;
-        st.used += bytes;
-        self.peak.fetch_max(st.used, Ordering::Relaxed);
-        st.entries.insert(
-            key.to_string(),
-            Entry {
-                bytes,
-                map: None,
-                fetching: false,
-                pinned: false,
-                last_use: clock,
-            },
-        );
+        self.insert(st, key, bytes, false, false, clock)?;
         Ok(true)
     }
 
@@ -412,6 +400,19 @@ impl ShardCache {
 
     /// Makes room for `bytes` and records `key` as being fetched.
     fn reserve(&self, st: &mut State, key: &str, bytes: u64, pin: bool, clock: u64) -> Result<()> {
+        self.insert(st, key, bytes, true, pin, clock)
+    }
+
+    /// Makes room for `bytes` and records `key`: a file being fetched, or one already on disk.
+    fn insert(
+        &self,
+        st: &mut State,
+        key: &str,
+        bytes: u64,
+        fetching: bool,
+        pinned: bool,
+        clock: u64,
+    ) -> Result<()> {
         self.evict_to(st, bytes)?;
         st.used += bytes;
         self.peak.fetch_max(st.used, Ordering::Relaxed);
@@ -420,8 +421,8 @@ impl ShardCache {
             Entry {
                 bytes,
                 map: None,
-                fetching: true,
-                pinned: pin,
+                fetching,
+                pinned,
                 last_use: clock,
             },
         );

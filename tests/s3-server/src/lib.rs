@@ -33,6 +33,8 @@ struct Counters {
     get_requests: AtomicU64,
     fail_next: AtomicU64,
     failed: AtomicU64,
+    /// The path of every GET, in arrival order.
+    get_paths: std::sync::Mutex<Vec<String>>,
 }
 
 /// A running server; dropping it (or [`S3Server::stop`]) shuts it down.
@@ -65,6 +67,10 @@ impl Service<hyper::Request<Incoming>> for Faulty {
         c.requests.fetch_add(1, Ordering::SeqCst);
         if req.method() == hyper::Method::GET {
             c.get_requests.fetch_add(1, Ordering::SeqCst);
+            c.get_paths
+                .lock()
+                .expect("paths")
+                .push(req.uri().path().to_string());
         }
         let take = c
             .fail_next
@@ -176,6 +182,13 @@ impl S3Server {
     /// GET requests received so far (downloads and listings).
     pub fn get_requests(&self) -> u64 {
         self.counters.get_requests.load(Ordering::SeqCst)
+    }
+
+    /// GET requests so far for objects whose path (`/bucket/key`) starts with `prefix`: the
+    /// requests of one test when several share a server.
+    pub fn gets_under(&self, prefix: &str) -> usize {
+        let paths = self.counters.get_paths.lock().expect("paths");
+        paths.iter().filter(|p| p.starts_with(prefix)).count()
     }
 
     /// Requests answered with an injected 500.

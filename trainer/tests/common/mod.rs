@@ -1,5 +1,8 @@
 //! What the trainer binary's tests share.
 
+use std::path::Path;
+use training::metrics_log::{read, Record};
+
 /// Flags of a tiny, quick training run (2 layers of width 32, sequences of 32, batches of 8,
 /// 8 held-out sequences, no progress output); tests add steps, saving and evaluation.
 pub fn tiny_flags() -> Vec<String> {
@@ -22,4 +25,28 @@ pub fn tiny_flags() -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// (kind, step, loss, accuracy, grad norm) of every record.
+#[allow(dead_code)] // each test file is its own crate; not all of them compare curves
+pub fn curve(run: &Path) -> Vec<(bool, u64, f64, f64, f64)> {
+    read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .map(|r| match r {
+            Record::Train {
+                step,
+                loss,
+                accuracy,
+                grad_norm,
+                ..
+            } => (true, step, loss, accuracy, grad_norm),
+            Record::Eval {
+                step,
+                loss,
+                accuracy,
+                ..
+            } => (false, step, loss, accuracy, 0.0),
+        })
+        .collect()
 }
