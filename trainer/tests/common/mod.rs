@@ -1,5 +1,8 @@
 //! What the trainer binary's tests share.
 
+// Each test file is its own crate and uses only some of these.
+#![allow(dead_code)]
+
 use std::path::Path;
 use training::metrics_log::{read, Record};
 
@@ -28,7 +31,6 @@ pub fn tiny_flags() -> Vec<String> {
 }
 
 /// (kind, step, loss, accuracy, grad norm) of every record.
-#[allow(dead_code)] // each test file is its own crate; not all of them compare curves
 pub fn curve(run: &Path) -> Vec<(bool, u64, f64, f64, f64)> {
     read(&run.join("metrics.jsonl"))
         .unwrap()
