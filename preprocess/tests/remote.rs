@@ -246,13 +246,7 @@ fn a_server_killed_mid_run_leaves_no_visible_set_and_the_rerun_is_identical() {
         assert!(start.elapsed().as_secs() < 120, "no shard uploaded");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    let port: u16 = server
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = server.port();
     server.stop();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

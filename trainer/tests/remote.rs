@@ -177,14 +177,7 @@ fn a_server_outage_fails_clearly_and_the_run_resumes_exactly() {
         assert!(start.elapsed().as_secs() < 120, "no checkpoint");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    let port: u16 = b
-        .server
-        .endpoint()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let port = b.server.port();
     let Bucket {
         _root,
         _local,

@@ -239,15 +239,11 @@ impl ShardSet {
     /// Opens several shard directories as one collection; they must share a tokenizer. Remote
     /// ones use the default cache ([`CacheConfig::new`]`(None, None)`).
     pub fn open_many(dirs: &[PathBuf]) -> Result<Self> {
-        let cache = if dirs.iter().any(|d| store::is_remote(d)) {
-            Some(CacheConfig::new(None, None)?)
-        } else {
-            None
-        };
-        Self::open_many_cached(dirs, cache.as_ref())
+        Self::open_many_cached(dirs, None)
     }
 
-    /// As [`ShardSet::open_many`], remote directories read through the cache `cache`.
+    /// As [`ShardSet::open_many`], remote directories read through the cache `cache` (`None`: the
+    /// default one).
     /// Kept whole: the checks run in the order a reader of the format expects them.
     pub fn open_many_cached(dirs: &[PathBuf], cache: Option<&CacheConfig>) -> Result<Self> {
         if dirs.is_empty() {

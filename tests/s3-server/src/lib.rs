@@ -149,6 +149,15 @@ impl S3Server {
         &self.endpoint
     }
 
+    /// The port it listens on (to start it again on the same one after [`S3Server::stop`]).
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("endpoint ends with the port")
+    }
+
     /// Creates bucket `name` (a directory under the root).
     pub fn create_bucket(&self, name: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(self.root.join(name))
