@@ -3,7 +3,9 @@
 
 use crate::error::{Error, Result};
 use shared::atomic;
-use shared::shard::{pair_paths, shard_name, InputFile, Manifest, Totals, MANIFEST_FILE};
+use shared::shard::{
+    pair_names, pair_paths, shard_name, InputFile, Manifest, Totals, MANIFEST_FILE,
+};
 use shared::store::{is_remote, Store};
 use shared::tokenizer::TOKENIZER_FILE;
 use std::path::{Path, PathBuf};
@@ -147,12 +149,10 @@ fn merge_in_bucket(inputs: &[PathBuf], out: &Path) -> Result<(Manifest, usize)> 
     check_compatible(&manifests, inputs)?;
     let (mut shards, mut inputs_consumed, mut totals, mut copied) =
         (Vec::new(), Vec::new(), Totals::default(), 0);
-    let rel = |p: PathBuf| p.to_string_lossy().into_owned();
     for (m, source) in manifests.iter().zip(&sources) {
         for entry in &m.shards {
             let name = shard_name(shards.len());
-            let from = pair_paths(Path::new(""), &entry.name).map(rel);
-            let to = pair_paths(Path::new(""), &name).map(rel);
+            let (from, to) = (pair_names(&entry.name), pair_names(&name));
             for (f, t) in from.iter().zip(&to) {
                 target.copy_within_bucket(source, f, t)?;
                 copied += 1;

@@ -338,38 +338,47 @@ impl MaskingSampler {
                 set.prefetch(0..set.num_shards());
                 continue;
             }
-            let n = s.sequences.len();
-            let mut shards = Vec::new();
-            let mut g = from[i];
-            while g < to[i] {
-                let epoch = g / n;
-                let end = to[i].min((epoch + 1) * n);
-                let order = self.epoch_order(i, epoch);
-                match &order {
-                    EpochOrder::Blocks(e) => shards.extend(e.shards_for(g % n, end - epoch * n)),
-                    EpochOrder::Global(_) => {
-                        let stride = ((end - g) / LOOKAHEAD_ROWS).max(1);
-                        for p in (g..end).step_by(stride as usize) {
-                            let seq = self.sequence_in(i, &order, p);
-                            shards.extend(s.sequences.shards_of(seq));
-                        }
-                    }
-                }
-                g = end;
-            }
-            if s.sequences.layout() == super::Layout::Pack {
-                // A packed sequence may run into the next shard.
-                let next: Vec<usize> = shards
-                    .iter()
-                    .map(|&x| x + 1)
-                    .filter(|&x| x < set.num_shards())
-                    .collect();
-                shards.extend(next);
-            }
+            let mut shards = self.shards_between(i, from[i], to[i]);
             let mut seen = std::collections::HashSet::new();
             shards.retain(|x| seen.insert(*x));
             set.prefetch(shards);
         }
+    }
+
+    /// The shards positions `from..to` of source `i`'s stream read (with the block order, the
+    /// blocks they fall in and the next one; with the global order, a sample of them), with, for
+    /// packed sequences, the shard after each.
+    fn shards_between(&self, i: usize, from: u64, to: u64) -> Vec<usize> {
+        let s = &self.sources[i];
+        let n = s.sequences.len();
+        let mut shards = Vec::new();
+        let mut g = from;
+        while g < to {
+            let epoch = g / n;
+            let end = to.min((epoch + 1) * n);
+            let order = self.epoch_order(i, epoch);
+            match &order {
+                EpochOrder::Blocks(e) => shards.extend(e.shards_for(g % n, end - epoch * n)),
+                EpochOrder::Global(_) => {
+                    let stride = ((end - g) / LOOKAHEAD_ROWS).max(1);
+                    for p in (g..end).step_by(stride as usize) {
+                        shards.extend(s.sequences.shards_of(self.sequence_in(i, &order, p)));
+                    }
+                }
+            }
+            g = end;
+        }
+        if s.sequences.layout() == super::Layout::Pack {
+            // A packed sequence may run into the next shard.
+            let last = s.sequences.shards().num_shards();
+            let next: Vec<usize> = shards
+                .iter()
+                .map(|&x| x + 1)
+                .filter(|&x| x < last)
+                .collect();
+            shards.extend(next);
+        }
+        shards
     }
 
     /// Epoch (0-based) that step `step` starts in (of the first source).

@@ -81,6 +81,13 @@ pub struct ShardEntry {
     pub idx_sha256: String,
 }
 
+impl ShardEntry {
+    /// Size of the `.idx` file, from the document count.
+    pub fn idx_bytes(&self) -> u64 {
+        super::idx::index_len(self.documents as usize) as u64
+    }
+}
+
 /// One input file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFile {

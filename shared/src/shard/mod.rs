@@ -78,7 +78,13 @@ const IDX_EXT: &str = "idx";
 
 /// The files of the shard pair `name` in `dir`: `[NAME.bin, NAME.idx]`.
 pub fn pair_paths(dir: &std::path::Path, name: &str) -> [std::path::PathBuf; 2] {
-    [BIN_EXT, IDX_EXT].map(|ext| dir.join(format!("{name}.{ext}")))
+    pair_names(name).map(|file| dir.join(file))
+}
+
+/// The file names of the shard pair `name` (object names under a bucket prefix):
+/// `[NAME.bin, NAME.idx]`.
+pub fn pair_names(name: &str) -> [String; 2] {
+    [BIN_EXT, IDX_EXT].map(|ext| format!("{name}.{ext}"))
 }
 
 /// Whether `file_name` names a shard file (`shard-NNNNN.bin` or `.idx`).

@@ -298,8 +298,7 @@ impl ShardSet {
                         (Arc::new(idx), BinBytes::Mapped(map(&bin_path)?))
                     }
                     DirSource::Remote { store, cache } => {
-                        let [bin_name, _] = super::pair_paths(Path::new(""), &entry.name)
-                            .map(|p| p.to_string_lossy().into_owned());
+                        let [bin_name, _] = super::pair_names(&entry.name);
                         let idx_fetch = index_fetch(store, entry);
                         let bin_fetch = Fetch::new(
                             store.clone(),
@@ -623,12 +622,12 @@ impl ShardSet {
 
 /// The fetch of a remote shard's `.idx`.
 fn index_fetch(store: &Store, entry: &super::ShardEntry) -> Fetch {
-    let [_, idx] = super::pair_paths(Path::new(""), &entry.name);
+    let [_, idx] = super::pair_names(&entry.name);
     Fetch::new(
         store.clone(),
-        idx.to_string_lossy().into_owned(),
+        idx,
         entry.idx_sha256.clone(),
-        super::idx::index_len(entry.documents as usize) as u64,
+        entry.idx_bytes(),
         "idx",
     )
 }

@@ -374,13 +374,9 @@ pub fn upload_shard_dir(local: &Path, store: &Store, mut progress: impl FnMut(u6
     let tokenizer_len = std::fs::metadata(&tokenizer).with_path(&tokenizer)?.len();
     let mut files = vec![(crate::tokenizer::TOKENIZER_FILE.to_string(), tokenizer_len)];
     for entry in &manifest.shards {
-        let [bin, idx] = crate::shard::pair_paths(Path::new(""), &entry.name)
-            .map(|p| p.to_string_lossy().into_owned());
+        let [bin, idx] = crate::shard::pair_names(&entry.name);
         files.push((bin, entry.bin_bytes));
-        files.push((
-            idx,
-            crate::shard::idx::index_len(entry.documents as usize) as u64,
-        ));
+        files.push((idx, entry.idx_bytes()));
     }
     let mut uploaded = 0;
     for (rel, len) in &files {
