@@ -138,6 +138,9 @@ fn the_cache_stays_within_its_bound_and_a_warm_cache_downloads_nothing() {
                 c.used_bytes()
             );
         }
+        // Files stop changing once the background downloads are done (a download renames its
+        // temporary file into place, an eviction deletes one).
+        c.wait_idle();
         let stats = c.stats();
         assert!(stats.peak_bytes <= bound);
         assert!(stats.evictions > 0, "{stats:?}");
@@ -166,7 +169,11 @@ fn the_cache_stays_within_its_bound_and_a_warm_cache_downloads_nothing() {
         for step in 0..40 {
             d.sampler.global_batch(step).unwrap();
         }
-        d.shards.cache().unwrap().stats()
+        // Done downloading before the next run (which would share this cache, counters
+        // included, were a prefetch thread still holding it).
+        let cache = d.shards.cache().unwrap();
+        cache.wait_idle();
+        cache.stats()
     };
     let first = run();
     assert!(first.downloads > 0);

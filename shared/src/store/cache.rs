@@ -13,7 +13,7 @@ use crate::error::{Error, IoContext, Result};
 use memmap2::Mmap;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 /// Where the cache lives and how large it may grow.
@@ -160,6 +160,9 @@ pub struct ShardCache {
     stats: [AtomicU64; 5],
     peak: AtomicU64,
     prefetch: crossbeam_channel::Sender<Fetch>,
+    /// Prefetch threads holding the cache alive (counted outside it, so a thread leaves the count
+    /// only after it has let go of the cache).
+    busy_threads: Arc<AtomicUsize>,
 }
 
 const DOWNLOADS: usize = 0;
@@ -211,7 +214,12 @@ impl ShardCache {
         for entry in std::fs::read_dir(&cfg.dir).with_path(&cfg.dir)? {
             let entry = entry.with_path(&cfg.dir)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry.metadata().with_path(entry.path())?;
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Renamed or evicted meanwhile by another process sharing the directory.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(entry.path(), e)),
+            };
             if is_cached_name(&name) && meta.is_file() {
                 found.push((meta.modified().ok(), name, meta.len()));
             } else if name.starts_with(".tmp") && stale(&meta) {
@@ -242,6 +250,7 @@ impl ShardCache {
             stats: Default::default(),
             peak: AtomicU64::new(0),
             prefetch: tx,
+            busy_threads: Arc::default(),
         });
         {
             let mut st = cache.state.lock().expect("cache state");
@@ -250,13 +259,21 @@ impl ShardCache {
         }
         for i in 0..prefetch_threads() {
             let (rx, weak) = (rx.clone(), Arc::downgrade(&cache));
+            let busy = cache.busy_threads.clone();
             std::thread::Builder::new()
                 .name(format!("maskrate-prefetch-{i}"))
                 .spawn(move || {
                     while let Ok(fetch) = rx.recv() {
-                        let Some(cache) = weak.upgrade() else { break };
+                        busy.fetch_add(1, Ordering::SeqCst);
                         // A failed prefetch is retried (and reported) by the read that needs it.
-                        let _ = cache.fetch_ahead(&fetch);
+                        let alive = weak
+                            .upgrade()
+                            .map(|cache| cache.fetch_ahead(&fetch))
+                            .is_some();
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                        if !alive {
+                            break;
+                        }
                     }
                 })
                 .with_path(&cache.cfg.dir)?;
@@ -359,6 +376,23 @@ impl ShardCache {
             if !st.entries.contains_key(f.key()) && st.queued.insert(f.key().to_string()) {
                 let _ = self.prefetch.send(f);
             }
+        }
+    }
+
+    /// Blocks until no background download is queued or in flight and no prefetch thread holds the
+    /// cache, so that the files on disk and [`ShardCache::stats`] stop changing, and dropping the
+    /// last handle closes the cache (a clean shutdown, a measurement).
+    pub fn wait_idle(&self) {
+        let mut st = self.state.lock().expect("cache state");
+        // A queued fetch is dequeued only by a thread already counted busy, so an empty queue and
+        // no busy thread mean no work is left.
+        while !st.queued.is_empty()
+            || st.entries.values().any(|e| e.fetching)
+            || self.busy_threads.load(Ordering::SeqCst) > 0
+        {
+            // A skipped prefetch signals nothing, so the wait also wakes on its own to look again.
+            let timeout = std::time::Duration::from_millis(20);
+            st = self.ready.wait_timeout(st, timeout).expect("cache state").0;
         }
     }
 
