@@ -14,6 +14,8 @@ use pyo3::types::PyDict;
 use shared::sampler::{
     Batch, BatchPlan, DataConfig, HeldOutBatches, Layout, MaskVocab, MaskingSampler,
 };
+use shared::schedule::MaskSchedule;
+use shared::shard::ShardSet;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -32,6 +34,108 @@ pub enum ShardsArg {
 pub enum ScheduleArg {
     Spec(String),
     Object(Py<Schedule>),
+}
+
+/// The sources of `shards=`: the one unnamed source's open `Shards` (`None` with named sources),
+/// the named sources' directories, and the `--shards` arguments they amount to.
+type ResolvedShards = (
+    Option<Py<Shards>>,
+    BTreeMap<String, Vec<PathBuf>>,
+    Vec<PathBuf>,
+);
+
+impl ShardsArg {
+    /// Opens the one unnamed source (through the cache `cache_dir`/`cache_bytes` when remote), or
+    /// keeps the named sources' directories for [`DataConfig::open`].
+    fn resolve(
+        self,
+        py: Python<'_>,
+        cache_dir: Option<PathBuf>,
+        cache_bytes: Option<u64>,
+    ) -> PyResult<ResolvedShards> {
+        let (shards, named) = match self {
+            ShardsArg::Open(s) => (Some(s), BTreeMap::new()),
+            ShardsArg::Paths(p) => {
+                let open = Shards::open(py, p.into_vec(), false, cache_dir, cache_bytes)?;
+                (Some(Py::new(py, open)?), BTreeMap::new())
+            }
+            ShardsArg::Named(map) => (
+                None,
+                map.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
+            ),
+        };
+        let args = match &shards {
+            Some(s) => s.get().dirs().to_vec(),
+            None => named
+                .iter()
+                .flat_map(|(name, dirs)| {
+                    dirs.iter()
+                        .map(move |d| PathBuf::from(format!("{name}={}", d.display())))
+                })
+                .collect(),
+        };
+        Ok((shards, named, args))
+    }
+}
+
+impl ScheduleArg {
+    /// The schedule and run length from `schedule=` and `total_steps=` (defaults from `d`); a
+    /// `Schedule` object brings its own length, which `total_steps`, if given, must equal.
+    fn resolve(
+        arg: Option<ScheduleArg>,
+        total_steps: Option<u64>,
+        d: &DataConfig,
+    ) -> PyResult<(MaskSchedule, u64)> {
+        Ok(match arg {
+            None => (d.schedule, total_steps.unwrap_or(d.steps)),
+            Some(ScheduleArg::Spec(s)) => {
+                (s.parse().map_err(to_py)?, total_steps.unwrap_or(d.steps))
+            }
+            Some(ScheduleArg::Object(o)) => {
+                let o = o.get();
+                if total_steps.is_some_and(|t| t != o.total_steps) {
+                    return Err(PyValueError::new_err(format!(
+                        "total_steps={} differs from the Schedule's {}",
+                        total_steps.unwrap_or_default(),
+                        o.total_steps
+                    )));
+                }
+                (o.schedule, o.total_steps)
+            }
+        })
+    }
+}
+
+/// What [`open_batches`] builds.
+struct Opened {
+    sampler: Arc<MaskingSampler>,
+    held_out: Vec<(String, HeldOutBatches)>,
+    fingerprint: String,
+}
+
+/// The sampler, held-out batches and tokenizer fingerprint of `cfg` (over the already open `set`
+/// when there is one unnamed source). Runs without the GIL.
+fn open_batches(
+    cfg: &DataConfig,
+    set: Option<Arc<ShardSet>>,
+    eval_batch: usize,
+) -> shared::Result<Opened> {
+    let data = match set {
+        Some(set) => cfg.sample_from(set, cfg.eval_sequences)?,
+        None => cfg.open()?,
+    };
+    let vocab = MaskVocab::from_tokenizer(&data.tokenizer);
+    let fingerprint = data.fingerprint();
+    let held_out = data
+        .held_out
+        .into_iter()
+        .map(|(name, seqs)| Ok((name, HeldOutBatches::new(seqs, vocab.clone(), eval_batch)?)))
+        .collect::<shared::Result<Vec<_>>>()?;
+    Ok(Opened {
+        sampler: data.sampler,
+        held_out,
+        fingerprint,
+    })
 }
 
 /// The masked batches of a run. `batch(step)` returns this rank's rows of step `step`'s global
@@ -185,49 +289,10 @@ impl MaskedBatches {
         cache_bytes: Option<SizeArg>,
     ) -> PyResult<Self> {
         let cache_bytes = cache_bytes.map(SizeArg::bytes).transpose()?;
-        let (shards, named) = match shards {
-            ShardsArg::Open(s) => (Some(s), BTreeMap::new()),
-            ShardsArg::Paths(p) => (
-                Some(Py::new(
-                    py,
-                    Shards::open(py, p.into_vec(), false, cache_dir.clone(), cache_bytes)?,
-                )?),
-                BTreeMap::new(),
-            ),
-            ShardsArg::Named(map) => (
-                None,
-                map.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
-            ),
-        };
-        let shard_args: Vec<PathBuf> = match &shards {
-            Some(s) => s.get().dirs().to_vec(),
-            None => named
-                .iter()
-                .flat_map(|(name, dirs)| {
-                    dirs.iter()
-                        .map(move |d| PathBuf::from(format!("{name}={}", d.display())))
-                })
-                .collect(),
-        };
+        let (shards, named, shard_args) = shards.resolve(py, cache_dir.clone(), cache_bytes)?;
         let mix = mix.map(str::parse).transpose().map_err(to_py)?;
         let d = DataConfig::default();
-        let (schedule, total_steps) = match schedule {
-            None => (d.schedule, total_steps.unwrap_or(d.steps)),
-            Some(ScheduleArg::Spec(s)) => {
-                (s.parse().map_err(to_py)?, total_steps.unwrap_or(d.steps))
-            }
-            Some(ScheduleArg::Object(o)) => {
-                let o = o.get();
-                if total_steps.is_some_and(|t| t != o.total_steps) {
-                    return Err(PyValueError::new_err(format!(
-                        "total_steps={} differs from the Schedule's {}",
-                        total_steps.unwrap_or_default(),
-                        o.total_steps
-                    )));
-                }
-                (o.schedule, o.total_steps)
-            }
-        };
+        let (schedule, total_steps) = ScheduleArg::resolve(schedule, total_steps, &d)?;
         let layout: Layout = match layout {
             Some(l) => l.parse().map_err(to_py)?,
             None => d.layout,
@@ -259,30 +324,19 @@ impl MaskedBatches {
         plan.validate().map_err(to_py)?;
         let set = shards.as_ref().map(|s| s.get().set().clone());
         let cfg = config.clone();
-        let (data, held_out, fingerprint) = py
-            .detach(move || {
-                let data = match set {
-                    Some(set) => cfg.sample_from(set, cfg.eval_sequences)?,
-                    None => cfg.open()?,
-                };
-                let vocab = MaskVocab::from_tokenizer(&data.tokenizer);
-                let fingerprint = data.fingerprint();
-                let held_out = data
-                    .held_out
-                    .into_iter()
-                    .map(|(name, seqs)| {
-                        Ok((name, HeldOutBatches::new(seqs, vocab.clone(), eval_batch)?))
-                    })
-                    .collect::<shared::Result<Vec<_>>>()?;
-                Ok((data.sampler, held_out, fingerprint))
-            })
+        let Opened {
+            sampler,
+            held_out,
+            fingerprint,
+        } = py
+            .detach(move || open_batches(&cfg, set, eval_batch))
             .map_err(to_py)?;
         Ok(MaskedBatches {
             shards,
             named,
             fingerprint,
             config,
-            sampler: data,
+            sampler,
             plan,
             held_out,
             eval_batch,

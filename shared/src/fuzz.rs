@@ -88,7 +88,8 @@ pub fn budget() -> Duration {
 /// Fuzzes `read` for [`budget`] seconds. Each case's bytes are written to a file named
 /// `file_name` in a fresh directory, `prepare(dir)` may add companion files (e.g. a valid
 /// manifest next to a fuzzed index), then `read(path)` must return `Ok` or an `Err` naming the
-/// file (`file_name`, or its directory when `names_dir`). `seeds` are valid files to mutate.
+/// file (`file_name`, or its directory). `seeds` are valid files to mutate.
+/// Kept whole: the watchdog, one case (write, read, check) and the report read in order.
 pub fn fuzz(
     target: &str,
     file_name: &str,
@@ -194,6 +195,7 @@ fn save_failure(target: &str, file_name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// One fuzz input: random bytes, or one to four mutations of a seed.
+/// Kept whole: one match arm per kind of mutation, the list a reader checks at a glance.
 pub fn mutate(rng: &mut impl Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     let pick = |rng: &mut dyn FnMut() -> u64, n: usize| (rng() % n.max(1) as u64) as usize;
     let mut next = || rng.next_u64();

@@ -5,7 +5,7 @@
 //! per-shard document counts (O(log shards)) and served as a slice of the map.
 
 use super::idx::IndexView;
-use super::{Manifest, TokenDtype};
+use super::{Manifest, ShardEntry, TokenDtype};
 use crate::error::{Error, IoContext, Result};
 use crate::store::cache::Fetch;
 use crate::store::{self, CacheConfig, ShardCache, Store};
@@ -230,6 +230,110 @@ enum DirSource {
     },
 }
 
+impl DirSource {
+    /// How `dir`'s shards are reached, and the local directory holding its manifest and tokenizer
+    /// (`dir` itself, or the cache's mirror of a bucket's).
+    fn open(dir: &Path, cache: Option<&CacheConfig>) -> Result<(PathBuf, DirSource)> {
+        if !store::is_remote(dir) {
+            return Ok((dir.to_path_buf(), DirSource::Local));
+        }
+        let cfg = match cache {
+            Some(c) => c.clone(),
+            None => CacheConfig::new(None, None)?,
+        };
+        let cache = ShardCache::shared(&cfg)?;
+        let store = Store::open(&dir.to_string_lossy())?;
+        let meta_dir = mirror_metadata(&store, &cfg)?;
+        Ok((meta_dir, DirSource::Remote { store, cache }))
+    }
+
+    /// The index (mapped, or fetched and pinned in the cache) and the token bytes of the shard
+    /// `entry`, whose files are `bin_path` and `idx_path`.
+    fn shard_bytes(
+        &self,
+        entry: &ShardEntry,
+        dtype: TokenDtype,
+        [bin_path, idx_path]: &[PathBuf; 2],
+    ) -> Result<(Arc<Mmap>, BinBytes)> {
+        match self {
+            DirSource::Local => {
+                let idx = map(idx_path)?.ok_or_else(|| Error::format(idx_path, "empty file"))?;
+                Ok((Arc::new(idx), BinBytes::Mapped(map(bin_path)?)))
+            }
+            DirSource::Remote { store, cache } => {
+                let [bin_name, _] = super::pair_names(&entry.name);
+                let fetch = Fetch::new(
+                    store.clone(),
+                    bin_name,
+                    entry.bin_sha256.clone(),
+                    entry.tokens * dtype.size() as u64,
+                    "bin",
+                );
+                let idx = cache.get(&index_fetch(store, entry), true)?;
+                let cache = cache.clone();
+                Ok((idx, BinBytes::Remote { cache, fetch }))
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Opens the shard `entry` of directory `dir` and checks it against the manifest: the index's
+    /// document and token counts, then the `.bin`'s size (the order a reader of the format expects).
+    fn open(
+        dir: &Path,
+        entry: &ShardEntry,
+        dtype: TokenDtype,
+        source: &DirSource,
+    ) -> Result<Shard> {
+        let paths = super::pair_paths(dir, &entry.name);
+        let (idx, bin) = source.shard_bytes(entry, dtype, &paths)?;
+        let [bin_path, idx_path] = paths;
+        let view = IndexView::parse(&idx, &idx_path)?;
+        if view.len() as u64 != entry.documents {
+            let msg = format!(
+                "{} documents, manifest says {}",
+                view.len(),
+                entry.documents
+            );
+            return Err(Error::format(&idx_path, msg));
+        }
+        if view.total_tokens() as u64 != entry.tokens {
+            let msg = format!(
+                "{} tokens, manifest says {}",
+                view.total_tokens(),
+                entry.tokens
+            );
+            return Err(Error::format(&idx_path, msg));
+        }
+        let dtype = view.dtype();
+        let bin_len = match &bin {
+            BinBytes::Mapped(m) => m.as_ref().map_or(0, |m| m.len()) as u64,
+            BinBytes::Remote { fetch, .. } => fetch.bytes,
+        };
+        let expected = entry.tokens * dtype.size() as u64;
+        if bin_len != expected {
+            let msg = format!(
+                "{bin_len} bytes, expected {expected} ({} tokens of {} bytes): truncated or foreign file",
+                entry.tokens,
+                dtype.size()
+            );
+            return Err(Error::format(&bin_path, msg));
+        }
+        Ok(Shard {
+            documents: view.len(),
+            bin_path,
+            idx_path,
+            bin,
+            bin_len: bin_len as usize,
+            idx,
+            dtype,
+            expected_bin_sha256: entry.bin_sha256.clone(),
+            expected_idx_sha256: entry.idx_sha256.clone(),
+        })
+    }
+}
+
 impl ShardSet {
     /// Opens one shard directory.
     pub fn open(dir: &Path) -> Result<Self> {
@@ -244,7 +348,6 @@ impl ShardSet {
 
     /// As [`ShardSet::open_many`], remote directories read through the cache `cache` (`None`: the
     /// default one).
-    /// Kept whole: the checks run in the order a reader of the format expects them.
     pub fn open_many_cached(dirs: &[PathBuf], cache: Option<&CacheConfig>) -> Result<Self> {
         if dirs.is_empty() {
             return Err(Error::Config("no shard directory given".into()));
@@ -259,29 +362,12 @@ impl ShardSet {
             cache: None,
         };
         for dir in dirs {
-            let (meta_dir, source) = if store::is_remote(dir) {
-                let cfg = match cache {
-                    Some(c) => c.clone(),
-                    None => CacheConfig::new(None, None)?,
-                };
-                let shard_cache = ShardCache::shared(&cfg)?;
-                let store = Store::open(&dir.to_string_lossy())?;
-                let meta_dir = mirror_metadata(&store, &cfg)?;
-                set.cache = Some(shard_cache.clone());
-                (
-                    meta_dir,
-                    DirSource::Remote {
-                        store,
-                        cache: shard_cache,
-                    },
-                )
-            } else {
-                (dir.clone(), DirSource::Local)
-            };
+            let (meta_dir, source) = DirSource::open(dir, cache)?;
             let manifest = Manifest::load(&meta_dir)?;
             if let DirSource::Remote { store, cache } = &source {
-                // The indexes in parallel (the loop below then finds them cached).
+                // The indexes in parallel (Shard::open then finds them cached).
                 cache.prefetch(manifest.shards.iter().map(|e| index_fetch(store, e)));
+                set.cache = Some(cache.clone());
             }
             if let Some(first) = set.manifests.first() {
                 first
@@ -289,82 +375,12 @@ impl ShardSet {
                     .ensure_same(&manifest.tokenizer, &dirs[0], dir)?;
             }
             for entry in &manifest.shards {
-                let [bin_path, idx_path] = super::pair_paths(dir, &entry.name);
-                let dtype = manifest.token_dtype;
-                let (idx, bin) = match &source {
-                    DirSource::Local => {
-                        let idx = map(&idx_path)?
-                            .ok_or_else(|| Error::format(&idx_path, "empty file"))?;
-                        (Arc::new(idx), BinBytes::Mapped(map(&bin_path)?))
-                    }
-                    DirSource::Remote { store, cache } => {
-                        let [bin_name, _] = super::pair_names(&entry.name);
-                        let idx_fetch = index_fetch(store, entry);
-                        let bin_fetch = Fetch::new(
-                            store.clone(),
-                            bin_name,
-                            entry.bin_sha256.clone(),
-                            entry.tokens * dtype.size() as u64,
-                            "bin",
-                        );
-                        let idx = cache.get(&idx_fetch, true)?;
-                        (
-                            idx,
-                            BinBytes::Remote {
-                                cache: cache.clone(),
-                                fetch: bin_fetch,
-                            },
-                        )
-                    }
-                };
-                let view = IndexView::parse(&idx, &idx_path)?;
-                if view.len() as u64 != entry.documents {
-                    return Err(Error::format(
-                        &idx_path,
-                        format!(
-                            "{} documents, manifest says {}",
-                            view.len(),
-                            entry.documents
-                        ),
-                    ));
-                }
-                if view.total_tokens() as u64 != entry.tokens {
-                    return Err(Error::format(
-                        &idx_path,
-                        format!(
-                            "{} tokens, manifest says {}",
-                            view.total_tokens(),
-                            entry.tokens
-                        ),
-                    ));
-                }
-                let dtype = view.dtype();
-                let bin_len = match &bin {
-                    BinBytes::Mapped(m) => m.as_ref().map_or(0, |m| m.len()) as u64,
-                    BinBytes::Remote { fetch, .. } => fetch.bytes,
-                };
-                if bin_len != entry.tokens * dtype.size() as u64 {
-                    return Err(Error::format(
-                        &bin_path,
-                        format!("{bin_len} bytes, expected {} ({} tokens of {} bytes): truncated or foreign file", entry.tokens * dtype.size() as u64, entry.tokens, dtype.size()),
-                    ));
-                }
-                let documents = view.len();
+                let shard = Shard::open(dir, entry, manifest.token_dtype, &source)?;
                 set.doc_starts
-                    .push(set.doc_starts.last().unwrap() + documents as u64);
+                    .push(set.doc_starts.last().unwrap() + shard.documents as u64);
                 set.token_starts
                     .push(set.token_starts.last().unwrap() + entry.tokens);
-                set.shards.push(Shard {
-                    bin_path,
-                    idx_path,
-                    bin,
-                    bin_len: bin_len as usize,
-                    idx,
-                    dtype,
-                    documents,
-                    expected_bin_sha256: entry.bin_sha256.clone(),
-                    expected_idx_sha256: entry.idx_sha256.clone(),
-                });
+                set.shards.push(shard);
             }
             set.manifests.push(manifest);
             set.meta_dirs.push(meta_dir);
@@ -621,7 +637,7 @@ impl ShardSet {
 }
 
 /// The fetch of a remote shard's `.idx`.
-fn index_fetch(store: &Store, entry: &super::ShardEntry) -> Fetch {
+fn index_fetch(store: &Store, entry: &ShardEntry) -> Fetch {
     let [_, idx] = super::pair_names(&entry.name);
     Fetch::new(
         store.clone(),

@@ -210,38 +210,7 @@ impl ShardCache {
 
     fn open(cfg: CacheConfig) -> Result<Arc<ShardCache>> {
         std::fs::create_dir_all(&cfg.dir).with_path(&cfg.dir)?;
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir(&cfg.dir).with_path(&cfg.dir)? {
-            let entry = entry.with_path(&cfg.dir)?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = match entry.metadata() {
-                Ok(meta) => meta,
-                // Renamed or evicted meanwhile by another process sharing the directory.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(entry.path(), e)),
-            };
-            if is_cached_name(&name) && meta.is_file() {
-                found.push((meta.modified().ok(), name, meta.len()));
-            } else if name.starts_with(".tmp") && stale(&meta) {
-                let _ = std::fs::remove_file(entry.path()); // a download killed mid-way
-            }
-        }
-        found.sort();
-        let mut state = State::default();
-        for (clock, (_, name, bytes)) in found.into_iter().enumerate() {
-            state.used += bytes;
-            state.entries.insert(
-                name,
-                Entry {
-                    bytes,
-                    map: None,
-                    fetching: false,
-                    pinned: false,
-                    last_use: clock as u64,
-                },
-            );
-            state.clock = clock as u64 + 1;
-        }
+        let state = scan(&cfg.dir)?;
         let (tx, rx) = crossbeam_channel::unbounded::<Fetch>();
         let cache = Arc::new(ShardCache {
             cfg,
@@ -258,27 +227,36 @@ impl ShardCache {
             cache.peak.store(st.used, Ordering::Relaxed);
         }
         for i in 0..prefetch_threads() {
-            let (rx, weak) = (rx.clone(), Arc::downgrade(&cache));
-            let busy = cache.busy_threads.clone();
-            std::thread::Builder::new()
-                .name(format!("maskrate-prefetch-{i}"))
-                .spawn(move || {
-                    while let Ok(fetch) = rx.recv() {
-                        busy.fetch_add(1, Ordering::SeqCst);
-                        // A failed prefetch is retried (and reported) by the read that needs it.
-                        let alive = weak
-                            .upgrade()
-                            .map(|cache| cache.fetch_ahead(&fetch))
-                            .is_some();
-                        busy.fetch_sub(1, Ordering::SeqCst);
-                        if !alive {
-                            break;
-                        }
-                    }
-                })
-                .with_path(&cache.cfg.dir)?;
+            cache.spawn_prefetcher(i, rx.clone())?;
         }
         Ok(cache)
+    }
+
+    /// Starts background download thread `i`, which serves `rx` while the cache lives.
+    fn spawn_prefetcher(
+        self: &Arc<Self>,
+        i: usize,
+        rx: crossbeam_channel::Receiver<Fetch>,
+    ) -> Result<()> {
+        let (weak, busy) = (Arc::downgrade(self), self.busy_threads.clone());
+        std::thread::Builder::new()
+            .name(format!("maskrate-prefetch-{i}"))
+            .spawn(move || {
+                while let Ok(fetch) = rx.recv() {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                    // A failed prefetch is retried (and reported) by the read that needs it.
+                    let alive = weak
+                        .upgrade()
+                        .map(|cache| cache.fetch_ahead(&fetch))
+                        .is_some();
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    if !alive {
+                        break;
+                    }
+                }
+            })
+            .with_path(&self.cfg.dir)?;
+        Ok(())
     }
 
     /// The configuration.
@@ -549,6 +527,44 @@ impl ShardCache {
         self.stats[BYTES].fetch_add(n, Ordering::Relaxed);
         map_file(&dest)
     }
+}
+
+/// The files earlier runs left in `dir`, oldest first as least recently used; downloads killed
+/// mid-way (stale temporary files) are removed.
+fn scan(dir: &Path) -> Result<State> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).with_path(dir)? {
+        let entry = entry.with_path(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Renamed or evicted meanwhile by another process sharing the directory.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(entry.path(), e)),
+        };
+        if is_cached_name(&name) && meta.is_file() {
+            found.push((meta.modified().ok(), name, meta.len()));
+        } else if name.starts_with(".tmp") && stale(&meta) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    found.sort();
+    let mut state = State::default();
+    for (clock, (_, name, bytes)) in found.into_iter().enumerate() {
+        state.used += bytes;
+        state.entries.insert(
+            name,
+            Entry {
+                bytes,
+                map: None,
+                fetching: false,
+                pinned: false,
+                last_use: clock as u64,
+            },
+        );
+        state.clock = clock as u64 + 1;
+    }
+    Ok(state)
 }
 
 fn map_file(path: &Path) -> Result<Mmap> {

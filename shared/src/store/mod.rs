@@ -85,6 +85,64 @@ fn retry_config() -> object_store::RetryConfig {
     }
 }
 
+/// The `object_store` client for the scheme of `parsed` (the URL `url`), configured from the
+/// environment the standard way for each cloud (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+fn client(parsed: &url::Url, url: &str) -> Result<Arc<dyn ObjectStore>> {
+    let build_err = |e: object_store::Error| Error::Remote {
+        url: url.to_string(),
+        msg: one_line(&e.to_string()),
+    };
+    let client: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "s3" | "s3a" => Arc::new(s3_builder(url).build().map_err(build_err)?),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry_config())
+                .build()
+                .map_err(build_err)?,
+        ),
+        "az" | "abfs" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_retry(retry_config())
+                .build()
+                .map_err(build_err)?,
+        ),
+        "http" | "https" => Arc::new(
+            object_store::http::HttpBuilder::new()
+                .with_url(parsed.origin().ascii_serialization())
+                .with_retry(retry_config())
+                .build()
+                .map_err(build_err)?,
+        ),
+        other => {
+            return Err(Error::Remote {
+                url: url.to_string(),
+                msg: format!("unsupported scheme {other:?} (s3, gs, az, http, https)"),
+            })
+        }
+    };
+    Ok(client)
+}
+
+/// S3 from the `AWS_*` environment; an `http://` endpoint (a local server) allowed, and
+/// `us-east-1` when no region is set.
+fn s3_builder(url: &str) -> object_store::aws::AmazonS3Builder {
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_url(url)
+        .with_retry(retry_config());
+    let endpoint = std::env::var("AWS_ENDPOINT_URL")
+        .or_else(|_| std::env::var("AWS_ENDPOINT"))
+        .unwrap_or_default();
+    if endpoint.starts_with("http://") {
+        b = b.with_allow_http(true);
+    }
+    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+        b = b.with_region("us-east-1");
+    }
+    b
+}
+
 impl Store {
     /// Connects to the bucket of `url` (`s3://bucket/prefix`, `gs://…`, `az://…`, `https://…`).
     pub fn open(url: &str) -> Result<Store> {
@@ -93,66 +151,8 @@ impl Store {
             url: url.clone(),
             msg: format!("not a URL: {e}"),
         })?;
-        let build_err = |e: object_store::Error| Error::Remote {
-            url: url.clone(),
-            msg: one_line(&e.to_string()),
-        };
-        let (inner, prefix): (Arc<dyn ObjectStore>, ObjectPath) = match parsed.scheme() {
-            "s3" | "s3a" => {
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_url(url.as_str())
-                    .with_retry(retry_config());
-                let endpoint = std::env::var("AWS_ENDPOINT_URL")
-                    .or_else(|_| std::env::var("AWS_ENDPOINT"))
-                    .unwrap_or_default();
-                if endpoint.starts_with("http://") {
-                    b = b.with_allow_http(true);
-                }
-                if std::env::var("AWS_REGION").is_err()
-                    && std::env::var("AWS_DEFAULT_REGION").is_err()
-                {
-                    b = b.with_region("us-east-1");
-                }
-                (
-                    Arc::new(b.build().map_err(build_err)?),
-                    object_path(parsed.path())?,
-                )
-            }
-            "gs" => {
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_url(url.as_str())
-                    .with_retry(retry_config());
-                (
-                    Arc::new(b.build().map_err(build_err)?),
-                    object_path(parsed.path())?,
-                )
-            }
-            "az" | "abfs" => {
-                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_url(url.as_str())
-                    .with_retry(retry_config());
-                (
-                    Arc::new(b.build().map_err(build_err)?),
-                    object_path(parsed.path())?,
-                )
-            }
-            "http" | "https" => {
-                let origin = parsed.origin().ascii_serialization();
-                let b = object_store::http::HttpBuilder::new()
-                    .with_url(origin)
-                    .with_retry(retry_config());
-                (
-                    Arc::new(b.build().map_err(build_err)?),
-                    object_path(parsed.path())?,
-                )
-            }
-            other => {
-                return Err(Error::Remote {
-                    url,
-                    msg: format!("unsupported scheme {other:?} (s3, gs, az, http, https)"),
-                })
-            }
-        };
+        let inner = client(&parsed, &url)?;
+        let prefix = object_path(parsed.path())?;
         Ok(Store { inner, url, prefix })
     }
 

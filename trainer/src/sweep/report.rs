@@ -267,10 +267,10 @@ impl<'a> Report<'a> {
             .unwrap_or_else(|| "default".into())
     }
 
-    /// Title, provenance, and the setup of the runs, BLiMP and GLUE.
-    fn setup(&self, s: &mut String, experiment: &Path) {
-        let (cfg, steps, get) = (self.cfg, self.steps, |k: &str| self.train_flag(k));
-        let corpora = cfg.corpora();
+    /// The corpora (files, and source names with a mixture), the mix, and whether the bundled
+    /// sample stood in for an absent corpus.
+    fn corpus_text(&self) -> String {
+        let corpora = self.cfg.corpora();
         let fallback = corpora.iter().any(|c| c.fallback);
         let corpus_text: Vec<String> = corpora
             .iter()
@@ -286,12 +286,24 @@ impl<'a> Report<'a> {
                 }
             })
             .collect();
-        let mix = cfg
+        let mix = self
+            .cfg
             .train
             .get("mix")
             .and_then(|m| m.as_str())
             .map(|m| format!(", mixed as `{m}`"))
             .unwrap_or_default();
+        let absent = if fallback {
+            " (the bundled sample: the full corpus was absent)"
+        } else {
+            ""
+        };
+        corpus_text.join("; ") + &mix + absent
+    }
+
+    /// Title, provenance, and the setup of the runs, BLiMP and GLUE.
+    fn setup(&self, s: &mut String, experiment: &Path) {
+        let (cfg, steps, get) = (self.cfg, self.steps, |k: &str| self.train_flag(k));
         let _ = writeln!(s, "# Masking-rate schedules: {}\n", cfg.name);
         let _ = writeln!(
             s,
@@ -305,7 +317,7 @@ impl<'a> Report<'a> {
             s,
             "Setup: model `{}`, {} steps × batch {} × sequence length {} ({} tokens of budget per run), peak lr {}, \
              layout {}, seeds {:?} (a seed fixes model init, data order and masks, so runs of one seed differ only in the schedule). \
-             Corpus: {}{}. Held-out MLM loss/accuracy at a constant 15% with a fixed mask seed.\n",
+             Corpus: {}. Held-out MLM loss/accuracy at a constant 15% with a fixed mask seed.\n",
             get("model").trim_matches('"'),
             steps,
             get("batch_size"),
@@ -319,8 +331,7 @@ impl<'a> Report<'a> {
             get("lr"),
             get("layout").trim_matches('"'),
             cfg.seeds,
-            corpus_text.join("; ") + &mix,
-            if fallback { " (the bundled sample: the full corpus was absent)" } else { "" }
+            self.corpus_text(),
         );
         if let Some(b) = &cfg.blimp {
             let _ = writeln!(
