@@ -47,13 +47,13 @@ pub fn run(cli: Cli, interrupted: &AtomicBool) -> Result<()> {
                 })
             );
             let outcome = crate::job::preprocess(&cfg, interrupted)?;
+            let out = cfg
+                .upload_to
+                .clone()
+                .unwrap_or_else(|| cfg.out.display().to_string());
             if outcome.already_done {
-                eprintln!(
-                    "{} is already complete for this command; nothing to do",
-                    cfg.out.display()
-                );
-            }
-            if let Some((url, bytes)) = &outcome.uploaded {
+                eprintln!("{out} is already complete for this command; nothing to do");
+            } else if let Some((url, bytes)) = &outcome.uploaded {
                 eprintln!(
                     "{url} complete (manifest written last; {:.1} MB uploaded at the end)",
                     *bytes as f64 / 1e6

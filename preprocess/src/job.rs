@@ -6,6 +6,7 @@ use crate::journal::{Journal, JOURNAL_FILE};
 use crate::pipeline::{self, Sink};
 use crate::progress::{summary, Progress};
 use crate::run_config::RunConfig;
+use crate::staging;
 use crate::text_encoder::TextEncoder;
 use shared::atomic;
 use shared::lock::DirLock;
@@ -29,7 +30,7 @@ pub struct Outcome {
 }
 
 /// Files this tool owns in an output directory (removed by `--overwrite`).
-fn is_ours(name: &str) -> bool {
+pub(crate) fn is_ours(name: &str) -> bool {
     name == MANIFEST_FILE
         || name == JOURNAL_FILE
         || name == TOKENIZER_FILE
@@ -50,29 +51,83 @@ fn output_err(dir: &Path, msg: impl Into<String>) -> Error {
 /// in a bucket the directory is the local staging one: shards are uploaded as they are
 /// committed, and here whatever is missing from the bucket, then the manifest last.
 pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
-    let mut outcome = preprocess_locally(cfg, interrupted)?;
-    if let Some(url) = &cfg.upload_to {
-        let store = shared::store::Store::open(url)?;
-        let bytes = shared::store::upload_shard_dir(&cfg.out, &store, |_| {})?;
-        outcome.uploaded = Some((url.clone(), bytes));
-    }
-    Ok(outcome)
-}
-
-fn preprocess_locally(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> {
     let tok = LoadedTokenizer::load(cfg.tokenizer.as_deref())?;
     let fingerprint = cfg.fingerprint(&tok.info.sha256);
     let dir = cfg.out.as_path();
     std::fs::create_dir_all(dir).map_err(|e| output_err(dir, format!("cannot create: {e}")))?;
     let _lock = DirLock::acquire(dir, "preprocess")?;
+    let Some(url) = &cfg.upload_to else {
+        return preprocess_locally(cfg, &tok, &fingerprint, interrupted);
+    };
+    let store = shared::store::Store::open(url)?;
+    if let Some(done) = finished_in_bucket(&store, &fingerprint, cfg.overwrite)? {
+        if staging::is_for(dir, url)? {
+            staging::release(dir)?;
+        }
+        return Ok(done);
+    }
+    staging::claim(dir, url)?;
+    let mut outcome = preprocess_locally(cfg, &tok, &fingerprint, interrupted)?;
+    let bytes = shared::store::upload_shard_dir(dir, &store, |_| {})?;
+    outcome.uploaded = Some((url.clone(), bytes));
+    staging::release(dir)?;
+    Ok(outcome)
+}
+
+/// The outcome when the bucket already holds the finished output of this very command (nothing
+/// to do); an error when it holds another command's (unless `--overwrite`); `None` otherwise.
+fn finished_in_bucket(
+    store: &shared::store::Store,
+    fingerprint: &str,
+    overwrite: bool,
+) -> Result<Option<Outcome>> {
+    if store.size_of(MANIFEST_FILE)?.is_none() {
+        return Ok(None);
+    }
+    let bytes = store.get_bytes(MANIFEST_FILE)?;
+    let manifest = Manifest::parse(&bytes, Path::new(&store.url_of(MANIFEST_FILE)))?;
+    if manifest
+        .options
+        .get("run_fingerprint")
+        .and_then(|v| v.as_str())
+        != Some(fingerprint)
+    {
+        if overwrite {
+            return Ok(None);
+        }
+        return Err(Error::Output {
+            dir: store.url().into(),
+            msg: "holds a finished shard set made from other inputs, options or tokenizer; \
+                  choose another --out or pass --overwrite"
+                .into(),
+        });
+    }
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+    let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
+    Ok(Some(Outcome {
+        manifest,
+        summary,
+        already_done: true,
+        uploaded: Some((store.url().to_string(), 0)),
+    }))
+}
+
+/// Preprocesses into the local directory `cfg.out` (the caller holds its lock).
+fn preprocess_locally(
+    cfg: &RunConfig,
+    tok: &LoadedTokenizer,
+    fingerprint: &str,
+    interrupted: &AtomicBool,
+) -> Result<Outcome> {
+    let dir = cfg.out.as_path();
     if cfg.overwrite {
         remove_our_files(dir)?;
     }
-    if let Some(done) = already_finished(dir, &fingerprint)? {
+    if let Some(done) = already_finished(dir, fingerprint)? {
         return Ok(done);
     }
     atomic::clean_temporaries(dir)?;
-    let journal = open_journal(dir, &fingerprint)?;
+    let journal = open_journal(dir, fingerprint)?;
     let resumed = !journal.shards.is_empty() || journal.next_file > 0;
     remove_unjournaled_shards(dir, &journal)?;
     atomic::write_file(&dir.join(TOKENIZER_FILE), &tok.json)?;
@@ -90,7 +145,7 @@ fn preprocess_locally(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outco
             journal.next_record + 1
         ));
     }
-    let (text_encoder, notice) = TextEncoder::new(&tok);
+    let (text_encoder, notice) = TextEncoder::new(tok);
     if let Some(notice) = notice {
         progress.println(&format!("notice: {notice}"));
     }
@@ -105,7 +160,7 @@ fn preprocess_locally(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outco
         let _ = atomic::clean_temporaries(dir);
         return Err(e);
     }
-    let manifest = write_manifest(cfg, dir, &tok, dtype, fingerprint, &sink)?;
+    let manifest = write_manifest(cfg, dir, tok, dtype, fingerprint, &sink)?;
     let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
     let summary = summary(
         &manifest.totals,
@@ -212,11 +267,11 @@ fn write_manifest(
     dir: &Path,
     tok: &LoadedTokenizer,
     dtype: TokenDtype,
-    fingerprint: String,
+    fingerprint: &str,
     sink: &Sink,
 ) -> Result<Manifest> {
     let mut options = serde_json::to_value(&cfg.output).expect("serializes");
-    options["run_fingerprint"] = serde_json::Value::String(fingerprint);
+    options["run_fingerprint"] = serde_json::Value::String(fingerprint.to_string());
     let inputs = cfg
         .inputs
         .iter()

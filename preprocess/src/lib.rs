@@ -24,6 +24,7 @@ pub mod progress;
 pub mod record_encoder;
 pub mod records;
 pub mod run_config;
+pub mod staging;
 pub mod text_encoder;
 
 pub use error::{Error, Result};

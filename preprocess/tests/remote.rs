@@ -209,57 +209,46 @@ fn a_server_killed_mid_run_leaves_no_visible_set_and_the_rerun_is_identical() {
         &work,
     ];
 
-    // 500s in the middle: the run fails naming the URL, the bucket holds no manifest.
-    server.fail_next(1_000);
-    let out = preprocess(&server, &args);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("s3://data/"), "names the URL: {err}");
     let remote = server.bucket_dir("data").join("shards");
+    let spawn = |server: &S3Server| {
+        Command::new(env!("CARGO_BIN_EXE_preprocess"))
+            .args(args)
+            .args(["--quiet", "--shard-size", "40KiB", "--threads", "1"])
+            .envs(server.env())
+            .env("MASKRATE_STORE_RETRIES", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+
+    // 500s in the middle: armed once a shard is in the bucket, so the run has started uploading;
+    // it fails naming the URL and the bucket holds no manifest.
+    let child = spawn(&server);
+    let first = wait_for_uploaded_shards(&remote, 1);
+    server.fail_next(1_000);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run survived the 500s");
+    assert!(err.contains("s3://data/"), "names the URL: {err}");
     assert!(!remote.join("manifest.json").exists());
     server.fail_next(0);
 
-    // Killed while uploading: stop the server once some shards are in the bucket.
-    let child = Command::new(env!("CARGO_BIN_EXE_preprocess"))
-        .args(args)
-        .args(["--quiet", "--shard-size", "40KiB", "--threads", "1"])
-        .envs(server.env())
-        .env("MASKRATE_STORE_RETRIES", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while std::fs::read_dir(&remote)
-        .map(|d| {
-            d.filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".idx")
-            })
-            .count()
-        })
-        .unwrap_or(0)
-        < 2
-    {
-        assert!(start.elapsed().as_secs() < 120, "no shard uploaded");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    // Killed while uploading: resumed, then the server stops once more shards are in the bucket.
+    let child = spawn(&server);
+    wait_for_uploaded_shards(&remote, first + 2);
     let port = server.port();
     server.stop();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    if out.status.success() {
-        // It finished its last upload before the stop: nothing to resume, still identical.
-        eprintln!("the run finished before the server stopped");
-    } else {
-        assert!(err.contains("s3://data/shards"), "names the URL: {err}");
-        assert!(
-            !remote.join("manifest.json").exists(),
-            "a half-written set is visible"
-        );
-    }
+    assert!(
+        !out.status.success(),
+        "the run finished before the server stopped"
+    );
+    assert!(err.contains("s3://data/shards"), "names the URL: {err}");
+    assert!(
+        !remote.join("manifest.json").exists(),
+        "a half-written set is visible"
+    );
 
     // The server is back: the same command resumes from its journal and ends identical.
     let server = S3Server::start_on(root.path(), port).unwrap();
@@ -269,4 +258,165 @@ fn a_server_killed_mid_run_leaves_no_visible_set_and_the_rerun_is_identical() {
         manifest_without_locations(&local),
         manifest_without_locations(&remote)
     );
+}
+
+/// Waits until the bucket directory holds at least `n` shard indexes (uploads in progress);
+/// returns how many it holds.
+fn wait_for_uploaded_shards(remote: &Path, n: usize) -> usize {
+    let start = std::time::Instant::now();
+    loop {
+        let count = std::fs::read_dir(remote)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".idx"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if count >= n {
+            return count;
+        }
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "{count} shard(s) uploaded, waiting for {n}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Files in a staging directory other than its lock file.
+fn staged_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".maskrate.lock")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn two_outputs_staged_one_after_the_other_through_one_work_dir_both_equal_local() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_sample(root.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    ok(preprocess(
+        &server,
+        &[
+            &sample().display().to_string(),
+            "--out",
+            &local.display().to_string(),
+        ],
+    ));
+    let work = tmp.path().join("scratch").display().to_string();
+    for name in ["first", "second"] {
+        let url = format!("s3://data/{name}");
+        ok(preprocess(
+            &server,
+            &["s3://data/c4", "--out", &url, "--work-dir", &work],
+        ));
+        let remote = server.bucket_dir("data").join(name);
+        assert_eq!(shard_files(&local), shard_files(&remote), "{url}");
+        assert_eq!(
+            manifest_without_locations(&local),
+            manifest_without_locations(&remote)
+        );
+        // A finished run leaves the staging directory empty.
+        assert!(
+            staged_files(Path::new(&work)).is_empty(),
+            "{:?}",
+            staged_files(Path::new(&work))
+        );
+    }
+    // The same command again: already complete (the bucket says so), nothing staged.
+    let out = ok(preprocess(
+        &server,
+        &[
+            "s3://data/c4",
+            "--out",
+            "s3://data/second",
+            "--work-dir",
+            &work,
+        ],
+    ));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already complete"));
+}
+
+#[test]
+fn another_outputs_unfinished_run_in_the_work_dir_is_refused_naming_both() {
+    let root = tempfile::tempdir().unwrap();
+    let server = server_with_sample(root.path());
+    let tmp = tempfile::tempdir().unwrap();
+    let local = tmp.path().join("local");
+    ok(preprocess(
+        &server,
+        &[
+            &sample().display().to_string(),
+            "--out",
+            &local.display().to_string(),
+        ],
+    ));
+    let work = tmp.path().join("scratch");
+    let work_s = work.display().to_string();
+    let a_args = [
+        "s3://data/c4",
+        "--out",
+        "s3://data/a",
+        "--work-dir",
+        &work_s,
+    ];
+
+    // Output A, killed once it has uploaded a shard: its unfinished state stays in the work dir.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_preprocess"))
+        .args(a_args)
+        .args(["--quiet", "--shard-size", "40KiB", "--threads", "1"])
+        .envs(server.env())
+        .spawn()
+        .unwrap();
+    let remote_a = server.bucket_dir("data").join("a");
+    wait_for_uploaded_shards(&remote_a, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!remote_a.join("manifest.json").exists());
+    let staged = staged_files(&work);
+    let contents = |names: &[String]| -> Vec<Vec<u8>> {
+        names
+            .iter()
+            .map(|n| std::fs::read(work.join(n)).unwrap())
+            .collect()
+    };
+    let before = contents(&staged);
+
+    // Output B through the same work dir: refused, naming both outputs, touching neither.
+    let out = preprocess(
+        &server,
+        &[
+            "s3://data/c4",
+            "--out",
+            "s3://data/b",
+            "--work-dir",
+            &work_s,
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "B ran over A's state");
+    assert!(
+        err.contains("s3://data/a") && err.contains("s3://data/b"),
+        "{err}"
+    );
+    assert_eq!(staged_files(&work), staged);
+    assert_eq!(contents(&staged), before, "the work dir changed");
+    assert!(
+        !server.bucket_dir("data").join("b").exists(),
+        "B wrote to its bucket prefix"
+    );
+
+    // A resumed: finishes identical to the local run, and leaves the work dir empty.
+    ok(preprocess(&server, &a_args));
+    assert_eq!(shard_files(&local), shard_files(&remote_a));
+    assert_eq!(
+        manifest_without_locations(&local),
+        manifest_without_locations(&remote_a)
+    );
+    assert!(staged_files(&work).is_empty());
 }

@@ -1,64 +1,14 @@
 //! Shards in a bucket, against a real S3 server (s3s-fs) on 127.0.0.1: batches byte-identical to
 //! the same shards on local disk in every order and layout, a cache that never exceeds its bound
-//! and is reused warm, retried 500s, and one-line errors naming the URL.
+//! and is reused warm, and one-line errors naming the URL (retried 500s: `remote_retries.rs`,
+//! whose server no other test shares).
 
-use s3_test_server::S3Server;
-use shared::sampler::{DataConfig, Layout, Order};
-use shared::store::{self, Store};
+use shared::sampler::{Layout, Order};
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
-/// One server for this test binary (the client reads its endpoint and keys from the
-/// environment, which is the process's); each test uses its own bucket prefix.
-fn server() -> &'static S3Server {
-    static SERVER: OnceLock<(tempfile::TempDir, S3Server)> = OnceLock::new();
-    &SERVER
-        .get_or_init(|| {
-            let root = tempfile::tempdir().unwrap();
-            let server = S3Server::start(root.path()).unwrap();
-            server.create_bucket("data").unwrap();
-            for (k, v) in server.env() {
-                // SAFETY (edition 2021: safe): set once, before any client reads it.
-                std::env::set_var(k, v);
-            }
-            std::env::set_var("MASKRATE_STORE_RETRIES", "3");
-            (root, server)
-        })
-        .1
-}
+mod remote_common;
 
-/// The bundled sample as a local shard set of `per_shard` documents per shard, uploaded under
-/// `s3://data/PREFIX`; returns (guard, local dir, url).
-fn uploaded(prefix: &str, per_shard: usize) -> (tempfile::TempDir, PathBuf, String) {
-    server();
-    let dir = tempfile::tempdir().unwrap();
-    shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), per_shard);
-    let url = format!("s3://data/{prefix}");
-    store::upload_shard_dir(dir.path(), &Store::open(&url).unwrap(), |_| {}).unwrap();
-    let path = dir.path().to_path_buf();
-    (dir, path, url)
-}
-
-fn config(
-    shards: PathBuf,
-    order: Order,
-    layout: Layout,
-    cache: &std::path::Path,
-    bytes: u64,
-) -> DataConfig {
-    DataConfig {
-        shards: vec![shards],
-        steps: 40,
-        batch_size: 16,
-        seq_len: 64,
-        layout,
-        order,
-        eval_sequences: 8,
-        cache_dir: Some(cache.to_path_buf()),
-        cache_bytes: Some(bytes),
-        ..DataConfig::default()
-    }
-}
+use remote_common::{config, server, uploaded};
 
 #[test]
 fn batches_from_a_bucket_equal_batches_from_local_disk() {
@@ -185,37 +135,6 @@ fn the_cache_stays_within_its_bound_and_a_warm_cache_downloads_nothing() {
         1,
         "only the manifest is fetched again"
     );
-}
-
-#[test]
-fn server_errors_are_retried() {
-    let (_guard, local, url) = uploaded("retried", 50);
-    let cache = tempfile::tempdir().unwrap();
-    let failed = server().failed_requests();
-    server().fail_next(2);
-    let there = config(
-        PathBuf::from(&url),
-        Order::Global,
-        Layout::Truncate,
-        cache.path(),
-        1 << 30,
-    )
-    .open()
-    .unwrap();
-    let here = config(
-        local,
-        Order::Global,
-        Layout::Truncate,
-        cache.path(),
-        1 << 30,
-    )
-    .open()
-    .unwrap();
-    assert_eq!(
-        here.sampler.global_batch(3).unwrap(),
-        there.sampler.global_batch(3).unwrap()
-    );
-    assert!(server().failed_requests() - failed >= 1);
 }
 
 #[test]
