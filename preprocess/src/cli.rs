@@ -114,35 +114,12 @@ pub struct InspectArgs {
     pub verify: bool,
 }
 
-/// Parses `256MiB`, `1GB`, `4k`, `100000`.
+/// A positive size in `shared::size`'s grammar (`256MiB`, `1GB` = 10^9, `1G` = 2^30, `100000`).
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a size such as 256MiB, 1GB or 100000"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => (1u64 << 20) as f64,
-        "g" | "gb" => 1e9,
-        "gib" => (1u64 << 30) as f64,
-        u => {
-            return Err(format!(
-                "{s:?}: unknown unit {u:?} (use B, KB, KiB, MB, MiB, GB or GiB)"
-            ))
-        }
-    };
-    let v = (n * mult) as u64;
-    if v == 0 {
-        return Err(format!("{s:?}: must be positive"));
+    match shared::size::parse_size_arg(s)? {
+        0 => Err(format!("size {s:?}: must be positive")),
+        v => Ok(v),
     }
-    Ok(v)
 }
 
 /// `~/.cache/maskrate/staging/<first 16 hex of sha256(url)>`: where a run writing to `url` stages.

@@ -8,7 +8,7 @@ use pyo3::exceptions::{PyFileNotFoundError, PyIndexError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use shared::shard::{ShardSet, TokenDtype, Tokens};
-use shared::store::{cache::parse_bytes, is_remote, CacheConfig};
+use shared::store::{is_remote, CacheConfig};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -256,7 +256,8 @@ impl Shards {
     }
 }
 
-/// A byte count from Python: an int, or a size string such as `"512M"` or `"4G"`.
+/// A byte count from Python: an int, or a size string in `shared::size`'s grammar (`"512MiB"`,
+/// `"4G"` = 4 GiB, `"5GB"` = 5 * 10^9).
 #[derive(FromPyObject)]
 pub enum SizeArg {
     Int(u64),
@@ -268,7 +269,7 @@ impl SizeArg {
     pub fn bytes(self) -> PyResult<u64> {
         match self {
             SizeArg::Int(n) => Ok(n),
-            SizeArg::Text(s) => parse_bytes(&s).map_err(to_py),
+            SizeArg::Text(s) => shared::size::parse_size(&s).map_err(to_py),
         }
     }
 }

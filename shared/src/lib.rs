@@ -8,7 +8,8 @@
 //! 5. [`atomic`]: write-temporary-then-rename helpers used for every output file.
 //! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
 //! 7. [`store`]: object storage (`s3://`, `gs://`, `az://`, `https://`) and the bounded shard cache.
-//! 8. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
+//! 8. [`size`]: the one grammar for sizes in bytes (`1GB` = 10^9, `1GiB` = `1G` = 2^30).
+//! 9. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -24,6 +25,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod seed;
 pub mod shard;
+pub mod size;
 pub mod store;
 pub mod tokenizer;
 

@@ -83,15 +83,10 @@ pub struct DataConfig {
     #[cfg_attr(feature = "clap", arg(long, value_name = "DIR"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
-    /// Bound on the cache's size, e.g. 512M, 4G [default: $MASKRATE_CACHE_BYTES, else 4G].
-    #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", value_parser = parse_size))]
+    /// Bound on the cache's size, e.g. 512MiB, 4GiB, 5GB [default: $MASKRATE_CACHE_BYTES, else 4G].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", value_parser = crate::size::parse_size_arg))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
-}
-
-#[cfg(feature = "clap")]
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    crate::store::cache::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 impl Default for DataConfig {

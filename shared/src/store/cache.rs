@@ -48,40 +48,12 @@ impl CacheConfig {
         let max_bytes = match max_bytes {
             Some(b) => b,
             None => match std::env::var("MASKRATE_CACHE_BYTES") {
-                Ok(v) => parse_bytes(&v)?,
+                Ok(v) => crate::size::parse_size(&v)?,
                 Err(_) => DEFAULT_MAX_BYTES,
             },
         };
         Ok(CacheConfig { dir, max_bytes })
     }
-}
-
-/// Parses a byte count: `1048576`, `512M`, `4G`, `1.5GiB`, `100MB` (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let scale: u64 = match unit.to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => {
-            return Err(Error::Config(format!(
-                "{s:?}: expected a size such as 512M, 4G or 1073741824"
-            )))
-        }
-    };
-    let n: f64 = num.trim().parse().map_err(|_| {
-        Error::Config(format!(
-            "{s:?}: expected a size such as 512M, 4G or 1073741824"
-        ))
-    })?;
-    if n.is_nan() || n < 0.0 {
-        return Err(Error::Config(format!("{s:?}: a size cannot be negative")));
-    }
-    Ok((n * scale as f64) as u64)
 }
 
 /// An object to fetch: where it is and what it must hash to.
@@ -589,21 +561,4 @@ fn stale(meta: &std::fs::Metadata) -> bool {
         .ok()
         .and_then(|m| m.elapsed().ok())
         .is_some_and(|age| age.as_secs() > 3600)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_bytes;
-
-    #[test]
-    fn sizes_parse_in_powers_of_1024() {
-        assert_eq!(parse_bytes("1048576").unwrap(), 1 << 20);
-        assert_eq!(parse_bytes("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_bytes("4G").unwrap(), 4 << 30);
-        assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 << 29);
-        assert_eq!(parse_bytes("100kb").unwrap(), 100 << 10);
-        assert!(parse_bytes("4X").is_err());
-        assert!(parse_bytes("").is_err());
-        assert!(parse_bytes("-1G").is_err());
-    }
 }
