@@ -56,3 +56,34 @@ def shards_copy(sample_shards: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(sample_shards, dst)
     return dst
+
+
+# -- skips ----------------------------------------------------------------------------------
+# The rule (scripts/python-tests.sh sets MASKRATE_FAIL_ON_SKIP=1, so CI enforces it): a test may
+# skip only for a condition CI never has, and its reason then starts with OUTSIDE_CI. Any other
+# skip (a module-level importorskip of a broken torch, a run that ended too early...) fails the
+# session: a skipped test says "checked" where nothing was.
+OUTSIDE_CI = "outside CI:"
+_skips: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skips.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_collectreport(report):
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skips.append((report.nodeid, reason.removeprefix("Skipped: ")))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("MASKRATE_FAIL_ON_SKIP") != "1":
+        return
+    bad = [(node, reason) for node, reason in _skips if not reason.startswith(OUTSIDE_CI)]
+    if bad:
+        lines = "\n".join(f"  {node}: {reason}" for node, reason in bad)
+        print(f"\nFAILED: {len(bad)} test(s) skipped for a reason CI must not have:\n{lines}")
+        session.exitstatus = 1

@@ -97,68 +97,41 @@ def test_micro_batches_split_the_ranks_rows(sample_shards):
         mb.micro_batch(4, 0, 3)
 
 
-def test_keywords_default_to_the_trainers_defaults(sample_shards):
-    config = maskrate.MaskedBatches(sample_shards, eval_sequences=0).config
-    assert config["steps"] == 70_000 and config["batch_size"] == 4096
-    assert config["seq_len"] == 128 and config["layout"] == "truncate"
-    assert config["schedule"] == "constant:0.15" and config["seed"] == 0
-    assert config["mask_token_fraction"] == 0.8 and config["random_token_fraction"] == 0.1
+def test_keywords_default_to_the_trainers_defaults(trainer_bin, sample_shards):
+    """With no keywords, the configuration is the one `trainer inspect-batch` builds from the
+    trainer's default flags (its `--json` prints it)."""
+    ours = maskrate.MaskedBatches(sample_shards).config
+    cmd = [str(trainer_bin), "inspect-batch", "--shards", str(sample_shards), "--step", "0", "--json"]
+    theirs = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)["config"]
+    assert ours == theirs
 
 
 def test_a_batch_runs_while_another_python_thread_keeps_running(sample_shards):
-    """While a thread is inside `batch`, this thread keeps running: the longest stretch in which it
-    could not run is far shorter than the calls (with the GIL held it would span them whole)."""
+    """While a thread is inside one `batch` call, this thread keeps running: the longest stretch in
+    which it could not run is a small part of the call (with the GIL held through the call it would
+    be the whole call). Checked to fail: with `py.detach` removed from `batch` the longest pause is
+    the call itself."""
     mb = maskrate.MaskedBatches(
         sample_shards, total_steps=10, batch_size=4096, seq_len=512, eval_sequences=0, threads=1
     )
+    mb.batch(1)  # warm: thread pool and allocator
     span: list[float] = []
-    done = threading.Event()
+    started = threading.Event()
 
     def build():
+        started.set()
         span.append(time.perf_counter())
-        for step in range(3):
-            mb.batch(step)
+        mb.batch(0)
         span.append(time.perf_counter())
-        done.set()
 
     worker = threading.Thread(target=build)
     stamps = []
     worker.start()
-    while not done.is_set():
+    started.wait()
+    while worker.is_alive():
         stamps.append(time.perf_counter())
     worker.join()
     start, end = span
     inside = [start] + [s for s in stamps if start <= s <= end] + [end]
     longest_pause = max(b - a for a, b in zip(inside, inside[1:]))
-    assert longest_pause < 0.5 * (end - start), (longest_pause, end - start)
-
-
-def test_batches_pickle_and_rebuild_identically(sample_shards):
-    import pickle
-
-    mb = maskrate.MaskedBatches(sample_shards, schedule="linear:0.3:0.15", total_steps=9, batch_size=8)
-    again = pickle.loads(pickle.dumps(mb))
-    assert np.array_equal(again.batch(5)["input_ids"], mb.batch(5)["input_ids"])
-
-
-def test_mixtures_equal_the_trainers(trainer_bin, sample_shards, tmp_path):
-    """Two named sources with a scheduled weight: rows, masks and each row's source."""
-    short = tmp_path / "short"
-    maskrate.preprocess(SAMPLE, short, max_tokens_per_doc=40, progress=False)
-    sources = {"c4": sample_shards, "wiki": short}
-    kwargs = dict(mix="c4=0.6,wiki=linear:0.5:0.1", total_steps=30, batch_size=16, seed=2)
-    mb = maskrate.MaskedBatches(sources, **kwargs)
-    assert mb.source_names == ["c4", "wiki"]
-    shard_flags = [f"c4={sample_shards}", f"wiki={short}"]
-    for step in (0, 17, 29):
-        ours = mb.batch(step, with_sources=True)
-        cmd = [str(trainer_bin), "inspect-batch", "--step", str(step), "--json"]
-        cmd += ["--shards", shard_flags[0], "--shards", shard_flags[1]] + flags(kwargs)
-        ref = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-        for name in ("input_ids", "labels", "attention_mask"):
-            assert np.array_equal(ours[name], np.array(ref[name])), (name, step)
-        assert [mb.source_names[i] for i in ours["source"]] == ref["source"]
-        (_, w_c4, n_c4), (_, w_wiki, n_wiki) = mb.mixture_at(step)
-        assert (n_c4, n_wiki) == (ref["source"].count("c4"), ref["source"].count("wiki"))
-        assert w_c4 + w_wiki == pytest.approx(1.0)
-    assert mb.num_held_out_batches("c4") >= 1 and mb.num_held_out_batches("wiki") >= 1
+    assert longest_pause < 0.25 * (end - start), (longest_pause, end - start)

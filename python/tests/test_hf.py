@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("torch", reason="torch is not installed (CI installs it: see .ci/run)")
-pytest.importorskip("transformers", reason="transformers is not installed (CI installs it)")
+import torch  # noqa: F401  (CI installs torch and transformers: a broken install fails here)
+import transformers  # noqa: F401
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "hf_trainer.py"
 COMMON = [
@@ -50,8 +49,10 @@ def test_the_loss_falls(uninterrupted):
     assert sorted(l) == list(range(1, 21))
     first, last = sum(l[s] for s in (1, 2, 3)) / 3, sum(l[s] for s in (18, 19, 20)) / 3
     assert last < first - 0.5, l
+    # The held-out loss (15%, unseen sequences) is below the first steps' too: an untrained model
+    # scores about ln(30522) = 10.33 there, which a fixed bound such as 11 would let pass.
     summary = json.loads((uninterrupted / "linear_0.3_0.15" / "summary.json").read_text())
-    assert summary["steps"] == 20 and summary["eval_loss"] < 11
+    assert summary["steps"] == 20 and summary["eval_loss"] < first - 0.5, (summary, first)
 
 
 def test_resuming_from_step_10_continues_with_the_same_losses(uninterrupted, sample_shards, tmp_path):

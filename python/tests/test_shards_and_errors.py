@@ -4,17 +4,21 @@ Python exceptions that name the file and the reason."""
 from __future__ import annotations
 
 import gc
+import gzip
 import json
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import maskrate
 
-SAMPLE_IDS = "data/c4-sample"
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE_IDS = REPO / "data" / "reference" / "c4-sample-ids.jsonl.gz"
+SAMPLE = REPO / "data" / "c4-sample"
 
 
 def test_documents_are_views_of_the_memory_map(sample_shards):
@@ -43,8 +47,9 @@ def test_documents_are_views_of_the_memory_map(sample_shards):
     assert np.array_equal(view, first)
 
 
-def test_documents_equal_the_preprocess_inspect_decoding(sample_shards, preprocess_bin):
-    """The ids are the tokenizer's: the bundled `tokenizers` reference ids of the sample."""
+def test_documents_equal_the_tokenizers_reference_ids(sample_shards, preprocess_bin):
+    """Every document's ids are the `tokenizers` library's: data/reference/c4-sample-ids.jsonl.gz
+    (made by scripts/make_reference_ids.py with the Python `tokenizers`) holds each line's ids."""
     shards = maskrate.Shards(sample_shards, verify=True)
     out = subprocess.run(
         [str(preprocess_bin), "inspect", str(sample_shards)], check=True, capture_output=True, text=True
@@ -52,7 +57,11 @@ def test_documents_equal_the_preprocess_inspect_decoding(sample_shards, preproce
     assert str(shards.num_tokens) in out.replace(",", "")
     tok = shards.tokenizer
     assert tok["vocab_size"] == 30522 and tok["mask_id"] == 103
-    assert all(int(x) < tok["vocab_size"] for x in shards[0])
+    reference = [json.loads(line)["ids"] for line in gzip.open(REFERENCE_IDS, "rt")]
+    reference = [ids for ids in reference if ids]  # empty documents are skipped by preprocess
+    assert len(shards) == len(reference)
+    for i, ids in enumerate(reference):
+        assert shards[i].tolist() == ids, f"document {i}"
     assert shards.verify() == 2 * shards.num_shards
 
 
@@ -149,7 +158,7 @@ def test_token_ids_outside_the_vocabulary_fail_the_batch_naming_the_shard(shards
     mb = maskrate.MaskedBatches(shards_copy, total_steps=2, batch_size=300, eval_sequences=0)
     with pytest.raises(ValueError) as err:
         mb.batch(0)
-    assert b.name in str(err.value) or "vocabulary" in str(err.value)
+    assert b.name in str(err.value) and "vocabulary" in str(err.value), str(err.value)
 
 
 def test_bad_keywords_and_steps_raise_valueerror(sample_shards):
@@ -179,3 +188,19 @@ for bad in [lambda: maskrate.Shards({str(shards_copy / 'missing')!r}),
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["FileNotFoundError", "ValueError", "ValueError"]
+
+
+@pytest.mark.parametrize(
+    "text,size",
+    [("1GB", 10**9), ("1GiB", 2**30), ("1G", 2**30), ("512MiB", 512 << 20), ("64KB", 64_000), ("4096", 4096)],
+)
+def test_size_keywords_follow_the_one_grammar(sample_shards, text, size):
+    mb = maskrate.MaskedBatches(sample_shards, total_steps=2, batch_size=4, cache_bytes=text)
+    assert mb.config["cache_bytes"] == size
+
+
+def test_bad_sizes_raise_naming_the_text(sample_shards, tmp_path):
+    with pytest.raises(ValueError, match='"4X"'):
+        maskrate.MaskedBatches(sample_shards, cache_bytes="4X")
+    with pytest.raises(ValueError, match='"12 parsecs"'):
+        maskrate.preprocess(SAMPLE, tmp_path / "out", shard_size="12 parsecs", progress=False)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
+import torch
+import torchdata.stateful_dataloader as sdl
+from torch.utils.data import DataLoader
 
-torch = pytest.importorskip("torch", reason="torch is not installed (CI installs it: see .ci/run)")
-
-import numpy as np  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-import maskrate  # noqa: E402
-from maskrate.torch import MaskedDataset  # noqa: E402
+import maskrate
+from maskrate.torch import MaskedDataset
 
 KW = dict(schedule="linear:0.3:0.15", total_steps=12, batch_size=16, seq_len=64, seed=5)
 
@@ -98,7 +97,6 @@ def test_a_state_from_another_run_is_refused(sample_shards):
 
 
 def test_stateful_dataloader_resumes_with_workers(sample_shards):
-    sdl = pytest.importorskip("torchdata.stateful_dataloader")
     ds = MaskedDataset(sample_shards, micro_batch=4, **KW)
     loader = sdl.StatefulDataLoader(ds, batch_size=None, num_workers=2)
     it = iter(loader)
@@ -110,17 +108,25 @@ def test_stateful_dataloader_resumes_with_workers(sample_shards):
     same(items(again), rest)
 
 
-def test_rank_comes_from_torch_distributed(sample_shards, tmp_path):
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    try:
-        ds = MaskedDataset(sample_shards, **KW)
-        assert ds.rank_and_world_size() == (0, 1)
-    finally:
-        dist.destroy_process_group()
+def test_rank_comes_from_torch_distributed(sample_shards, monkeypatch):
+    # torch.distributed reports rank 1 of 2 (as on the second process of a 2-process job): the
+    # dataset must take that rank, not the uninitialised default (0, 1).
+    dist = torch.distributed
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    ds = MaskedDataset(sample_shards, **KW)
+    assert ds.rank_and_world_size() == (1, 2)
+    from_dist = next(iter(ds))
+    monkeypatch.undo()
     explicit = MaskedDataset(sample_shards, rank=1, world_size=2, **KW)
     first = next(iter(explicit))
     assert first["input_ids"].shape == (8, 64)
     mb = maskrate.MaskedBatches(sample_shards, rank=1, world_size=2, **KW)
-    assert np.array_equal(first["input_ids"].numpy(), mb.batch(0)["input_ids"])
+    reference = mb.batch(0)
+    assert set(from_dist) == set(reference)
+    for name, array in reference.items():
+        assert np.array_equal(from_dist[name].numpy(), array), name
+        assert np.array_equal(first[name].numpy(), array), name
+    # and rank 1's rows differ from rank 0's (so the comparison above can tell the ranks apart)
+    assert not np.array_equal(reference["input_ids"], maskrate.MaskedBatches(sample_shards, rank=0, world_size=2, **KW).batch(0)["input_ids"])

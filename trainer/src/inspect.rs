@@ -130,7 +130,8 @@ fn epochs_text(s: &MaskingSampler, step: u64) -> String {
 }
 
 /// `--json`: this rank's rows of the step's batch, as the Python package's `MaskedBatches.batch`
-/// returns them (labels -100 where nothing is predicted, token types all 0).
+/// returns them (labels -100 where nothing is predicted, token types all 0), and the batches'
+/// configuration as `MaskedBatches.config` gives it.
 fn batch_json(args: &InspectBatchArgs, data: &Data) -> Result<String> {
     let plan = BatchPlan::whole_rank(args.data.config.batch_size, args.world_size, args.rank);
     plan.validate()?;
@@ -140,6 +141,7 @@ fn batch_json(args: &InspectBatchArgs, data: &Data) -> Result<String> {
     let names = data.sampler.source_names();
     let source: Vec<&str> = b.sources.iter().map(|&s| names[s as usize]).collect();
     let json = serde_json::json!({
+        "config": &args.data.config,
         "step": b.step,
         "source": source,
         "rate": b.rate,
