@@ -1,0 +1,99 @@
+"""scripts/gpu-check.sh, the GPU bundle's checks, run here with --cpu-only (what the GPU machine
+runs, sizes cut to seconds): the wheel installed with --no-index, the candle trainer, the PyTorch
+route and the schedule sweep's orchestration and report; a failing step is reported and the later
+steps still run; a bundle over 60 MiB is refused, naming what is large."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "gpu-check.sh"
+SECTIONS = {"env", "steps", "candle", "torch_route", "sweep"}
+
+
+def wheel() -> Path:
+    """The wheel under test: $MASKRATE_WHEEL (scripts/python-tests.sh sets it), else dist/."""
+    if os.environ.get("MASKRATE_WHEEL"):
+        return Path(os.environ["MASKRATE_WHEEL"])
+    found = sorted((REPO / "dist").glob("maskrate-*.whl"))
+    assert found, "no wheel: run scripts/build-wheel.sh"
+    return found[-1]
+
+
+def check(tmp_path: Path, trainer: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    out = tmp_path / "out"
+    env = {**os.environ, "TRAINER": str(trainer), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(
+        ["bash", str(SCRIPT), "check", "--cpu-only", "--out", str(out), "--wheel", str(wheel()), *extra],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert (out / "gpu-check.json").exists(), r.stdout[-3000:] + r.stderr[-3000:]
+    return r, json.loads((out / "gpu-check.json").read_text())
+
+
+def statuses(result: dict) -> dict[str, str]:
+    return {s["step"]: s["status"] for s in result["steps"]}
+
+
+def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
+    r, result = check(tmp_path, trainer_bin)
+    assert SECTIONS <= set(result), result.keys()
+    assert statuses(result) == {
+        "env": "ok", "wheel": "ok", "shards": "ok", "candle-cpu": "ok", "candle-cuda": "skipped",
+        "candle-base": "skipped", "candle-modernbert": "skipped", "torch-route": "ok", "sweep": "ok",
+    }, r.stdout[-3000:]
+    assert result["env"]["cpu_only"] is True
+    assert len(result["candle"]["cpu_losses"]) == 4
+    assert {row["arch"] for row in result["torch_route"]} == {"bert", "modernbert"}
+    for row in result["torch_route"]:
+        assert row["finite"] and 0 <= row["data_wait_share"] < 1 and row["tokens_per_sec"] > 0
+    sweep = result["sweep"]
+    assert {run["schedule"] for run in sweep["runs"]} == {
+        "constant:0.15", "constant:0.3", "linear:0.3:0.15", "cosine:0.3:0.15", "linear:0.15:0.3"
+    }
+    # The schedule each run trained with is the one it names: its rates at the first, middle and
+    # last step are the schedule's.
+    by_name = {run["schedule"]: run for run in sweep["runs"]}
+    assert by_name["linear:0.3:0.15"]["rates"][0] == pytest.approx(0.3)
+    assert by_name["linear:0.3:0.15"]["rates"][-1] == pytest.approx(0.15)
+    assert by_name["linear:0.15:0.3"]["rates"][-1] == pytest.approx(0.3)
+    assert len(sweep["table"]) == 5 and not sweep["failed"]
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "`cosine:0.3:0.15`" in report
+    markdown = (tmp_path / "out" / "gpu-check.md").read_text()
+    assert "| candle-cpu | ok |" in markdown and "PyTorch route modernbert" in markdown
+
+
+def test_a_failing_step_is_reported_and_the_later_steps_still_run(tmp_path):
+    r, result = check(tmp_path, Path("/bin/false"), "--steps", "env,wheel,shards,candle-cpu,torch-route")
+    got = statuses(result)
+    assert got["candle-cpu"] == "fail" and got["torch-route"] == "ok", got
+    assert got["sweep"] == "skipped"
+    failed = next(s for s in result["steps"] if s["step"] == "candle-cpu")
+    assert failed["note"].startswith("exit 1")
+    assert "| candle-cpu | fail |" in (tmp_path / "out" / "gpu-check.md").read_text()
+
+
+def test_a_bundle_over_60_mib_is_refused_naming_the_large_file(tmp_path):
+    stage = tmp_path / "gpu-check"
+    (stage / "shards").mkdir(parents=True)
+    (stage / "gpu-check.sh").write_text("#!/bin/sh\n")
+    with open(stage / "shards" / "big.bin", "wb") as f:  # random bytes: gzip cannot shrink them
+        for _ in range(61):
+            f.write(os.urandom(1 << 20))
+    bundle = tmp_path / "bundle.tar.gz"
+    r = subprocess.run(["bash", str(SCRIPT), "pack", str(stage), str(bundle)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "over the 60 MiB limit" in r.stderr and "shards/big.bin" in r.stderr, r.stderr
+    assert not bundle.exists() and not Path(str(bundle) + ".tmp").exists()
+    # Under the limit it is written.
+    (stage / "shards" / "big.bin").write_bytes(os.urandom(1 << 20))
+    r = subprocess.run(["bash", str(SCRIPT), "pack", str(stage), str(bundle)], capture_output=True, text=True)
+    assert r.returncode == 0 and bundle.exists(), r.stderr

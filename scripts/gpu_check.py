@@ -1,0 +1,412 @@
+#!/usr/bin/env python3
+"""The PyTorch half of scripts/gpu-check.sh: maskrate's batches feeding transformers' models.
+
+    gpu_check.py throughput --shards S --json OUT.json [--cpu-only]
+        transformers' BertForMaskedLM and ModernBertForMaskedLM (bf16 autocast, SDPA on a GPU)
+        fed by maskrate.torch.MaskedDataset through a DataLoader: tokens/s, MFU, peak memory and
+        the share of step time spent waiting for the next batch.
+    gpu_check.py run --shards S --schedule SPEC --seed N --json OUT.json [...]
+        one pretraining run of the schedule sweep: a fixed budget of steps (so of tokens), then
+        the held-out MLM loss at the common 15% rate (maskrate's held-out batches, the trainer's).
+    gpu_check.py sweep --shards S --out DIR [--seeds 3] [--budget-s 330] [--cpu-only]
+        every schedule x seed as concurrent `run` processes, a wave of schedules per seed, no new
+        wave once the time left is under the last wave's; writes DIR/sweep.json and DIR/REPORT.md.
+    gpu_check.py summarize --work DIR --json OUT.json --markdown OUT.md
+        the check's one JSON and one Markdown table from every step's results.
+
+Needs torch, transformers and the maskrate wheel; nothing is downloaded.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SCHEDULES = ["constant:0.15", "constant:0.3", "linear:0.3:0.15", "cosine:0.3:0.15", "linear:0.15:0.3"]
+# Dense bf16 peaks (TFLOP/s) by GPU name, for MFU.
+PEAK_TFLOPS = {"H100": 989, "H200": 989, "GH200": 989, "A100": 312, "L40S": 362, "A10": 125, "B200": 2250}
+# Model shapes: (layers, hidden, heads, intermediate).
+BERT_SIZES = {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048),
+              "base": (12, 768, 12, 3072)}
+MODERNBERT_SIZES = {"tiny": (3, 128, 2, 192), "mini": (3, 256, 4, 384), "base": (22, 768, 12, 1152)}
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def device_and_peak(cpu_only: bool):
+    import torch
+
+    if cpu_only or not torch.cuda.is_available():
+        return torch.device("cpu"), None, "cpu"
+    name = torch.cuda.get_device_name(0)
+    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return torch.device("cuda:0"), peak, name
+
+
+def build_model(arch: str, size: str, vocab: int, seed: int):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    if arch == "bert":
+        layers, hidden, heads, inter = BERT_SIZES[size]
+        cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                      num_attention_heads=heads, intermediate_size=inter,
+                                      attn_implementation="sdpa")
+        return transformers.BertForMaskedLM(cfg), layers, hidden
+    layers, hidden, heads, inter = MODERNBERT_SIZES[size]
+    cfg = transformers.ModernBertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
+                                        num_attention_heads=heads, intermediate_size=inter,
+                                        pad_token_id=0, bos_token_id=101, eos_token_id=102,
+                                        cls_token_id=101, sep_token_id=102, attn_implementation="sdpa")
+    return transformers.ModernBertForMaskedLM(cfg), layers, hidden
+
+
+def matmul_params(model) -> int:
+    """Weights of every linear layer and the tied decoder (2-D parameters, embeddings counted once
+    as the decoder): 6 x this per token is the training FLOPs of the matrix products."""
+    n = 0
+    for name, p in model.named_parameters():
+        if p.dim() == 2 and "position_embeddings" not in name and "token_type" not in name:
+            n += p.numel()
+    return n
+
+
+def masked_loss(model, arch, item):
+    """MLM loss over the masked positions only (the sparse head maskrate's trainer uses)."""
+    import torch.nn.functional as F
+
+    labels = item["labels"]
+    picked = labels != -100
+    if arch == "bert":
+        hidden = model.bert(input_ids=item["input_ids"], attention_mask=item["attention_mask"],
+                            token_type_ids=item["token_type_ids"]).last_hidden_state
+        logits = model.cls(hidden[picked])
+    else:
+        hidden = model.model(input_ids=item["input_ids"], attention_mask=item["attention_mask"]).last_hidden_state
+        logits = model.decoder(model.head(hidden[picked]))
+    return F.cross_entropy(logits.float(), labels[picked])
+
+
+def loader_for(maskrate_torch, shards, steps, rows, seq_len, schedule, seed, workers, layout="pack"):
+    import torch
+
+    ds = maskrate_torch.MaskedDataset(shards, schedule=schedule, total_steps=steps, batch_size=rows,
+                                      seq_len=seq_len, seed=seed, layout=layout, eval_sequences=256)
+    return ds, torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                           pin_memory=torch.cuda.is_available(),
+                                           prefetch_factor=4 if workers else None,
+                                           persistent_workers=False)
+
+
+def to_device(item, dev):
+    return {k: v.to(dev, non_blocking=True) for k, v in item.items()}
+
+
+def train_loop(model, arch, loader, dev, steps, lr_at, bf16, deadline=None):
+    """AdamW steps over the loader's items, stopping early past ``deadline`` (time.time());
+    returns (losses, per-step wall times, data waits)."""
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0), betas=(0.9, 0.98), eps=1e-6,
+                            weight_decay=0.01, fused=dev.type == "cuda")
+    losses, step_times, waits = [], [], []
+    it = iter(loader)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    sync()
+    t_prev = time.perf_counter()
+    for step in range(steps):
+        t0 = time.perf_counter()
+        item = to_device(next(it), dev)
+        t1 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = masked_loss(model, arch, item)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.detach())
+        sync()
+        t_now = time.perf_counter()
+        waits.append(t1 - t0)
+        step_times.append(t_now - t_prev)
+        t_prev = t_now
+        if deadline and time.time() > deadline:
+            break
+    return [float(x) for x in losses], step_times, waits
+
+
+def cmd_throughput(a):
+    import torch
+    import maskrate.torch as mt
+
+    dev, peak, gpu = device_and_peak(a.cpu_only)
+    bf16 = dev.type == "cuda"
+    vocab = 30522
+    results = []
+    for arch in a.arch.split(","):
+        model, layers, hidden = build_model(arch, a.size, vocab, 0)
+        model = model.to(dev).train()
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        steps = a.steps + a.warmup
+        _, loader = loader_for(mt, a.shards, steps, a.rows, a.seq_len, "constant:0.15", 0, a.workers)
+        losses, times, waits = train_loop(model, arch, loader, dev, steps, lambda s: 1e-4, bf16)
+        times, waits = times[a.warmup:], waits[a.warmup:]
+        tps = a.rows * a.seq_len * len(times) / sum(times)
+        flops_per_token = 6 * matmul_params(model) + 12 * layers * hidden * a.seq_len
+        row = {"arch": arch, "size": a.size, "rows": a.rows, "seq_len": a.seq_len, "device": gpu,
+               "bf16": bf16, "steps_timed": len(times), "tokens_per_sec": tps,
+               "mfu": tps * flops_per_token / (peak * 1e12) if peak else None,
+               "data_wait_share": sum(waits) / sum(times),
+               "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None,
+               "first_loss": losses[0], "last_loss": losses[-1], "finite": all(map(math.isfinite, losses))}
+        log(json.dumps(row))
+        results.append(row)
+        del model
+    json.dump(results, open(a.json, "w"), indent=1)
+
+
+def cmd_run(a):
+    import torch
+    import maskrate
+    import maskrate.torch as mt
+
+    dev, _, _ = device_and_peak(a.cpu_only)
+    bf16 = dev.type == "cuda"
+    shards = maskrate.Shards(a.shards)
+    vocab = shards.tokenizer["vocab_size"]
+    model, _, _ = build_model(a.arch, a.size, vocab, a.seed)
+    model = model.to(dev).train()
+    ds, loader = loader_for(mt, shards, a.steps, a.rows, a.seq_len, a.schedule, a.seed, a.workers)
+    warm = max(1, int(0.06 * a.steps))
+
+    def lr_at(step):  # linear warm-up, then linear decay to 0 (the trainer's default shape)
+        return a.lr * (step + 1) / warm if step < warm else a.lr * max(0.0, (a.steps - step) / (a.steps - warm))
+
+    t0 = time.perf_counter()
+    losses, times, waits = train_loop(model, a.arch, loader, dev, a.steps, lr_at, bf16, a.deadline)
+    train_s = time.perf_counter() - t0
+    # Held-out loss at the common 15% rate: maskrate's held-out batches (fixed seed, constant 15%).
+    batches = ds.batches()
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+        for i in range(batches.num_held_out_batches()):
+            item = to_device({k: torch.from_numpy(v) for k, v in batches.held_out_batch(i).items()}, dev)
+            n = int((item["labels"] != -100).sum())
+            total += float(masked_loss(model, a.arch, item)) * n
+            count += n
+    done = len(losses)
+    result = {"schedule": a.schedule, "seed": a.seed, "arch": a.arch, "size": a.size, "steps": a.steps,
+              "steps_done": done, "truncated": done < a.steps,
+              "rows": a.rows, "seq_len": a.seq_len, "tokens": done * a.rows * a.seq_len,
+              "held_out_loss": total / count, "held_out_tokens": count,
+              "train_loss_first": losses[0], "train_loss_last10": statistics.fmean(losses[-10:]),
+              "rates": [batches.rate(s) for s in (0, a.steps // 2, a.steps - 1)],
+              "train_seconds": train_s, "tokens_per_sec": done * a.rows * a.seq_len / train_s,
+              "data_wait_share": sum(waits) / sum(times)}
+    json.dump(result, open(a.json, "w"), indent=1)
+    log(json.dumps(result))
+
+
+def cmd_sweep(a):
+    os.makedirs(a.out, exist_ok=True)
+    start = time.perf_counter()
+    runs, failed, last_wave = [], [], 0.0
+    schedules = a.schedules.split(",")
+    # A run still training at the deadline stops, is evaluated and reported apart (not in the table).
+    deadline = time.time() + a.budget_s
+    for seed in range(a.seeds):
+        left = a.budget_s - (time.perf_counter() - start)
+        if seed and left < last_wave * 1.1:
+            log(f"sweep: {left:.0f} s left, the last wave took {last_wave:.0f} s: no seed {seed}")
+            break
+        t = time.perf_counter()
+        procs = []
+        for spec in schedules:
+            name = f"{spec.replace(':', '_')}-seed{seed}"
+            out = os.path.join(a.out, name + ".json")
+            cmd = [sys.executable, __file__, "run", "--shards", a.shards, "--schedule", spec,
+                   "--seed", str(seed), "--steps", str(a.steps), "--rows", str(a.rows),
+                   "--seq-len", str(a.seq_len), "--arch", a.arch, "--size", a.size, "--lr", str(a.lr),
+                   "--workers", str(a.workers), "--deadline", str(deadline), "--json", out] + (["--cpu-only"] if a.cpu_only else [])
+            logf = open(os.path.join(a.out, name + ".log"), "w")
+            procs.append((spec, seed, out, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
+        for spec, seed_, out, p in procs:
+            rc = p.wait()
+            if rc == 0 and os.path.exists(out):
+                runs.append(json.load(open(out)))
+            else:
+                failed.append({"schedule": spec, "seed": seed_, "rc": rc})
+        last_wave = time.perf_counter() - t
+        log(f"sweep: seed {seed} done in {last_wave:.0f} s")
+    summary = {"arch": a.arch, "size": a.size, "steps": a.steps, "rows": a.rows, "seq_len": a.seq_len,
+               "tokens_per_run": a.steps * a.rows * a.seq_len, "lr": a.lr, "route": "pytorch",
+               "wall_seconds": time.perf_counter() - start, "runs": runs, "failed": failed,
+               "table": sweep_table(runs, schedules)}
+    json.dump(summary, open(os.path.join(a.out, "sweep.json"), "w"), indent=1)
+    with open(os.path.join(a.out, "REPORT.md"), "w") as f:
+        f.write(sweep_report(summary))
+    log(sweep_report(summary))
+    if not runs:
+        sys.exit(1)
+
+
+def sweep_table(runs, schedules):
+    rows = []
+    for spec in schedules:
+        losses = [r["held_out_loss"] for r in runs if r["schedule"] == spec and not r["truncated"]]
+        if losses:
+            rows.append({"schedule": spec, "seeds": len(losses), "held_out_loss_mean": statistics.fmean(losses),
+                         "held_out_loss_std": statistics.stdev(losses) if len(losses) > 1 else None})
+    base = next((r for r in rows if r["schedule"] == "constant:0.15"), None)
+    for r in rows:
+        r["vs_constant_0.15"] = r["held_out_loss_mean"] - base["held_out_loss_mean"] if base else None
+    return rows
+
+
+def sweep_report(s):
+    lines = [f"# Schedule sweep ({s['route']} route: maskrate batches, transformers' BertForMaskedLM)", "",
+             f"{s['arch']} `{s['size']}`, {s['steps']} steps of {s['rows']} x {s['seq_len']} tokens "
+             f"({s['tokens_per_run'] / 1e6:.1f} M tokens per run), peak lr {s['lr']}, AdamW, bf16 on a GPU; "
+             f"held-out MLM loss at a constant 15% on maskrate's held-out batches. "
+             f"Wall time {s['wall_seconds']:.0f} s.", "",
+             "| schedule | seeds | held-out loss (mean) | std | vs constant 0.15 |", "|---|---|---|---|---|"]
+    for r in s["table"]:
+        std = f"{r['held_out_loss_std']:.4f}" if r["held_out_loss_std"] is not None else "-"
+        d = f"{r['vs_constant_0.15']:+.4f}" if r["vs_constant_0.15"] is not None else "-"
+        lines.append(f"| `{r['schedule']}` | {r['seeds']} | {r['held_out_loss_mean']:.4f} | {std} | {d} |")
+    cut = [r for r in s["runs"] if r["truncated"]]
+    if cut:
+        lines += ["", "Stopped by the time budget (not in the table): " + ", ".join(
+            f"{r['schedule']} seed {r['seed']} at step {r['steps_done']} (held-out {r['held_out_loss']:.4f})" for r in cut)]
+    if s["failed"]:
+        lines += ["", "Failed runs: " + ", ".join(f"{f['schedule']} seed {f['seed']} (rc {f['rc']})" for f in s["failed"])]
+    return "\n".join(lines) + "\n"
+
+
+def candle_results(work, gpu):
+    """The candle trainer's checks from its runs' metrics.jsonl (tiny fp32 CPU vs CUDA, bf16 vs
+    fp32, BERT-base bf16 tokens/s, MFU and peak memory); None when no run left metrics."""
+    def metrics(run):
+        path = os.path.join(work, run, "metrics.jsonl")
+        if not os.path.exists(path):
+            return None
+        return [r for r in map(json.loads, open(path)) if r.get("kind") == "train"]
+    cpu, cuda, bf16, base = metrics("cpu"), metrics("cuda"), metrics("bf16"), metrics("base")
+    if not any((cpu, cuda, bf16, base)):
+        return None
+    rows, result = [], {}
+    if cpu:
+        result["cpu_losses"] = [r["loss"] for r in cpu]
+        rows.append(("candle tiny fp32 CPU, final loss", f"{cpu[-1]['loss']:.5f}", ""))
+    if cpu and cuda:
+        diff = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(cpu, cuda))
+        result["cuda_losses"] = [r["loss"] for r in cuda]
+        result["cuda_vs_cpu_max_rel_loss_diff"] = diff
+        rows.append(("candle tiny fp32 CUDA vs CPU, max rel. loss difference", f"{diff:.2e}",
+                     "PASS" if diff <= 2e-3 else "FAIL"))
+    if cuda and bf16:
+        d = abs(bf16[-1]["loss"] - cuda[-1]["loss"]) / cuda[-1]["loss"]
+        result["bf16_vs_fp32_final_rel_diff"] = d
+        rows.append(("candle tiny bf16 vs fp32 CUDA, final loss rel. difference", f"{d:.2e}",
+                     "PASS" if d <= 0.02 else "FAIL"))
+    if base and len(base) > 2:
+        tps = statistics.fmean(r["tokens_per_sec"] for r in base[2:])
+        layers, hidden, seq, vocab = 12, 768, 128, 30522
+        n = layers * 12 * hidden * hidden + hidden * hidden + hidden * vocab
+        flops = 6 * n + 12 * layers * hidden * seq
+        peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
+        mem_path = os.path.join(work, "mem.txt")
+        mem = [int(x) for x in open(mem_path).read().split() if x.isdigit()] if os.path.exists(mem_path) else []
+        result.update(base_tokens_per_sec=tps, base_mfu=tps * flops / (peak * 1e12) if peak else None,
+                      base_peak_memory_mib=max(mem) if mem else None)
+        rows.append(("candle BERT-base bf16 tokens/s (64x128, pack)", f"{tps:.0f}", ""))
+        if peak:
+            rows.append((f"candle BERT-base MFU (peak {peak} TFLOP/s)", f"{100 * result['base_mfu']:.1f}%", ""))
+        if mem:
+            rows.append(("candle BERT-base peak GPU memory (nvidia-smi)", f"{max(mem)} MiB", ""))
+    result["rows"] = rows
+    return result
+
+
+def cmd_summarize(a):
+    """One JSON and one Markdown table from steps.jsonl (status and time of every step) and the
+    result files the steps wrote in the work directory."""
+    steps = [json.loads(l) for l in open(os.path.join(a.work, "steps.jsonl"))]
+    def load(name):
+        p = os.path.join(a.work, name)
+        return json.load(open(p)) if os.path.exists(p) else None
+    env = load("env.json") or {}
+    candle = candle_results(a.work, env.get("gpu", ""))
+    torch_route = load("torch_route.json")
+    sweep = load(os.path.join("sweep", "sweep.json"))
+    result = {"env": env, "steps": steps, "candle": candle, "torch_route": torch_route, "sweep": sweep}
+    json.dump(result, open(a.json, "w"), indent=1)
+    md = [f"# gpu-check: {env.get('gpu', '?')}", "", "| step | status | seconds | note |", "|---|---|---|---|"]
+    for s in steps:
+        md.append(f"| {s['step']} | {s['status']} | {s['seconds']:.0f} | {s.get('note', '')} |")
+    md += ["", "| check | value | verdict |", "|---|---|---|"]
+    for row in (candle or {}).get("rows", []):
+        md.append("| " + " | ".join(row) + " |")
+    for r in torch_route or []:
+        mfu = f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
+        mem = f", peak {r['peak_memory_mib']:.0f} MiB" if r.get("peak_memory_mib") else ""
+        verdict = "PASS" if r["data_wait_share"] < 0.02 else "data wait over 2%"
+        md.append(f"| PyTorch route {r['arch']} `{r['size']}` {r['rows']}x{r['seq_len']} tokens/s | "
+                  f"{r['tokens_per_sec']:.0f}{mfu}{mem}, data wait {100 * r['data_wait_share']:.2f}% | {verdict} |")
+    if sweep:
+        md += ["", sweep_report(sweep)]
+    open(a.markdown, "w").write("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("throughput", "run", "sweep"):
+        q = sub.add_parser(name)
+        q.add_argument("--shards", required=True)
+        q.add_argument("--cpu-only", action="store_true")
+        q.add_argument("--rows", type=int, default=256)
+        q.add_argument("--seq-len", type=int, default=128)
+        q.add_argument("--workers", type=int, default=2)
+        q.add_argument("--size", default="base" if name == "throughput" else "small")
+        q.add_argument("--arch", default="bert,modernbert" if name == "throughput" else "bert")
+        if name == "throughput":
+            q.add_argument("--steps", type=int, default=30)
+            q.add_argument("--warmup", type=int, default=5)
+            q.add_argument("--json", required=True)
+        else:
+            q.add_argument("--steps", type=int, default=600)
+            q.add_argument("--lr", type=float, default=1e-3)
+        if name == "run":
+            q.add_argument("--schedule", required=True)
+            q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--deadline", type=float, help="stop training past this time.time()")
+            q.add_argument("--json", required=True)
+        if name == "sweep":
+            q.add_argument("--out", required=True)
+            q.add_argument("--seeds", type=int, default=3)
+            q.add_argument("--budget-s", type=float, default=330)
+            q.add_argument("--schedules", default=",".join(SCHEDULES))
+    q = sub.add_parser("summarize")
+    q.add_argument("--work", required=True)
+    q.add_argument("--json", required=True)
+    q.add_argument("--markdown", required=True)
+    a = p.parse_args()
+    {"throughput": cmd_throughput, "run": cmd_run, "sweep": cmd_sweep, "summarize": cmd_summarize}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
