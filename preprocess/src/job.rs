@@ -74,6 +74,27 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
     Ok(outcome)
 }
 
+/// Whether `manifest` was written by the command with `fingerprint`.
+fn made_by(manifest: &Manifest, fingerprint: &str) -> bool {
+    manifest
+        .options
+        .get("run_fingerprint")
+        .and_then(|v| v.as_str())
+        == Some(fingerprint)
+}
+
+/// The outcome of a run that finds its work already complete (`manifest`).
+fn done(manifest: Manifest, uploaded: Option<(String, u64)>) -> Outcome {
+    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
+    let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
+    Outcome {
+        manifest,
+        summary,
+        already_done: true,
+        uploaded,
+    }
+}
+
 /// The outcome when the bucket already holds the finished output of this very command (nothing
 /// to do); an error when it holds another command's (unless `--overwrite`); `None` otherwise.
 fn finished_in_bucket(
@@ -86,12 +107,7 @@ fn finished_in_bucket(
     }
     let bytes = store.get_bytes(MANIFEST_FILE)?;
     let manifest = Manifest::parse(&bytes, Path::new(&store.url_of(MANIFEST_FILE)))?;
-    if manifest
-        .options
-        .get("run_fingerprint")
-        .and_then(|v| v.as_str())
-        != Some(fingerprint)
-    {
+    if !made_by(&manifest, fingerprint) {
         if overwrite {
             return Ok(None);
         }
@@ -102,14 +118,7 @@ fn finished_in_bucket(
                 .into(),
         });
     }
-    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
-    let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
-    Ok(Some(Outcome {
-        manifest,
-        summary,
-        already_done: true,
-        uploaded: Some((store.url().to_string(), 0)),
-    }))
+    Ok(Some(done(manifest, Some((store.url().to_string(), 0)))))
 }
 
 /// Preprocesses into the local directory `cfg.out` (the caller holds its lock).
@@ -200,23 +209,11 @@ fn already_finished(dir: &Path, fingerprint: &str) -> Result<Option<Outcome>> {
         return Ok(None);
     }
     let manifest = Manifest::load(dir)?;
-    if manifest
-        .options
-        .get("run_fingerprint")
-        .and_then(|v| v.as_str())
-        != Some(fingerprint)
-    {
+    if !made_by(&manifest, fingerprint) {
         return Err(output_err(dir, "holds a finished shard set made from other inputs, options or tokenizer; choose another --out or pass --overwrite"));
     }
     let _ = std::fs::remove_file(Journal::path(dir));
-    let bytes: u64 = manifest.shards.iter().map(|s| s.bin_bytes).sum();
-    let summary = summary(&manifest.totals, manifest.shards.len(), bytes, 0.0, true);
-    Ok(Some(Outcome {
-        manifest,
-        summary,
-        already_done: true,
-        uploaded: None,
-    }))
+    Ok(Some(done(manifest, None)))
 }
 
 /// The journal of the unfinished run in `dir` (which must be this command's), or a new one
