@@ -68,7 +68,7 @@ pub fn preprocess(cfg: &RunConfig, interrupted: &AtomicBool) -> Result<Outcome> 
     }
     staging::claim(dir, url)?;
     let mut outcome = preprocess_locally(cfg, &tok, &fingerprint, interrupted)?;
-    let bytes = shared::store::upload_shard_dir(dir, &store, |_| {})?;
+    let bytes = shared::shard::upload_shard_dir(dir, &store, |_| {})?;
     outcome.uploaded = Some((url.clone(), bytes));
     staging::release(dir)?;
     Ok(outcome)

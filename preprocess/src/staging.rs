@@ -99,7 +99,7 @@ pub fn release(dir: &Path) -> Result<()> {
     match std::fs::remove_file(dir.join(STAGING_FILE)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(shared::Error::io(&dir.join(STAGING_FILE), e).into()),
+        Err(e) => Err(shared::Error::io(dir.join(STAGING_FILE), e).into()),
     }
 }
 
@@ -109,7 +109,7 @@ fn clear(dir: &Path) -> Result<()> {
         let entry = entry.map_err(|e| staging_err(dir, e.to_string()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if crate::job::is_ours(&name) {
-            std::fs::remove_file(entry.path()).map_err(|e| shared::Error::io(&entry.path(), e))?;
+            std::fs::remove_file(entry.path()).map_err(|e| shared::Error::io(entry.path(), e))?;
         }
     }
     Ok(())

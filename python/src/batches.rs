@@ -3,22 +3,23 @@
 //! The batch is built by the same `shared::sampler` code from the same [`DataConfig`] the trainer
 //! uses, so step *t* here is byte for byte the trainer's step *t* (or this rank's rows of it).
 
+use crate::convert::{json_to_py, kwargs_to_json, ShardPaths};
 use crate::errors::to_py;
 use crate::schedule::Schedule;
-use crate::shards::{ShardPaths, Shards, SizeArg};
+use crate::shards::Shards;
 use numpy::ndarray::Array2;
-use numpy::IntoPyArray;
-use pyo3::exceptions::PyValueError;
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use shared::sampler::{
-    Batch, BatchPlan, DataConfig, HeldOutBatches, Layout, MaskVocab, MaskingSampler,
+    BatchOut, BatchPlan, DataConfig, HeldOutBatches, IdsOut, MaskVocab, MaskingSampler,
+    ShardSource, WrittenBatch,
 };
 use shared::schedule::MaskSchedule;
 use shared::shard::ShardSet;
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 /// `shards=`: an open `Shards`, the path(s) to open, or named sources `{name: path(s)}`.
@@ -29,53 +30,54 @@ pub enum ShardsArg {
     Paths(ShardPaths),
 }
 
+impl ShardsArg {
+    /// The `--shards` arguments these are, typed.
+    fn sources(&self) -> PyResult<Vec<ShardSource>> {
+        Ok(match self {
+            ShardsArg::Open(s) => s.get().dirs().iter().map(|d| d.clone().into()).collect(),
+            ShardsArg::Paths(ShardPaths::One(p)) => vec![p.clone().into()],
+            ShardsArg::Paths(ShardPaths::Many(v)) => v.iter().map(|d| d.clone().into()).collect(),
+            ShardsArg::Named(map) => {
+                let mut out = Vec::new();
+                for (name, dirs) in map {
+                    let dirs = match dirs {
+                        ShardPaths::One(p) => std::slice::from_ref(p),
+                        ShardPaths::Many(v) => v.as_slice(),
+                    };
+                    for d in dirs {
+                        out.push(ShardSource::named(name, d.clone()).map_err(to_py)?);
+                    }
+                }
+                out
+            }
+        })
+    }
+
+    /// The one unnamed source's open `Shards` (opened through `config`'s cache when given as
+    /// paths); `None` with named sources, which [`DataConfig::open`] opens.
+    fn open(self, py: Python<'_>, config: &DataConfig) -> PyResult<Option<Py<Shards>>> {
+        Ok(match self {
+            ShardsArg::Open(s) => Some(s),
+            ShardsArg::Paths(p) => {
+                let open = Shards::open(
+                    py,
+                    p.into_vec(),
+                    false,
+                    config.cache_dir.clone(),
+                    config.cache_bytes,
+                )?;
+                Some(Py::new(py, open)?)
+            }
+            ShardsArg::Named(_) => None,
+        })
+    }
+}
+
 /// `schedule=`: a spec string or a `Schedule`.
 #[derive(FromPyObject)]
 pub enum ScheduleArg {
     Spec(String),
     Object(Py<Schedule>),
-}
-
-/// The sources of `shards=`: the one unnamed source's open `Shards` (`None` with named sources),
-/// the named sources' directories, and the `--shards` arguments they amount to.
-type ResolvedShards = (
-    Option<Py<Shards>>,
-    BTreeMap<String, Vec<PathBuf>>,
-    Vec<PathBuf>,
-);
-
-impl ShardsArg {
-    /// Opens the one unnamed source (through the cache `cache_dir`/`cache_bytes` when remote), or
-    /// keeps the named sources' directories for [`DataConfig::open`].
-    fn resolve(
-        self,
-        py: Python<'_>,
-        cache_dir: Option<PathBuf>,
-        cache_bytes: Option<u64>,
-    ) -> PyResult<ResolvedShards> {
-        let (shards, named) = match self {
-            ShardsArg::Open(s) => (Some(s), BTreeMap::new()),
-            ShardsArg::Paths(p) => {
-                let open = Shards::open(py, p.into_vec(), false, cache_dir, cache_bytes)?;
-                (Some(Py::new(py, open)?), BTreeMap::new())
-            }
-            ShardsArg::Named(map) => (
-                None,
-                map.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
-            ),
-        };
-        let args = match &shards {
-            Some(s) => s.get().dirs().to_vec(),
-            None => named
-                .iter()
-                .flat_map(|(name, dirs)| {
-                    dirs.iter()
-                        .map(move |d| PathBuf::from(format!("{name}={}", d.display())))
-                })
-                .collect(),
-        };
-        Ok((shards, named, args))
-    }
 }
 
 impl ScheduleArg {
@@ -145,8 +147,6 @@ fn open_batches(
 pub struct MaskedBatches {
     /// The one unnamed source's shards (`None` with named sources).
     shards: Option<Py<Shards>>,
-    /// Named sources: name -> directories (empty with one unnamed source).
-    named: BTreeMap<String, Vec<PathBuf>>,
     fingerprint: String,
     config: DataConfig,
     sampler: Arc<MaskingSampler>,
@@ -190,136 +190,216 @@ impl MaskedBatches {
         Ok(())
     }
 
-    /// Builds `slots` of `step`'s global batch with the GIL released.
-    fn build(&self, py: Python<'_>, step: u64, slots: Range<usize>) -> PyResult<Batch> {
+    /// Builds `slots` of `step`'s global batch into `out` (fresh int64 arrays when `None`)
+    /// with the GIL released.
+    fn build_into<'py>(
+        &self,
+        py: Python<'py>,
+        step: u64,
+        slots: Range<usize>,
+        out: Option<Bound<'py, PyDict>>,
+        ids_dtype: &str,
+    ) -> PyResult<Bound<'py, PyDict>> {
         self.check_step(step)?;
-        let (pool, sampler) = (self.pool()?, self.sampler.clone());
-        py.detach(move || pool.install(|| sampler.batch(step, slots)))
-            .map_err(to_py)
+        let sampler = self.sampler.clone();
+        let shape = [slots.len(), self.config.seq_len];
+        let (dict, _) = self.write(py, shape, out, ids_dtype, move |target| {
+            sampler.batch_into(step, slots, target)
+        })?;
+        Ok(dict)
+    }
+
+    /// Runs `fill` on `out`'s arrays (fresh ones when `None`) on the pool, the GIL released.
+    fn write<'py>(
+        &self,
+        py: Python<'py>,
+        shape: [usize; 2],
+        out: Option<Bound<'py, PyDict>>,
+        ids_dtype: &str,
+        fill: impl FnOnce(BatchOut<'_>) -> shared::Result<WrittenBatch> + Send,
+    ) -> PyResult<(Bound<'py, PyDict>, WrittenBatch)> {
+        let out = match out {
+            Some(out) => out,
+            None => fresh_arrays(py, shape, ids_dtype)?,
+        };
+        let mut arrays = OutArrays::borrow(&out, shape)?;
+        let pool = self.pool()?;
+        let target = arrays.batch_out();
+        let written = py
+            .detach(move || pool.install(|| fill(target)))
+            .map_err(to_py)?;
+        drop(arrays);
+        Ok((out, written))
     }
 }
 
-/// `src` widened to int64, written in parallel on `pool` (the pages of a fresh 4 MB array are
-/// first touched by whoever writes them: several threads fault them in faster than one).
-fn widen<T: Copy + Into<i64> + Sync>(pool: &rayon::ThreadPool, src: &[T]) -> Vec<i64> {
-    use rayon::prelude::*;
-    const CHUNK: usize = 1 << 15;
-    let mut out = vec![0i64; src.len()];
-    pool.install(|| {
-        out.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(o, s)| {
-                for (o, &s) in o.iter_mut().zip(s) {
-                    *o = s.into();
-                }
-            })
-    });
-    out
-}
+/// The model inputs `batch` writes, by name.
+const FIELDS: [&str; 4] = ["input_ids", "attention_mask", "token_type_ids", "labels"];
 
-/// The four model inputs of `b` as int64 `(rows, seq_len)` arrays (token types all 0: a zeroed
-/// allocation, never written).
-fn to_dict<'py>(
+/// Fresh `(rows, seq_len)` arrays for every field (int64; `input_ids` in `ids_dtype`).
+fn fresh_arrays<'py>(
     py: Python<'py>,
-    pool: &rayon::ThreadPool,
-    b: Batch,
+    shape: [usize; 2],
+    ids_dtype: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (rows, len) = (b.rows(), b.seq_len);
-    let arrays = py.detach(move || {
-        let shape = (rows, len);
-        let as_2d = |v: Vec<i64>| Array2::from_shape_vec(shape, v).expect("rows x seq_len");
-        (
-            as_2d(widen(pool, &b.input_ids)),
-            as_2d(widen(pool, &b.attention_mask)),
-            as_2d(vec![0; rows * len]),
-            as_2d(widen(pool, &b.labels)),
-        )
-    });
+    if !matches!(ids_dtype, "int64" | "int32") {
+        return Err(PyValueError::new_err(format!(
+            "ids_dtype={ids_dtype:?}: use \"int64\" or \"int32\""
+        )));
+    }
+    // Allocated by the extension's allocator (mimalloc, which keeps freed pages): a batch's
+    // arrays reuse the pages of the last one's instead of faulting in fresh ones.
+    let n = shape[0] * shape[1];
     let dict = PyDict::new(py);
-    dict.set_item("input_ids", arrays.0.into_pyarray(py))?;
-    dict.set_item("attention_mask", arrays.1.into_pyarray(py))?;
-    dict.set_item("token_type_ids", arrays.2.into_pyarray(py))?;
-    dict.set_item("labels", arrays.3.into_pyarray(py))?;
+    for name in FIELDS {
+        let array = if name == "input_ids" && ids_dtype == "int32" {
+            Array2::from_shape_vec(shape, vec![0i32; n])
+                .expect("rows x seq_len")
+                .into_pyarray(py)
+                .into_any()
+        } else {
+            Array2::from_shape_vec(shape, vec![0i64; n])
+                .expect("rows x seq_len")
+                .into_pyarray(py)
+                .into_any()
+        };
+        dict.set_item(name, array)?;
+    }
     Ok(dict)
 }
 
-/// A JSON value as the Python object `json.loads` would give.
-pub fn json_to_py<'py>(py: Python<'py>, v: &serde_json::Value) -> PyResult<Bound<'py, PyAny>> {
-    py.import("json")?
-        .call_method1("loads", (serde_json::to_string(v).expect("serializes"),))
+/// The arrays of an `out` dict, borrowed writable for one batch.
+struct OutArrays<'py> {
+    input_ids: Option<IdsArray<'py>>,
+    attention_mask: Option<numpy::PyReadwriteArrayDyn<'py, i64>>,
+    token_type_ids: Option<numpy::PyReadwriteArrayDyn<'py, i64>>,
+    labels: Option<numpy::PyReadwriteArrayDyn<'py, i64>>,
+}
+
+enum IdsArray<'py> {
+    I64(numpy::PyReadwriteArrayDyn<'py, i64>),
+    I32(numpy::PyReadwriteArrayDyn<'py, i32>),
+}
+
+impl<'py> OutArrays<'py> {
+    /// Checks `out`: only known fields, each a writable C-contiguous `shape` array of int64
+    /// (`input_ids` int64 or int32).
+    fn borrow(out: &Bound<'py, PyDict>, shape: [usize; 2]) -> PyResult<Self> {
+        let mut arrays = OutArrays {
+            input_ids: None,
+            attention_mask: None,
+            token_type_ids: None,
+            labels: None,
+        };
+        for (key, value) in out.iter() {
+            let name: String = key.extract()?;
+            let check = |a: &Bound<'py, numpy::PyUntypedArray>| -> PyResult<()> {
+                if a.shape() != shape {
+                    return Err(PyValueError::new_err(format!(
+                        "out['{name}'] has shape {:?}; this batch is {shape:?}",
+                        a.shape()
+                    )));
+                }
+                if !a.is_c_contiguous() {
+                    return Err(PyValueError::new_err(format!(
+                        "out['{name}'] must be C-contiguous"
+                    )));
+                }
+                Ok(())
+            };
+            let untyped = value.cast::<numpy::PyUntypedArray>().map_err(|_| {
+                PyTypeError::new_err(format!("out['{name}'] must be a numpy array"))
+            })?;
+            check(untyped)?;
+            let wrong_dtype = |want: &str| {
+                PyTypeError::new_err(format!(
+                    "out['{name}'] has dtype {}; expected {want}",
+                    untyped.dtype()
+                ))
+            };
+            let i64_array = || -> PyResult<numpy::PyReadwriteArrayDyn<'py, i64>> {
+                let a = value
+                    .cast::<PyArrayDyn<i64>>()
+                    .map_err(|_| wrong_dtype("int64"))?;
+                a.try_readwrite().map_err(|e| {
+                    PyValueError::new_err(format!("out['{name}'] is not writable: {e}"))
+                })
+            };
+            match name.as_str() {
+                "input_ids" => {
+                    arrays.input_ids = Some(if let Ok(a) = value.cast::<PyArrayDyn<i32>>() {
+                        IdsArray::I32(a.try_readwrite().map_err(|e| {
+                            PyValueError::new_err(format!("out['input_ids'] is not writable: {e}"))
+                        })?)
+                    } else {
+                        IdsArray::I64(i64_array().map_err(|_| wrong_dtype("int64 or int32"))?)
+                    })
+                }
+                "attention_mask" => arrays.attention_mask = Some(i64_array()?),
+                "token_type_ids" => arrays.token_type_ids = Some(i64_array()?),
+                "labels" => arrays.labels = Some(i64_array()?),
+                other => {
+                    return Err(PyValueError::new_err(format!(
+                        "out['{other}']: not a batch field (fields: {})",
+                        FIELDS.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(arrays)
+    }
+
+    /// The arrays as the sampler's output slices.
+    fn batch_out(&mut self) -> BatchOut<'_> {
+        let OutArrays {
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            labels,
+        } = self;
+        let contiguous = "checked C-contiguous";
+        BatchOut {
+            input_ids: input_ids.as_mut().map(|a| match a {
+                IdsArray::I64(a) => IdsOut::I64(a.as_slice_mut().expect(contiguous)),
+                IdsArray::I32(a) => IdsOut::I32(a.as_slice_mut().expect(contiguous)),
+            }),
+            attention_mask: attention_mask
+                .as_mut()
+                .map(|a| a.as_slice_mut().expect(contiguous)),
+            token_type_ids: token_type_ids
+                .as_mut()
+                .map(|a| a.as_slice_mut().expect(contiguous)),
+            labels: labels.as_mut().map(|a| a.as_slice_mut().expect(contiguous)),
+        }
+    }
 }
 
 #[pymethods]
 impl MaskedBatches {
-    /// The batches of a run over `shards` (a `Shards` or shard path(s)). Every keyword is the
-    /// trainer's flag of the same name (`--seq-len` is `seq_len`) with the same default, except
-    /// `total_steps` (`--steps`); `rank`/`world_size` select one data-parallel rank's rows and
-    /// `threads` sizes the pool that builds them (0: all cores).
+    /// The batches of a run over `shards` (a `Shards`, shard path(s), or `{name: path(s)}` for a
+    /// mixture). Every other keyword is a key of the trainer's `config.toml`, i.e. its flag
+    /// (`--seq-len` is `seq_len`), with the same default and grammar, except `total_steps`
+    /// (`--steps`); `rank`/`world_size` select one data-parallel rank's rows, `threads` sizes the
+    /// pool that builds them (0: all cores) and `eval_batch` the held-out batches.
     #[new]
     #[pyo3(signature = (
-        shards, *, mix = None, schedule = None, total_steps = None, batch_size = None, seq_len = None,
-        layout = None, min_doc_tokens = None, seed = None, mask_token_fraction = None,
-        random_token_fraction = None, mask_exact = None, whole_word = None, eval_sequences = None,
-        eval_batch = 64, rank = 0, world_size = 1, threads = 0, order = None, cache_dir = None,
-        cache_bytes = None
+        shards, *, schedule = None, total_steps = None, eval_batch = 64, rank = 0, world_size = 1,
+        threads = 0, **settings
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         shards: ShardsArg,
-        mix: Option<&str>,
         schedule: Option<ScheduleArg>,
         total_steps: Option<u64>,
-        batch_size: Option<usize>,
-        seq_len: Option<usize>,
-        layout: Option<&str>,
-        min_doc_tokens: Option<usize>,
-        seed: Option<u64>,
-        mask_token_fraction: Option<f64>,
-        random_token_fraction: Option<f64>,
-        mask_exact: Option<bool>,
-        whole_word: Option<bool>,
-        eval_sequences: Option<u64>,
         eval_batch: usize,
         rank: usize,
         world_size: usize,
         threads: usize,
-        order: Option<&str>,
-        cache_dir: Option<PathBuf>,
-        cache_bytes: Option<SizeArg>,
+        settings: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let cache_bytes = cache_bytes.map(SizeArg::bytes).transpose()?;
-        let (shards, named, shard_args) = shards.resolve(py, cache_dir.clone(), cache_bytes)?;
-        let mix = mix.map(str::parse).transpose().map_err(to_py)?;
-        let d = DataConfig::default();
-        let (schedule, total_steps) = ScheduleArg::resolve(schedule, total_steps, &d)?;
-        let layout: Layout = match layout {
-            Some(l) => l.parse().map_err(to_py)?,
-            None => d.layout,
-        };
-        let config = DataConfig {
-            shards: shard_args,
-            mix,
-            schedule,
-            steps: total_steps,
-            batch_size: batch_size.unwrap_or(d.batch_size),
-            seq_len: seq_len.unwrap_or(d.seq_len),
-            layout,
-            min_doc_tokens: min_doc_tokens.unwrap_or(d.min_doc_tokens),
-            seed: seed.unwrap_or(d.seed),
-            mask_token_fraction: mask_token_fraction.unwrap_or(d.mask_token_fraction),
-            random_token_fraction: random_token_fraction.unwrap_or(d.random_token_fraction),
-            mask_exact: mask_exact.unwrap_or(d.mask_exact),
-            whole_word: whole_word.unwrap_or(d.whole_word),
-            eval_sequences: eval_sequences.unwrap_or(d.eval_sequences),
-            order: order
-                .map(str::parse)
-                .transpose()
-                .map_err(to_py)?
-                .unwrap_or(d.order),
-            cache_dir,
-            cache_bytes,
-        };
+        let config = data_config(&shards, schedule, total_steps, settings)?;
+        let shards = shards.open(py, &config)?;
         let plan = BatchPlan::whole_rank(config.batch_size, world_size, rank);
         plan.validate().map_err(to_py)?;
         let set = shards.as_ref().map(|s| s.get().set().clone());
@@ -333,7 +413,6 @@ impl MaskedBatches {
             .map_err(to_py)?;
         Ok(MaskedBatches {
             shards,
-            named,
             fingerprint,
             config,
             sampler,
@@ -345,32 +424,46 @@ impl MaskedBatches {
         })
     }
 
-    /// This rank's rows of step `step`'s global batch (the whole batch with one rank); with
-    /// `with_sources=True` also `source`, each row's index into `source_names`.
-    #[pyo3(signature = (step, with_sources = false))]
+    /// This rank's rows of step `step`'s global batch (the whole batch with one rank) as
+    /// `(rows, seq_len)` arrays: int64, `input_ids` int32 with `ids_dtype="int32"`. With `out`, a
+    /// dict of caller-owned arrays (any of the four fields, C-contiguous, of that shape; int64,
+    /// `input_ids` int64 or int32) is filled in place and returned: no allocation per batch, but
+    /// the previous batch in those arrays is overwritten. With `with_sources=True` also `source`,
+    /// each row's index into `source_names`.
+    #[pyo3(signature = (step, with_sources = false, *, out = None, ids_dtype = "int64"))]
     fn batch<'py>(
         &self,
         py: Python<'py>,
         step: u64,
         with_sources: bool,
+        out: Option<Bound<'py, PyDict>>,
+        ids_dtype: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let b = self.build(py, step, self.plan.rank_slots())?;
-        let sources: Vec<i64> = b.sources.iter().map(|&s| s as i64).collect();
-        let dict = to_dict(py, &*self.pool()?, b)?;
+        let slots = self.plan.rank_slots();
+        self.check_step(step)?;
+        let sampler = self.sampler.clone();
+        let shape = [slots.len(), self.config.seq_len];
+        let (dict, written) = self.write(py, shape, out, ids_dtype, move |target| {
+            sampler.batch_into(step, slots, target)
+        })?;
         if with_sources {
+            let sources: Vec<i64> = written.sources.into_iter().map(i64::from).collect();
             dict.set_item("source", sources.into_pyarray(py))?;
         }
         Ok(dict)
     }
 
     /// Micro-batch `index` (of `micro_batch` rows) of this rank's rows of step `step`: the
-    /// trainer's gradient-accumulation split.
+    /// trainer's gradient-accumulation split (`out`, `ids_dtype` as for `batch`).
+    #[pyo3(signature = (step, index, micro_batch, *, out = None, ids_dtype = "int64"))]
     fn micro_batch<'py>(
         &self,
         py: Python<'py>,
         step: u64,
         index: usize,
         micro_batch: usize,
+        out: Option<Bound<'py, PyDict>>,
+        ids_dtype: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
         let rank_slots = self.plan.rank_slots();
         if micro_batch == 0 || !rank_slots.len().is_multiple_of(micro_batch) {
@@ -386,8 +479,7 @@ impl MaskedBatches {
             )));
         }
         let start = rank_slots.start + index * micro_batch;
-        let b = self.build(py, step, start..start + micro_batch)?;
-        to_dict(py, &*self.pool()?, b)
+        self.build_into(py, step, start..start + micro_batch, out, ids_dtype)
     }
 
     /// Held-out batch `index` as the trainer evaluates it: the last `eval_sequences` sequences
@@ -407,8 +499,11 @@ impl MaskedBatches {
                 continue;
             }
             if rest < batches.len() {
-                let b = py.detach(|| batches.batch(rest)).map_err(to_py)?;
-                return to_dict(py, &*self.pool()?, b);
+                let shape = [batches.rows(), batches.seq_len()];
+                let (dict, _) = self.write(py, shape, None, "int64", |target| {
+                    batches.batch_into(rest, target)
+                })?;
+                return Ok(dict);
             }
             rest -= batches.len();
         }
@@ -543,51 +638,88 @@ impl MaskedBatches {
         )
     }
 
-    /// Pickled as its shards and keywords: a DataLoader worker rebuilds the same batches.
+    /// Pickled as its shards and keywords: a DataLoader worker rebuilds the same batches. The
+    /// keywords are the whole data config (serialized as the trainer saves it), so a new setting
+    /// is carried without being listed here.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        let c = &this.config;
-        let kwargs = PyDict::new(py);
-        kwargs.set_item("schedule", c.schedule.to_string())?;
-        if let Some(m) = &c.mix {
-            kwargs.set_item("mix", m.to_string())?;
-        }
-        kwargs.set_item("total_steps", c.steps)?;
-        kwargs.set_item("batch_size", c.batch_size)?;
-        kwargs.set_item("seq_len", c.seq_len)?;
-        kwargs.set_item(
-            "layout",
-            match c.layout {
-                Layout::Truncate => "truncate",
-                Layout::Pack => "pack",
-            },
-        )?;
-        kwargs.set_item("min_doc_tokens", c.min_doc_tokens)?;
-        kwargs.set_item("seed", c.seed)?;
-        kwargs.set_item("mask_token_fraction", c.mask_token_fraction)?;
-        kwargs.set_item("random_token_fraction", c.random_token_fraction)?;
-        kwargs.set_item("mask_exact", c.mask_exact)?;
-        kwargs.set_item("whole_word", c.whole_word)?;
-        kwargs.set_item("eval_sequences", c.eval_sequences)?;
-        kwargs.set_item("eval_batch", this.eval_batch)?;
-        kwargs.set_item("rank", this.plan.rank)?;
-        kwargs.set_item("world_size", this.plan.world_size)?;
-        kwargs.set_item("threads", this.threads)?;
-        kwargs.set_item("order", c.order.to_string())?;
-        if let Some(dir) = &c.cache_dir {
-            kwargs.set_item("cache_dir", dir)?;
-        }
-        if let Some(bytes) = c.cache_bytes {
-            kwargs.set_item("cache_bytes", bytes)?;
-        }
-        let rebuild = py.import("maskrate")?.getattr("_rebuild_masked_batches")?;
+        let mut settings = match serde_json::to_value(&this.config).expect("serializes") {
+            serde_json::Value::Object(map) => map,
+            _ => unreachable!("a struct serializes as an object"),
+        };
+        settings.remove("shards");
+        let steps = settings.remove("steps").expect("steps is a config key");
+        settings.insert("total_steps".into(), steps);
+        settings.insert("eval_batch".into(), this.eval_batch.into());
+        settings.insert("rank".into(), this.plan.rank.into());
+        settings.insert("world_size".into(), this.plan.world_size.into());
+        settings.insert("threads".into(), this.threads.into());
+        let kwargs = json_to_py(py, &serde_json::Value::Object(settings))?;
         let shards = match &this.shards {
             Some(s) => s.clone_ref(py).into_any(),
-            None => this.named.clone().into_pyobject(py)?.into_any().unbind(),
+            None => named_sources(&this.config.shards)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind(),
         };
+        let rebuild = py.import("maskrate")?.getattr("_rebuild_masked_batches")?;
         (rebuild, (shards, kwargs))
             .into_pyobject(py)
             .map(|t| t.into_any())
     }
+}
+
+/// The named sources of `sources` as `{name: [dirs]}`.
+fn named_sources(sources: &[ShardSource]) -> BTreeMap<String, Vec<std::path::PathBuf>> {
+    let mut named: BTreeMap<String, Vec<std::path::PathBuf>> = BTreeMap::new();
+    for s in sources {
+        let name = s.name.clone().unwrap_or_default();
+        named.entry(name).or_default().push(s.dir.clone());
+    }
+    named
+}
+
+/// The data config of `MaskedBatches(shards, schedule=, total_steps=, **settings)`: the settings
+/// merged onto the defaults by the config's own deserializer.
+fn data_config(
+    shards: &ShardsArg,
+    schedule: Option<ScheduleArg>,
+    total_steps: Option<u64>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<DataConfig> {
+    let mut overrides = match settings {
+        Some(s) => kwargs_to_json(s)?,
+        None => Default::default(),
+    };
+    let reserved = [("shards", "the first argument"), ("steps", "total_steps")];
+    for key in overrides.keys() {
+        if let Some((_, instead)) = reserved.iter().find(|(k, _)| k == key) {
+            return Err(PyTypeError::new_err(format!(
+                "MaskedBatches() takes '{key}' as {instead}"
+            )));
+        }
+        if !DataConfig::keys().contains(&key.as_str()) {
+            let known: Vec<&str> = DataConfig::keys()
+                .iter()
+                .copied()
+                .filter(|k| !reserved.iter().any(|(r, _)| r == k))
+                .chain(["total_steps", "eval_batch", "rank", "world_size", "threads"])
+                .collect();
+            return Err(PyTypeError::new_err(format!(
+                "MaskedBatches() got an unexpected keyword argument '{key}' (keywords: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    let sources = shards.sources()?;
+    overrides.insert(
+        "shards".into(),
+        serde_json::to_value(&sources).expect("serializes"),
+    );
+    let d = DataConfig::default();
+    let (schedule, steps) = ScheduleArg::resolve(schedule, total_steps, &d)?;
+    overrides.insert("schedule".into(), schedule.to_string().into());
+    overrides.insert("steps".into(), steps.into());
+    d.with_overrides(overrides).map_err(to_py)
 }

@@ -7,10 +7,14 @@
 //!   in Rust with the GIL released.
 //! - [`preprocessing`]: `preprocess(...)` and the `preprocess` command line, run off the GIL with
 //!   Ctrl-C handled.
+//! - [`convert`]: settings, sizes and paths between Python and Rust.
+//! - [`inspect`]: the `inspect-batch` command line.
 //! - [`errors`]: Rust errors as Python exceptions (`OSError` for I/O, `ValueError` otherwise).
 
 pub mod batches;
+pub mod convert;
 pub mod errors;
+pub mod inspect;
 pub mod preprocessing;
 pub mod schedule;
 pub mod shards;
@@ -31,7 +35,12 @@ fn _maskrate(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<batches::MaskedBatches>()?;
     m.add_function(wrap_pyfunction!(preprocessing::preprocess_files, m)?)?;
     m.add_function(wrap_pyfunction!(preprocessing::preprocess_cli, m)?)?;
+    m.add_function(wrap_pyfunction!(inspect::inspect_batch_cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SCHEDULE_GRAMMAR", shared::schedule::GRAMMAR)?;
+    m.add(
+        "DATA_CONFIG_KEYS",
+        shared::sampler::DataConfig::keys().to_vec(),
+    )?;
     Ok(())
 }

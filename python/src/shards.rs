@@ -1,6 +1,7 @@
 //! `Shards`: a shard directory (or several read as one) opened once, its documents handed out as
 //! read-only numpy arrays that are views of the memory map, never copies.
 
+use crate::convert::{ShardPaths, SizeArg};
 use crate::errors::to_py;
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyArrayMethods};
@@ -79,23 +80,6 @@ impl Shards {
             )));
         }
         Ok(i as u64)
-    }
-}
-
-/// One directory or a list of them.
-#[derive(FromPyObject)]
-pub enum ShardPaths {
-    One(PathBuf),
-    Many(Vec<PathBuf>),
-}
-
-impl ShardPaths {
-    /// The directories as a list.
-    pub fn into_vec(self) -> Vec<PathBuf> {
-        match self {
-            ShardPaths::One(p) => vec![p],
-            ShardPaths::Many(v) => v,
-        }
     }
 }
 
@@ -218,7 +202,7 @@ impl Shards {
     /// special token ids.
     #[getter]
     fn tokenizer<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        crate::batches::json_to_py(
+        crate::convert::json_to_py(
             py,
             &serde_json::to_value(self.set.tokenizer()).expect("serializes"),
         )
@@ -253,23 +237,5 @@ impl Shards {
             this.cache_bytes,
         );
         PyTuple::new(py, [cls.into_any(), args.into_pyobject(py)?.into_any()])
-    }
-}
-
-/// A byte count from Python: an int, or a size string in `shared::size`'s grammar (`"512MiB"`,
-/// `"4G"` = 4 GiB, `"5GB"` = 5 * 10^9).
-#[derive(FromPyObject)]
-pub enum SizeArg {
-    Int(u64),
-    Text(String),
-}
-
-impl SizeArg {
-    /// The size in bytes.
-    pub fn bytes(self) -> PyResult<u64> {
-        match self {
-            SizeArg::Int(n) => Ok(n),
-            SizeArg::Text(s) => shared::size::parse_size(&s).map_err(to_py),
-        }
     }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -107,30 +108,40 @@ def test_keywords_default_to_the_trainers_defaults(trainer_bin, sample_shards):
 
 
 def test_a_batch_runs_while_another_python_thread_keeps_running(sample_shards):
-    """While a thread is inside one `batch` call, this thread keeps running: the longest stretch in
-    which it could not run is a small part of the call (with the GIL held through the call it would
-    be the whole call, over the 0.25 bound). Not yet run against a build without `py.detach`."""
+    """While a thread is inside one `batch` call, this thread keeps running Python: the longest
+    stretch in which it could not run is under half the call. With the GIL held through the call
+    that stretch is the whole Rust part of it (broken on purpose once, `py.detach` removed: the
+    stretch was 97% of the call); on a loaded machine the scheduler's pauses stay far shorter
+    than the ~0.1 s call."""
+    # 32768 x 512 tokens on one thread: a long call; only `labels` is written (128 MB).
     mb = maskrate.MaskedBatches(
-        sample_shards, total_steps=10, batch_size=4096, seq_len=512, eval_sequences=0, threads=1
+        sample_shards, total_steps=10, batch_size=32768, seq_len=512, eval_sequences=0, threads=1
     )
-    mb.batch(1)  # warm: thread pool and allocator
+    out = {"labels": np.empty((32768, 512), dtype=np.int64)}
+    mb.batch(1, out=out)  # warm: thread pool and pages
     span: list[float] = []
     started = threading.Event()
 
     def build():
         started.set()
         span.append(time.perf_counter())
-        mb.batch(0)
+        mb.batch(0, out=out)
         span.append(time.perf_counter())
 
-    worker = threading.Thread(target=build)
-    stamps = []
-    worker.start()
-    started.wait()
-    while worker.is_alive():
-        stamps.append(time.perf_counter())
-    worker.join()
+    # A short switch interval: once the call returns, the worker gets the GIL back within 1 ms.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.001)
+    try:
+        worker = threading.Thread(target=build)
+        stamps = []
+        worker.start()
+        started.wait()
+        while worker.is_alive():
+            stamps.append(time.perf_counter())
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
     start, end = span
     inside = [start] + [s for s in stamps if start <= s <= end] + [end]
     longest_pause = max(b - a for a, b in zip(inside, inside[1:]))
-    assert longest_pause < 0.25 * (end - start), (longest_pause, end - start)
+    assert longest_pause < 0.5 * (end - start), (longest_pause, end - start)

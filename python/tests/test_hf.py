@@ -79,3 +79,31 @@ def test_torchrun_two_processes_match_one(uninterrupted, sample_shards, tmp_path
     assert sorted(two) == sorted(one)
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), (step, one[step], two[step])
+
+
+def test_lr_schedule_arguments_give_the_trainers_wsd_curve():
+    """`wsd:0.2:1-sqrt` over 100 steps, warm-up 10, final ratio 0.1, through transformers' own
+    scheduler: the peak held to step 80, then 0.1 + 0.9 (1 - sqrt((t - 80) / 20)) (hand-computed,
+    the trainer's formula)."""
+    from transformers import TrainingArguments, get_scheduler
+
+    from maskrate.hf import lr_schedule_arguments
+
+    kw = lr_schedule_arguments("wsd:0.2:1-sqrt", 100, warmup=0.1, final_lr_ratio=0.1)
+    args = TrainingArguments(output_dir="unused", max_steps=100, learning_rate=1.0, report_to=[], **kw)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_scheduler(
+        args.lr_scheduler_type, opt, num_warmup_steps=args.get_warmup_steps(100),
+        num_training_steps=100, scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+    )
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    for t in (10, 50, 79, 80):
+        assert lrs[t] == pytest.approx(1.0), t
+    for t in (85, 90, 99):
+        assert lrs[t] == pytest.approx(0.1 + 0.9 * (1 - ((t - 80) / 20) ** 0.5)), t
+    with pytest.raises(ValueError, match="decay shape 'sqrt'"):
+        lr_schedule_arguments("wsd:0.2:sqrt", 100)

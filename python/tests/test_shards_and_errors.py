@@ -88,8 +88,32 @@ def test_schedule_values_are_the_formulas():
         lin.rate(101)
 
 
+def test_stairs_and_knots_values_at_hand_computed_points():
+    # mmBERT's rate over 100 steps: switches at ceil(0.6 x 100) = 60 and ceil(0.9 x 100) = 90.
+    stairs = maskrate.Schedule("stairs:0.3:0.15@0.6:0.05@0.9", 100)
+    assert [stairs.rate(t) for t in (0, 59, 60, 89, 90, 99)] == [0.3, 0.3, 0.15, 0.15, 0.05, 0.05]
+    knots = maskrate.Schedule("knots:0.3@0:0.2@0.5:0.15@1", 101)
+    assert [knots.rate(t) for t in (0, 25, 50, 75, 100)] == pytest.approx([0.3, 0.25, 0.2, 0.175, 0.15])
+    cos = maskrate.Schedule("knots-cos:0.3@0:0.15@1", 101)
+    assert cos.rate(50) == pytest.approx(0.225)
+    assert cos.rate(25) == pytest.approx(0.3 - 0.15 * 0.5 * (1 - np.cos(np.pi * 0.25)))
+    with pytest.raises(ValueError, match=r'piece 3 "0.05@0.5": fraction 0.5 is not after'):
+        maskrate.Schedule("stairs:0.3:0.15@0.6:0.05@0.5", 100)
+    with pytest.raises(ValueError, match="the last point must be at 1"):
+        maskrate.Schedule("knots:0.3@0:0.15@0.9", 100)
+
+
 @pytest.mark.parametrize(
-    "spec", ["linear:0.3", "wave:0.3:0.1", "linear:0.3:1.5", "constant:0.15@0.5", "step:0.3:0.1:1"]
+    "spec",
+    [
+        "linear:0.3",
+        "wave:0.3:0.1",
+        "linear:0.3:1.5",
+        "constant:0.15@0.5",
+        "step:0.3:0.1:1",
+        "stairs:0.3:0.15",
+        "knots:0.3@0:0.2@0.2:0.15@0.9",
+    ],
 )
 def test_schedule_errors_are_the_clis(spec, trainer_bin, sample_shards):
     with pytest.raises(ValueError) as err:

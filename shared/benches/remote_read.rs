@@ -15,7 +15,7 @@ use std::time::Instant;
 
 fn config(shards: PathBuf, order: Order, batch: usize, cache: &Path, bytes: u64) -> DataConfig {
     DataConfig {
-        shards: vec![shards],
+        shards: vec![shards.into()],
         steps: 1_000_000,
         batch_size: batch,
         seq_len: 128,

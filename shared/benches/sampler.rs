@@ -60,28 +60,50 @@ fn mixture(c: &mut Criterion, tok: &LoadedTokenizer) {
         let d = dir.path().join(name);
         std::fs::create_dir_all(&d).unwrap();
         shared::fixtures::write_set(&d, &docs[range], 100);
-        named.push(std::path::PathBuf::from(format!("{name}={}", d.display())));
+        named.push(shared::sampler::ShardSource::named(name, d).unwrap());
     }
     let one = dir.path().join("one");
     std::fs::create_dir_all(&one).unwrap();
     shared::fixtures::write_set(&one, &docs, 100);
-    let config = |shards: Vec<std::path::PathBuf>, mix: Option<&str>| shared::sampler::DataConfig {
-        shards,
-        mix: mix.map(|m| m.parse().unwrap()),
-        steps: 70_000,
-        batch_size: 4096,
-        eval_sequences: 0,
-        schedule: "constant:0.3".parse().unwrap(),
-        ..Default::default()
+    let config = |shards: Vec<shared::sampler::ShardSource>, mix: Option<&str>| {
+        shared::sampler::DataConfig {
+            shards,
+            mix: mix.map(|m| m.parse().unwrap()),
+            steps: 70_000,
+            batch_size: 4096,
+            eval_sequences: 0,
+            schedule: "constant:0.3".parse().unwrap(),
+            ..Default::default()
+        }
     };
     let _ = tok;
     let mut group = c.benchmark_group("mixture");
     group.throughput(Throughput::Elements(4096 * 128));
     for (label, cfg) in [
-        ("1_source", config(vec![one], None)),
+        ("1_source", config(vec![one.into()], None)),
         (
             "3_sources",
-            config(named, Some("c4=0.5,books=0.2,wiki=linear:0.5:0.1")),
+            config(named.clone(), Some("c4=0.5,books=0.2,wiki=linear:0.5:0.1")),
+        ),
+        // A recipe's pieces: stairs masking, stair weights with a source joining at 50%.
+        (
+            "3_sources_stairs",
+            shared::sampler::DataConfig {
+                schedule: "stairs:0.3:0.15@0.6:0.05@0.9".parse().unwrap(),
+                ..config(
+                    named.clone(),
+                    Some("c4=0.5,books=stairs:0.3:0.1@0.5,wiki=stairs:0:0.3@0.5"),
+                )
+            },
+        ),
+        // Mixed by size with an annealed exponent and a late source.
+        (
+            "3_sources_by_size",
+            shared::sampler::DataConfig {
+                mix_by_size: Some("stairs:0.7:0.5@0.6:0.3@0.9".parse().unwrap()),
+                join: vec!["wiki@0.5".parse().unwrap()],
+                ..config(named, None)
+            },
         ),
     ] {
         let data = cfg.open().unwrap();

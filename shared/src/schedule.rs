@@ -20,7 +20,47 @@ masking-rate schedule grammar (rates are fractions in (0, 1)):
                            steps (default 0.5), END after
   any of linear/cosine/exp may end in @F (0 < F <= 1): reach END at
   fraction F of training, then hold it                            linear:0.3:0.15@0.1
-  increasing schedules are written the same way                   linear:0.15:0.3";
+  increasing schedules are written the same way                   linear:0.15:0.3
+  stairs:V0:V1@F1:V2@F2... V0 from the start, V1 from fraction F1    stairs:0.3:0.15@0.6:0.05@0.9
+                           of the run, V2 from F2 (0 < F1 < F2 < 1)
+  knots:V0@0:V1@F1:...:Vn@1  piecewise linear through the points    knots:0.3@0:0.2@0.5:0.15@1
+  knots-cos:...            the same, half-cosine between points
+  mixture weights and --mix-by-size exponents take the same grammar with values >= 0
+  (wiki=stairs:0:0.3@0.5: a source that joins halfway)";
+
+/// Most points a `stairs`/`knots` schedule may have.
+pub const MAX_POINTS: usize = 16;
+
+/// What values a schedule may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// Masking rates: fractions in (0, 1).
+    Rate,
+    /// Mixture weights and exponents: finite numbers >= 0 (0 = a source left out).
+    NonNegative,
+}
+
+/// The (fraction of the run, value) points of a `stairs` or `knots` schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Points {
+    len: u8,
+    at: [f64; MAX_POINTS],
+    value: [f64; MAX_POINTS],
+}
+
+impl Points {
+    /// The points as (fraction, value) pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (f64, f64)> + '_ {
+        (0..self.len as usize).map(|i| (self.at[i], self.value[i]))
+    }
+
+    fn push(&mut self, at: f64, value: f64) {
+        let i = self.len as usize;
+        self.at[i] = at;
+        self.value[i] = value;
+        self.len += 1;
+    }
+}
 
 /// How the rate moves from `start` to `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,6 +76,13 @@ pub enum Shape {
     Exp,
     /// `start` before a fraction of the run, `end` after.
     Step,
+    /// Constant pieces switching at fractions of the run.
+    Stairs,
+    /// Piecewise linear through points.
+    Knots,
+    /// Piecewise half-cosine through points.
+    #[serde(rename = "knots-cos")]
+    KnotsCos,
 }
 
 /// A masking-rate schedule parsed from a spec such as `linear:0.3:0.15`.
@@ -51,6 +98,9 @@ pub struct MaskSchedule {
     /// linear/cosine/exp reach `end` and hold it (1 = the last step).
     #[serde(alias = "fraction")]
     pub end_at: f64,
+    /// `stairs`/`knots`: the points (empty for the other shapes).
+    #[serde(default)]
+    pub points: Points,
 }
 
 impl MaskSchedule {
@@ -61,21 +111,72 @@ impl MaskSchedule {
             start: rate,
             end: rate,
             end_at: 1.0,
+            points: Points::default(),
+        }
+    }
+
+    /// Parses a spec whose values are mixture weights or exponents (>= 0) rather than rates.
+    pub fn parse_non_negative(spec: &str) -> Result<Self> {
+        parse(spec, Values::NonNegative)
+    }
+
+    /// The smallest and largest value the schedule takes.
+    pub fn value_range(&self) -> (f64, f64) {
+        match self.shape {
+            Shape::Stairs | Shape::Knots | Shape::KnotsCos => self
+                .points
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), (_, v)| {
+                    (lo.min(v), hi.max(v))
+                }),
+            _ => (self.start.min(self.end), self.start.max(self.end)),
         }
     }
 
     /// The masking rate at `step` of a `total_steps`-step run.
     pub fn rate(&self, step: u64, total_steps: u64) -> f64 {
         let (start, end) = (self.start, self.end);
+        let switch = |at: f64| (at * total_steps as f64).ceil() as u64;
         if self.shape == Shape::Step {
-            let switch = (self.end_at * total_steps as f64).ceil() as u64;
-            return if step < switch { start } else { end };
+            return if step < switch(self.end_at) {
+                start
+            } else {
+                end
+            };
         }
-        let progress = if total_steps <= 1 {
+        let run_progress = if total_steps <= 1 {
             0.0
         } else {
-            (step.min(total_steps - 1) as f64 / (total_steps - 1) as f64 / self.end_at).min(1.0)
+            step.min(total_steps - 1) as f64 / (total_steps - 1) as f64
         };
+        match self.shape {
+            Shape::Stairs => {
+                // The last piece whose switch step has been reached (the first starts at 0).
+                let mut value = self.points.value[0];
+                for (at, v) in self.points.iter().skip(1) {
+                    if step >= switch(at) {
+                        value = v;
+                    }
+                }
+                return value;
+            }
+            Shape::Knots | Shape::KnotsCos => {
+                let points: Vec<(f64, f64)> = self.points.iter().collect();
+                let i = points
+                    .windows(2)
+                    .position(|w| run_progress <= w[1].0)
+                    .unwrap_or(points.len() - 2);
+                let ((a, va), (b, vb)) = (points[i], points[i + 1]);
+                let u = ((run_progress - a) / (b - a)).clamp(0.0, 1.0);
+                let u = match self.shape {
+                    Shape::Knots => u,
+                    _ => 0.5 * (1.0 - (std::f64::consts::PI * u).cos()),
+                };
+                return va + (vb - va) * u;
+            }
+            _ => {}
+        }
+        let progress = (run_progress / self.end_at).min(1.0);
         match self.shape {
             Shape::Constant => start,
             Shape::Linear => start + (end - start) * progress,
@@ -83,7 +184,7 @@ impl MaskSchedule {
                 end + (start - end) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
             }
             Shape::Exp => start * (end / start).powf(progress),
-            Shape::Step => unreachable!(),
+            Shape::Step | Shape::Stairs | Shape::Knots | Shape::KnotsCos => unreachable!(),
         }
     }
 }
@@ -120,15 +221,105 @@ fn parse_shape(spec: &str, name: &str, values: usize) -> Result<Shape> {
     Ok(shape)
 }
 
-fn parse_rate(spec: &str, what: &str, s: &str) -> Result<f64> {
+fn parse_rate(spec: &str, what: &str, s: &str, values: Values) -> Result<f64> {
     let v: f64 = s
         .trim()
         .parse()
         .map_err(|_| bad(spec, format!("{what} {s:?} is not a number")))?;
-    if !(v > 0.0 && v < 1.0) {
-        return Err(bad(spec, format!("{what} {v} is outside (0, 1)")));
+    match values {
+        Values::Rate if !(v > 0.0 && v < 1.0) => {
+            Err(bad(spec, format!("{what} {v} is outside (0, 1)")))
+        }
+        Values::NonNegative if !(v.is_finite() && v >= 0.0) => {
+            Err(bad(spec, format!("{what} {v} is negative or not finite")))
+        }
+        _ => Ok(v),
     }
-    Ok(v)
+}
+
+/// `stairs:V0:V1@F1:...` or `knots:V0@0:...:Vn@1` (`shape` says which), each piece checked and
+/// named in errors.
+fn parse_points(spec: &str, shape: Shape, pieces: &[&str], values: Values) -> Result<MaskSchedule> {
+    let name = spec.split(':').next().unwrap_or_default().trim();
+    if pieces.len() < 2 {
+        return Err(bad(
+            spec,
+            format!("{name} takes at least 2 pieces, got {}", pieces.len()),
+        ));
+    }
+    if pieces.len() > MAX_POINTS {
+        return Err(bad(
+            spec,
+            format!(
+                "{name} takes at most {MAX_POINTS} pieces, got {}",
+                pieces.len()
+            ),
+        ));
+    }
+    let mut points = Points::default();
+    for (i, piece) in pieces.iter().enumerate() {
+        let what = format!("piece {} {:?}:", i + 1, piece.trim());
+        let (value, at) = match (shape, piece.split_once('@')) {
+            (Shape::Stairs, None) if i == 0 => (*piece, None),
+            (Shape::Stairs, None) => {
+                return Err(bad(
+                    spec,
+                    format!("{what} needs @F (the fraction it starts at)"),
+                ))
+            }
+            (Shape::Stairs, Some(_)) if i == 0 => {
+                return Err(bad(
+                    spec,
+                    format!("{what} the first value starts at 0: no @F"),
+                ))
+            }
+            (_, Some((v, f))) => (v, Some(f)),
+            (_, None) => {
+                return Err(bad(
+                    spec,
+                    format!("{what} needs @F (its fraction of the run)"),
+                ))
+            }
+        };
+        let value = parse_rate(spec, &format!("{what} value"), value, values)?;
+        let at = match at {
+            None => 0.0,
+            Some(f) => f
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad(spec, format!("{what} fraction {f:?} is not a number")))?,
+        };
+        let previous = points.iter().last().map(|(a, _)| a);
+        if shape == Shape::Stairs && i > 0 && !(at > 0.0 && at < 1.0) {
+            return Err(bad(spec, format!("{what} fraction {at} is outside (0, 1)")));
+        }
+        if shape != Shape::Stairs {
+            if i == 0 && at != 0.0 {
+                return Err(bad(spec, format!("{what} the first point must be at 0")));
+            }
+            if i + 1 == pieces.len() && at != 1.0 {
+                return Err(bad(spec, format!("{what} the last point must be at 1")));
+            }
+        }
+        if let Some(previous) = previous {
+            if at <= previous {
+                return Err(bad(
+                    spec,
+                    format!("{what} fraction {at} is not after the previous piece's {previous}"),
+                ));
+            }
+        }
+        points.push(at, value);
+    }
+    let first = points.value[0];
+    let last = points.value[points.len as usize - 1];
+    Ok(MaskSchedule {
+        shape,
+        start: first,
+        end: last,
+        end_at: 1.0,
+        points,
+    })
 }
 
 fn parse_fraction(spec: &str, what: &str, s: &str) -> Result<f64> {
@@ -145,7 +336,26 @@ fn parse_fraction(spec: &str, what: &str, s: &str) -> Result<f64> {
 impl FromStr for MaskSchedule {
     type Err = Error;
 
+    /// A masking-rate schedule (values in (0, 1)).
     fn from_str(spec: &str) -> Result<Self> {
+        parse(spec, Values::Rate)
+    }
+}
+
+/// A schedule spec whose values follow `values`.
+fn parse(spec: &str, values: Values) -> Result<MaskSchedule> {
+    {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let name = parts[0].trim().to_ascii_lowercase();
+        let shape = match name.as_str() {
+            "stairs" => Some(Shape::Stairs),
+            "knots" => Some(Shape::Knots),
+            "knots-cos" => Some(Shape::KnotsCos),
+            _ => None,
+        };
+        if let Some(shape) = shape {
+            return parse_points(spec, shape, &parts[1..], values);
+        }
         let (body, reach) = match spec.split_once('@') {
             Some((b, r)) => (b, Some(parse_fraction(spec, "hold point", r)?)),
             None => (spec, None),
@@ -160,12 +370,15 @@ impl FromStr for MaskSchedule {
                 format!("@F applies to linear, cosine and exp, not {name}"),
             ));
         }
-        let start = parse_rate(spec, "start rate", args[0])?;
+        let start = parse_rate(spec, "start rate", args[0], values)?;
         let end = if shape == Shape::Constant {
             start
         } else {
-            parse_rate(spec, "end rate", args[1])?
+            parse_rate(spec, "end rate", args[1], values)?
         };
+        if shape == Shape::Exp && (start == 0.0 || end == 0.0) {
+            return Err(bad(spec, "exp needs values above 0"));
+        }
         let end_at = match (shape, args.get(2)) {
             (Shape::Step, Some(f)) => {
                 let f = parse_fraction(spec, "switch fraction", f)?;
@@ -182,6 +395,7 @@ impl FromStr for MaskSchedule {
             start,
             end,
             end_at,
+            points: Points::default(),
         })
     }
 }
@@ -191,6 +405,25 @@ impl fmt::Display for MaskSchedule {
         match self.shape {
             Shape::Constant => write!(f, "constant:{}", self.start),
             Shape::Step => write!(f, "step:{}:{}:{}", self.start, self.end, self.end_at),
+            Shape::Stairs => {
+                write!(f, "stairs:{}", self.points.value[0])?;
+                for (at, v) in self.points.iter().skip(1) {
+                    write!(f, ":{v}@{at}")?;
+                }
+                Ok(())
+            }
+            Shape::Knots | Shape::KnotsCos => {
+                let name = if self.shape == Shape::Knots {
+                    "knots"
+                } else {
+                    "knots-cos"
+                };
+                write!(f, "{name}")?;
+                for (at, v) in self.points.iter() {
+                    write!(f, ":{v}@{at}")?;
+                }
+                Ok(())
+            }
             shape => {
                 let name = match shape {
                     Shape::Linear => "linear",
@@ -207,7 +440,118 @@ impl fmt::Display for MaskSchedule {
     }
 }
 
-/// Linear warm-up to `peak`, then linear decay to `peak * final_ratio` at `total_steps`.
+/// How the learning rate falls after warm-up (`--lr-schedule`).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LrDecay {
+    /// `linear`: from the end of warm-up straight down to the final ratio at the end of the run.
+    #[default]
+    Linear,
+    /// `wsd:DECAY[:SHAPE]`: warm-up, the peak held, then the last `fraction` of the run decaying
+    /// to the final ratio with `shape` (warmup-stable-decay, ModernBERT's and mmBERT's).
+    Wsd {
+        /// Fraction of the run spent decaying, in (0, 1].
+        fraction: f64,
+        /// The decay's curve.
+        shape: DecayShape,
+    },
+}
+
+/// The curve of a WSD decay, as a function of its progress `p` in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecayShape {
+    /// `1 - p`.
+    Linear,
+    /// `(1 + cos(pi p)) / 2`.
+    Cosine,
+    /// `1 - sqrt(p)` (ModernBERT's).
+    OneMinusSqrt,
+}
+
+impl DecayShape {
+    fn remaining(self, p: f64) -> f64 {
+        match self {
+            DecayShape::Linear => 1.0 - p,
+            DecayShape::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            DecayShape::OneMinusSqrt => 1.0 - p.sqrt(),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            DecayShape::Linear => "linear",
+            DecayShape::Cosine => "cosine",
+            DecayShape::OneMinusSqrt => "1-sqrt",
+        }
+    }
+}
+
+/// The `--lr-schedule` grammar, for `--help` and errors.
+pub const LR_GRAMMAR: &str = "\
+learning-rate schedule (after the linear warm-up of --warmup):
+  linear                   straight down to --final-lr-ratio at the last step (default)
+  wsd:DECAY[:SHAPE]        the peak held, then the last DECAY fraction of the run (0 < DECAY <= 1)
+                           decaying to --final-lr-ratio; SHAPE linear (default), cosine or 1-sqrt
+                           (ModernBERT's)                                    wsd:0.1:1-sqrt";
+
+impl FromStr for LrDecay {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad =
+            |msg: String| Error::Config(format!("--lr-schedule {spec:?}: {msg}\n\n{LR_GRAMMAR}"));
+        let parts: Vec<&str> = spec.trim().split(':').collect();
+        match parts.as_slice() {
+            ["linear"] => Ok(LrDecay::Linear),
+            ["wsd", decay, rest @ ..] if rest.len() <= 1 => {
+                let fraction: f64 = decay
+                    .parse()
+                    .map_err(|_| bad(format!("decay fraction {decay:?} is not a number")))?;
+                if !(fraction > 0.0 && fraction <= 1.0) {
+                    return Err(bad(format!("decay fraction {fraction} is outside (0, 1]")));
+                }
+                let shape = match rest.first().copied() {
+                    None | Some("linear") => DecayShape::Linear,
+                    Some("cosine") => DecayShape::Cosine,
+                    Some("1-sqrt") => DecayShape::OneMinusSqrt,
+                    Some(other) => {
+                        return Err(bad(format!(
+                            "decay shape {other:?}: use linear, cosine or 1-sqrt"
+                        )))
+                    }
+                };
+                Ok(LrDecay::Wsd { fraction, shape })
+            }
+            ["wsd"] => Err(bad("wsd needs the decay fraction: wsd:DECAY[:SHAPE]".into())),
+            _ => Err(bad("unknown schedule".into())),
+        }
+    }
+}
+
+impl fmt::Display for LrDecay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LrDecay::Linear => f.write_str("linear"),
+            LrDecay::Wsd { fraction, shape } => write!(f, "wsd:{fraction}:{}", shape.name()),
+        }
+    }
+}
+
+impl Serialize for LrDecay {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> std::result::Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LrDecay {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(de)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Linear warm-up to `peak`, then the decay (`linear`: straight down to `peak * final_ratio` at
+/// `total_steps`; `wsd`: held, then the last fraction of the run down to it).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct LrSchedule {
     /// Peak learning rate.
@@ -218,6 +562,9 @@ pub struct LrSchedule {
     pub total_steps: u64,
     /// Learning rate at the end, as a fraction of `peak`.
     pub final_ratio: f64,
+    /// How it falls after warm-up.
+    #[serde(default)]
+    pub decay: LrDecay,
 }
 
 impl LrSchedule {
@@ -226,9 +573,28 @@ impl LrSchedule {
         if step < self.warmup_steps {
             return self.peak * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1);
-        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
-        self.peak * (1.0 - (1.0 - self.final_ratio) * progress)
+        let (start, shape) = match self.decay {
+            LrDecay::Linear => (self.warmup_steps, DecayShape::Linear),
+            LrDecay::Wsd { fraction, shape } => {
+                let decay_steps = ((fraction * self.total_steps as f64).round() as u64).max(1);
+                (
+                    self.total_steps
+                        .saturating_sub(decay_steps)
+                        .max(self.warmup_steps),
+                    shape,
+                )
+            }
+        };
+        if step < start {
+            return self.peak;
+        }
+        let decay_steps = self.total_steps.saturating_sub(start).max(1);
+        let progress = ((step - start) as f64 / decay_steps as f64).min(1.0);
+        if self.decay == LrDecay::Linear {
+            // The original formula, kept to the last bit: recorded runs resume and compare exactly.
+            return self.peak * (1.0 - (1.0 - self.final_ratio) * progress);
+        }
+        self.peak * (self.final_ratio + (1.0 - self.final_ratio) * shape.remaining(progress))
     }
 }
 
@@ -331,12 +697,160 @@ mod tests {
     }
 
     #[test]
+    fn stairs_hand_computed_including_the_edges() {
+        // mmBERT's rate: 0.3, then 0.15 from 60% of the run, 0.05 from 90%. 100 steps: the
+        // switches are at steps ceil(60) = 60 and ceil(90) = 90.
+        let m = s("stairs:0.3:0.15@0.6:0.05@0.9");
+        let at = |t| m.rate(t, 100);
+        assert_eq!(
+            (at(0), at(59), at(60), at(89), at(90), at(99)),
+            (0.3, 0.3, 0.15, 0.15, 0.05, 0.05)
+        );
+        // 1000 steps: ceil(600) = 600, ceil(900) = 900; 7 steps: ceil(4.2) = 5, ceil(6.3) = 7.
+        assert_eq!((m.rate(599, 1000), m.rate(600, 1000)), (0.3, 0.15));
+        assert_eq!(
+            (m.rate(4, 7), m.rate(5, 7), m.rate(6, 7)),
+            (0.3, 0.15, 0.15)
+        );
+        assert_eq!(m.value_range(), (0.05, 0.3));
+    }
+
+    #[test]
+    fn knots_hand_computed_including_the_edges() {
+        let k = s("knots:0.3@0:0.2@0.5:0.15@1");
+        // 101 steps: progress = step / 100.
+        close(k.rate(0, 101), 0.3);
+        close(k.rate(25, 101), 0.25);
+        close(k.rate(50, 101), 0.2);
+        close(k.rate(75, 101), 0.175);
+        close(k.rate(100, 101), 0.15);
+        close(k.rate(500, 101), 0.15);
+        let c = s("knots-cos:0.3@0:0.2@0.5:0.15@1");
+        close(
+            c.rate(25, 101),
+            0.3 - 0.1 * 0.5 * (1.0 - (std::f64::consts::PI / 2.0).cos()),
+        );
+        close(c.rate(50, 101), 0.2);
+        close(
+            c.rate(60, 101),
+            0.2 - 0.05 * 0.5 * (1.0 - (std::f64::consts::PI * 0.2).cos()),
+        );
+        close(c.rate(100, 101), 0.15);
+        // Weights may be 0 (a source that joins later) and above 1.
+        let w = MaskSchedule::parse_non_negative("stairs:0:3@0.5").unwrap();
+        assert_eq!((w.rate(49, 100), w.rate(50, 100)), (0.0, 3.0));
+    }
+
+    #[test]
+    fn piecewise_specs_round_trip_and_errors_name_the_piece() {
+        for spec in [
+            "stairs:0.3:0.15@0.6:0.05@0.9",
+            "knots:0.3@0:0.2@0.5:0.15@1",
+            "knots-cos:0.3@0:0.15@1",
+        ] {
+            assert_eq!(s(spec).to_string(), spec);
+        }
+        for (spec, needle) in [
+            ("stairs:0.3", "at least 2 pieces"),
+            ("stairs:0.3:0.15", "piece 2 \"0.15\": needs @F"),
+            (
+                "stairs:0.3@0.1:0.15@0.5",
+                "piece 1 \"0.3@0.1\": the first value starts at 0",
+            ),
+            (
+                "stairs:0.3:0.15@0.6:0.05@0.5",
+                "piece 3 \"0.05@0.5\": fraction 0.5 is not after",
+            ),
+            (
+                "stairs:0.3:0.15@1",
+                "piece 2 \"0.15@1\": fraction 1 is outside (0, 1)",
+            ),
+            (
+                "stairs:0.3:0@0.5",
+                "piece 2 \"0@0.5\": value 0 is outside (0, 1)",
+            ),
+            (
+                "stairs:0.3:x@0.5",
+                "piece 2 \"x@0.5\": value \"x\" is not a number",
+            ),
+            ("knots:0.3@0.1:0.15@1", "the first point must be at 0"),
+            ("knots:0.3@0:0.15@0.9", "the last point must be at 1"),
+            (
+                "knots:0.3@0:0.2@0.5:0.2@0.5:0.15@1",
+                "piece 3 \"0.2@0.5\": fraction 0.5 is not after",
+            ),
+            ("knots:0.3@0:0.15", "piece 2 \"0.15\": needs @F"),
+            ("knots:0.3@0:0.15@z", "fraction \"z\" is not a number"),
+        ] {
+            let err = spec.parse::<MaskSchedule>().unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec}: {err}");
+            assert!(err.contains("masking-rate schedule grammar"), "{err}");
+        }
+        let err = MaskSchedule::parse_non_negative("stairs:0:-1@0.5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("negative"), "{err}");
+    }
+
+    #[test]
+    fn wsd_holds_the_peak_then_decays_over_the_last_fraction() {
+        // 100 steps, warm-up 10, decay the last 20% (steps 80..100) to 0.1 of the peak.
+        let wsd = |shape: &str| LrSchedule {
+            peak: 1.0,
+            warmup_steps: 10,
+            total_steps: 100,
+            final_ratio: 0.1,
+            decay: format!("wsd:0.2:{shape}").parse().unwrap(),
+        };
+        let lin = wsd("linear");
+        close(lin.lr(0), 0.1);
+        close(lin.lr(9), 1.0);
+        close(lin.lr(10), 1.0);
+        close(lin.lr(79), 1.0);
+        close(lin.lr(80), 1.0);
+        close(lin.lr(90), 0.1 + 0.9 * 0.5);
+        close(lin.lr(99), 0.1 + 0.9 * (1.0 - 19.0 / 20.0));
+        close(lin.lr(100), 0.1);
+        close(
+            wsd("cosine").lr(85),
+            0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * 0.25).cos()),
+        );
+        close(wsd("1-sqrt").lr(85), 0.1 + 0.9 * (1.0 - 0.5));
+        close(wsd("1-sqrt").lr(100), 0.1);
+        assert_eq!(
+            "wsd:0.2".parse::<LrDecay>().unwrap(),
+            LrDecay::Wsd {
+                fraction: 0.2,
+                shape: DecayShape::Linear
+            }
+        );
+        for spec in ["linear", "wsd:0.2:linear", "wsd:0.1:1-sqrt", "wsd:1:cosine"] {
+            assert_eq!(spec.parse::<LrDecay>().unwrap().to_string(), spec);
+        }
+        for (spec, needle) in [
+            ("wsd", "needs the decay fraction"),
+            ("wsd:0", "outside (0, 1]"),
+            ("wsd:1.5", "outside (0, 1]"),
+            ("wsd:0.1:sqrt", "decay shape \"sqrt\""),
+            ("wsd:x", "is not a number"),
+            ("cosine", "unknown schedule"),
+        ] {
+            let err = spec.parse::<LrDecay>().unwrap_err().to_string();
+            assert!(
+                err.contains(needle) && err.contains("learning-rate schedule"),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn lr_warmup_then_decay_to_final_ratio() {
         let lr = LrSchedule {
             peak: 5e-4,
             warmup_steps: 6,
             total_steps: 100,
             final_ratio: 0.02,
+            decay: LrDecay::Linear,
         };
         close(lr.lr(0), 5e-4 / 6.0);
         close(lr.lr(5), 5e-4);

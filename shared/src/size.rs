@@ -10,6 +10,7 @@
 //! The result is rounded down to whole bytes.
 
 use crate::error::{Error, Result};
+use serde::Deserialize;
 
 /// The units and their sizes in bytes (lower case).
 const UNITS: &[(&str, u64)] = &[
@@ -69,6 +70,24 @@ pub fn parse_size(s: &str) -> Result<u64> {
 /// [`parse_size`] for clap's `value_parser`.
 pub fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Deserializes an optional byte count written as a number or a size string (`"4GiB"`), so saved
+/// configs and the Python keywords take what the command line takes.
+pub fn deserialize_opt<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Size>::deserialize(de)? {
+        None => Ok(None),
+        Some(Size::Bytes(n)) => Ok(Some(n)),
+        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 #[cfg(test)]

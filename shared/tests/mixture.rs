@@ -3,7 +3,7 @@
 
 use shared::fixtures::{sample_docs, write_documents, write_set};
 use shared::sampler::mixture::largest_remainder;
-use shared::sampler::{Batch, DataConfig, MaskingSampler};
+use shared::sampler::{Batch, DataConfig, MaskingSampler, ShardSource};
 use shared::schedule::MaskSchedule;
 use shared::tokenizer::LoadedTokenizer;
 use std::path::{Path, PathBuf};
@@ -26,10 +26,10 @@ fn sources() -> Sources {
     Sources { _dir: dir, root }
 }
 
-fn named(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+fn named(root: &Path, names: &[&str]) -> Vec<ShardSource> {
     names
         .iter()
-        .map(|n| PathBuf::from(format!("{n}={}", root.join(n).display())))
+        .map(|n| ShardSource::named(n, root.join(n)).unwrap())
         .collect()
 }
 
@@ -183,7 +183,7 @@ fn a_small_source_wraps_with_a_fresh_permutation_and_no_repeat_within_an_epoch()
 fn one_unnamed_source_reads_as_before_and_names_need_mix() {
     let s = sources();
     let plain = DataConfig {
-        shards: vec![s.root.join("c4")],
+        shards: vec![s.root.join("c4").into()],
         steps: 10,
         batch_size: 8,
         seq_len: 32,
@@ -201,7 +201,7 @@ fn one_unnamed_source_reads_as_before_and_names_need_mix() {
     two.mix = None;
     assert!(err(two).contains("need --mix"));
     let mut mixed = config(&s.root, &["c4"], "c4=1", 10, 8);
-    mixed.shards.push(s.root.join("wiki"));
+    mixed.shards.push(s.root.join("wiki").into());
     assert!(err(mixed).contains("name every source"));
     let mut unnamed_mix = plain.clone();
     unnamed_mix.mix = Some("c4=1".parse().unwrap());
@@ -245,4 +245,80 @@ fn sources_with_different_tokenizers_are_refused_naming_both() {
     );
     assert!(e.contains(&s.root.join("c4").display().to_string()), "{e}");
     assert!(e.contains(&odd.display().to_string()), "{e}");
+}
+
+/// `--mix-by-size`: every step's rows per source are the largest-remainder counts of
+/// `tokens_i ^ alpha(t)` (tokens read here from the manifests, independently of the sampler),
+/// with a stairs exponent and a source joining at 40% of the run.
+#[test]
+fn mix_by_size_counts_follow_the_size_exponent_and_the_join() {
+    let s = sources();
+    let (steps, batch) = (100u64, 16usize);
+    let cfg = DataConfig {
+        shards: named(&s.root, &["c4", "wiki", "tiny"]),
+        mix_by_size: Some("stairs:0.7:0.5@0.6:0.3@0.9".parse().unwrap()),
+        join: vec!["tiny@0.4".parse().unwrap()],
+        steps,
+        batch_size: batch,
+        seq_len: 32,
+        eval_sequences: 4,
+        ..DataConfig::default()
+    };
+    let data = cfg.open().unwrap();
+    assert_eq!(data.sampler.source_names(), ["c4", "tiny", "wiki"]);
+    let tokens: Vec<f64> = ["c4", "tiny", "wiki"]
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(s.root.join(n).join("manifest.json")).unwrap();
+            let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+            m["shards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["tokens"].as_u64().unwrap())
+                .sum::<u64>() as f64
+        })
+        .collect();
+    let largest = tokens.iter().cloned().fold(0.0, f64::max);
+    let mut seen_tiny = false;
+    for step in 0..steps {
+        // Hand-written schedule: 0.7 before step 60, 0.5 before 90, then 0.3; tiny from step 40.
+        let alpha = if step < 60 {
+            0.7
+        } else if step < 90 {
+            0.5
+        } else {
+            0.3
+        };
+        let weights: Vec<f64> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i == 1 && step < 40 {
+                    0.0
+                } else {
+                    (t / largest).powf(alpha)
+                }
+            })
+            .collect();
+        let expected = largest_remainder(batch, &weights);
+        let b = data.sampler.global_batch(step).unwrap();
+        assert_eq!(per_source(&b, 3), expected, "step {step}");
+        seen_tiny |= step >= 40 && expected[1] > 0;
+        assert!(step >= 40 || expected[1] == 0);
+    }
+    assert!(seen_tiny, "tiny must get rows once it joins");
+    // Refusals: both rules, a join for an unknown source, a join without by-size mixing.
+    let refuse = |edit: &dyn Fn(&mut DataConfig)| {
+        let mut c = cfg.clone();
+        edit(&mut c);
+        c.open().err().expect("refused").to_string()
+    };
+    assert!(refuse(&|c| c.mix = Some("c4=1".parse().unwrap())).contains("give one"));
+    assert!(refuse(&|c| c.join = vec!["books@0.5".parse().unwrap()]).contains("\"books\""));
+    assert!(refuse(&|c| {
+        c.mix_by_size = None;
+        c.mix = Some("c4=1,wiki=1,tiny=1".parse().unwrap());
+    })
+    .contains("--join applies to --mix-by-size"));
 }

@@ -472,3 +472,156 @@ fn schedule_is_read_at_the_batchs_own_step() {
         );
     }
 }
+
+/// SHA-256 of steps 0..3 of a 16x64 run: ids, labels and attention mask, little-endian.
+fn batch_digest(s: &MaskingSampler) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for step in 0..3 {
+        let b = s.global_batch(step).unwrap();
+        for &i in &b.input_ids {
+            h.update(i.to_le_bytes());
+        }
+        for &l in &b.labels {
+            h.update(l.to_le_bytes());
+        }
+        h.update(&b.attention_mask);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Batches are the run's identity: a change to the sampler's speed must not change a bit. The
+/// digests were recorded from the sampler before its branch-free selection and direct writes.
+#[test]
+fn batches_are_bit_for_bit_those_of_earlier_versions() {
+    let f = fixture();
+    let plain = MaskingConfig::default();
+    let exact = MaskingConfig {
+        exact: true,
+        ..plain
+    };
+    let whole = MaskingConfig {
+        whole_word: true,
+        ..plain
+    };
+    let cases = [
+        (
+            "truncate bernoulli",
+            Layout::Truncate,
+            plain,
+            "linear:0.3:0.15",
+        ),
+        ("pack bernoulli", Layout::Pack, plain, "constant:0.15"),
+        ("truncate exact", Layout::Truncate, exact, "constant:0.3"),
+        ("pack whole-word", Layout::Pack, whole, "cosine:0.3:0.15"),
+    ];
+    let got: Vec<(&str, String)> = cases
+        .iter()
+        .map(|&(name, layout, masking, schedule)| {
+            let s = sampler(&f, layout, 64, 16, 10, schedule, masking);
+            (name, batch_digest(&s))
+        })
+        .collect();
+    let expected = [
+        (
+            "truncate bernoulli",
+            "5072266e4213445c6bcbf3e96717c23a010f1ee96aba914dbfec52aae74b7878",
+        ),
+        (
+            "pack bernoulli",
+            "c34a41365e5ef46ea9df030b46ffaa0a70c843d5f38fc65bf310d6f47203f2a1",
+        ),
+        (
+            "truncate exact",
+            "e194f011b7b2ed361f4f12e1f38620572577bbe1013266d6ec27da1df4b5f169",
+        ),
+        (
+            "pack whole-word",
+            "f2778dfb1012b036ae6d1b53a6149018969f1b97faf20597ee45f06f4615f14c",
+        ),
+    ];
+    for ((name, digest), (_, want)) in got.iter().zip(expected) {
+        assert_eq!(digest, want, "{name}");
+    }
+}
+
+#[test]
+fn batch_into_caller_arrays_equals_the_batch_widened() {
+    use shared::sampler::{BatchOut, IdsOut};
+    let f = fixture();
+    for layout in [Layout::Truncate, Layout::Pack] {
+        let s = sampler(
+            &f,
+            layout,
+            64,
+            40,
+            10,
+            "linear:0.3:0.15",
+            MaskingConfig::default(),
+        );
+        // 40 rows: one full task of 32 rows and a partial one; a slot range that is not at 0.
+        for slots in [0..40, 5..38] {
+            let b = s.batch(3, slots.clone()).unwrap();
+            let n = slots.len() * 64;
+            // Dirty buffers: every value must be written.
+            let (mut ids64, mut ids32) = (vec![7i64; n], vec![7i32; n]);
+            let (mut att, mut labels, mut types) = (vec![7i64; n], vec![7i64; n], vec![7i64; n]);
+            let written = s
+                .batch_into(
+                    3,
+                    slots.clone(),
+                    BatchOut {
+                        input_ids: Some(IdsOut::I64(&mut ids64)),
+                        attention_mask: Some(&mut att),
+                        labels: Some(&mut labels),
+                        token_type_ids: Some(&mut types),
+                    },
+                )
+                .unwrap();
+            assert_eq!(written.counts, b.counts);
+            assert_eq!(written.sources, b.sources);
+            assert_eq!(written.sequence_ids, b.sequence_ids);
+            assert_eq!(written.rate, b.rate);
+            assert_eq!(
+                ids64,
+                b.input_ids.iter().map(|&i| i as i64).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                att,
+                b.attention_mask
+                    .iter()
+                    .map(|&a| a as i64)
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                labels,
+                b.labels.iter().map(|&l| l as i64).collect::<Vec<_>>()
+            );
+            assert!(types.iter().all(|&t| t == 0));
+            s.batch_into(
+                3,
+                slots.clone(),
+                BatchOut {
+                    input_ids: Some(IdsOut::I32(&mut ids32)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let expected: Vec<i32> = b.input_ids.iter().map(|&i| i as i32).collect();
+            assert_eq!(ids32, expected);
+        }
+        let mut short = vec![0i64; 10];
+        let err = s
+            .batch_into(
+                0,
+                0..40,
+                BatchOut {
+                    labels: Some(&mut short),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("labels") && err.contains("10"), "{err}");
+    }
+}

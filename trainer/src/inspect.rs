@@ -4,7 +4,7 @@
 use crate::charts::{line_chart, Series};
 use anyhow::{bail, Result};
 use clap::Args;
-use shared::sampler::{Batch, BatchPlan, MaskCounts, MaskingSampler, IGNORE_LABEL};
+use shared::sampler::{Batch, MaskCounts, MaskingSampler, IGNORE_LABEL};
 use shared::tokenizer::LoadedTokenizer;
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -130,27 +130,9 @@ fn epochs_text(s: &MaskingSampler, step: u64) -> String {
 }
 
 /// `--json`: this rank's rows of the step's batch, as the Python package's `MaskedBatches.batch`
-/// returns them (labels -100 where nothing is predicted, token types all 0), and the batches'
-/// configuration as `MaskedBatches.config` gives it.
+/// returns them, and the batches' configuration as `MaskedBatches.config` gives it.
 fn batch_json(args: &InspectBatchArgs, data: &Data) -> Result<String> {
-    let plan = BatchPlan::whole_rank(args.data.config.batch_size, args.world_size, args.rank);
-    plan.validate()?;
-    let b = data.sampler.batch(args.step, plan.rank_slots())?;
-    let rows =
-        |v: Vec<i64>| -> Vec<Vec<i64>> { v.chunks(b.seq_len).map(<[i64]>::to_vec).collect() };
-    let names = data.sampler.source_names();
-    let source: Vec<&str> = b.sources.iter().map(|&s| names[s as usize]).collect();
-    let json = serde_json::json!({
-        "config": &args.data.config,
-        "step": b.step,
-        "source": source,
-        "rate": b.rate,
-        "slots": [b.slots.start, b.slots.end],
-        "input_ids": rows(b.input_ids.iter().map(|&x| x as i64).collect()),
-        "attention_mask": rows(b.attention_mask.iter().map(|&x| x as i64).collect()),
-        "token_type_ids": rows(vec![0; b.input_ids.len()]),
-        "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
-    });
+    let json = data.batch_json(&args.data.config, args.step, args.rank, args.world_size)?;
     Ok(serde_json::to_string(&json)? + "\n")
 }
 
@@ -191,7 +173,7 @@ fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
             .map(|(i, n)| {
                 format!(
                     "{n}={} ({} sequences)",
-                    m.weights()[i],
+                    m.describe(i),
                     s.source_sequences(i).len()
                 )
             })

@@ -8,5 +8,6 @@
 
 pub mod charts;
 pub mod inspect;
+pub mod plan;
 pub mod run_plots;
 pub mod sweep;

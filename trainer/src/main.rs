@@ -24,7 +24,8 @@ Examples:
   trainer sweep experiments/small.toml --dry-run    # what is done and what is left
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png
-  trainer inspect-batch --shards shards/ --steps 70000 --step 12 --json --rank 1 --world-size 8";
+  trainer inspect-batch --shards shards/ --steps 70000 --step 12 --json --rank 1 --world-size 8
+  trainer plan --config experiments/recipes/mmbert-small.toml --plot plan   # the recipe, before training it";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
 #[derive(Debug, Parser)]
@@ -39,7 +40,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Show the masked batch of any step, or the realised masking rate over a run (--stats).
-    InspectBatch(InspectBatchArgs),
+    InspectBatch(Box<InspectBatchArgs>),
+    /// Show a run's recipe before training it: masking rate, source weights and rows, batch,
+    /// tokens so far and learning rate over the run, printed and plotted (no model is built).
+    Plan(Box<trainer::plan::PlanArgs>),
     /// Write a HuggingFace BertForMaskedLM checkpoint (model.safetensors, config.json, tokenizer) of a run.
     Export(ExportArgs),
     /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
@@ -111,6 +115,7 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
     }
     match cli.command {
         Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::inspect_batch(&args)?),
+        Some(Command::Plan(args)) => print!("{}", trainer::plan::plan(&args)?),
         Some(Command::Export(args)) => {
             for p in training::export::export(&args.run, &args.out)? {
                 println!("wrote {}", p.display());

@@ -101,3 +101,73 @@ fn a_two_source_run_reports_each_source() {
     assert_eq!(sources.iter().filter(|s| **s == "c4").count(), 7);
     assert_eq!(sources.iter().filter(|s| **s == "wiki").count(), 1);
 }
+
+/// `trainer plan`: the recipe from the flags alone, at hand-computed steps: stairs masking,
+/// a source joining at 50% of a by-size mixture, a WSD learning rate; and its two plots.
+#[test]
+fn plan_shows_the_recipe_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = sample_docs();
+    for (name, range) in [("c4", 0..200), ("wiki", 200..300)] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        write_set(&dir.path().join(name), &docs[range], 50);
+    }
+    let shards = |name: &str| format!("{name}={}", dir.path().join(name).display());
+    let prefix = dir.path().join("plan");
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("plan")
+        .args(["--shards", &shards("c4"), "--shards", &shards("wiki")])
+        .args(["--mix-by-size", "0.5", "--join", "wiki@0.5"])
+        .args(["--schedule", "stairs:0.3:0.15@0.6:0.05@0.9"])
+        .args([
+            "--lr",
+            "0.001",
+            "--warmup",
+            "0.1",
+            "--final-lr-ratio",
+            "0.1",
+        ])
+        .args(["--lr-schedule", "wsd:0.2:linear"])
+        .args([
+            "--steps",
+            "101",
+            "--batch-size",
+            "8",
+            "--seq-len",
+            "32",
+            "--points",
+            "11",
+        ])
+        .args(["--eval-sequences", "8"])
+        .arg("--plot")
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |step: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(step))
+            .unwrap_or_else(|| panic!("no row for step {step}:\n{text}"))
+    };
+    // Steps 0, 10, ..., 100. Rate: 0.3 before ceil(60.6) = 61, 0.15 before ceil(90.9) = 91.
+    // LR: warm-up round(10.1) = 10 steps, held, decay over the last round(20.2) = 20 steps
+    // (from step 81): at 90, 0.001 x (0.1 + 0.9 x (1 - 9/20)) = 5.95e-4.
+    // wiki (joins at ceil(50.5) = 51): 0 rows before, then a share of the 8 rows.
+    assert_eq!(row("50")[1..4], ["0.3000", "1.000e-3", "32"]);
+    assert_eq!(row("60")[1], "0.3000");
+    assert_eq!(row("70")[1], "0.1500");
+    assert_eq!(row("90")[2], "5.950e-4");
+    assert_eq!(row("100")[1], "0.0500");
+    assert_eq!(row("50")[9], "(0)", "{text}");
+    assert_ne!(row("60")[9], "(0)", "{text}");
+    for suffix in ["-rate.png", "-lr.png"] {
+        let png = format!("{}{suffix}", prefix.display());
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000, "{png}");
+    }
+}

@@ -1,4 +1,4 @@
-"""``python -m maskrate preprocess ...``: the ``preprocess`` command for pip users."""
+"""``python -m maskrate COMMAND ...``: the ``maskrate`` command (``preprocess``, ``inspect-batch``)."""
 
 from .cli import main
 

@@ -1,13 +1,14 @@
 """Type stubs of maskrate's extension module (see the package docstring)."""
 
 import os
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
 SCHEDULE_GRAMMAR: str
+DATA_CONFIG_KEYS: list[str]
 
 _Path = str | os.PathLike[str]
 
@@ -66,13 +67,20 @@ class MaskedBatches:
     seed 0, mask_token_fraction 0.8, random_token_fraction 0.1, mask_exact False, whole_word
     False, eval_sequences 256 (held out from the end of the shards), eval_batch 64 (held-out
     batches only), order ``"global"`` (or ``"shard-blocks:K"``: blocks of K shards read in turn,
-    for buckets larger than the cache); ``cache_dir``/``cache_bytes`` as for :class:`Shards`."""
+    for buckets larger than the cache); ``cache_dir``/``cache_bytes`` as for :class:`Shards`.
+    Named sources are weighed by ``mix`` (``"c4=0.7,wiki=stairs:0:0.3@0.5"``) or by size:
+    ``mix_by_size`` (an exponent, a number or a schedule: tokens^ALPHA normalised) with
+    ``join=["wiki@0.5"]`` for sources that join late.
+    The keywords (all but ``shards``, ``eval_batch``, ``rank``, ``world_size``, ``threads``) are
+    the keys of the trainer's ``config.toml`` (``DATA_CONFIG_KEYS``), read by the same code."""
 
     def __init__(
         self,
         shards: Shards | _Path | Sequence[_Path] | dict[str, _Path | Sequence[_Path]],
         *,
         mix: str | None = None,
+        mix_by_size: float | str | None = None,
+        join: Sequence[str] | None = None,
         schedule: str | Schedule | None = ...,
         total_steps: int | None = ...,
         batch_size: int | None = ...,
@@ -93,11 +101,29 @@ class MaskedBatches:
         cache_dir: _Path | None = None,
         cache_bytes: int | str | None = None,
     ) -> None: ...
-    def batch(self, step: int, with_sources: bool = False) -> dict[str, npt.NDArray[np.int64]]:
+    def batch(
+        self,
+        step: int,
+        with_sources: bool = False,
+        *,
+        out: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32]] | None = None,
+        ids_dtype: Literal["int64", "int32"] = "int64",
+    ) -> dict[str, npt.NDArray[np.int64]]:
         """This rank's rows of step ``step``: ``input_ids``, ``attention_mask``,
-        ``token_type_ids``, ``labels`` (-100 where nothing is predicted), ``(rows, seq_len)``;
-        with ``with_sources``, also ``source`` (each row's index into ``source_names``)."""
-    def micro_batch(self, step: int, index: int, micro_batch: int) -> dict[str, npt.NDArray[np.int64]]: ...
+        ``token_type_ids``, ``labels`` (-100 where nothing is predicted), ``(rows, seq_len)``
+        int64 (``input_ids`` int32 with ``ids_dtype="int32"``); with ``with_sources``, also
+        ``source`` (each row's index into ``source_names``). ``out``: caller-owned C-contiguous
+        arrays of that shape (any of the four fields; int64, ``input_ids`` int64 or int32) filled
+        in place and returned, so a loop allocates nothing (the previous batch is overwritten)."""
+    def micro_batch(
+        self,
+        step: int,
+        index: int,
+        micro_batch: int,
+        *,
+        out: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32]] | None = None,
+        ids_dtype: Literal["int64", "int32"] = "int64",
+    ) -> dict[str, npt.NDArray[np.int64]]: ...
     def held_out_batch(self, index: int, source: str | None = None) -> dict[str, npt.NDArray[np.int64]]:
         """Held-out batch ``index`` exactly as the trainer evaluates it (constant 15%, fixed
         seed, ``eval_batch`` sequences from the last ``eval_sequences`` of each source)."""
@@ -145,3 +171,5 @@ def preprocess(
     work_dir: str | None = None,
 ) -> dict[str, Any]: ...
 def preprocess_cli(argv: list[str]) -> int: ...
+def inspect_batch_cli(argv: list[str]) -> int:
+    """The ``maskrate inspect-batch`` command line (``argv`` without the program name)."""

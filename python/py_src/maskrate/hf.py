@@ -35,7 +35,56 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .torch import MaskedDataset
 
-__all__ = ["MaskrateTrainer", "StepSyncCallback", "masked_dataset"]
+__all__ = ["MaskrateTrainer", "StepSyncCallback", "lr_schedule_arguments", "masked_dataset"]
+
+
+def lr_schedule_arguments(
+    spec: str, total_steps: int, warmup: float = 0.06, final_lr_ratio: float = 0.02
+) -> dict[str, Any]:
+    """``TrainingArguments`` keywords for the trainer's ``--lr-schedule SPEC`` (``linear`` or
+    ``wsd:DECAY[:SHAPE]``, SHAPE ``linear``, ``cosine`` or ``1-sqrt``) with ``--warmup`` and
+    ``--final-lr-ratio``, through transformers' own schedulers (``get_wsd_schedule`` for wsd:
+    warm-up, the peak held, then the last DECAY of the run decaying to ``final_lr_ratio``)::
+
+        args = TrainingArguments(..., max_steps=1000, **lr_schedule_arguments("wsd:0.2:1-sqrt", 1000))
+
+    Same phases and curves as the trainer; transformers' warm-up starts at 0 where the trainer's
+    first step already takes ``peak / warmup_steps``."""
+    warmup_steps = round(warmup * total_steps)
+    parts = spec.strip().split(":")
+    if parts == ["linear"]:
+        if final_lr_ratio != 0:
+            return {
+                "lr_scheduler_type": "warmup_stable_decay",
+                "warmup_steps": warmup_steps,
+                "lr_scheduler_kwargs": {
+                    "num_decay_steps": max(total_steps - warmup_steps, 1),
+                    "num_stable_steps": 0,
+                    "decay_type": "linear",
+                    "min_lr_ratio": final_lr_ratio,
+                },
+            }
+        return {"lr_scheduler_type": "linear", "warmup_steps": warmup_steps}
+    if parts[0] != "wsd" or not 2 <= len(parts) <= 3:
+        raise ValueError(f"--lr-schedule {spec!r}: use linear or wsd:DECAY[:SHAPE]")
+    fraction = float(parts[1])
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--lr-schedule {spec!r}: decay fraction {fraction} is outside (0, 1]")
+    shape = parts[2] if len(parts) == 3 else "linear"
+    if shape not in ("linear", "cosine", "1-sqrt"):
+        raise ValueError(f"--lr-schedule {spec!r}: decay shape {shape!r}: use linear, cosine or 1-sqrt")
+    decay_steps = max(round(fraction * total_steps), 1)
+    stable_steps = max(total_steps - decay_steps - warmup_steps, 0)
+    return {
+        "lr_scheduler_type": "warmup_stable_decay",
+        "warmup_steps": warmup_steps,
+        "lr_scheduler_kwargs": {
+            "num_decay_steps": decay_steps,
+            "num_stable_steps": stable_steps,
+            "decay_type": shape,
+            "min_lr_ratio": final_lr_ratio,
+        },
+    }
 
 
 def masked_dataset(shards: Any, args: TrainingArguments, **batch_kwargs: Any) -> MaskedDataset:

@@ -11,7 +11,7 @@
 //! turn instead; still a pure function of (seed, epoch, position).
 
 use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
-use super::mixture::{MixSpec, Mixture};
+use super::mixture::{MixRule, MixSpec, Mixture};
 use super::order::Permutation;
 use super::sequence::Sequences;
 use super::shard_blocks::{BlockEpoch, Order, ShardBlocks};
@@ -178,10 +178,25 @@ impl MaskingSampler {
         vocab: MaskVocab,
         cfg: SamplerConfig,
     ) -> Result<Self> {
+        Self::mixed_by(sources, &MixRule::Weights(mix.clone()), vocab, cfg)
+    }
+
+    /// A sampler over named sources mixed per step by `rule` (by size: each source's size is its
+    /// shard set's token count).
+    pub fn mixed_by(
+        sources: Vec<(String, Sequences)>,
+        rule: &MixRule,
+        vocab: MaskVocab,
+        cfg: SamplerConfig,
+    ) -> Result<Self> {
         let mut sources = sources;
         sources.sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<String> = sources.iter().map(|(n, _)| n.clone()).collect();
-        let mixture = Mixture::new(&names, mix, cfg.total_steps, cfg.global_batch)?;
+        let tokens: Vec<u64> = sources
+            .iter()
+            .map(|(_, s)| s.shards().num_tokens())
+            .collect();
+        let mixture = Mixture::with_rule(&names, &tokens, rule, cfg.total_steps, cfg.global_batch)?;
         let order = cfg.order;
         let mut sampler = MaskingSampler::new(sources.remove(0).1, vocab, cfg)?;
         sampler.sources[0].name = names[0].clone();
@@ -394,35 +409,118 @@ impl MaskingSampler {
     /// Slots `slots` of step `step`'s global batch, built in parallel on the current rayon pool.
     /// Fails when a document holds a token id outside the vocabulary (a corrupted shard).
     pub fn batch(&self, step: u64, slots: Range<usize>) -> Result<Batch> {
+        let (rows, len) = (slots.len(), self.sequences().seq_len());
+        // Zeroed allocations: pages are first touched by the parallel tasks below.
+        let mut input_ids = vec![0u32; rows * len];
+        let mut labels = vec![0i32; rows * len];
+        let mut attention_mask = vec![0u8; rows * len];
+        let writers = input_ids
+            .chunks_mut(len * ROWS_PER_TASK)
+            .zip(labels.chunks_mut(len * ROWS_PER_TASK))
+            .zip(attention_mask.chunks_mut(len * ROWS_PER_TASK))
+            .map(|((input_ids, labels), attention_mask)| BatchRows {
+                input_ids,
+                labels,
+                attention_mask,
+            })
+            .collect();
+        let built = self.build(step, slots.clone(), writers)?;
+        let masked_labels = built
+            .masked_positions
+            .iter()
+            .map(|&p| labels[p as usize] as u32)
+            .collect();
+        Ok(Batch {
+            step,
+            slots,
+            rate: built.rate,
+            seq_len: len,
+            sequence_ids: built.sequence_ids,
+            sources: built.sources,
+            input_ids,
+            attention_mask,
+            labels,
+            masked_positions: built.masked_positions,
+            masked_labels,
+            counts: built.counts,
+        })
+    }
+
+    /// As [`MaskingSampler::batch`], written straight into caller-owned arrays (`[rows ·
+    /// seq_len]` each, as a framework wants them: int64, or int32 ids) with no intermediate
+    /// batch. The values are [`MaskingSampler::batch`]'s, widened.
+    pub fn batch_into(
+        &self,
+        step: u64,
+        slots: Range<usize>,
+        out: BatchOut<'_>,
+    ) -> Result<WrittenBatch> {
+        let (rows, len) = (slots.len(), self.sequences().seq_len());
+        out.check(rows * len)?;
+        let chunk = len * ROWS_PER_TASK;
+        let tasks = rows.div_ceil(ROWS_PER_TASK);
+        let mut ids: Vec<Option<IdsOut<'_>>> = match out.input_ids {
+            Some(IdsOut::I64(a)) => a.chunks_mut(chunk).map(|c| Some(IdsOut::I64(c))).collect(),
+            Some(IdsOut::I32(a)) => a.chunks_mut(chunk).map(|c| Some(IdsOut::I32(c))).collect(),
+            None => (0..tasks).map(|_| None).collect(),
+        };
+        let (attention, labels, types) = (
+            split_rows(out.attention_mask, chunk, tasks),
+            split_rows(out.labels, chunk, tasks),
+            split_rows(out.token_type_ids, chunk, tasks),
+        );
+        let writers = ids
+            .drain(..)
+            .zip(attention)
+            .zip(labels)
+            .zip(types)
+            .map(
+                |(((input_ids, attention_mask), labels), token_type_ids)| WideRows {
+                    input_ids,
+                    attention_mask,
+                    labels,
+                    token_type_ids,
+                },
+            )
+            .collect();
+        let built = self.build(step, slots, writers)?;
+        Ok(WrittenBatch {
+            rate: built.rate,
+            sequence_ids: built.sequence_ids,
+            sources: built.sources,
+            counts: built.counts,
+        })
+    }
+
+    /// Builds `slots` of `step` in parallel tasks of [`ROWS_PER_TASK`] rows, task `i` writing
+    /// through `writers[i]`.
+    fn build<W: RowWriter>(
+        &self,
+        step: u64,
+        slots: Range<usize>,
+        writers: Vec<W>,
+    ) -> Result<Built> {
         assert!(
             slots.end <= self.cfg.global_batch,
             "slots {slots:?} beyond global batch {}",
             self.cfg.global_batch
         );
-        let (rows, len) = (slots.len(), self.sequences().seq_len());
+        let rows = slots.len();
+        debug_assert_eq!(writers.len(), rows.div_ceil(ROWS_PER_TASK));
         let rate = self.rate_at(step);
-        // Zeroed allocations: pages are first touched by the parallel tasks below.
-        let mut input_ids = vec![0u32; rows * len];
-        let mut labels = vec![0i32; rows * len];
-        let mut attention_mask = vec![0u8; rows * len];
         let mut sequence_ids = vec![0u64; rows];
         let mut sources = vec![0u16; rows];
         let plan = self.step_plan(step);
         self.prefetch_from(step);
-        const ROWS_PER_TASK: usize = 32;
-        let parts: Vec<(MaskCounts, Vec<u32>)> = input_ids
-            .par_chunks_mut(len * ROWS_PER_TASK)
-            .zip(labels.par_chunks_mut(len * ROWS_PER_TASK))
-            .zip(attention_mask.par_chunks_mut(len * ROWS_PER_TASK))
+        let parts: Vec<(MaskCounts, Vec<u32>)> = writers
+            .into_par_iter()
             .zip(sequence_ids.par_chunks_mut(ROWS_PER_TASK))
             .zip(sources.par_chunks_mut(ROWS_PER_TASK))
             .enumerate()
-            .map(|(task, ((((ids, labels), attention), seq_ids), sources))| {
+            .map(|(task, ((writer, seq_ids), sources))| {
                 let first_row = task * ROWS_PER_TASK;
-                let rows = RowsMut {
-                    input_ids: ids,
-                    labels,
-                    attention_mask: attention,
+                let rows = TaskRows {
+                    writer,
                     sequence_ids: seq_ids,
                     sources,
                 };
@@ -435,22 +533,11 @@ impl MaskingSampler {
             counts.add(c);
             masked_positions.extend_from_slice(p);
         }
-        let masked_labels = masked_positions
-            .iter()
-            .map(|&p| labels[p as usize] as u32)
-            .collect();
-        Ok(Batch {
-            step,
-            slots,
+        Ok(Built {
             rate,
-            seq_len: len,
             sequence_ids,
             sources,
-            input_ids,
-            attention_mask,
-            labels,
             masked_positions,
-            masked_labels,
             counts,
         })
     }
@@ -458,16 +545,17 @@ impl MaskingSampler {
     /// Fills and masks consecutive rows: row `r` of `rows` is slot `first_slot + r` of the step's
     /// global batch and row `first_row + r` of the batch being built. Returns the rows' mask counts
     /// and their chosen positions as flat indices into the batch.
-    fn fill_rows(
+    fn fill_rows<W: RowWriter>(
         &self,
         plan: &StepPlan,
         rate: f64,
         first_slot: usize,
         first_row: usize,
-        rows: RowsMut<'_>,
+        mut rows: TaskRows<'_, W>,
     ) -> Result<(MaskCounts, Vec<u32>)> {
         let len = self.sequences().seq_len();
         let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        let (mut ids, mut labels) = (vec![0u32; len], vec![0i32; len]);
         let mut positions = Vec::new();
         let mut counts = MaskCounts::default();
         let step = plan.step;
@@ -476,11 +564,7 @@ impl MaskingSampler {
             let slot = first_slot + r;
             let (source, seq) = order.sequence_at(plan, slot);
             (*seq_id, rows.sources[r]) = (seq, source as u16);
-            let row = r * len..(r + 1) * len;
-            let used = self.sources[source]
-                .sequences
-                .fill(seq, &mut rows.input_ids[row.clone()])?;
-            rows.attention_mask[row.start..row.start + used].fill(1);
+            let used = self.sources[source].sequences.fill(seq, &mut ids)?;
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
                 self.cfg.seed,
                 MASK_TAG,
@@ -489,29 +573,186 @@ impl MaskingSampler {
             ]));
             let c = mask_sequence(
                 &mut rng,
-                &mut rows.input_ids[row.clone()],
-                &mut rows.labels[row],
+                &mut ids,
+                &mut labels,
                 rate,
                 &self.cfg.masking,
                 &self.vocab,
                 &mut scratch,
                 &mut chosen,
             );
+            rows.writer.write_row(r, &ids, &labels, used);
             counts.add(&c);
-            let base = ((first_row + r) * len) as u32;
-            positions.extend(chosen.iter().map(|&p| base + p));
+            if W::POSITIONS {
+                let base = ((first_row + r) * len) as u32;
+                positions.extend(chosen.iter().map(|&p| base + p));
+            }
         }
         Ok((counts, positions))
     }
 }
 
-/// The row buffers of a run of consecutive rows, `[rows, seq_len]` each (`[rows]` for the ids).
-struct RowsMut<'a> {
+/// `a` in chunks of `chunk` values, one per task (`None` for each task when `a` is `None`).
+fn split_rows(a: Option<&mut [i64]>, chunk: usize, tasks: usize) -> Vec<Option<&mut [i64]>> {
+    match a {
+        Some(a) => a.chunks_mut(chunk).map(Some).collect(),
+        None => (0..tasks).map(|_| None).collect(),
+    }
+}
+
+/// Rows built by one parallel task.
+const ROWS_PER_TASK: usize = 32;
+
+/// What [`MaskingSampler::batch_into`] tells besides the arrays it wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenBatch {
+    /// Masking rate used (the schedule's rate at the step).
+    pub rate: f64,
+    /// Sequence index (within its source's epoch) of each row.
+    pub sequence_ids: Vec<u64>,
+    /// Source of each row (an index into [`MaskingSampler::source_names`]).
+    pub sources: Vec<u16>,
+    /// What masking did.
+    pub counts: MaskCounts,
+}
+
+/// What [`MaskingSampler::build`] returns besides the rows it wrote.
+struct Built {
+    rate: f64,
+    sequence_ids: Vec<u64>,
+    sources: Vec<u16>,
+    masked_positions: Vec<u32>,
+    counts: MaskCounts,
+}
+
+/// One task's rows and the per-row facts that go with them.
+struct TaskRows<'a, W> {
+    writer: W,
+    sequence_ids: &'a mut [u64],
+    sources: &'a mut [u16],
+}
+
+/// Where one task's masked rows are written.
+trait RowWriter: Send {
+    /// Whether the caller wants the masked positions (the trainer's sparse head does; arrays
+    /// for a framework do not).
+    const POSITIONS: bool = true;
+
+    /// Row `r` of the task's rows: the masked ids, the labels, and `used` real (non-pad) tokens
+    /// at the start.
+    fn write_row(&mut self, r: usize, ids: &[u32], labels: &[i32], used: usize);
+}
+
+/// A [`Batch`]'s arrays, one task's rows of them.
+struct BatchRows<'a> {
     input_ids: &'a mut [u32],
     labels: &'a mut [i32],
     attention_mask: &'a mut [u8],
-    sequence_ids: &'a mut [u64],
-    sources: &'a mut [u16],
+}
+
+impl RowWriter for BatchRows<'_> {
+    fn write_row(&mut self, r: usize, ids: &[u32], labels: &[i32], used: usize) {
+        let len = ids.len();
+        let row = r * len..(r + 1) * len;
+        self.input_ids[row.clone()].copy_from_slice(ids);
+        self.labels[row.clone()].copy_from_slice(labels);
+        self.attention_mask[row.start..row.start + used].fill(1);
+    }
+}
+
+/// The token ids of [`BatchOut`]: int64, or int32 (which an embedding lookup takes as well).
+pub enum IdsOut<'a> {
+    /// `int64`, PyTorch's default index type.
+    I64(&'a mut [i64]),
+    /// `int32`: half the bytes.
+    I32(&'a mut [i32]),
+}
+
+/// Caller-owned arrays for [`MaskingSampler::batch_into`], `[rows · seq_len]` each; an array
+/// left `None` is not written. `token_type_ids` is zero-filled (one segment).
+#[derive(Default)]
+pub struct BatchOut<'a> {
+    /// Masked input ids.
+    pub input_ids: Option<IdsOut<'a>>,
+    /// 1 for real tokens, 0 for padding.
+    pub attention_mask: Option<&'a mut [i64]>,
+    /// Original id at chosen positions, [`super::IGNORE_LABEL`] elsewhere.
+    pub labels: Option<&'a mut [i64]>,
+    /// All zeros.
+    pub token_type_ids: Option<&'a mut [i64]>,
+}
+
+impl BatchOut<'_> {
+    /// Checks that every array holds `n` values.
+    fn check(&self, n: usize) -> Result<()> {
+        let ids = match &self.input_ids {
+            Some(IdsOut::I64(a)) => Some(a.len()),
+            Some(IdsOut::I32(a)) => Some(a.len()),
+            None => None,
+        };
+        let lens = [
+            ("input_ids", ids),
+            (
+                "attention_mask",
+                self.attention_mask.as_ref().map(|a| a.len()),
+            ),
+            ("labels", self.labels.as_ref().map(|a| a.len())),
+            (
+                "token_type_ids",
+                self.token_type_ids.as_ref().map(|a| a.len()),
+            ),
+        ];
+        for (name, len) in lens {
+            if let Some(len) = len.filter(|&l| l != n) {
+                return Err(Error::Config(format!(
+                    "output array {name} holds {len} values; the batch has {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One task's rows of a [`BatchOut`].
+struct WideRows<'a> {
+    input_ids: Option<IdsOut<'a>>,
+    attention_mask: Option<&'a mut [i64]>,
+    labels: Option<&'a mut [i64]>,
+    token_type_ids: Option<&'a mut [i64]>,
+}
+
+impl RowWriter for WideRows<'_> {
+    const POSITIONS: bool = false;
+
+    fn write_row(&mut self, r: usize, ids: &[u32], labels: &[i32], used: usize) {
+        let len = ids.len();
+        let row = r * len..(r + 1) * len;
+        match &mut self.input_ids {
+            Some(IdsOut::I64(out)) => {
+                for (o, &i) in out[row.clone()].iter_mut().zip(ids) {
+                    *o = i as i64;
+                }
+            }
+            Some(IdsOut::I32(out)) => {
+                for (o, &i) in out[row.clone()].iter_mut().zip(ids) {
+                    *o = i as i32;
+                }
+            }
+            None => {}
+        }
+        if let Some(out) = &mut self.attention_mask {
+            out[row.start..row.start + used].fill(1);
+            out[row.start + used..row.end].fill(0);
+        }
+        if let Some(out) = &mut self.labels {
+            for (o, &l) in out[row.clone()].iter_mut().zip(labels) {
+                *o = l as i64;
+            }
+        }
+        if let Some(out) = &mut self.token_type_ids {
+            out[row].fill(0);
+        }
+    }
 }
 
 /// What every row of one step needs to find its sequence (computed once per batch).

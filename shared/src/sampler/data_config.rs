@@ -5,7 +5,8 @@
 //! and the held-out sequences.
 
 use super::{
-    Layout, MaskVocab, MaskingConfig, MaskingSampler, MixSpec, Order, SamplerConfig, Sequences,
+    Join, Layout, MaskVocab, MaskingConfig, MaskingSampler, MixRule, MixSpec, Order, SamplerConfig,
+    Sequences, ShardSource, Weight,
 };
 use crate::error::{Error, Result};
 use crate::schedule::MaskSchedule;
@@ -28,12 +29,23 @@ pub struct DataConfig {
         feature = "clap",
         arg(long = "shards", value_name = "[NAME=]DIR", required = true)
     )]
-    pub shards: Vec<PathBuf>,
+    pub shards: Vec<ShardSource>,
     /// Weights of the named sources, each a number or a schedule (normalised at every step),
     /// e.g. c4=0.7,wiki=0.3 or c4=0.5,wiki=linear:0.5:0.1. Needed with two or more sources.
     #[cfg_attr(feature = "clap", arg(long, value_name = "NAME=WEIGHT,...", value_parser = parse_mix))]
     #[serde(default, with = "mix_spec", skip_serializing_if = "Option::is_none")]
     pub mix: Option<MixSpec>,
+    /// Instead of --mix: weigh each named source by its size, tokens^ALPHA normalised (1:
+    /// proportional to size, 0: uniform); ALPHA a number or a schedule, e.g. 0.7 or mmBERT's
+    /// stairs:0.7:0.5@0.6:0.3@0.9.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "ALPHA", value_parser = parse_weight, conflicts_with = "mix"))]
+    #[serde(default, with = "weight_spec", skip_serializing_if = "Option::is_none")]
+    pub mix_by_size: Option<Weight>,
+    /// With --mix-by-size: source NAME joins the mixture at fraction F of the run (weight 0
+    /// before); repeat for several.
+    #[cfg_attr(feature = "clap", arg(long, value_name = "NAME@F", value_parser = parse_join, requires = "mix_by_size"))]
+    #[serde(default, with = "join_spec", skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<Join>,
     /// Masking-rate schedule over the run, e.g. constant:0.15, linear:0.3:0.15, cosine:0.3:0.15@0.5.
     #[cfg_attr(feature = "clap", arg(long, default_value = "constant:0.15", value_parser = parse_schedule, long_help = crate::schedule::GRAMMAR))]
     #[serde(with = "schedule_spec")]
@@ -85,7 +97,11 @@ pub struct DataConfig {
     pub cache_dir: Option<PathBuf>,
     /// Bound on the cache's size, e.g. 512MiB, 4GiB, 5GB [default: $MASKRATE_CACHE_BYTES, else 4G].
     #[cfg_attr(feature = "clap", arg(long, value_name = "SIZE", value_parser = crate::size::parse_size_arg))]
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::size::deserialize_opt"
+    )]
     pub cache_bytes: Option<u64>,
 }
 
@@ -95,6 +111,8 @@ impl Default for DataConfig {
         DataConfig {
             shards: Vec::new(),
             mix: None,
+            mix_by_size: None,
+            join: Vec::new(),
             schedule: MaskSchedule::constant(0.15),
             steps: 70_000,
             batch_size: 4096,
@@ -144,6 +162,45 @@ impl Data {
         hex::encode(h.finalize())
     }
 
+    /// Rank `rank` of `world_size`'s rows of step `step`'s batch as one JSON object: `config`,
+    /// `step`, `source` (each row's source name), `rate`, `slots`, and `input_ids`,
+    /// `attention_mask`, `token_type_ids`, `labels` as lists of int rows, as the Python package
+    /// returns them (labels -100 where nothing is predicted, token types all 0). What `trainer
+    /// inspect-batch --json` and `maskrate inspect-batch --json` print.
+    pub fn batch_json(
+        &self,
+        config: &DataConfig,
+        step: u64,
+        rank: usize,
+        world_size: usize,
+    ) -> Result<serde_json::Value> {
+        let plan = super::BatchPlan::whole_rank(config.batch_size, world_size, rank);
+        plan.validate()?;
+        if step >= config.steps {
+            return Err(Error::Config(format!(
+                "--step {step} is past the end of a {}-step run",
+                config.steps
+            )));
+        }
+        let b = self.sampler.batch(step, plan.rank_slots())?;
+        let rows = |v: Vec<i64>| -> Vec<Vec<i64>> {
+            v.chunks(b.seq_len.max(1)).map(<[i64]>::to_vec).collect()
+        };
+        let names = self.sampler.source_names();
+        let source: Vec<&str> = b.sources.iter().map(|&s| names[s as usize]).collect();
+        Ok(serde_json::json!({
+            "config": config,
+            "step": b.step,
+            "source": source,
+            "rate": b.rate,
+            "slots": [b.slots.start, b.slots.end],
+            "input_ids": rows(b.input_ids.iter().map(|&x| x as i64).collect()),
+            "attention_mask": rows(b.attention_mask.iter().map(|&x| x as i64).collect()),
+            "token_type_ids": rows(vec![0; b.input_ids.len()]),
+            "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
+        }))
+    }
+
     /// Every shard directory, as `--shards` names them.
     pub fn describe_dirs(&self) -> String {
         let mut out = Vec::new();
@@ -167,6 +224,47 @@ enum SourceDirs {
 }
 
 impl DataConfig {
+    /// Every key of a saved config (the field names, as `config.toml` and `--config` spell them).
+    pub fn keys() -> &'static [&'static str] {
+        introspect::struct_fields::<DataConfig>()
+    }
+
+    /// This config with `overrides` applied: keys and values as in a saved `config.toml`
+    /// (`{"schedule": "linear:0.3:0.15", "seq_len": 64, "cache_bytes": "4GiB"}`), checked as a
+    /// whole by the same deserializer. An unknown key is refused, naming the known ones.
+    pub fn with_overrides(
+        &self,
+        overrides: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<DataConfig> {
+        let keys = Self::keys();
+        if let Some(unknown) = overrides.keys().find(|k| !keys.contains(&k.as_str())) {
+            return Err(Error::Config(format!(
+                "unknown data setting {unknown:?} (known: {})",
+                keys.join(", ")
+            )));
+        }
+        let merge = |overrides: &mut dyn Iterator<Item = (&String, &serde_json::Value)>| {
+            let mut merged = match serde_json::to_value(self).expect("a config serializes") {
+                serde_json::Value::Object(map) => map,
+                _ => unreachable!("a struct serializes as an object"),
+            };
+            for (k, v) in overrides.filter(|(_, v)| !v.is_null()) {
+                merged.insert(k.clone(), v.clone());
+            }
+            serde_json::from_value::<DataConfig>(serde_json::Value::Object(merged))
+        };
+        merge(&mut overrides.iter()).map_err(|e| {
+            // Name the setting at fault: the first that fails on its own.
+            let culprit = overrides
+                .iter()
+                .find_map(|(k, v)| merge(&mut std::iter::once((k, v))).err().map(|e| (k, e)));
+            match culprit {
+                Some((key, e)) => Error::Config(format!("data setting {key:?}: {e}")),
+                None => Error::Config(format!("data settings: {e}")),
+            }
+        })
+    }
+
     /// The masking rules.
     pub fn masking(&self) -> MaskingConfig {
         MaskingConfig {
@@ -214,31 +312,44 @@ impl DataConfig {
         if self.shards.is_empty() {
             return Err(Error::Config("no shard directory given".into()));
         }
-        let parsed: Vec<(Option<&str>, PathBuf)> =
-            self.shards.iter().map(|p| split_source(p)).collect();
-        let named = parsed.iter().filter(|(n, _)| n.is_some()).count();
+        let named = self.shards.iter().filter(|s| s.name.is_some()).count();
+        if self.mix.is_some() && self.mix_by_size.is_some() {
+            return Err(Error::Config(
+                "--mix and --mix-by-size both weigh the sources: give one".into(),
+            ));
+        }
+        if !self.join.is_empty() && self.mix_by_size.is_none() {
+            return Err(Error::Config(
+                "--join applies to --mix-by-size (with --mix, a weight schedule such as \
+                 wiki=stairs:0:0.3@0.5 makes a source join late)"
+                    .into(),
+            ));
+        }
         if named == 0 {
-            if self.mix.is_some() {
+            if self.mix.is_some() || self.mix_by_size.is_some() {
                 return Err(Error::Config(
-                    "--mix weighs named sources: give them as --shards NAME=DIR".into(),
+                    "--mix and --mix-by-size weigh named sources: give them as --shards NAME=DIR"
+                        .into(),
                 ));
             }
-            return Ok(SourceDirs::Unnamed(self.shards.clone()));
+            return Ok(SourceDirs::Unnamed(
+                self.shards.iter().map(|s| s.dir.clone()).collect(),
+            ));
         }
-        if named < parsed.len() {
+        if named < self.shards.len() {
             return Err(Error::Config(
                 "--shards: name every source (NAME=DIR) or none".into(),
             ));
         }
         let mut sources: Vec<(String, Vec<PathBuf>)> = Vec::new();
-        for (name, dir) in parsed {
-            let name = name.expect("all named");
+        for source in &self.shards {
+            let name = source.name.as_deref().expect("all named");
             match sources.iter_mut().find(|(n, _)| n == name) {
-                Some((_, dirs)) => dirs.push(dir),
-                None => sources.push((name.to_string(), vec![dir])),
+                Some((_, dirs)) => dirs.push(source.dir.clone()),
+                None => sources.push((name.to_string(), vec![source.dir.clone()])),
             }
         }
-        if sources.len() > 1 && self.mix.is_none() {
+        if sources.len() > 1 && self.mix.is_none() && self.mix_by_size.is_none() {
             let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
             return Err(Error::Config(format!(
                 "{} sources ({}) need --mix with a weight for each, e.g. --mix {}",
@@ -285,13 +396,17 @@ impl DataConfig {
             train.push((name.clone(), t));
             held.extend(h.map(|h| (name.clone(), h)));
         }
-        let mix = match &self.mix {
-            Some(m) => m.clone(),
-            None => format!("{}=1", sources[0].0).parse()?,
+        let rule = match (&self.mix, self.mix_by_size) {
+            (_, Some(alpha)) => MixRule::BySize {
+                alpha,
+                join: self.join.clone(),
+            },
+            (Some(m), None) => MixRule::Weights(m.clone()),
+            (None, None) => MixRule::Weights(format!("{}=1", sources[0].0).parse()?),
         };
-        let sampler = Arc::new(MaskingSampler::mixed(
+        let sampler = Arc::new(MaskingSampler::mixed_by(
             train,
-            &mix,
+            &rule,
             MaskVocab::from_tokenizer(&tokenizer),
             self.sampler_config(),
         )?);
@@ -368,16 +483,6 @@ impl DataConfig {
     }
 }
 
-/// `NAME=DIR` as (name, dir) when NAME is a source name; anything else is a plain directory.
-fn split_source(arg: &std::path::Path) -> (Option<&str>, PathBuf) {
-    if let Some((name, dir)) = arg.to_str().and_then(|s| s.split_once('=')) {
-        if super::mixture::is_source_name(name) && !dir.is_empty() {
-            return (Some(name), PathBuf::from(dir));
-        }
-    }
-    (None, arg.to_path_buf())
-}
-
 /// `--mix` is stored as its spec string in configs.
 mod mix_spec {
     use crate::sampler::MixSpec;
@@ -400,6 +505,123 @@ mod mix_spec {
 
 #[cfg(feature = "clap")]
 fn parse_mix(s: &str) -> std::result::Result<MixSpec, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+/// The field names of a `Deserialize` struct, read from what its derived impl asks for.
+mod introspect {
+    use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+    struct Fields(&'static [&'static str]);
+
+    struct Recorder<'a>(&'a mut Option<&'static [&'static str]>);
+
+    impl<'de> Deserializer<'de> for Recorder<'_> {
+        type Error = Fields;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Fields> {
+            Err(Fields(&[]))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Fields> {
+            *self.0 = Some(fields);
+            Err(Fields(fields))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    impl de::Error for Fields {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Fields(&[])
+        }
+    }
+
+    impl de::StdError for Fields {}
+
+    impl std::fmt::Display for Fields {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field introspection")
+        }
+    }
+
+    impl std::fmt::Debug for Fields {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "Fields({:?})", self.0)
+        }
+    }
+
+    /// `T`'s field names (empty for a type that is not a struct).
+    pub fn struct_fields<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+        let mut fields = None;
+        let _ = T::deserialize(Recorder(&mut fields));
+        fields.unwrap_or(&[])
+    }
+}
+
+/// `--mix-by-size` is stored as its spec string (a number or a schedule).
+mod weight_spec {
+    use crate::sampler::Weight;
+
+    pub fn serialize<S: serde::Serializer>(w: &Option<Weight>, ser: S) -> Result<S::Ok, S::Error> {
+        match w {
+            Some(w) => ser.collect_str(w),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<Weight>, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Spec {
+            Number(f64),
+            Text(String),
+        }
+        match Option::<Spec>::deserialize(de)? {
+            None => Ok(None),
+            Some(Spec::Number(n)) => n.to_string().parse().map(Some),
+            Some(Spec::Text(t)) => t.parse().map(Some),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+
+    use serde::Deserialize;
+}
+
+/// `--join` is stored as its `NAME@F` strings.
+mod join_spec {
+    use crate::sampler::Join;
+
+    pub fn serialize<S: serde::Serializer>(j: &[Join], ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_seq(j.iter().map(|j| j.to_string()))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<Join>, D::Error> {
+        let v: Vec<String> = serde::Deserialize::deserialize(de)?;
+        v.iter()
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(feature = "clap")]
+fn parse_weight(s: &str) -> std::result::Result<Weight, String> {
+    s.parse().map_err(|e: Error| e.to_string())
+}
+
+#[cfg(feature = "clap")]
+fn parse_join(s: &str) -> std::result::Result<Join, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
@@ -437,7 +659,7 @@ mod tests {
     fn command_line_defaults_are_the_default_config() {
         let parsed = Cli::parse_from(["t", "--shards", "dir"]).data;
         let expected = DataConfig {
-            shards: vec!["dir".into()],
+            shards: vec!["dir".parse().unwrap()],
             ..DataConfig::default()
         };
         assert_eq!(parsed, expected);
@@ -447,6 +669,8 @@ mod tests {
     fn every_field_is_a_flag_and_a_config_key() {
         let every_field_set = DataConfig {
             mix: Some("a=1".parse().unwrap()),
+            mix_by_size: Some("0.7".parse().unwrap()),
+            join: vec!["a@0.5".parse().unwrap()],
             cache_dir: Some("cache".into()),
             cache_bytes: Some(1 << 20),
             ..DataConfig::default()
@@ -467,5 +691,88 @@ mod tests {
         let mut keys = keys;
         keys.sort();
         assert_eq!(flags, keys);
+    }
+}
+
+#[cfg(test)]
+mod override_tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_every_serialized_field() {
+        let every_field_set = DataConfig {
+            mix: Some("a=1".parse().unwrap()),
+            mix_by_size: Some("0.7".parse().unwrap()),
+            join: vec!["a@0.5".parse().unwrap()],
+            cache_dir: Some("cache".into()),
+            cache_bytes: Some(1 << 20),
+            ..DataConfig::default()
+        };
+        let mut serialized: Vec<String> = serde_json::to_value(every_field_set)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        serialized.sort();
+        let mut keys = DataConfig::keys().to_vec();
+        keys.sort();
+        assert_eq!(keys, serialized);
+    }
+
+    #[test]
+    fn overrides_parse_like_a_saved_config_and_unknown_keys_are_refused() {
+        let overrides = serde_json::json!({
+            "shards": ["c4=/d/c4", "wiki=s3://b/wiki"],
+            "schedule": "linear:0.3:0.15",
+            "seq_len": 64,
+            "cache_bytes": "4GiB",
+            "mix": "c4=1,wiki=2",
+            "order": null,
+        });
+        let serde_json::Value::Object(map) = overrides else {
+            unreachable!()
+        };
+        let c = DataConfig::default().with_overrides(map).unwrap();
+        let expected = DataConfig {
+            shards: vec![
+                ShardSource::named("c4", "/d/c4").unwrap(),
+                ShardSource::named("wiki", "s3://b/wiki").unwrap(),
+            ],
+            schedule: "linear:0.3:0.15".parse().unwrap(),
+            seq_len: 64,
+            cache_bytes: Some(4 << 30),
+            mix: Some("c4=1,wiki=2".parse().unwrap()),
+            ..DataConfig::default()
+        };
+        assert_eq!(c, expected);
+
+        let bad = |json: serde_json::Value| {
+            let serde_json::Value::Object(map) = json else {
+                unreachable!()
+            };
+            DataConfig::default()
+                .with_overrides(map)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad(serde_json::json!({"seqlen": 64}));
+        assert!(
+            err.contains("\"seqlen\"") && err.contains("seq_len"),
+            "{err}"
+        );
+        let err = bad(serde_json::json!({"schedule": "linear:0.3"}));
+        assert!(err.contains("\"schedule\""), "{err}");
+        let err = bad(serde_json::json!({"cache_bytes": "4 parsecs"}));
+        assert!(
+            err.contains("\"cache_bytes\"") && err.contains("4 parsecs"),
+            "{err}"
+        );
+        let err = bad(serde_json::json!({"batch_size": -1}));
+        assert!(
+            err.contains("\"batch_size\"") && err.contains("-1"),
+            "{err}"
+        );
     }
 }

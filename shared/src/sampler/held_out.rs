@@ -2,7 +2,10 @@
 //! seed, so runs with different schedules are scored on the same masked tokens (the paper's
 //! protocol). The trainer's evaluator and the Python package both take them from here.
 
-use super::{Batch, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
+use super::{
+    Batch, BatchOut, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences,
+    WrittenBatch,
+};
 use crate::error::Result;
 use crate::schedule::MaskSchedule;
 
@@ -49,6 +52,21 @@ impl HeldOutBatches {
     /// Batch `i`, `0..len()`.
     pub fn batch(&self, i: u64) -> Result<Batch> {
         self.sampler.global_batch(i)
+    }
+
+    /// Sequences per batch.
+    pub fn rows(&self) -> usize {
+        self.sampler.config().global_batch
+    }
+
+    /// Sequence length.
+    pub fn seq_len(&self) -> usize {
+        self.sampler.sequences().seq_len()
+    }
+
+    /// Batch `i` written into caller-owned arrays ([`MaskingSampler::batch_into`]).
+    pub fn batch_into(&self, i: u64, out: BatchOut<'_>) -> Result<WrittenBatch> {
+        self.sampler.batch_into(i, 0..self.rows(), out)
     }
 
     /// Every batch, in evaluation order.

@@ -15,6 +15,8 @@ use std::str::FromStr;
 pub const CHECKPOINT: u64 = 256;
 
 /// A source's weight: a constant (any finite number >= 0) or a schedule in the masking-rate grammar.
+// A schedule holds its points inline (it is `Copy`); a mixture holds a few of these.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Weight {
     /// The same weight at every step.
@@ -40,6 +42,79 @@ impl fmt::Display for Weight {
             Weight::Scheduled(s) => write!(f, "{s}"),
         }
     }
+}
+
+impl FromStr for Weight {
+    type Err = Error;
+
+    /// A number >= 0, or a schedule whose values are >= 0.
+    fn from_str(value: &str) -> Result<Self> {
+        match value.trim().parse::<f64>() {
+            Ok(w) if w.is_finite() && w >= 0.0 => Ok(Weight::Constant(w)),
+            Ok(w) => Err(Error::Config(format!("{w} is negative or not finite"))),
+            Err(_) => Ok(Weight::Scheduled(MaskSchedule::parse_non_negative(
+                value.trim(),
+            )?)),
+        }
+    }
+}
+
+/// `--join NAME@F`: a source left out of a `--mix-by-size` mixture before fraction F of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Join {
+    /// The source.
+    pub name: String,
+    /// Fraction of the run from which it is mixed in, in [0, 1).
+    pub at: f64,
+}
+
+impl FromStr for Join {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let bad = |msg: String| Error::Config(format!("--join {spec:?}: {msg}"));
+        let (name, at) = spec
+            .split_once('@')
+            .ok_or_else(|| bad("write NAME@F (F: the fraction of the run it joins at)".into()))?;
+        let name = name.trim();
+        if !is_source_name(name) {
+            return Err(bad(format!("{name:?} is not a source name")));
+        }
+        let at: f64 = at
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("fraction {at:?} is not a number")))?;
+        if !(0.0..1.0).contains(&at) {
+            return Err(bad(format!("fraction {at} is outside [0, 1)")));
+        }
+        Ok(Join {
+            name: name.to_string(),
+            at,
+        })
+    }
+}
+
+impl fmt::Display for Join {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.at)
+    }
+}
+
+/// How the sources of a mixture are weighed.
+// A schedule holds its points inline (it is `Copy`); a mixture holds a few of these.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum MixRule {
+    /// `--mix`: a weight (or weight schedule) per source.
+    Weights(MixSpec),
+    /// `--mix-by-size ALPHA [--join NAME@F]...`: source `i` weighs `(tokens_i / max tokens) ^
+    /// ALPHA(t)` (1: in proportion to size, 0: uniform), 0 before its join fraction.
+    BySize {
+        /// The exponent: a number or a schedule.
+        alpha: Weight,
+        /// Sources that join late.
+        join: Vec<Join>,
+    },
 }
 
 /// `--mix`: a weight for every named source, `name=weight,name=weight`.
@@ -80,12 +155,14 @@ impl FromStr for MixSpec {
                         format!("weight {w} of {name:?} is negative or not finite"),
                     ))
                 }
-                Err(_) => Weight::Scheduled(value.parse().map_err(|e: Error| {
-                    bad_mix(
-                        spec,
-                        format!("weight of {name:?} is neither a number nor a schedule: {e}"),
-                    )
-                })?),
+                Err(_) => {
+                    Weight::Scheduled(MaskSchedule::parse_non_negative(value).map_err(|e| {
+                        bad_mix(
+                            spec,
+                            format!("weight of {name:?} is neither a number nor a schedule: {e}"),
+                        )
+                    })?)
+                }
             };
             weights.push((name.to_string(), weight));
         }
@@ -119,11 +196,28 @@ pub fn is_source_name(name: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Mixture {
     names: Vec<String>,
-    weights: Vec<Weight>,
+    weights: SourceWeights,
     total_steps: u64,
     global_batch: usize,
     /// `checkpoints[k][s]`: rows of source `s` in steps `0..k·CHECKPOINT`.
     checkpoints: Vec<Vec<u64>>,
+}
+
+/// Each source's weight, resolved from a [`MixRule`].
+// A schedule holds its points inline (it is `Copy`); a mixture holds a few of these.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum SourceWeights {
+    /// One weight per source, in name order.
+    Each(Vec<Weight>),
+    /// By size: `(relative size)^alpha(t)` from each source's join step on.
+    BySize {
+        alpha: Weight,
+        /// Tokens of each source over the largest source's.
+        relative_size: Vec<f64>,
+        /// First step each source is mixed in.
+        join_step: Vec<u64>,
+    },
 }
 
 impl Mixture {
@@ -135,6 +229,58 @@ impl Mixture {
         total_steps: u64,
         global_batch: usize,
     ) -> Result<Self> {
+        Self::with_rule(
+            sources,
+            &[],
+            &MixRule::Weights(spec.clone()),
+            total_steps,
+            global_batch,
+        )
+    }
+
+    /// The mixture of `sources` (names, sorted; `tokens`: each one's size, needed by
+    /// [`MixRule::BySize`]) under `rule`, with the refusals of [`Mixture::new`].
+    pub fn with_rule(
+        sources: &[String],
+        tokens: &[u64],
+        rule: &MixRule,
+        total_steps: u64,
+        global_batch: usize,
+    ) -> Result<Self> {
+        let spec = match rule {
+            MixRule::Weights(spec) => spec,
+            MixRule::BySize { alpha, join } => {
+                let what = format!("--mix-by-size {alpha}");
+                for j in join {
+                    if !sources.contains(&j.name) {
+                        return Err(Error::Config(format!(
+                            "--join {j}: unknown source {:?} (sources: {})",
+                            j.name,
+                            sources.join(", ")
+                        )));
+                    }
+                }
+                if tokens.len() != sources.len() || tokens.contains(&0) {
+                    return Err(Error::Config(format!(
+                        "{what}: every source needs its token count (one is empty)"
+                    )));
+                }
+                let max = *tokens.iter().max().expect("one source at least") as f64;
+                let weights = SourceWeights::BySize {
+                    alpha: *alpha,
+                    relative_size: tokens.iter().map(|&t| t as f64 / max).collect(),
+                    join_step: sources
+                        .iter()
+                        .map(|s| {
+                            join.iter()
+                                .find(|j| &j.name == s)
+                                .map_or(0, |j| (j.at * total_steps as f64).ceil() as u64)
+                        })
+                        .collect(),
+                };
+                return Self::build(sources, weights, &what, total_steps, global_batch);
+            }
+        };
         let spec_text = spec.to_string();
         for (name, _) in &spec.weights {
             if !sources.contains(name) {
@@ -154,6 +300,24 @@ impl Mixture {
                     .ok_or_else(|| bad_mix(&spec_text, format!("source {s:?} has no weight")))
             })
             .collect::<Result<Vec<_>>>()?;
+        let what = format!("--mix {spec_text:?}");
+        Self::build(
+            sources,
+            SourceWeights::Each(weights),
+            &what,
+            total_steps,
+            global_batch,
+        )
+    }
+
+    /// The mixture, with its prefix sums; refuses a step at which every weight is zero.
+    fn build(
+        sources: &[String],
+        weights: SourceWeights,
+        what: &str,
+        total_steps: u64,
+        global_batch: usize,
+    ) -> Result<Self> {
         let mut m = Mixture {
             names: sources.to_vec(),
             weights,
@@ -168,10 +332,9 @@ impl Mixture {
             }
             let w = m.raw_weights(step);
             if w.iter().sum::<f64>() <= 0.0 {
-                return Err(bad_mix(
-                    &spec_text,
-                    format!("every weight is zero at step {step}"),
-                ));
+                return Err(Error::Config(format!(
+                    "{what}: every weight is zero at step {step}"
+                )));
             }
             for (r, c) in rows.iter_mut().zip(m.counts_from(&w)) {
                 *r += c as u64;
@@ -185,16 +348,41 @@ impl Mixture {
         &self.names
     }
 
-    /// The weights, in name order.
-    pub fn weights(&self) -> &[Weight] {
-        &self.weights
+    /// How source `i` is weighed, for display: its weight (`0.7`, `linear:0.5:0.1`), or by size
+    /// its share of the largest source's tokens, the exponent and its join step.
+    pub fn describe(&self, i: usize) -> String {
+        match &self.weights {
+            SourceWeights::Each(w) => w[i].to_string(),
+            SourceWeights::BySize {
+                alpha,
+                relative_size,
+                join_step,
+            } => {
+                let join = match join_step[i] {
+                    0 => String::new(),
+                    s => format!(", from step {s}"),
+                };
+                format!("({:.4} of the largest)^{alpha}{join}", relative_size[i])
+            }
+        }
     }
 
     fn raw_weights(&self, step: u64) -> Vec<f64> {
-        self.weights
-            .iter()
-            .map(|w| w.at(step, self.total_steps))
-            .collect()
+        match &self.weights {
+            SourceWeights::Each(w) => w.iter().map(|w| w.at(step, self.total_steps)).collect(),
+            SourceWeights::BySize {
+                alpha,
+                relative_size,
+                join_step,
+            } => {
+                let a = alpha.at(step, self.total_steps);
+                relative_size
+                    .iter()
+                    .zip(join_step)
+                    .map(|(&r, &j)| if step < j { 0.0 } else { r.powf(a) })
+                    .collect()
+            }
+        }
     }
 
     /// The normalised weights at `step`.
@@ -298,6 +486,27 @@ mod tests {
         assert!(err("c4=1,wiki=1,books=1").contains("unknown source \"books\""));
         assert!(err("c4=1").contains("source \"wiki\" has no weight"));
         assert!(err("c4=0,wiki=0").contains("every weight is zero at step 0"));
+        // A source joining at 30%: before it, the other source is alone; a gap with no source
+        // weighted is refused, naming the first such step.
+        let m = Mixture::new(
+            &names(&["c4", "wiki"]),
+            &"c4=1,wiki=stairs:0:0.5@0.3".parse().unwrap(),
+            10,
+            4,
+        )
+        .unwrap();
+        // From step 3 (ceil(0.3 x 10)): 4 x (1, 0.5) / 1.5 = 2.67, 1.33 -> 3, 1.
+        assert_eq!((m.counts(2), m.counts(3)), (vec![4, 0], vec![3, 1]));
+        let sources2 = names(&["c4", "wiki"]);
+        let err = Mixture::new(
+            &sources2,
+            &"c4=stairs:1:0@0.5,wiki=stairs:0:1@0.7".parse().unwrap(),
+            10,
+            4,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("every weight is zero at step 5"), "{err}");
         // A step schedule whose only non-zero phase ends: zero from the switch on.
         let sources = names(&["a", "b"]);
         let m = Mixture::new(&sources, &"a=step:0.5:0.2:0.5,b=0".parse().unwrap(), 10, 4).unwrap();

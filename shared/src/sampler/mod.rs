@@ -20,15 +20,17 @@ pub mod mixture;
 pub mod order;
 pub mod sequence;
 pub mod shard_blocks;
+pub mod source;
 
-pub use batch::{Batch, BatchPlan, MaskingSampler, SamplerConfig};
+pub use batch::{Batch, BatchOut, BatchPlan, IdsOut, MaskingSampler, SamplerConfig, WrittenBatch};
 pub use data_config::{Data, DataConfig};
 pub use held_out::HeldOutBatches;
 pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
-pub use mixture::{MixSpec, Mixture, Weight};
+pub use mixture::{Join, MixRule, MixSpec, Mixture, Weight};
 pub use sequence::{Layout, Sequences};
 pub use shard_blocks::Order;
+pub use source::ShardSource;
 
 use crate::tokenizer::LoadedTokenizer;
 

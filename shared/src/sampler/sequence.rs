@@ -228,10 +228,10 @@ impl Sequences {
         match self.layout {
             Layout::Truncate => {
                 let doc = self.kept_docs.as_ref().map_or(j, |k| k.select(j));
-                let held = self.shards.read_doc(doc)?;
+                let held = self.shards.read_doc_span(doc, 0..body)?;
                 let tokens = held.tokens();
-                let n = tokens.len().min(body);
-                tokens.slice(0..n).copy_to(&mut out[1..1 + n]);
+                let n = tokens.len();
+                tokens.copy_to(&mut out[1..1 + n]);
                 out[1 + n] = self.sep;
                 out[2 + n..].fill(self.pad);
                 Ok(n + 2)
@@ -242,13 +242,13 @@ impl Sequences {
                 let mut offset = (start - self.stream_start(doc)) as usize;
                 let mut at = 1;
                 while at < 1 + body {
-                    let held = self.shards.read_doc(doc)?;
+                    let held = self
+                        .shards
+                        .read_doc_span(doc, offset..offset + (1 + body - at))?;
                     let tokens = held.tokens();
-                    if offset < tokens.len() {
-                        let n = (tokens.len() - offset).min(1 + body - at);
-                        tokens
-                            .slice(offset..offset + n)
-                            .copy_to(&mut out[at..at + n]);
+                    if !tokens.is_empty() {
+                        let n = tokens.len();
+                        tokens.copy_to(&mut out[at..at + n]);
                         at += n;
                         offset += n;
                     } else {

@@ -8,14 +8,17 @@
 //! - [`writer::ShardWriter`] appends documents and commits a shard pair atomically.
 //! - [`reader::ShardSet`] maps one or more shard directories and serves document *i* in O(1)
 //!   without copying.
+//! - [`remote`] opens shard directories in a bucket through the cache, and uploads finished ones.
 
 pub mod idx;
 pub mod manifest;
 pub mod reader;
+pub mod remote;
 pub mod writer;
 
 pub use manifest::{InputFile, Manifest, ShardEntry, Totals};
 pub use reader::{ShardSet, Tokens};
+pub use remote::upload_shard_dir;
 pub use writer::ShardWriter;
 
 #[cfg(target_endian = "big")]

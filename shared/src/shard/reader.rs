@@ -5,11 +5,12 @@
 //! per-shard document counts (O(log shards)) and served as a slice of the map.
 
 use super::idx::IndexView;
+use super::remote::DirSource;
 use super::{Manifest, ShardEntry, TokenDtype};
 use crate::error::{Error, IoContext, Result};
 use crate::store::cache::Fetch;
-use crate::store::{self, CacheConfig, ShardCache, Store};
-use crate::tokenizer::{TokenizerInfo, TOKENIZER_FILE};
+use crate::store::{CacheConfig, ShardCache};
+use crate::tokenizer::TokenizerInfo;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::fs::File;
@@ -99,7 +100,7 @@ impl<'a> Tokens<'a> {
 
 /// The token bytes of one shard: mapped from a local file, or fetched whole from object storage
 /// into the bounded cache when a document is read.
-enum BinBytes {
+pub(super) enum BinBytes {
     /// A local `.bin` (`None` when empty).
     Mapped(Option<Mmap>),
     /// A `.bin` in a bucket.
@@ -193,7 +194,7 @@ impl Shard {
     }
 }
 
-fn map(path: &Path) -> Result<Option<Mmap>> {
+pub(super) fn map(path: &Path) -> Result<Option<Mmap>> {
     let file = File::open(path).with_path(path)?;
     let len = file.metadata().with_path(path)?.len();
     if len == 0 {
@@ -219,62 +220,6 @@ pub struct ShardSet {
     /// `token_starts[s]` = global offset of shard `s`'s first token; last entry = total.
     token_starts: Vec<u64>,
     cache: Option<Arc<ShardCache>>,
-}
-
-/// Where a directory's files are read from.
-enum DirSource {
-    Local,
-    Remote {
-        store: Store,
-        cache: Arc<ShardCache>,
-    },
-}
-
-impl DirSource {
-    /// How `dir`'s shards are reached, and the local directory holding its manifest and tokenizer
-    /// (`dir` itself, or the cache's mirror of a bucket's).
-    fn open(dir: &Path, cache: Option<&CacheConfig>) -> Result<(PathBuf, DirSource)> {
-        if !store::is_remote(dir) {
-            return Ok((dir.to_path_buf(), DirSource::Local));
-        }
-        let cfg = match cache {
-            Some(c) => c.clone(),
-            None => CacheConfig::new(None, None)?,
-        };
-        let cache = ShardCache::shared(&cfg)?;
-        let store = Store::open(&dir.to_string_lossy())?;
-        let meta_dir = mirror_metadata(&store, &cfg)?;
-        Ok((meta_dir, DirSource::Remote { store, cache }))
-    }
-
-    /// The index (mapped, or fetched and pinned in the cache) and the token bytes of the shard
-    /// `entry`, whose files are `bin_path` and `idx_path`.
-    fn shard_bytes(
-        &self,
-        entry: &ShardEntry,
-        dtype: TokenDtype,
-        [bin_path, idx_path]: &[PathBuf; 2],
-    ) -> Result<(Arc<Mmap>, BinBytes)> {
-        match self {
-            DirSource::Local => {
-                let idx = map(idx_path)?.ok_or_else(|| Error::format(idx_path, "empty file"))?;
-                Ok((Arc::new(idx), BinBytes::Mapped(map(bin_path)?)))
-            }
-            DirSource::Remote { store, cache } => {
-                let [bin_name, _] = super::pair_names(&entry.name);
-                let fetch = Fetch::new(
-                    store.clone(),
-                    bin_name,
-                    entry.bin_sha256.clone(),
-                    entry.tokens * dtype.size() as u64,
-                    "bin",
-                );
-                let idx = cache.get(&index_fetch(store, entry), true)?;
-                let cache = cache.clone();
-                Ok((idx, BinBytes::Remote { cache, fetch }))
-            }
-        }
-    }
 }
 
 impl Shard {
@@ -364,10 +309,8 @@ impl ShardSet {
         for dir in dirs {
             let (meta_dir, source) = DirSource::open(dir, cache)?;
             let manifest = Manifest::load(&meta_dir)?;
-            if let DirSource::Remote { store, cache } = &source {
-                // The indexes in parallel (Shard::open then finds them cached).
-                cache.prefetch(manifest.shards.iter().map(|e| index_fetch(store, e)));
-                set.cache = Some(cache.clone());
+            if let Some(cache) = source.prefetch_indexes(&manifest) {
+                set.cache = Some(cache);
             }
             if let Some(first) = set.manifests.first() {
                 first
@@ -525,6 +468,13 @@ impl ShardSet {
     /// `.bin` or an id is outside the tokenizer's vocabulary: a corrupted or foreign shard must
     /// never reach an embedding lookup.
     pub fn read_doc(&self, doc: u64) -> Result<Doc<'_>> {
+        self.read_doc_span(doc, 0..usize::MAX)
+    }
+
+    /// [`ShardSet::read_doc`] of tokens `span` of document `doc` only (clipped to the document;
+    /// empty past its end): the vocabulary check covers what is read, so a reader that takes the
+    /// first 126 tokens of a 2,000-token document does not scan the other 1,874.
+    pub fn read_doc_span(&self, doc: u64, span: std::ops::Range<usize>) -> Result<Doc<'_>> {
         let (s, local) = self.locate(doc);
         let shard = &self.shards[s];
         let range = self.doc_range(s, local).ok_or_else(|| {
@@ -540,6 +490,10 @@ impl ShardSet {
                 ),
             )
         })?;
+        let size = shard.dtype.size();
+        let tokens = (range.end - range.start) / size;
+        let (first, last) = (span.start.min(tokens), span.end.min(tokens));
+        let range = range.start + first * size..range.start + last.max(first) * size;
         let doc_ref = Doc {
             view: shard.bin_view()?,
             range,
@@ -547,6 +501,7 @@ impl ShardSet {
         };
         let vocab = self.manifests[0].tokenizer.vocab_size as u32;
         if let Some((at, id)) = doc_ref.tokens().first_at_or_above(vocab) {
+            let at = first + at;
             return Err(Error::format(
                 &shard.bin_path,
                 format!(
@@ -634,32 +589,4 @@ impl ShardSet {
         }
         Ok(checked)
     }
-}
-
-/// The fetch of a remote shard's `.idx`.
-fn index_fetch(store: &Store, entry: &ShardEntry) -> Fetch {
-    let [_, idx] = super::pair_names(&entry.name);
-    Fetch::new(
-        store.clone(),
-        idx,
-        entry.idx_sha256.clone(),
-        entry.idx_bytes(),
-        "idx",
-    )
-}
-
-/// Copies a remote set's `manifest.json` and `tokenizer.json` into a local directory of the cache
-/// named by the manifest's hash (so a replaced set gets a fresh one), written atomically.
-fn mirror_metadata(store: &Store, cache: &CacheConfig) -> Result<PathBuf> {
-    let manifest = store.get_bytes(super::MANIFEST_FILE)?;
-    let hash = hex::encode(Sha256::digest(&manifest));
-    let dir = cache.dir.join("sets").join(&hash[..32]);
-    if dir.join(super::MANIFEST_FILE).exists() && dir.join(TOKENIZER_FILE).exists() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(&dir).with_path(&dir)?;
-    let tokenizer = store.get_bytes(TOKENIZER_FILE)?;
-    crate::atomic::write_file(&dir.join(TOKENIZER_FILE), &tokenizer)?;
-    crate::atomic::write_file(&dir.join(super::MANIFEST_FILE), &manifest)?;
-    Ok(dir)
 }

@@ -364,47 +364,6 @@ pub fn open_object(url: &str) -> Result<(Store, String)> {
     Ok((Store::open(parent)?, name.to_string()))
 }
 
-/// Uploads a finished local shard directory to `store`: shard files and the tokenizer first
-/// (skipping objects already there with the same size: a rerun after a failure resumes), the
-/// manifest last, so a reader never sees a set whose files are not all there. Returns the bytes
-/// uploaded.
-pub fn upload_shard_dir(local: &Path, store: &Store, mut progress: impl FnMut(u64)) -> Result<u64> {
-    let manifest = crate::shard::Manifest::load(local)?;
-    let tokenizer = local.join(crate::tokenizer::TOKENIZER_FILE);
-    let tokenizer_len = std::fs::metadata(&tokenizer).with_path(&tokenizer)?.len();
-    let mut files = vec![(crate::tokenizer::TOKENIZER_FILE.to_string(), tokenizer_len)];
-    for entry in &manifest.shards {
-        let [bin, idx] = crate::shard::pair_names(&entry.name);
-        files.push((bin, entry.bin_bytes));
-        files.push((idx, entry.idx_bytes()));
-    }
-    let mut uploaded = 0;
-    for (rel, len) in &files {
-        if store.size_of(rel)? == Some(*len) {
-            continue;
-        }
-        let path = local.join(rel);
-        if !path.exists() {
-            return Err(Error::Remote {
-                url: store.url_of(rel),
-                msg: format!(
-                    "missing from the bucket and from {}: rerun with --overwrite",
-                    local.display()
-                ),
-            });
-        }
-        store.upload_file(rel, &path)?;
-        uploaded += len;
-        progress(uploaded);
-    }
-    let manifest_path = local.join(crate::shard::MANIFEST_FILE);
-    let bytes = std::fs::read(&manifest_path).with_path(&manifest_path)?;
-    uploaded += bytes.len() as u64;
-    store.put_bytes(crate::shard::MANIFEST_FILE, bytes)?;
-    progress(uploaded);
-    Ok(uploaded)
-}
-
 fn object_path(url_path: &str) -> Result<ObjectPath> {
     let decoded = url_path.trim_matches('/');
     ObjectPath::parse(decoded).map_err(|e| Error::Config(format!("object path {decoded:?}: {e}")))

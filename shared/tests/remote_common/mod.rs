@@ -4,7 +4,7 @@
 
 use s3_test_server::S3Server;
 use shared::sampler::{DataConfig, Layout, Order};
-use shared::store::{self, Store};
+use shared::store::Store;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -34,7 +34,7 @@ pub fn uploaded(prefix: &str, per_shard: usize) -> (tempfile::TempDir, PathBuf, 
     let dir = tempfile::tempdir().unwrap();
     shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), per_shard);
     let url = format!("s3://data/{prefix}");
-    store::upload_shard_dir(dir.path(), &Store::open(&url).unwrap(), |_| {}).unwrap();
+    shared::shard::upload_shard_dir(dir.path(), &Store::open(&url).unwrap(), |_| {}).unwrap();
     let path = dir.path().to_path_buf();
     (dir, path, url)
 }
@@ -47,7 +47,7 @@ pub fn config(
     bytes: u64,
 ) -> DataConfig {
     DataConfig {
-        shards: vec![shards],
+        shards: vec![shards.into()],
         steps: 40,
         batch_size: 16,
         seq_len: 64,

@@ -126,6 +126,7 @@ pub fn train_seed(
         warmup_steps: (opts.warmup * total as f64).ceil() as u64,
         total_steps: total,
         final_ratio: 0.0,
+        decay: Default::default(),
     };
     let pad = start.tokenizer.info.pad_id;
     let t0 = Instant::now();

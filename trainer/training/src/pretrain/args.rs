@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use model::BertConfig;
 use serde::{Deserialize, Serialize};
-use shared::schedule::LrSchedule;
+use shared::schedule::{LrDecay, LrSchedule};
 use std::path::PathBuf;
 
 /// Training flags (every one can also come from `--config run.toml`; flags win).
@@ -49,9 +49,14 @@ pub struct TrainArgs {
     /// Fraction of steps of linear warm-up.
     #[arg(long, default_value_t = 0.06)]
     pub warmup: f64,
-    /// Final learning rate as a fraction of the peak (linear decay).
+    /// Final learning rate as a fraction of the peak.
     #[arg(long, default_value_t = 0.02)]
     pub final_lr_ratio: f64,
+    /// How the learning rate falls after warm-up: linear, or wsd:DECAY[:SHAPE] (the peak held,
+    /// then the last DECAY of the run decaying with SHAPE linear, cosine or 1-sqrt).
+    #[arg(long, default_value = "linear", value_parser = parse_lr_decay, long_help = shared::schedule::LR_GRAMMAR)]
+    #[serde(default)]
+    pub lr_schedule: LrDecay,
     /// Adam beta1.
     #[arg(long, default_value_t = 0.9)]
     pub beta1: f64,
@@ -154,6 +159,7 @@ impl TrainArgs {
             warmup_steps: (self.warmup * steps as f64).round() as u64,
             total_steps: steps,
             final_ratio: self.final_lr_ratio,
+            decay: self.lr_schedule,
         }
     }
 
@@ -174,4 +180,8 @@ fn default_precision() -> String {
 
 fn default_check_every() -> u64 {
     100
+}
+
+fn parse_lr_decay(s: &str) -> std::result::Result<LrDecay, String> {
+    s.parse().map_err(|e: shared::Error| e.to_string())
 }

@@ -10,16 +10,21 @@ use super::TrainArgs;
 use crate::data::DataArgs;
 use crate::runtime::RuntimeArgs;
 use serde::{Deserialize, Serialize};
-use shared::sampler::{DataConfig, Layout, Order};
+use shared::sampler::{DataConfig, Layout, Order, ShardSource};
+use shared::schedule::LrDecay;
 use std::path::PathBuf;
 
 /// The flags that define a run's numbers. Serialized with the same (flat) keys as `TrainArgs`,
 /// so it compares equal to the identity saved by any earlier version that had the same flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunIdentity {
-    pub shards: Vec<PathBuf>,
+    pub shards: Vec<ShardSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix_by_size: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<String>,
     pub schedule: String,
     pub seq_len: usize,
     pub layout: Layout,
@@ -45,6 +50,9 @@ pub struct RunIdentity {
     pub lr: f64,
     pub warmup: f64,
     pub final_lr_ratio: f64,
+    /// `None` for the default linear decay (so checkpoints from before `--lr-schedule` match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<String>,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -92,6 +100,7 @@ impl TrainArgs {
             lr,
             warmup,
             final_lr_ratio,
+            lr_schedule,
             beta1,
             beta2,
             eps,
@@ -116,6 +125,8 @@ impl TrainArgs {
         let DataConfig {
             shards,
             mix,
+            mix_by_size,
+            join,
             schedule,
             steps,
             batch_size,
@@ -136,6 +147,8 @@ impl TrainArgs {
         let identity = RunIdentity {
             shards,
             mix: mix.map(|m| m.to_string()),
+            mix_by_size: mix_by_size.map(|m| m.to_string()),
+            join: join.iter().map(|j| j.to_string()).collect(),
             schedule: schedule.to_string(),
             seq_len,
             layout,
@@ -159,6 +172,7 @@ impl TrainArgs {
             lr,
             warmup,
             final_lr_ratio,
+            lr_schedule: (lr_schedule != LrDecay::Linear).then(|| lr_schedule.to_string()),
             beta1,
             beta2,
             eps,
@@ -254,8 +268,10 @@ mod tests {
             "t",
             "--shards",
             "s",
-            "--mix",
-            "a=1",
+            "--mix-by-size",
+            "0.5",
+            "--join",
+            "a@0.5",
             "--out",
             "o",
             "--layers",
@@ -274,8 +290,13 @@ mod tests {
             "c",
             "--cache-bytes",
             "1G",
+            "--lr-schedule",
+            "wsd:0.1:1-sqrt",
         ];
-        Cli::parse_from(argv).train
+        let mut args = Cli::parse_from(argv).train;
+        // --mix conflicts with --mix-by-size on the command line; both are keys all the same.
+        args.data.config.mix = Some("a=1".parse().unwrap());
+        args
     }
 
     fn keys(v: serde_json::Value) -> BTreeSet<String> {
@@ -343,6 +364,8 @@ mod tests {
         let identity = [
             "shards",
             "mix",
+            "mix_by_size",
+            "join",
             "schedule",
             "seq_len",
             "layout",
@@ -366,6 +389,7 @@ mod tests {
             "lr",
             "warmup",
             "final_lr_ratio",
+            "lr_schedule",
             "beta1",
             "beta2",
             "eps",

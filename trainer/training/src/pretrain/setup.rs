@@ -103,7 +103,7 @@ fn eval_sequences_from(dir: &Path, args: &TrainArgs, data: &Data) -> Result<Sequ
         .with_context(|| format!("--eval-shards {}", dir.display()))?;
     let config = &args.data.config;
     set.tokenizer()
-        .ensure_same(data.shards.tokenizer(), dir, &config.shards[0])?;
+        .ensure_same(data.shards.tokenizer(), dir, &config.shards[0].dir)?;
     let all = config.sequences(Arc::new(set), &data.tokenizer.info)?;
     if config.eval_sequences == 0 || config.eval_sequences >= all.len() {
         return Ok(all);
