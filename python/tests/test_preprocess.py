@@ -89,7 +89,10 @@ def test_ctrl_c_stops_cleanly_and_the_same_call_resumes(tmp_path, sample_shards)
         (corpus / f"part-{i:03}.jsonl").write_text("\n".join(lines * 3) + "\n")
     out = tmp_path / "out"
     code = (
-        "import maskrate, sys\n"
+        "import maskrate, signal, sys\n"
+        # A job started in the background by a non-interactive shell inherits SIGINT ignored, and
+        # Python then keeps it ignored: restore the handler an interactive user has.
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "try:\n"
         f"    maskrate.preprocess({str(corpus)!r}, {str(out)!r}, threads=1, shard_size=200_000, progress=False)\n"
         "    print('finished')\n"
