@@ -122,9 +122,10 @@ fn open_batches(
     set: Option<Arc<ShardSet>>,
     eval_batch: usize,
 ) -> shared::Result<Opened> {
+    // With phases each phase opens its own shards (a phase may change them): by path.
     let data = match set {
-        Some(set) => cfg.sample_from(set, cfg.eval_sequences)?,
-        None => cfg.open()?,
+        Some(set) if cfg.phases.is_empty() => cfg.sample_from(set, cfg.eval_sequences)?,
+        _ => cfg.open()?,
     };
     let vocab = MaskVocab::from_tokenizer(&data.tokenizer);
     let fingerprint = data.fingerprint();
@@ -180,6 +181,15 @@ impl MaskedBatches {
         Ok(pool)
     }
 
+    /// This rank's share of step `step`'s global batch.
+    fn plan_at(&self, step: u64) -> BatchPlan {
+        BatchPlan::whole_rank(
+            self.sampler.global_batch_at(step),
+            self.plan.world_size,
+            self.plan.rank,
+        )
+    }
+
     fn check_step(&self, step: u64) -> PyResult<()> {
         if step >= self.config.steps {
             return Err(PyValueError::new_err(format!(
@@ -202,7 +212,7 @@ impl MaskedBatches {
     ) -> PyResult<Bound<'py, PyDict>> {
         self.check_step(step)?;
         let sampler = self.sampler.clone();
-        let shape = [slots.len(), self.config.seq_len];
+        let shape = [slots.len(), self.sampler.seq_len_at(step)];
         let (dict, _) = self.write(py, shape, out, ids_dtype, move |target| {
             sampler.batch_into(step, slots, target)
         })?;
@@ -402,6 +412,11 @@ impl MaskedBatches {
         let shards = shards.open(py, &config)?;
         let plan = BatchPlan::whole_rank(config.batch_size, world_size, rank);
         plan.validate().map_err(to_py)?;
+        for (k, phase) in config.resolve_phases().map_err(to_py)?.iter().enumerate() {
+            BatchPlan::whole_rank(phase.config.batch_size, world_size, rank)
+                .validate()
+                .map_err(|e| PyValueError::new_err(format!("phase {}: {e}", k + 1)))?;
+        }
         let set = shards.as_ref().map(|s| s.get().set().clone());
         let cfg = config.clone();
         let Opened {
@@ -439,10 +454,10 @@ impl MaskedBatches {
         out: Option<Bound<'py, PyDict>>,
         ids_dtype: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let slots = self.plan.rank_slots();
         self.check_step(step)?;
+        let slots = self.plan_at(step).rank_slots();
         let sampler = self.sampler.clone();
-        let shape = [slots.len(), self.config.seq_len];
+        let shape = [slots.len(), self.sampler.seq_len_at(step)];
         let (dict, written) = self.write(py, shape, out, ids_dtype, move |target| {
             sampler.batch_into(step, slots, target)
         })?;
@@ -465,7 +480,8 @@ impl MaskedBatches {
         out: Option<Bound<'py, PyDict>>,
         ids_dtype: &str,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let rank_slots = self.plan.rank_slots();
+        self.check_step(step)?;
+        let rank_slots = self.plan_at(step).rank_slots();
         if micro_batch == 0 || !rank_slots.len().is_multiple_of(micro_batch) {
             return Err(PyValueError::new_err(format!(
                 "micro_batch {micro_batch} does not divide this rank's {} rows",
@@ -541,14 +557,17 @@ impl MaskedBatches {
     /// Each source's normalised weight at `step` and its rows in that step's global batch.
     fn mixture_at(&self, step: u64) -> PyResult<Vec<(String, f64, usize)>> {
         self.check_step(step)?;
-        let Some(m) = self.sampler.mixture() else {
-            return Ok(vec![(String::new(), 1.0, self.config.batch_size)]);
-        };
-        Ok(m.names()
-            .iter()
-            .zip(m.weights_at(step))
-            .zip(m.counts(step))
-            .map(|((n, w), c)| (n.clone(), w, c))
+        let counts = self.sampler.counts_at(step);
+        let weights = self
+            .sampler
+            .weights_at(step)
+            .unwrap_or_else(|| vec![1.0; counts.len()]);
+        Ok(self
+            .source_names()
+            .into_iter()
+            .zip(weights)
+            .zip(counts)
+            .map(|((n, w), c)| (n, w, c))
             .collect())
     }
 
@@ -577,22 +596,45 @@ impl MaskedBatches {
         self.config.steps
     }
 
-    /// Sequences per step over all ranks (`--batch-size`).
+    /// Sequences per step over all ranks (`--batch-size`; the first phase's with phases).
     #[getter]
     fn batch_size(&self) -> usize {
         self.config.batch_size
     }
 
-    /// Rows `batch(step)` returns: the global batch divided by the world size.
+    /// Rows `batch(step)` returns: the global batch divided by the world size (of the first
+    /// phase; `rows_at(step)` for any step).
     #[getter]
     fn rows(&self) -> usize {
         self.plan.rank_slots().len()
     }
 
-    /// Sequence length.
+    /// Sequence length (of the first phase; `seq_len_at(step)` for any step).
     #[getter]
     fn seq_len(&self) -> usize {
         self.config.seq_len
+    }
+
+    /// Rows `batch(step)` returns at `step` (phases may change the batch size).
+    fn rows_at(&self, step: u64) -> PyResult<usize> {
+        self.check_step(step)?;
+        Ok(self.plan_at(step).rank_slots().len())
+    }
+
+    /// Sequence length at `step` (phases may change it).
+    fn seq_len_at(&self, step: u64) -> PyResult<usize> {
+        self.check_step(step)?;
+        Ok(self.sampler.seq_len_at(step))
+    }
+
+    /// The run's phases as `(first_step, end_step, batch_size, seq_len)` (one without phases).
+    #[getter]
+    fn phase_shapes(&self) -> Vec<(u64, u64, usize, usize)> {
+        self.sampler
+            .phases()
+            .iter()
+            .map(|p| (p.first, p.end, p.global_batch, p.seq_len))
+            .collect()
     }
 
     /// This rank and the number of ranks.

@@ -46,14 +46,15 @@ pub fn inspect_batch_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             let json = data.batch_json(&cli.data, cli.step, cli.rank, cli.world_size)?;
             return Ok(serde_json::to_string(&json).expect("serializes") + "\n");
         }
-        let plan = BatchPlan::whole_rank(cli.data.batch_size, cli.world_size, cli.rank);
-        plan.validate()?;
         if cli.step >= cli.data.steps {
             return Err(shared::Error::Config(format!(
                 "--step {} is past the end of a {}-step run",
                 cli.step, cli.data.steps
             )));
         }
+        let batch_size = data.sampler.global_batch_at(cli.step);
+        let plan = BatchPlan::whole_rank(batch_size, cli.world_size, cli.rank);
+        plan.validate()?;
         let b = data.sampler.batch(cli.step, plan.rank_slots())?;
         let c = b.counts;
         Ok(format!(
@@ -66,7 +67,7 @@ pub fn inspect_batch_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             b.realised_rate(),
             b.slots.start,
             b.slots.end,
-            cli.data.batch_size,
+            batch_size,
             b.seq_len,
             c.maskable,
             c.chosen,

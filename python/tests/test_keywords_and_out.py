@@ -41,7 +41,13 @@ BUILDER = dict(eval_batch=2, rank=1, world_size=2, threads=1)
 PACK = {k: v for k, v in NON_DEFAULT.items() if k not in ("min_doc_tokens", "mix")}
 CASES = [
     NON_DEFAULT,
-    {**PACK, "layout": "pack", "mix_by_size": "stairs:0.7:0.3@0.5", "join": ["b@0.2"]},
+    {
+        **PACK,
+        "layout": "pack",
+        "mix_by_size": "stairs:0.7:0.3@0.5",
+        "join": ["b@0.2"],
+        "phases": [{"steps": 20}, {"seq_len": 48}],
+    },
 ]
 
 

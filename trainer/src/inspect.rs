@@ -146,7 +146,7 @@ fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
         "shards {} ({} documents, {} sequences of {} tokens, {:?} layout)",
         data.describe_dirs(),
         data.sources.iter().map(|(_, set)| set.len()).sum::<u64>(),
-        (0..s.source_names().len())
+        (0..s.mixture().map_or(1, |m| m.names().len()))
             .map(|i| s.source_sequences(i).len())
             .sum::<u64>(),
         args.data.config.seq_len,
@@ -166,7 +166,8 @@ fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
         if masking.whole_word { "; whole words" } else { "" }
     );
     if let Some(m) = s.mixture() {
-        let names = s.source_names();
+        // The first phase's mixture (its sources, in its own order).
+        let names = m.names();
         let parts: Vec<String> = names
             .iter()
             .enumerate()
@@ -180,17 +181,28 @@ fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
             .collect();
         let _ = writeln!(out, "mixture: {}", parts.join(", "));
     }
+    let phases = s.phases();
+    if phases.len() > 1 {
+        let parts: Vec<String> = phases
+            .iter()
+            .map(|p| format!("{}..{}: {} x {}", p.first, p.end, p.global_batch, p.seq_len))
+            .collect();
+        let _ = writeln!(
+            out,
+            "phases (steps: batch x tokens): {} (`trainer plan` shows each)",
+            parts.join(", ")
+        );
+    }
     out
 }
 
 /// `--stats` with a mixture: each source's scheduled weight against its realised share of the
 /// global batch (exact rows over the batch), as a table and a PNG plot beside the rate plot.
 fn weight_statistics(args: &InspectBatchArgs, s: &MaskingSampler, steps: &[u64]) -> Result<String> {
-    let Some(m) = s.mixture() else {
+    if s.mixture().is_none() {
         return Ok(String::new());
-    };
+    }
     let names = s.source_names();
-    let batch = args.data.config.batch_size as f64;
     let mut out = String::from("\nmixture weights: scheduled / realised share of the batch\n");
     let _ = write!(out, "{:>8}", "step");
     for n in &names {
@@ -208,8 +220,10 @@ fn weight_statistics(args: &InspectBatchArgs, s: &MaskingSampler, steps: &[u64])
     }
     for &step in steps {
         let b = s.global_batch(step)?;
+        let batch = b.rows() as f64;
         let _ = write!(out, "{step:>8}");
-        for (i, w) in m.weights_at(step).iter().enumerate() {
+        let weights = s.weights_at(step).unwrap_or_else(|| vec![1.0; names.len()]);
+        for (i, w) in weights.iter().enumerate() {
             let rows = b.sources.iter().filter(|&&x| x as usize == i).count();
             let share = rows as f64 / batch;
             let _ = write!(out, " {w:>10.4} / {share:>8.4}");
@@ -314,7 +328,8 @@ fn show_batch(args: &InspectBatchArgs, data: &Data) -> Result<String> {
     let mut original = vec![0u32; b.seq_len];
     for row in 0..args.rows.min(b.rows()) {
         let source = b.sources[row] as usize;
-        s.source_sequences(source)
+        s.sequences_at(b.step, source)
+            .expect("the step's phase reads its rows' sources")
             .fill(b.sequence_ids[row], &mut original)?;
         let from = match s.source_names()[source] {
             "" => String::new(),

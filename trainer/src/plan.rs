@@ -18,7 +18,8 @@ pub struct PlanArgs {
     /// Steps shown, evenly spaced from the first to the last.
     #[arg(long, default_value_t = 21)]
     pub points: u64,
-    /// Where the plots go: PREFIX-rate.png (masking rate and source weights), PREFIX-lr.png.
+    /// Where the plots go: PREFIX-rate.png (masking rate and source weights), PREFIX-lr.png,
+    /// PREFIX-tokens.png (tokens so far).
     #[arg(long, default_value = "plan")]
     pub plot: PathBuf,
 }
@@ -33,10 +34,22 @@ pub fn plan(args: &PlanArgs) -> Result<String> {
     let steps = config.steps.max(1);
     let last = steps - 1;
     let points = args.points.clamp(2, steps.max(2));
+    let phases = sampler.phases();
+    // Evenly spaced steps, and the first and last step of every phase.
     let mut at: Vec<u64> = (0..points).map(|i| i * last / (points - 1)).collect();
+    at.extend(phases.iter().flat_map(|p| [p.first, p.end - 1]));
+    at.sort_unstable();
     at.dedup();
     let names = sampler.source_names();
-    let mixed = sampler.mixture();
+    let mixed = phases.iter().any(|p| sampler.weights_at(p.first).is_some());
+    // Each source's weight at `step` (a phase without a mixture reads one source: weight 1).
+    let weights_at = |step: u64| -> Vec<f64> {
+        sampler.weights_at(step).unwrap_or_else(|| {
+            let counts = sampler.counts_at(step);
+            let total: usize = counts.iter().sum();
+            counts.iter().map(|&c| c as f64 / total as f64).collect()
+        })
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -47,7 +60,9 @@ pub fn plan(args: &PlanArgs) -> Result<String> {
         t.lr,
         t.lr_schedule,
         lr.warmup_steps,
-        mixed
+        sampler
+            .mixture()
+            .filter(|_| phases.len() == 1)
             .map(|m| {
                 let parts: Vec<String> = (0..names.len())
                     .map(|i| format!("{}={}", names[i], m.describe(i)))
@@ -56,30 +71,65 @@ pub fn plan(args: &PlanArgs) -> Result<String> {
             })
             .unwrap_or_default()
     );
+    if phases.len() > 1 {
+        for (k, (phase, resolved)) in phases.iter().zip(config.resolve_phases()?).enumerate() {
+            let c = &resolved.config;
+            let sources: Vec<String> = c.shards.iter().map(|s| s.to_string()).collect();
+            let mix = match (&c.mix, &c.mix_by_size) {
+                (Some(m), _) => format!("; mix {m}"),
+                (None, Some(a)) => format!(
+                    "; mix by size, alpha {a}{}",
+                    c.join
+                        .iter()
+                        .map(|j| format!(", join {j}"))
+                        .collect::<String>()
+                ),
+                (None, None) => String::new(),
+            };
+            let clock = |local: bool| if local { "the phase" } else { "the run" };
+            let _ = writeln!(
+                out,
+                "phase {}: steps {}..{}, batch {} x {} tokens, schedule {} (over {}); shards {}{mix}{}",
+                k + 1,
+                phase.first,
+                phase.end,
+                phase.global_batch,
+                phase.seq_len,
+                c.schedule,
+                clock(resolved.local_schedule),
+                sources.join(", "),
+                if mix.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (over {})", clock(resolved.local_mixture))
+                }
+            );
+        }
+    }
     let mut header = format!(
         "\n{:>8} {:>8} {:>10} {:>7} {:>6} {:>14}",
         "step", "rate", "lr", "seq_len", "batch", "tokens so far"
     );
-    for n in names.iter().filter(|_| mixed.is_some()) {
+    for n in names.iter().filter(|_| mixed) {
         let _ = write!(header, " {:>16}", format!("{n} w (rows)"));
     }
     let _ = writeln!(out, "{header}");
     let mut rate = Vec::new();
     let mut lrs = Vec::new();
     let mut weights: Vec<Vec<(f64, f64)>> = vec![Vec::new(); names.len()];
-    let tokens_per_step = (config.batch_size * config.seq_len) as u64;
+    let mut tokens = Vec::new();
     for &step in &at {
         let r = sampler.rate_at(step);
         let l = lr.lr(step);
         let _ = write!(
             out,
             "{step:>8} {r:>8.4} {l:>10.3e} {:>7} {:>6} {:>14}",
-            config.seq_len,
-            config.batch_size,
-            (step + 1) * tokens_per_step
+            sampler.seq_len_at(step),
+            sampler.global_batch_at(step),
+            sampler.tokens_before(step + 1)
         );
-        if let Some(m) = mixed {
-            for (w, c) in m.weights_at(step).iter().zip(m.counts(step)) {
+        if mixed {
+            for (w, c) in weights_at(step).iter().zip(sampler.counts_at(step)) {
                 let _ = write!(out, " {:>16}", format!("{w:.3} ({c})"));
             }
         }
@@ -92,22 +142,24 @@ pub fn plan(args: &PlanArgs) -> Result<String> {
     for &step in &plot_at {
         rate.push((step as f64, sampler.rate_at(step)));
         lrs.push((step as f64, lr.lr(step)));
-        if let Some(m) = mixed {
-            for (i, w) in m.weights_at(step).into_iter().enumerate() {
+        tokens.push((step as f64, sampler.tokens_before(step + 1) as f64));
+        if mixed {
+            for (i, w) in weights_at(step).into_iter().enumerate() {
                 weights[i].push((step as f64, w));
             }
         }
     }
     let prefix = args.plot.display().to_string();
-    let (rate_png, lr_png) = (
+    let (rate_png, lr_png, tokens_png) = (
         PathBuf::from(format!("{prefix}-rate.png")),
         PathBuf::from(format!("{prefix}-lr.png")),
+        PathBuf::from(format!("{prefix}-tokens.png")),
     );
     let mut series = vec![Series {
         label: format!("masking rate ({})", config.schedule),
         points: rate,
     }];
-    if mixed.is_some() {
+    if mixed {
         for (name, points) in names.iter().zip(weights) {
             series.push(Series {
                 label: format!("weight of {name}"),
@@ -132,11 +184,22 @@ pub fn plan(args: &PlanArgs) -> Result<String> {
             points: lrs,
         }],
     )?;
+    line_chart(
+        &tokens_png,
+        "tokens so far (slope: batch x sequence length)",
+        "step",
+        "tokens",
+        &[Series {
+            label: "tokens so far".into(),
+            points: tokens,
+        }],
+    )?;
     let _ = writeln!(
         out,
-        "\nplots written to {} and {}",
+        "\nplots written to {}, {} and {}",
         rate_png.display(),
-        lr_png.display()
+        lr_png.display(),
+        tokens_png.display()
     );
     Ok(out)
 }

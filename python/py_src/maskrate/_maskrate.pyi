@@ -70,7 +70,10 @@ class MaskedBatches:
     for buckets larger than the cache); ``cache_dir``/``cache_bytes`` as for :class:`Shards`.
     Named sources are weighed by ``mix`` (``"c4=0.7,wiki=stairs:0:0.3@0.5"``) or by size:
     ``mix_by_size`` (an exponent, a number or a schedule: tokens^ALPHA normalised) with
-    ``join=["wiki@0.5"]`` for sources that join late.
+    ``join=["wiki@0.5"]`` for sources that join late. ``phases`` splits the run: a list of dicts,
+    each with ``steps`` (the last may leave it out) and the settings it changes for its stretch
+    (``shards`` as ``["NAME=DIR", ...]``, ``mix``, ``mix_by_size``, ``join``, ``schedule`` (over
+    the phase), ``seq_len``, ``batch_size``), e.g. ``[{"steps": 900}, {"seq_len": 256}]``.
     The keywords (all but ``shards``, ``eval_batch``, ``rank``, ``world_size``, ``threads``) are
     the keys of the trainer's ``config.toml`` (``DATA_CONFIG_KEYS``), read by the same code."""
 
@@ -100,6 +103,7 @@ class MaskedBatches:
         order: str | None = None,
         cache_dir: _Path | None = None,
         cache_bytes: int | str | None = None,
+        phases: Sequence[dict[str, Any]] | None = None,
     ) -> None: ...
     def batch(
         self,
@@ -143,6 +147,13 @@ class MaskedBatches:
     def rows(self) -> int: ...
     @property
     def seq_len(self) -> int: ...
+    def rows_at(self, step: int) -> int:
+        """Rows ``batch(step)`` returns at ``step`` (phases may change the batch size)."""
+    def seq_len_at(self, step: int) -> int:
+        """Sequence length at ``step`` (phases may change it)."""
+    @property
+    def phase_shapes(self) -> list[tuple[int, int, int, int]]:
+        """The run's phases as ``(first_step, end_step, batch_size, seq_len)``."""
     @property
     def rank(self) -> tuple[int, int]: ...
     @property

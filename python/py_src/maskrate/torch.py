@@ -107,6 +107,13 @@ class MaskedDataset(torch.utils.data.IterableDataset):
         rows = self.batch_size // world
         if self.micro_batch is None:
             return 1
+        batch_sizes = {shape[2] for shape in self._probe.phase_shapes}
+        if len(batch_sizes) > 1:
+            raise ValueError(
+                f"phases change the batch size ({sorted(batch_sizes)}): with micro_batch every "
+                "step must have the same number of micro-batches (a trainer's gradient "
+                "accumulation is fixed); use micro_batch=None (one item per step)"
+            )
         if self.micro_batch <= 0 or rows % self.micro_batch:
             raise ValueError(
                 f"micro_batch {self.micro_batch} does not divide this rank's {rows} rows "

@@ -131,6 +131,56 @@ pub struct MaskingSampler {
     /// 1 + the last step whose shards were prefetched (0: none); micro-batches of one step and
     /// ranks' slices ask once.
     prefetched: std::sync::atomic::AtomicU64,
+    /// The steps this sampler builds and where its streams start (the whole run without phases).
+    stretch: Stretch,
+    /// The run's later phases, one sampler each (only the first phase's sampler holds them).
+    later: Vec<MaskingSampler>,
+    /// With phases: every source of the run, sorted; [`Batch::sources`] indexes it.
+    run_sources: Vec<String>,
+    /// With phases: the index in `run_sources` of each of this sampler's sources.
+    source_index: Vec<u16>,
+}
+
+/// The stretch of a run one sampler builds: steps `first..end`, its sources' streams starting at
+/// `offsets` (rows they gave to earlier phases), schedules on the run's clock or the stretch's own.
+#[derive(Debug, Clone)]
+struct Stretch {
+    first: u64,
+    end: u64,
+    /// The run's length (the clock of schedules not set by a phase).
+    run_steps: u64,
+    offsets: Vec<u64>,
+    /// The masking schedule runs over this stretch (a phase set it), not over the run.
+    local_schedule: bool,
+    /// The mixture's weights run over this stretch (a phase set them), not over the run.
+    local_mixture: bool,
+}
+
+/// One phase of a run, for [`MaskingSampler::phased`]: its sampler (built with `total_steps` =
+/// the length of its mixture's clock: the phase's own length when `local_mixture`, else the
+/// run's), its steps, and which schedules it set itself.
+pub struct PhaseSampler {
+    /// The phase's sampler.
+    pub sampler: MaskingSampler,
+    /// Steps of the run it builds.
+    pub steps: Range<u64>,
+    /// The phase set the masking schedule: it runs over `steps`, not over the run.
+    pub local_schedule: bool,
+    /// The phase set the mixture: its weights run over `steps`, not over the run.
+    pub local_mixture: bool,
+}
+
+/// One phase as the run sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhaseShape {
+    /// Steps it covers.
+    pub first: u64,
+    /// One past its last step.
+    pub end: u64,
+    /// Sequences per step.
+    pub global_batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
 }
 
 /// Steps ahead whose shards are fetched in the background (remote shards).
@@ -161,6 +211,14 @@ impl MaskingSampler {
             ));
         }
         let order = cfg.order;
+        let stretch = Stretch {
+            first: 0,
+            end: cfg.total_steps,
+            run_steps: cfg.total_steps,
+            offsets: vec![0],
+            local_schedule: false,
+            local_mixture: false,
+        };
         Ok(MaskingSampler {
             sources: vec![Source::new(String::new(), sequences, None, order)],
             mixture: None,
@@ -168,7 +226,157 @@ impl MaskingSampler {
             cfg,
             block_epochs: Mutex::new(Vec::new()),
             prefetched: std::sync::atomic::AtomicU64::new(0),
+            stretch,
+            later: Vec::new(),
+            run_sources: Vec::new(),
+            source_index: vec![0],
         })
+    }
+
+    /// One sampler for a run of phases, each built by its own sampler over its steps (which must
+    /// follow each other from 0). A source keeps its stream across phases: where a phase reads a
+    /// source by name, it continues from the rows earlier phases took from it. Seeds stay keyed
+    /// by the run's step, so a run of one phase builds exactly the batches of its sampler alone.
+    pub fn phased(phases: Vec<PhaseSampler>) -> Result<MaskingSampler> {
+        let run_steps = phases.last().map_or(0, |p| p.steps.end);
+        let mut names: Vec<String> = phases
+            .iter()
+            .flat_map(|p| p.sampler.sources.iter().map(|s| s.name.clone()))
+            .collect();
+        names.sort();
+        names.dedup();
+        if names.len() > u16::MAX as usize {
+            return Err(Error::Config("too many sources".into()));
+        }
+        let mut taken: std::collections::HashMap<String, u64> = Default::default();
+        let mut built = Vec::with_capacity(phases.len());
+        let mut next_first = 0;
+        for (k, phase) in phases.into_iter().enumerate() {
+            let PhaseSampler {
+                mut sampler,
+                steps,
+                local_schedule,
+                local_mixture,
+            } = phase;
+            if steps.start != next_first || steps.end <= steps.start {
+                return Err(Error::Config(format!(
+                    "phase {}: steps {steps:?} do not follow the previous phase (from step {next_first})",
+                    k + 1
+                )));
+            }
+            next_first = steps.end;
+            sampler.stretch = Stretch {
+                first: steps.start,
+                end: steps.end,
+                run_steps,
+                offsets: sampler
+                    .sources
+                    .iter()
+                    .map(|s| taken.get(&s.name).copied().unwrap_or(0))
+                    .collect(),
+                local_schedule,
+                local_mixture,
+            };
+            sampler.source_index = sampler
+                .sources
+                .iter()
+                .map(|s| names.binary_search(&s.name).expect("listed above") as u16)
+                .collect();
+            sampler.run_sources = names.clone();
+            for (s, rows) in sampler.sources.iter().zip(sampler.rows_before(steps.end)) {
+                taken.insert(s.name.clone(), rows);
+            }
+            built.push(sampler);
+        }
+        if built.is_empty() {
+            return Err(Error::Config("a run needs at least one phase".into()));
+        }
+        let mut first = built.remove(0);
+        first.later = built;
+        Ok(first)
+    }
+
+    /// The sampler that builds `step` (this one, or the later phase's).
+    fn at(&self, step: u64) -> &MaskingSampler {
+        if step < self.stretch.end || self.later.is_empty() {
+            return self;
+        }
+        self.later
+            .iter()
+            .find(|p| step < p.stretch.end)
+            .unwrap_or_else(|| self.later.last().expect("not empty"))
+    }
+
+    /// Every phase's steps, batch and sequence length (one entry without phases).
+    pub fn phases(&self) -> Vec<PhaseShape> {
+        std::iter::once(self)
+            .chain(&self.later)
+            .map(|p| PhaseShape {
+                first: p.stretch.first,
+                end: p.stretch.end,
+                global_batch: p.cfg.global_batch,
+                seq_len: p.sequences().seq_len(),
+            })
+            .collect()
+    }
+
+    /// Sequences in step `step`'s global batch.
+    pub fn global_batch_at(&self, step: u64) -> usize {
+        self.at(step).cfg.global_batch
+    }
+
+    /// Tokens per sequence at step `step`.
+    pub fn seq_len_at(&self, step: u64) -> usize {
+        self.at(step).sequences().seq_len()
+    }
+
+    /// Each source's (of [`MaskingSampler::source_names`]) normalised weight at `step`, 0 for a
+    /// source its phase does not read; `None` without named sources.
+    pub fn weights_at(&self, step: u64) -> Option<Vec<f64>> {
+        let p = self.at(step);
+        let m = p.mixture.as_ref()?;
+        let mut w = vec![0.0; self.source_names().len()];
+        for (x, &i) in m
+            .weights_at(p.mixture_clock(step))
+            .into_iter()
+            .zip(&p.source_index)
+        {
+            w[i as usize] = x;
+        }
+        Some(w)
+    }
+
+    /// Rows of each source (of [`MaskingSampler::source_names`]) in step `step`'s global batch.
+    pub fn counts_at(&self, step: u64) -> Vec<usize> {
+        let p = self.at(step);
+        let mut counts = vec![0; self.source_names().len()];
+        let own = match &p.mixture {
+            Some(m) => m.counts(p.mixture_clock(step)),
+            None => vec![p.cfg.global_batch],
+        };
+        for (c, &i) in own.into_iter().zip(&p.source_index) {
+            counts[i as usize] = c;
+        }
+        counts
+    }
+
+    /// Tokens (padding included) in the global batches of steps `0..step`.
+    pub fn tokens_before(&self, step: u64) -> u64 {
+        self.phases()
+            .iter()
+            .filter(|p| p.first < step)
+            .map(|p| (step.min(p.end) - p.first) * (p.global_batch * p.seq_len) as u64)
+            .sum()
+    }
+
+    /// `step` on the mixture's clock (the stretch's own when a phase set the mixture).
+    fn mixture_clock(&self, step: u64) -> u64 {
+        let step = step.clamp(self.stretch.first, self.stretch.end);
+        if self.stretch.local_mixture {
+            step - self.stretch.first
+        } else {
+            step
+        }
     }
 
     /// A sampler over named sources (one or more), mixed per step as `mix` says.
@@ -208,12 +416,18 @@ impl MaskingSampler {
                 .push(Source::new(name, sequences, key, order));
         }
         sampler.mixture = Some(mixture);
+        let n = sampler.sources.len();
+        sampler.stretch.offsets = vec![0; n];
+        sampler.source_index = (0..n as u16).collect();
         Ok(sampler)
     }
 
     /// The sources' names, in the order [`Batch::sources`] indexes (sorted; `[""]` for one
     /// unnamed source).
     pub fn source_names(&self) -> Vec<&str> {
+        if !self.run_sources.is_empty() {
+            return self.run_sources.iter().map(String::as_str).collect();
+        }
         self.sources.iter().map(|s| s.name.as_str()).collect()
     }
 
@@ -222,26 +436,68 @@ impl MaskingSampler {
         self.mixture.as_ref()
     }
 
-    /// The sequences of source `index`.
+    /// The sequences step `step` reads for source `source` (an index into
+    /// [`MaskingSampler::source_names`], as [`Batch::sources`] gives it); `None` when that step's
+    /// phase does not read the source.
+    pub fn sequences_at(&self, step: u64, source: usize) -> Option<&Sequences> {
+        let p = self.at(step);
+        let local = if p.run_sources.is_empty() {
+            source
+        } else {
+            p.source_index.iter().position(|&i| i as usize == source)?
+        };
+        p.sources.get(local).map(|s| &s.sequences)
+    }
+
+    /// The sequences of source `index` (of the first phase).
     pub fn source_sequences(&self, index: usize) -> &Sequences {
         &self.sources[index].sequences
     }
 
-    /// Epochs of each source read before step `step` (rows taken / sequences in the source).
+    /// Epochs of each source (of [`MaskingSampler::source_names`]) read before step `step`
+    /// (rows taken / sequences in the source; with phases, a source absent from `step`'s phase
+    /// counts what it gave the phases before, over the sequences of the last one that read it).
     pub fn source_epochs_at(&self, step: u64) -> Vec<f64> {
-        let before = self.rows_before(step);
-        self.sources
-            .iter()
-            .zip(before)
-            .map(|(s, rows)| rows as f64 / s.sequences.len() as f64)
-            .collect()
+        let names = self.source_names();
+        let mut epochs = vec![0.0; names.len()];
+        let here = self.at(step);
+        for p in std::iter::once(self).chain(&self.later) {
+            let upto = step.clamp(p.stretch.first, p.stretch.end);
+            if p.stretch.first > here.stretch.first {
+                break;
+            }
+            for ((s, rows), &i) in p
+                .sources
+                .iter()
+                .zip(p.rows_before(upto))
+                .zip(&p.source_index)
+            {
+                epochs[i as usize] = rows as f64 / s.sequences.len() as f64;
+            }
+        }
+        epochs
     }
 
-    /// Rows of each source in steps `0..step`.
+    /// Rows of each of this sampler's sources in steps `0..step` (of the run; `step` clamped to
+    /// this sampler's stretch).
     fn rows_before(&self, step: u64) -> Vec<u64> {
+        let Stretch { first, offsets, .. } = &self.stretch;
         match &self.mixture {
-            Some(m) => m.rows_before(step),
-            None => vec![step * self.cfg.global_batch as u64],
+            Some(m) => {
+                let (now, start) = (
+                    m.rows_before(self.mixture_clock(step)),
+                    m.rows_before(self.mixture_clock(*first)),
+                );
+                now.iter()
+                    .zip(start)
+                    .zip(offsets)
+                    .map(|((n, s), o)| n - s + o)
+                    .collect()
+            }
+            None => {
+                let step = step.clamp(*first, self.stretch.end);
+                vec![(step - first) * self.cfg.global_batch as u64 + offsets[0]]
+            }
         }
     }
 
@@ -250,7 +506,7 @@ impl MaskingSampler {
     fn step_plan(&self, step: u64) -> StepPlan {
         let b = self.cfg.global_batch;
         let counts = match &self.mixture {
-            Some(m) => m.counts(step),
+            Some(m) => m.counts(self.mixture_clock(step)),
             None => vec![b],
         };
         let mut starts = Vec::with_capacity(counts.len());
@@ -281,7 +537,13 @@ impl MaskingSampler {
 
     /// The schedule's masking rate at `step`.
     pub fn rate_at(&self, step: u64) -> f64 {
-        self.cfg.schedule.rate(step, self.cfg.total_steps)
+        let p = self.at(step);
+        let s = &p.stretch;
+        if s.local_schedule {
+            p.cfg.schedule.rate(step - s.first, s.end - s.first)
+        } else {
+            p.cfg.schedule.rate(step, s.run_steps)
+        }
     }
 
     fn epoch_order(&self, source: usize, epoch: u64) -> EpochOrder {
@@ -326,6 +588,10 @@ impl MaskingSampler {
     /// LOOKAHEAD_STEPS` read (with the block order, also the block after them). A no-op for local
     /// shards.
     pub fn prefetch_from(&self, step: u64) {
+        let p = self.at(step);
+        if !std::ptr::eq(p, self) {
+            return p.prefetch_from(step);
+        }
         if !self
             .sources
             .iter()
@@ -398,17 +664,22 @@ impl MaskingSampler {
 
     /// Epoch (0-based) that step `step` starts in (of the first source).
     pub fn epoch_at(&self, step: u64) -> u64 {
-        self.rows_before(step)[0] / self.sources[0].sequences.len()
+        let p = self.at(step);
+        p.rows_before(step)[0] / p.sources[0].sequences.len()
     }
 
     /// The whole global batch of `step`.
     pub fn global_batch(&self, step: u64) -> Result<Batch> {
-        self.batch(step, 0..self.cfg.global_batch)
+        self.batch(step, 0..self.global_batch_at(step))
     }
 
     /// Slots `slots` of step `step`'s global batch, built in parallel on the current rayon pool.
     /// Fails when a document holds a token id outside the vocabulary (a corrupted shard).
     pub fn batch(&self, step: u64, slots: Range<usize>) -> Result<Batch> {
+        let p = self.at(step);
+        if !std::ptr::eq(p, self) {
+            return p.batch(step, slots);
+        }
         let (rows, len) = (slots.len(), self.sequences().seq_len());
         // Zeroed allocations: pages are first touched by the parallel tasks below.
         let mut input_ids = vec![0u32; rows * len];
@@ -455,6 +726,10 @@ impl MaskingSampler {
         slots: Range<usize>,
         out: BatchOut<'_>,
     ) -> Result<WrittenBatch> {
+        let p = self.at(step);
+        if !std::ptr::eq(p, self) {
+            return p.batch_into(step, slots, out);
+        }
         let (rows, len) = (slots.len(), self.sequences().seq_len());
         out.check(rows * len)?;
         let chunk = len * ROWS_PER_TASK;
@@ -532,6 +807,11 @@ impl MaskingSampler {
         for (c, p) in &parts {
             counts.add(c);
             masked_positions.extend_from_slice(p);
+        }
+        if !self.run_sources.is_empty() {
+            for s in &mut sources {
+                *s = self.source_index[*s as usize];
+            }
         }
         Ok(Built {
             rate,
@@ -822,6 +1102,16 @@ impl BatchPlan {
             world_size,
             rank,
             micro_batch: global_batch / world_size.max(1),
+        }
+    }
+
+    /// The plan of a step of `global_batch` sequences (a phase's batch size): the same ranks, and
+    /// micro-batches of this plan's `micro_batch`, or of the rank's share when that is smaller.
+    pub fn for_global_batch(&self, global_batch: usize) -> BatchPlan {
+        BatchPlan {
+            global_batch,
+            micro_batch: self.micro_batch.min(global_batch / self.world_size.max(1)),
+            ..*self
         }
     }
 

@@ -4,6 +4,8 @@
 //! batch. [`DataConfig::open`] turns it into [`Data`]: the shards, their tokenizer, the sampler
 //! and the held-out sequences.
 
+use super::batch::PhaseSampler;
+use super::phases::Phase;
 use super::{
     Join, Layout, MaskVocab, MaskingConfig, MaskingSampler, MixRule, MixSpec, Order, SamplerConfig,
     Sequences, ShardSource, Weight,
@@ -103,6 +105,13 @@ pub struct DataConfig {
         deserialize_with = "crate::size::deserialize_opt"
     )]
     pub cache_bytes: Option<u64>,
+    /// One phase of the run, repeated per phase in order: its `steps` (the last may leave them
+    /// out) and the settings it changes for its stretch (shards, mix, mix_by_size, join,
+    /// schedule, seq_len, batch_size), as JSON, e.g. '{"steps": 900, "seq_len": 64}'; in a
+    /// config file, [[phases]] tables. A phase's own schedule runs over the phase.
+    #[cfg_attr(feature = "clap", arg(long = "phases", value_name = "JSON", value_parser = parse_phase))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
 }
 
 impl Default for DataConfig {
@@ -128,6 +137,7 @@ impl Default for DataConfig {
             order: Order::Global,
             cache_dir: None,
             cache_bytes: None,
+            phases: Vec::new(),
         }
     }
 }
@@ -174,7 +184,8 @@ impl Data {
         rank: usize,
         world_size: usize,
     ) -> Result<serde_json::Value> {
-        let plan = super::BatchPlan::whole_rank(config.batch_size, world_size, rank);
+        let plan =
+            super::BatchPlan::whole_rank(self.sampler.global_batch_at(step), world_size, rank);
         plan.validate()?;
         if step >= config.steps {
             return Err(Error::Config(format!(
@@ -298,6 +309,81 @@ impl DataConfig {
     /// As [`DataConfig::open`], holding out `held_out` sequences (of each source) instead (0:
     /// none, as when the evaluation set comes from other shards).
     pub fn open_with_holdout(&self, held_out: u64) -> Result<Data> {
+        if self.phases.is_empty() {
+            return self.open_phase(held_out);
+        }
+        let resolved = self.resolve_phases()?;
+        let mut opened = Vec::with_capacity(resolved.len());
+        for (k, phase) in resolved.iter().enumerate() {
+            let mut config = phase.config.clone();
+            if phase.local_mixture {
+                config.steps = phase.steps.end - phase.steps.start;
+            }
+            let data = config
+                .open_phase(held_out)
+                .map_err(|e| Error::Config(format!("phase {}: {e}", k + 1)))?;
+            opened.push(data);
+        }
+        let mut opened = opened.into_iter();
+        let Data {
+            shards,
+            mut sources,
+            tokenizer,
+            sampler,
+            mut held_out,
+        } = opened.next().expect("at least one phase");
+        let mut samplers = vec![sampler];
+        for (k, data) in opened.enumerate() {
+            shards
+                .tokenizer()
+                .ensure_same(
+                    data.shards.tokenizer(),
+                    &shards.dirs()[0],
+                    &data.shards.dirs()[0],
+                )
+                .map_err(|e| Error::Config(format!("phase {}: {e}", k + 2)))?;
+            for (name, set) in data.sources {
+                if !sources
+                    .iter()
+                    .any(|(n, s)| *n == name && s.dirs() == set.dirs())
+                {
+                    sources.push((name, set));
+                }
+            }
+            for (name, held) in data.held_out {
+                if !held_out.iter().any(|(n, _)| *n == name) {
+                    held_out.push((name, held));
+                }
+            }
+            samplers.push(data.sampler);
+        }
+        let phases = samplers
+            .into_iter()
+            .zip(&resolved)
+            .map(|(sampler, phase)| {
+                Ok(PhaseSampler {
+                    sampler: Arc::try_unwrap(sampler).map_err(|_| {
+                        Error::Config(
+                            "a phase's sampler is shared while the run is assembled".into(),
+                        )
+                    })?,
+                    steps: phase.steps.clone(),
+                    local_schedule: phase.local_schedule,
+                    local_mixture: phase.local_mixture,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Data {
+            shards,
+            sources,
+            tokenizer,
+            sampler: Arc::new(MaskingSampler::phased(phases)?),
+            held_out,
+        })
+    }
+
+    /// [`DataConfig::open_with_holdout`] for a config without phases.
+    fn open_phase(&self, held_out: u64) -> Result<Data> {
         match self.source_dirs()? {
             SourceDirs::Unnamed(dirs) => {
                 let shards = Arc::new(self.open_shards(&dirs)?);
@@ -459,6 +545,11 @@ impl DataConfig {
     /// As [`DataConfig::open_with_holdout`] for one unnamed source already open
     /// (`self.shards` is not read).
     pub fn sample_from(&self, shards: Arc<ShardSet>, held_out: u64) -> Result<Data> {
+        if !self.phases.is_empty() {
+            return Err(Error::Config(
+                "a run of phases opens its shards by path (DataConfig::open)".into(),
+            ));
+        }
         let first = shards
             .metadata_dirs()
             .first()
@@ -501,6 +592,11 @@ mod mix_spec {
         s.map(|s| s.parse().map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+#[cfg(feature = "clap")]
+fn parse_phase(s: &str) -> std::result::Result<Phase, String> {
+    serde_json::from_str(s).map_err(|e| format!("a phase is a JSON object ({e})"))
 }
 
 #[cfg(feature = "clap")]
@@ -673,6 +769,7 @@ mod tests {
             join: vec!["a@0.5".parse().unwrap()],
             cache_dir: Some("cache".into()),
             cache_bytes: Some(1 << 20),
+            phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
             ..DataConfig::default()
         };
         let keys: Vec<String> = serde_json::to_value(every_field_set)
@@ -706,6 +803,7 @@ mod override_tests {
             join: vec!["a@0.5".parse().unwrap()],
             cache_dir: Some("cache".into()),
             cache_bytes: Some(1 << 20),
+            phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
             ..DataConfig::default()
         };
         let mut serialized: Vec<String> = serde_json::to_value(every_field_set)

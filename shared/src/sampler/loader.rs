@@ -47,7 +47,9 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts building at step `start`.
+    /// Starts building at step `start`. `plan` is the ranks' split; each step's own plan is
+    /// `plan.for_global_batch` of the step's batch size (phases may change it), so
+    /// `plan.micro_batch` is the largest micro-batch.
     pub fn start(
         sampler: Arc<MaskingSampler>,
         plan: BatchPlan,
@@ -55,13 +57,8 @@ impl Loader {
         end: u64,
         cfg: LoaderConfig,
     ) -> Result<Self> {
-        plan.validate()?;
-        if plan.global_batch != sampler.config().global_batch {
-            return Err(Error::Config(format!(
-                "plan global batch {} != sampler's {}",
-                plan.global_batch,
-                sampler.config().global_batch
-            )));
+        for phase in sampler.phases() {
+            plan.for_global_batch(phase.global_batch).validate()?;
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads)
@@ -73,6 +70,7 @@ impl Loader {
             .name("maskrate-loader".into())
             .spawn(move || {
                 for step in start..end {
+                    let plan = plan.for_global_batch(sampler.global_batch_at(step));
                     for micro in 0..plan.accumulation_steps() {
                         let item = pool
                             .install(|| sampler.batch(step, plan.slots(micro)))

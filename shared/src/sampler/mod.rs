@@ -9,6 +9,8 @@
 //! - [`data_config::DataConfig`]: everything a batch depends on (the trainer's data flags, the
 //!   Python package's keywords), and [`data_config::Data`], what it opens.
 //! - [`mixture::Mixture`]: named sources mixed with weights that follow schedules.
+//! - [`phases::Phase`]: a run as phases that change sequence length, batch size, sources, mix
+//!   or schedule for their stretch.
 //! - [`held_out::HeldOutBatches`]: the held-out sequences masked at a fixed 15% and seed.
 
 pub mod batch;
@@ -18,16 +20,21 @@ pub mod loader;
 pub mod mask;
 pub mod mixture;
 pub mod order;
+pub mod phases;
 pub mod sequence;
 pub mod shard_blocks;
 pub mod source;
 
-pub use batch::{Batch, BatchOut, BatchPlan, IdsOut, MaskingSampler, SamplerConfig, WrittenBatch};
+pub use batch::{
+    Batch, BatchOut, BatchPlan, IdsOut, MaskingSampler, PhaseSampler, PhaseShape, SamplerConfig,
+    WrittenBatch,
+};
 pub use data_config::{Data, DataConfig};
 pub use held_out::HeldOutBatches;
 pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
 pub use mixture::{Join, MixRule, MixSpec, Mixture, Weight};
+pub use phases::{Phase, ResolvedPhase, PHASE_KEYS};
 pub use sequence::{Layout, Sequences};
 pub use shard_blocks::Order;
 pub use source::ShardSource;

@@ -28,6 +28,12 @@ pub fn merge_config_file(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     };
     let mut extra = Vec::new();
     for (key, value) in table {
+        // `[[phase]]` or `[[phases]]`: one `--phases JSON` per table.
+        let key = if key == "phase" {
+            "phases".to_string()
+        } else {
+            key
+        };
         let flag = format!("--{}", key.replace('_', "-"));
         if given(&flag) {
             continue;
@@ -35,6 +41,7 @@ pub fn merge_config_file(argv: Vec<OsString>) -> Result<Vec<OsString>> {
         let scalar = |v: &toml::Value| -> Result<String> {
             Ok(match v {
                 toml::Value::String(s) => s.clone(),
+                toml::Value::Table(t) => serde_json::to_string(t)?,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 other => bail!(
@@ -77,14 +84,16 @@ pub fn to_toml<T: serde::Serialize>(args: &T) -> Result<String> {
             serde_json::Value::String(s) => toml::Value::String(s.clone()),
             serde_json::Value::Array(a) => toml::Value::Array(
                 a.iter()
-                    .map(|x| {
-                        toml::Value::String(
+                    .map(|x| match x {
+                        // Tables stay tables (`[[phases]]`).
+                        serde_json::Value::Object(_) => toml::Value::try_from(x),
+                        _ => Ok(toml::Value::String(
                             x.as_str()
                                 .map(str::to_owned)
                                 .unwrap_or_else(|| x.to_string()),
-                        )
+                        )),
                     })
-                    .collect(),
+                    .collect::<Result<_, _>>()?,
             ),
             serde_json::Value::Object(_) => toml::Value::String(v.to_string()),
         };

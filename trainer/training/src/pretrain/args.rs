@@ -141,10 +141,15 @@ impl TrainArgs {
                 c.num_attention_heads
             );
         }
-        if self.data.config.seq_len > c.max_position_embeddings {
+        let longest = self.data.config.max_seq_len()?;
+        if longest > c.max_position_embeddings {
             bail!(
-                "--seq-len {} exceeds the model's {} positions",
-                self.data.config.seq_len,
+                "{} {longest} exceeds the model's {} positions",
+                if longest == self.data.config.seq_len {
+                    "--seq-len"
+                } else {
+                    "a phase's seq_len"
+                },
                 c.max_position_embeddings
             );
         }

@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::data::DataArgs;
 use crate::runtime::RuntimeArgs;
 use serde::{Deserialize, Serialize};
-use shared::sampler::{DataConfig, Layout, Order, ShardSource};
+use shared::sampler::{DataConfig, Layout, Order, Phase, ShardSource};
 use shared::schedule::LrDecay;
 use std::path::PathBuf;
 
@@ -62,6 +62,10 @@ pub struct RunIdentity {
     pub eval_sequences: u64,
     pub eval_shards: Option<PathBuf>,
     pub eval_batch: usize,
+    /// The run's phases. On resume, a phase begun before the checkpoint must be unchanged; a
+    /// later one may change ([`RunIdentity::differences_at`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub phases: Vec<Phase>,
 }
 
 /// The flags a resumed run may change: output, cadence, resources and display.
@@ -142,6 +146,7 @@ impl TrainArgs {
             order,
             cache_dir,
             cache_bytes,
+            phases,
         } = config;
         let RuntimeArgs { device, quiet } = runtime;
         let identity = RunIdentity {
@@ -182,6 +187,7 @@ impl TrainArgs {
             eval_sequences,
             eval_shards,
             eval_batch,
+            phases,
         };
         let free = ResumeFree {
             out,
@@ -214,10 +220,94 @@ impl RunIdentity {
         without_unset(serde_json::to_value(self).expect("serializes"))
     }
 
+    /// For a resume at step `step`: the differences that refuse it (flags, and phases begun
+    /// before `step`, as in [`RunIdentity::differences`]) and the changed phases that have not
+    /// begun (allowed: they change only steps still to come), each `phase K (steps A..B) KEY:
+    /// saved -> current`.
+    pub fn differences_at(
+        &self,
+        saved: &serde_json::Value,
+        step: u64,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut refused = self.differences(saved);
+        let mut allowed = Vec::new();
+        let phases_of = |v: &serde_json::Value| -> Vec<serde_json::Map<String, serde_json::Value>> {
+            v.get("phases")
+                .and_then(|p| p.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_object().cloned()).collect())
+                .unwrap_or_default()
+        };
+        let steps_of = |v: &serde_json::Value| v.get("steps").and_then(|s| s.as_u64());
+        let current_json = self.to_json();
+        let (old, new) = (phases_of(saved), phases_of(&current_json));
+        // Where each phase starts, in the saved run and in this one (the last takes the rest).
+        let starts = |phases: &[serde_json::Map<String, serde_json::Value>]| -> Vec<u64> {
+            let mut at = 0;
+            phases
+                .iter()
+                .map(|p| {
+                    let start = at;
+                    at += p
+                        .get("steps")
+                        .and_then(|s| s.as_u64())
+                        .unwrap_or(u64::MAX / 2);
+                    start
+                })
+                .collect()
+        };
+        let (old_starts, new_starts) = (starts(&old), starts(&new));
+        let run_steps = steps_of(&current_json).or(steps_of(saved)).unwrap_or(0);
+        let empty = serde_json::Map::new();
+        for k in 0..old.len().max(new.len()) {
+            let (o, n) = (old.get(k).unwrap_or(&empty), new.get(k).unwrap_or(&empty));
+            let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let start = old_starts
+                .get(k)
+                .into_iter()
+                .chain(new_starts.get(k))
+                .copied()
+                .min()
+                .unwrap_or(0);
+            let end = run_steps.min(
+                start.saturating_add(
+                    n.get("steps")
+                        .or(o.get("steps"))
+                        .and_then(|s| s.as_u64())
+                        .unwrap_or(run_steps),
+                ),
+            );
+            let show =
+                |v: Option<&serde_json::Value>| v.map_or("(unset)".to_string(), |v| v.to_string());
+            let begun = start < step;
+            for key in keys.into_iter().filter(|key| o.get(*key) != n.get(*key)) {
+                let line = format!(
+                    "phase {} (steps {start}..{end}) {key}: {} -> {}",
+                    k + 1,
+                    show(o.get(key)),
+                    show(n.get(key))
+                );
+                if begun {
+                    refused.push(line);
+                } else {
+                    allowed.push(line);
+                }
+            }
+        }
+        (refused, allowed)
+    }
+
     /// The flags whose values differ between `saved` (a checkpoint's identity JSON) and `self`,
-    /// as `name: saved -> current` lines; empty when a resume may continue.
+    /// as `name: saved -> current` lines; empty when a resume may continue. Phases are compared
+    /// by [`RunIdentity::differences_at`], not here.
     pub fn differences(&self, saved: &serde_json::Value) -> Vec<String> {
-        let (saved, current) = (without_unset(saved.clone()), self.to_json());
+        let (mut saved, mut current) = (without_unset(saved.clone()), self.to_json());
+        for v in [&mut saved, &mut current] {
+            if let Some(map) = v.as_object_mut() {
+                map.remove("phases");
+            }
+        }
         let empty = serde_json::Map::new();
         let saved = saved.as_object().unwrap_or(&empty);
         let current = current
@@ -292,6 +382,8 @@ mod tests {
             "1G",
             "--lr-schedule",
             "wsd:0.1:1-sqrt",
+            "--phases",
+            r#"{"steps": 10}"#,
         ];
         let mut args = Cli::parse_from(argv).train;
         // --mix conflicts with --mix-by-size on the command line; both are keys all the same.
@@ -399,6 +491,7 @@ mod tests {
             "eval_sequences",
             "eval_shards",
             "eval_batch",
+            "phases",
         ];
         let free = [
             "out",

@@ -40,7 +40,9 @@ pub fn resume_point(
     let saved = &loaded.state.config;
     ensure_same_shards(data, saved, &dir)?;
     let saved_identity = saved.get(IDENTITY).cloned().unwrap_or_default();
-    let differences = args.identity().differences(&saved_identity);
+    let (differences, later_phases) = args
+        .identity()
+        .differences_at(&saved_identity, loaded.state.step);
     if !differences.is_empty() {
         bail!(
             "--resume: {} was made with different settings (saved -> current):\n  {}",
@@ -58,6 +60,14 @@ pub fn resume_point(
         .load_state(loaded.optimizer, loaded.state.optimizer_t)?;
     if writer {
         eprintln!("resuming {} from step {}", out.display(), loaded.state.step);
+        if !later_phases.is_empty() {
+            eprintln!(
+                "phases not begun at step {} changed (saved -> current; allowed, they change \
+                 only steps to come):\n  {}",
+                loaded.state.step,
+                later_phases.join("\n  ")
+            );
+        }
     }
     Ok(loaded.state.step)
 }

@@ -150,7 +150,11 @@ impl<'a> Run<'a> {
         let started = Instant::now();
         let wait_before = self.loader.waited();
         let lr = self.lr_schedule.lr(step);
-        let accum = self.model.plan.accumulation_steps();
+        let accum = self
+            .model
+            .plan
+            .for_global_batch(self.sampler.global_batch_at(step))
+            .accumulation_steps();
         let (rank, seed) = (self.env.comm.rank(), self.args.data.config.seed);
         let (loader, device, bert, dropout) = (
             &mut self.loader,

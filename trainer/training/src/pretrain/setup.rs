@@ -158,13 +158,21 @@ impl Model {
     pub fn new(args: &TrainArgs, data: &Data, env: &Environment) -> Result<Self> {
         let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
         let world_size = env.comm.world_size();
+        // Each step's plan is this one for the step's batch size (phases may change it).
         let plan = BatchPlan {
             global_batch: args.batch_size(),
             world_size,
             rank: env.comm.rank(),
-            micro_batch: args.micro_batch.min(args.batch_size() / world_size),
+            micro_batch: args.micro_batch,
         };
-        plan.validate()?;
+        for (k, phase) in data.sampler.phases().iter().enumerate() {
+            plan.for_global_batch(phase.global_batch)
+                .validate()
+                .map_err(|e| match data.sampler.phases().len() {
+                    1 => anyhow::anyhow!(e),
+                    _ => anyhow::anyhow!("phase {}: {e}", k + 1),
+                })?;
+        }
         let params =
             ParamStore::new(&env.device, args.data.config.seed).with_compute_dtype(env.compute);
         let bert = Bert::new(cfg, &params)?;
