@@ -16,7 +16,7 @@
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
-use model::{Bert, MlmInputs, ParamStore};
+use model::{Encoder, MlmInputs, ParamStore};
 use shared::sampler::Batch;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -68,7 +68,7 @@ fn main() -> Result<()> {
     let data = t.data.config.open().context("opening the shards")?;
     let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
     let params = ParamStore::new(&Device::Cpu, t.data.config.seed);
-    let model = Bert::new(cfg, &params)?;
+    let model = Encoder::new(cfg, &params)?;
     let init = training::export::with_tied_decoder(
         params
             .named_vars()

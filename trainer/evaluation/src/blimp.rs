@@ -7,7 +7,7 @@ use crate::CheckpointArgs;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use clap::Args;
-use model::Bert;
+use model::Encoder;
 use serde::{Deserialize, Serialize};
 use shared::tokenizer::TokenizerInfo;
 use std::collections::BTreeMap;
@@ -89,7 +89,7 @@ pub fn read_pairs(dir: &Path, max_pairs: Option<usize>) -> Result<Vec<Pair>> {
 /// position is masked in its own copy; copies of many sentences share a forward pass of up to
 /// `batch_rows` rows.
 pub fn pll_scores(
-    model: &Bert,
+    model: &Encoder,
     sentences: &[Vec<u32>],
     tok: &TokenizerInfo,
     batch_rows: usize,
@@ -129,7 +129,7 @@ pub fn pll_scores(
 /// For each `(sentence, position)` row: the log-probability of the sentence's token at that
 /// position with the position masked, all rows in one forward pass.
 fn masked_log_probs(
-    model: &Bert,
+    model: &Encoder,
     sentences: &[Vec<u32>],
     rows: &[(usize, usize)],
     mask_id: u32,

@@ -99,6 +99,13 @@ impl Classifier {
     /// Builds the model's parameters in `p` (freshly initialised; see [`bind`]).
     pub fn new(cfg: BertConfig, outputs: usize, p: &ParamStore) -> Result<Self> {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
+        if cfg.arch != model::Arch::Bert {
+            anyhow::bail!(
+                "fine-tuning here is BERT's (BertForSequenceClassification); for a {} run, \
+                 `trainer export` it and fine-tune with transformers' ModernBertForSequenceClassification",
+                cfg.arch.name()
+            );
+        }
         Ok(Classifier {
             bert: Bert::new(cfg, p)?,
             pooler: Linear::new(p, "bert.pooler.dense", h, h, std)?,

@@ -158,6 +158,8 @@ fn pairs_are_encoded_with_types_and_longest_first_truncation() {
 
 fn tiny_pretrained(vocab: usize, seed: u64) -> Pretrained {
     let config = BertConfig {
+        arch: model::bert_config::Arch::Bert,
+        modern: Default::default(),
         vocab_size: vocab,
         hidden_size: 32,
         num_hidden_layers: 1,
@@ -296,7 +298,7 @@ fn binding_loads_the_encoder_and_refuses_misshaped_tensors() {
 
 /// Log-probability of `ids[pos]` with that position masked, from one unbatched, unpadded forward
 /// pass and a float64 log-softmax on the host.
-fn pll_one_at_a_time(model: &model::Bert, ids: &[u32], mask_id: u32, special: &[u32]) -> f64 {
+fn pll_one_at_a_time(model: &model::Encoder, ids: &[u32], mask_id: u32, special: &[u32]) -> f64 {
     let dev = Device::Cpu;
     let mut total = 0.0;
     for pos in 0..ids.len() {

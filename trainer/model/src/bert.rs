@@ -2,8 +2,10 @@
 //! with the MLM head evaluated only at the masked positions.
 
 use crate::bert_config::BertConfig;
+use crate::modernbert::TokenLayout;
 use crate::ops::{
     add_bias, attention, cross_entropy_and_correct, gelu, layer_norm, matmul_in, Dropout,
+    Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Device, Result, Tensor};
@@ -116,6 +118,8 @@ pub struct MlmInputs {
     pub masked_positions: Tensor,
     /// `[M]` u32 original ids there.
     pub masked_labels: Tensor,
+    /// Tokens' positions and documents (packed rows); default: 0..L, one document per row.
+    pub layout: TokenLayout,
 }
 
 impl MlmInputs {
@@ -132,6 +136,7 @@ impl MlmInputs {
                 device,
             )?,
             masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
+            layout: Default::default(),
         })
     }
 }
@@ -237,12 +242,26 @@ impl Bert {
 
     /// Final hidden states `[B, L, H]`; `token_type_ids` `[B, L]` u32 marks sentence pairs'
     /// second segments (`None` = all type 0).
-    /// Kept whole: the encoder's forward pass in layer order, like the reference implementation.
     pub fn encode_with_types(
         &self,
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
+        dropout: &mut Option<Dropout>,
+    ) -> Result<Tensor> {
+        let layout = TokenLayout::default();
+        self.encode_laid_out(input_ids, token_type_ids, attention_mask, &layout, dropout)
+    }
+
+    /// [`Bert::encode_with_types`] with the tokens' positions and documents given by `layout`
+    /// (packed rows: positions restart and attention stays inside each document).
+    /// Kept whole: the encoder's forward pass in layer order, like the reference implementation.
+    pub fn encode_laid_out(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: &Tensor,
+        layout: &TokenLayout,
         dropout: &mut Option<Dropout>,
     ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
@@ -257,8 +276,25 @@ impl Bert {
             .word_embeddings
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, h))?;
-        let positions = self.position_embeddings.narrow(0, 0, l)?;
-        let x = words.broadcast_add(&positions)?;
+        let x = match &layout.positions {
+            None => words.broadcast_add(&self.position_embeddings.narrow(0, 0, l)?)?,
+            Some(p) => {
+                let furthest = p.iter().copied().max().unwrap_or(0) as usize;
+                if p.len() != b * l || furthest >= self.cfg.max_position_embeddings {
+                    candle_core::bail!(
+                        "{} positions up to {furthest} for {b}×{l} tokens and {} learned positions",
+                        p.len(),
+                        self.cfg.max_position_embeddings
+                    );
+                }
+                let ids = Tensor::from_slice(p, b * l, input_ids.device())?;
+                (words
+                    + self
+                        .position_embeddings
+                        .index_select(&ids, 0)?
+                        .reshape((b, l, h))?)?
+            }
+        };
         let x = match token_type_ids {
             Some(types) => {
                 (x + self
@@ -271,6 +307,10 @@ impl Bert {
         let mut x = Self::maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
+        let visible = Visibility {
+            radius: None,
+            segments: layout.segments.clone(),
+        };
         let heads = self.cfg.num_attention_heads;
         for layer in &self.layers {
             let attn_in = if self.cfg.pre_ln {
@@ -280,7 +320,7 @@ impl Bert {
             };
             let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
             let qkv = layer.qkv.forward(&attn_in)?;
-            let ctx = attention(&qkv, heads, &key_bias, factors, self.compute)?;
+            let ctx = attention(&qkv, heads, &key_bias, &visible, factors, self.compute)?;
             let attn = Self::maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
             x = if self.cfg.pre_ln {
                 (x + attn)?
@@ -318,7 +358,13 @@ impl Bert {
 
     /// Forward pass and masked-LM loss on one micro-batch.
     pub fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
-        let hidden = self.encode(&inputs.input_ids, &inputs.attention_mask, dropout)?;
+        let hidden = self.encode_laid_out(
+            &inputs.input_ids,
+            None,
+            &inputs.attention_mask,
+            &inputs.layout,
+            dropout,
+        )?;
         let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
         let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
         let predicted = inputs.masked_labels.dim(0)?;

@@ -1,10 +1,87 @@
-//! BERT sizes: the Google BERT miniature presets plus explicit overrides.
+//! Encoder sizes: the Google BERT miniature presets, ModernBERT's shapes, explicit overrides.
 
 use serde::{Deserialize, Serialize};
+
+/// The encoder architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// BERT (Devlin et al., 2019): learned positions, post-LN blocks, GELU feed-forward.
+    #[default]
+    Bert,
+    /// ModernBERT (Warner et al., 2024): rotary positions, pre-norm blocks without biases, GeGLU,
+    /// local (sliding-window) attention with a global layer every few layers.
+    ModernBert,
+}
+
+impl Arch {
+    /// Names accepted by `--arch`.
+    pub const NAMES: &'static [&'static str] = &["bert", "modernbert"];
+
+    /// The architecture called `name` (`bert`, `modernbert`), or an error listing the names.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "bert" => Ok(Arch::Bert),
+            "modernbert" => Ok(Arch::ModernBert),
+            _ => Err(format!(
+                "unknown architecture {name:?} (expected one of: {})",
+                Arch::NAMES.join(", ")
+            )),
+        }
+    }
+
+    /// The name `--arch` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Bert => "bert",
+            Arch::ModernBert => "modernbert",
+        }
+    }
+}
+
+/// ModernBERT's attention and position settings (transformers' `ModernBertConfig` defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ModernSettings {
+    /// Every this many layers one is global, starting with layer 0 (`global_attn_every_n_layers`).
+    pub global_every: usize,
+    /// Local layers' window in tokens (`local_attention`): keys within half of it either side.
+    pub local_window: usize,
+    /// Rotary base of global layers.
+    pub global_rope_theta: f64,
+    /// Rotary base of local layers.
+    pub local_rope_theta: f64,
+    /// Truncation of the normal initialisation, in standard deviations.
+    pub init_cutoff: f64,
+}
+
+impl Default for ModernSettings {
+    fn default() -> Self {
+        ModernSettings {
+            global_every: 3,
+            local_window: 128,
+            global_rope_theta: 160_000.0,
+            local_rope_theta: 10_000.0,
+            init_cutoff: 2.0,
+        }
+    }
+}
+
+impl ModernSettings {
+    /// Whether layer `i` attends globally.
+    pub fn is_global(&self, i: usize) -> bool {
+        i.is_multiple_of(self.global_every.max(1))
+    }
+}
 
 /// Architecture hyper-parameters (HuggingFace `BertConfig` names where they exist).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BertConfig {
+    /// The architecture (absent in runs made before ModernBERT: BERT).
+    #[serde(default)]
+    pub arch: Arch,
+    /// ModernBERT's settings (ignored by BERT).
+    #[serde(default)]
+    pub modern: ModernSettings,
     /// Vocabulary size (from the shards' tokenizer).
     pub vocab_size: usize,
     /// Hidden size H.
@@ -42,14 +119,55 @@ pub fn preset(name: &str) -> Option<(usize, usize, usize, usize)> {
     })
 }
 
+/// `(layers, hidden, heads, intermediate)` of a named ModernBERT preset: `base` and `large` are
+/// ModernBERT-base/-large's published shapes; the smaller ones keep their BERT namesakes' layers,
+/// widths and heads with ModernBERT's GeGLU width (1.5 × hidden per half).
+pub fn modern_preset(name: &str) -> Option<(usize, usize, usize, usize)> {
+    Some(match name {
+        "base" => (22, 768, 12, 1152),
+        "large" => (28, 1024, 16, 2624),
+        _ => {
+            let (layers, hidden, heads, _) = preset(name)?;
+            (layers, hidden, heads, hidden * 3 / 2)
+        }
+    })
+}
+
 /// Names accepted by `--model`.
 pub const PRESETS: &[&str] = &["tiny", "mini", "small", "medium", "base", "large"];
 
 impl BertConfig {
-    /// A preset with the given vocabulary.
+    /// A preset of `arch` with the given vocabulary.
+    pub fn from_arch_preset(arch: Arch, name: &str, vocab_size: usize) -> Option<Self> {
+        match arch {
+            Arch::Bert => Self::from_preset(name, vocab_size),
+            Arch::ModernBert => {
+                let (layers, hidden, heads, intermediate) = modern_preset(name)?;
+                Some(BertConfig {
+                    arch,
+                    modern: ModernSettings::default(),
+                    vocab_size,
+                    hidden_size: hidden,
+                    num_hidden_layers: layers,
+                    num_attention_heads: heads,
+                    intermediate_size: intermediate,
+                    max_position_embeddings: 8192,
+                    type_vocab_size: 0,
+                    layer_norm_eps: 1e-5,
+                    dropout: 0.0,
+                    pre_ln: true,
+                    initializer_range: 0.02,
+                })
+            }
+        }
+    }
+
+    /// A BERT preset with the given vocabulary.
     pub fn from_preset(name: &str, vocab_size: usize) -> Option<Self> {
         let (layers, hidden, heads, intermediate) = preset(name)?;
         Some(BertConfig {
+            arch: Arch::Bert,
+            modern: ModernSettings::default(),
             vocab_size,
             hidden_size: hidden,
             num_hidden_layers: layers,
@@ -93,6 +211,58 @@ impl BertConfig {
             map.extend(extra);
         }
         hf
+    }
+
+    /// transformers' `config.json` for `ModernBertForMaskedLM` with these sizes; `specials` are
+    /// the tokenizer's (pad, cls, sep, mask) ids.
+    pub fn modernbert_config_json(&self, specials: [u32; 4]) -> serde_json::Value {
+        let m = &self.modern;
+        let layer_types: Vec<&str> = (0..self.num_hidden_layers)
+            .map(|i| {
+                if m.is_global(i) {
+                    "full_attention"
+                } else {
+                    "sliding_attention"
+                }
+            })
+            .collect();
+        let [pad, cls, sep, _mask] = specials;
+        serde_json::json!({
+            "architectures": ["ModernBertForMaskedLM"],
+            "model_type": "modernbert",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "intermediate_size": self.intermediate_size,
+            "hidden_activation": "gelu",
+            "max_position_embeddings": self.max_position_embeddings,
+            "initializer_range": self.initializer_range,
+            "initializer_cutoff_factor": m.init_cutoff,
+            "norm_eps": self.layer_norm_eps,
+            "norm_bias": false,
+            "pad_token_id": pad,
+            "bos_token_id": cls,
+            "eos_token_id": sep,
+            "cls_token_id": cls,
+            "sep_token_id": sep,
+            "global_attn_every_n_layers": m.global_every,
+            "layer_types": layer_types,
+            "local_attention": m.local_window,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": m.global_rope_theta},
+                "sliding_attention": {"rope_type": "default", "rope_theta": m.local_rope_theta},
+            },
+            "embedding_dropout": self.dropout,
+            "attention_dropout": self.dropout,
+            "mlp_dropout": self.dropout,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "decoder_bias": true,
+            "classifier_bias": false,
+            "classifier_activation": "gelu",
+            "tie_word_embeddings": true,
+        })
     }
 
     /// Size of one attention head.

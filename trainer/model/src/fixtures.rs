@@ -7,6 +7,8 @@ use candle_core::{Device, Tensor};
 /// A two-layer model with hidden size 16 over a vocabulary of `vocab`.
 pub fn tiny(vocab: usize) -> BertConfig {
     BertConfig {
+        arch: crate::bert_config::Arch::Bert,
+        modern: Default::default(),
         vocab_size: vocab,
         hidden_size: 16,
         num_hidden_layers: 2,
@@ -35,5 +37,6 @@ pub fn inputs(dev: &Device, vocab: u32) -> MlmInputs {
         attention_mask: Tensor::from_vec(mask, (b, l), dev).unwrap(),
         masked_positions: Tensor::from_vec(positions, 5, dev).unwrap(),
         masked_labels: Tensor::from_vec(labels, 5, dev).unwrap(),
+        layout: Default::default(),
     }
 }

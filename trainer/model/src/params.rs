@@ -15,6 +15,13 @@ use std::collections::HashMap;
 pub enum Init {
     /// normal(0, std)
     Normal(f64),
+    /// normal(0, std) truncated to ±cutoff·std (as `torch.nn.init.trunc_normal_`)
+    TruncatedNormal {
+        /// Standard deviation before truncation.
+        std: f64,
+        /// Bounds in standard deviations.
+        cutoff: f64,
+    },
     /// all zeros
     Zeros,
     /// all ones
@@ -63,6 +70,26 @@ pub fn normal_samples(n: usize, std: f64, seed: u64) -> Vec<f32> {
     out
 }
 
+/// `n` samples of normal(0, std) truncated to ±cutoff·std, from a seeded stream (rejection:
+/// draws outside the bounds are skipped).
+pub fn truncated_normal_samples(n: usize, std: f64, cutoff: f64, seed: u64) -> Vec<f32> {
+    let bound = (cutoff * std) as f32;
+    let mut out = Vec::with_capacity(n);
+    let mut block = 0u64;
+    while out.len() < n {
+        let want = (n - out.len()).max(64) * 11 / 10;
+        let draws = normal_samples(want, std, seed_of(&[seed, block]));
+        out.extend(
+            draws
+                .into_iter()
+                .filter(|v| v.abs() <= bound)
+                .take(n - out.len()),
+        );
+        block += 1;
+    }
+    out
+}
+
 impl ParamStore {
     /// An empty store on `device`.
     pub fn new(device: &Device, seed: u64) -> Self {
@@ -99,6 +126,11 @@ impl ParamStore {
         let t = match init {
             Init::Normal(std) => Tensor::from_vec(
                 normal_samples(n, std, seed_of(&[self.seed, name_hash(name)])),
+                shape,
+                &self.device,
+            )?,
+            Init::TruncatedNormal { std, cutoff } => Tensor::from_vec(
+                truncated_normal_samples(n, std, cutoff, seed_of(&[self.seed, name_hash(name)])),
                 shape,
                 &self.device,
             )?,
@@ -160,6 +192,20 @@ impl ParamStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Within the bounds, and with the truncated normal's standard deviation: for ±2σ,
+    /// σ·sqrt(1 − 2·2·φ(2)/(2Φ(2) − 1)) = 0.8796σ.
+    #[test]
+    fn truncated_normal_has_the_truncated_moments() {
+        let v = truncated_normal_samples(200_000, 0.02, 2.0, 9);
+        assert_eq!(v.len(), 200_000);
+        assert!(v.iter().all(|x| x.abs() <= 0.04));
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let sd =
+            (v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        assert!(mean.abs() < 2e-4, "mean {mean}");
+        assert!((sd / 0.02 - 0.8796).abs() < 0.005, "sd {sd}");
+    }
 
     fn store_with(names: &[(&str, usize)], seed: u64) -> ParamStore {
         let p = ParamStore::new(&Device::Cpu, seed);

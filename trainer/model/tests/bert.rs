@@ -194,6 +194,7 @@ fn gradients_are_identical_for_any_thread_count() {
         attention_mask: Tensor::from_vec(mask, (b, l), &dev).unwrap(),
         masked_positions: Tensor::from_vec(positions, n, &dev).unwrap(),
         masked_labels: Tensor::from_vec(labels, n, &dev).unwrap(),
+        layout: Default::default(),
     };
     let grads_with = |threads: usize| -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new()

@@ -1,8 +1,10 @@
-//! `trainer export RUN --out DIR`: a HuggingFace `BertForMaskedLM` checkpoint
-//! (`model.safetensors`, `config.json`, tokenizer files) from a run's latest checkpoint.
+//! `trainer export RUN --out DIR`: a HuggingFace `BertForMaskedLM` (or, for `--arch modernbert`
+//! runs, `ModernBertForMaskedLM`) checkpoint (`model.safetensors`, `config.json`, tokenizer files)
+//! from a run's latest checkpoint.
 //!
 //! Parameter names are already HF's; the export adds the tied decoder entries
-//! (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias) and,
+//! (`cls.predictions.decoder.weight` = word embeddings, `cls.predictions.decoder.bias` = bias;
+//! ModernBERT's `decoder.weight` = token embeddings) and,
 //! for checking, maskrate's logits on a fixed input (`maskrate_check.safetensors`), which
 //! `scripts/compare_hf.py` compares with `transformers`.
 
@@ -13,9 +15,14 @@ use shared::atomic::{write_file, write_with};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Token ids of the check input (a fixed, valid sequence for any vocabulary ≥ 1,000).
+/// Token ids of the check input (a fixed, valid sequence for any vocabulary ≥ 1,000): 16 tokens
+/// for BERT; for ModernBERT longer than its local window, so that local layers hide keys.
 pub fn check_input_ids(cfg: &BertConfig) -> Vec<u32> {
-    (0..16u32)
+    let len = match cfg.arch {
+        model::Arch::Bert => 16,
+        model::Arch::ModernBert => (cfg.modern.local_window + 72).min(cfg.max_position_embeddings),
+    };
+    (0..len as u32)
         .map(|i| (101 + i * 37) % cfg.vocab_size as u32)
         .collect()
 }
@@ -32,6 +39,13 @@ pub fn with_tied_decoder(mut tensors: HashMap<String, Tensor>) -> HashMap<String
     if let Some(b) = tensors.get("cls.predictions.bias").cloned() {
         tensors.insert("cls.predictions.decoder.bias".into(), b);
     }
+    // ModernBERT: `decoder.weight` is tied to the token embeddings (`decoder.bias` is its own).
+    if let Some(w) = tensors
+        .get("model.embeddings.tok_embeddings.weight")
+        .cloned()
+    {
+        tensors.insert("decoder.weight".into(), w);
+    }
     tensors
 }
 
@@ -41,7 +55,7 @@ pub fn with_tied_decoder(mut tensors: HashMap<String, Tensor>) -> HashMap<String
 pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let pre = crate::saved_model::load(run, None)?;
     let cfg = pre.config;
-    if cfg.pre_ln {
+    if cfg.pre_ln && cfg.arch == model::Arch::Bert {
         bail!("pre-LN models have no HuggingFace BertForMaskedLM equivalent");
     }
     std::fs::create_dir_all(out)?;
@@ -53,14 +67,20 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
         Ok(candle_core::safetensors::save(&tensors, tmp)?)
     })?;
     written.push(model_path);
-    let hf = cfg.hf_config_json(
-        "BertForMaskedLM",
-        pre.tokenizer.info.pad_id,
-        serde_json::json!({
-            "position_embedding_type": "absolute",
-            "tie_word_embeddings": true,
-        }),
-    );
+    let info = &pre.tokenizer.info;
+    let hf = match cfg.arch {
+        model::Arch::Bert => cfg.hf_config_json(
+            "BertForMaskedLM",
+            info.pad_id,
+            serde_json::json!({
+                "position_embedding_type": "absolute",
+                "tie_word_embeddings": true,
+            }),
+        ),
+        model::Arch::ModernBert => {
+            cfg.modernbert_config_json([info.pad_id, info.cls_id, info.sep_id, info.mask_id])
+        }
+    };
     let config_path = out.join("config.json");
     write_file(&config_path, &serde_json::to_vec_pretty(&hf)?)?;
     written.push(config_path);

@@ -5,7 +5,7 @@
 use crate::dist::Collective;
 use anyhow::Result;
 use candle_core::Device;
-use model::{Bert, MlmInputs};
+use model::{Encoder, MlmInputs};
 use serde::{Deserialize, Serialize};
 use shared::sampler::{HeldOutBatches, MaskVocab, Sequences};
 use shared::tokenizer::LoadedTokenizer;
@@ -62,7 +62,7 @@ impl Evaluator {
     /// i mod world size) and the sums combined.
     pub fn evaluate(
         &self,
-        model: &Bert,
+        model: &Encoder,
         device: &Device,
         comm: &dyn Collective,
     ) -> Result<Evaluation> {

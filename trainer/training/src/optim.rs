@@ -114,9 +114,13 @@ pub struct AdamW {
     pub t: u64,
 }
 
-/// Whether `name` gets weight decay: not biases, not LayerNorm parameters.
+/// Whether `name` gets weight decay: not biases, not norms (BERT's `LayerNorm`, ModernBERT's
+/// `norm`, `attn_norm`, `mlp_norm`, `final_norm`).
 pub fn decays(name: &str) -> bool {
-    !(name.ends_with(".bias") || name.contains("LayerNorm") || name == "cls.predictions.bias")
+    !(name.ends_with(".bias")
+        || name.contains("LayerNorm")
+        || name.contains("norm.")
+        || name == "cls.predictions.bias")
 }
 
 impl AdamW {
@@ -369,5 +373,22 @@ mod tests {
         assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
         assert!(!decays("bert.encoder.layer.0.output.LayerNorm.weight"));
         assert!(!decays("cls.predictions.bias"));
+        for norm in [
+            "model.embeddings.norm.weight",
+            "model.layers.1.attn_norm.weight",
+            "model.layers.0.mlp_norm.weight",
+            "model.final_norm.weight",
+            "head.norm.weight",
+            "decoder.bias",
+        ] {
+            assert!(!decays(norm), "{norm}");
+        }
+        for weight in [
+            "model.layers.0.attn.Wqkv.weight",
+            "model.layers.2.mlp.Wi.weight",
+            "head.dense.weight",
+        ] {
+            assert!(decays(weight), "{weight}");
+        }
     }
 }

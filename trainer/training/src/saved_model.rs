@@ -28,7 +28,7 @@ impl Pretrained {
     /// A freshly initialised model (drawn from `seed`) with `tokenizer`: for tests and benchmarks.
     pub fn initialised(config: BertConfig, tokenizer: LoadedTokenizer, seed: u64) -> Result<Self> {
         let p = model::ParamStore::new(&Device::Cpu, seed);
-        model::Bert::new(config, &p)?;
+        model::Encoder::new(config, &p)?;
         let tensors = p
             .named_vars()
             .into_iter()
@@ -44,9 +44,9 @@ impl Pretrained {
     }
 
     /// The masked-LM model with these weights on `device`, for evaluation (no dropout state).
-    pub fn mlm_model(&self, device: &Device) -> Result<model::Bert> {
+    pub fn mlm_model(&self, device: &Device) -> Result<model::Encoder> {
         let params = model::ParamStore::new(device, 0);
-        let model = model::Bert::new(self.config, &params)?;
+        let model = model::Encoder::new(self.config, &params)?;
         params
             .load_by_name(&self.tensors, &self.source.display().to_string(), |_, _| {
                 false
@@ -109,6 +109,8 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
         );
     }
     let config = BertConfig {
+        arch: model::bert_config::Arch::Bert,
+        modern: Default::default(),
         vocab_size: get("vocab_size")?,
         hidden_size: get("hidden_size")?,
         num_hidden_layers: get("num_hidden_layers")?,

@@ -13,25 +13,106 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
+/// Which keys each query may see, besides the additive key bias: all of them by default.
+#[derive(Clone, Debug, Default)]
+pub struct Visibility {
+    /// Keys at most this many positions from the query (ModernBERT's local layers: 64).
+    pub radius: Option<usize>,
+    /// Per-token segment (document) ids `[B·L]`: a query sees only the keys of its own segment.
+    pub segments: Option<Arc<Vec<u32>>>,
+}
+
+impl Visibility {
+    /// Every key visible.
+    pub fn all() -> Self {
+        Visibility::default()
+    }
+
+    /// This rule with keys limited to `radius` positions either side (`None`: no limit).
+    pub fn with_radius(&self, radius: Option<usize>) -> Self {
+        Visibility {
+            radius,
+            segments: self.segments.clone(),
+        }
+    }
+
+    fn restricts(&self) -> bool {
+        self.radius.is_some() || self.segments.is_some()
+    }
+
+    /// Whether query `i` of row `b` (rows of `len`) sees key `j`.
+    #[inline]
+    fn sees(&self, b: usize, len: usize, i: usize, j: usize) -> bool {
+        self.radius.is_none_or(|r| i.abs_diff(j) <= r)
+            && self
+                .segments
+                .as_ref()
+                .is_none_or(|s| s[b * len + i] == s[b * len + j])
+    }
+
+    /// Sets the scores of query `i` (row `b`) for keys it may not see to -∞.
+    fn hide(&self, b: usize, len: usize, i: usize, scores: &mut [f32]) {
+        for (j, s) in scores.iter_mut().enumerate() {
+            if !self.sees(b, len, i, j) {
+                *s = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// The rule as an additive `[B, 1, L, L]` mask (0 or -∞), `None` when every key is visible.
+    fn dense(
+        &self,
+        batch: usize,
+        len: usize,
+        device: &candle_core::Device,
+    ) -> Result<Option<Tensor>> {
+        if !self.restricts() {
+            return Ok(None);
+        }
+        if let Some(s) = &self.segments {
+            if s.len() != batch * len {
+                candle_core::bail!("attention: {} segment ids for {batch}×{len}", s.len());
+            }
+        }
+        let mut mask = vec![0f32; batch * len * len];
+        for (row, m) in mask.chunks_mut(len).enumerate() {
+            let (b, i) = (row / len, row % len);
+            self.hide(b, len, i, m);
+        }
+        Ok(Some(Tensor::from_vec(mask, (batch, 1, len, len), device)?))
+    }
+}
+
 /// Multi-head self-attention: `qkv` `[B, L, 3H]` holds the query, key and value projections
 /// (H columns each, `heads` heads per block); `key_bias` `[B, L]` is added to every query's scores
-/// (0 for tokens, -10000 for padding); `dropout` holds factors for the `[B, heads, L, L]`
+/// (0 for tokens, -10000 for padding); `visible` limits the keys each query sees (a window,
+/// documents; hidden keys get probability 0); `dropout` holds factors for the `[B, heads, L, L]`
 /// probabilities (see [`super::Dropout::factors`]); the two products run in `compute` (see
 /// [`matmul_in`]). Returns the context `[B, L, H]`.
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
     key_bias: &Tensor,
+    visible: &Visibility,
     dropout: Option<Vec<f32>>,
     compute: DType,
 ) -> Result<Tensor> {
     // The kernel runs its products in f32, so it serves only an f32 `compute`.
     if supports(qkv.device(), qkv.dtype()) && compute == DType::F32 {
         let bias = key_bias.flatten_all()?.to_vec1::<f32>()?;
-        let op = FusedAttention::new(heads, bias, dropout);
+        if let Some(s) = &visible.segments {
+            if s.len() != bias.len() {
+                candle_core::bail!(
+                    "attention: {} segment ids for {} tokens",
+                    s.len(),
+                    bias.len()
+                );
+            }
+        }
+        let op = FusedAttention::new(heads, bias, visible.clone(), dropout);
         return qkv.contiguous()?.apply_op1(op);
     }
-    attention_composed(qkv, heads, key_bias, dropout, compute)
+    attention_composed(qkv, heads, key_bias, visible, dropout, compute)
 }
 
 /// [`attention`] from tensor ops (any device).
@@ -39,6 +120,7 @@ pub fn attention_composed(
     qkv: &Tensor,
     heads: usize,
     key_bias: &Tensor,
+    visible: &Visibility,
     dropout: Option<Vec<f32>>,
     compute: DType,
 ) -> Result<Tensor> {
@@ -55,6 +137,10 @@ pub fn attention_composed(
     let scale = 1.0 / (dh as f64).sqrt();
     let scores = (matmul_in(&q, &k.t()?.contiguous()?, compute)? * scale)?
         .broadcast_add(&key_bias.reshape((b, 1, 1, l))?)?;
+    let scores = match visible.dense(b, l, qkv.device())? {
+        Some(mask) => scores.broadcast_add(&mask)?,
+        None => scores,
+    };
     let mut probs = softmax_last_dim(&scores)?;
     if let Some(f) = dropout {
         probs = probs.mul(&Tensor::from_vec(f, probs.shape(), probs.device())?)?;
@@ -71,6 +157,8 @@ struct FusedAttention {
     heads: usize,
     /// `[B · L]` additive bias on the keys (0 for tokens, large negative for padding).
     key_bias: Arc<Vec<f32>>,
+    /// Keys each query may see.
+    visible: Visibility,
     /// `[B · heads · L · L]` dropout factors on the probabilities (0 or 1/(1−p)); `None` = none.
     dropout: Option<Arc<Vec<f32>>>,
     /// Softmax probabilities `[B · heads · L · L]` (before dropout), kept for the backward.
@@ -79,10 +167,16 @@ struct FusedAttention {
 
 impl FusedAttention {
     /// The op for `heads` heads, key bias `[B·L]` and optional dropout factors.
-    fn new(heads: usize, key_bias: Vec<f32>, dropout: Option<Vec<f32>>) -> Self {
+    fn new(
+        heads: usize,
+        key_bias: Vec<f32>,
+        visible: Visibility,
+        dropout: Option<Vec<f32>>,
+    ) -> Self {
         FusedAttention {
             heads,
             key_bias: Arc::new(key_bias),
+            visible,
             dropout: dropout.map(Arc::new),
             probs: Mutex::new(None),
         }
@@ -274,8 +368,11 @@ impl CustomOp1 for FusedAttention {
                     )
                 };
                 let bias = &self.key_bias[b * len..(b + 1) * len];
-                for row in p.chunks_mut(len) {
+                for (i, row) in p.chunks_mut(len).enumerate() {
                     row.iter_mut().zip(bias).for_each(|(s, &m)| *s += m);
+                    if self.visible.restricts() {
+                        self.visible.hide(b, len, i, row);
+                    }
                 }
                 super::vmath::softmax_rows(p, len);
                 let weights = dropped(p, task_factors(&self.dropout, task, lsq), scratch);
@@ -412,7 +509,7 @@ impl CustomOp2 for FusedAttentionBackward {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{max_abs_diff, tensor, var};
+    use super::super::testing::{assert_same_op, max_abs_diff, tensor, var};
     use super::super::Dropout;
     use super::*;
     use candle_core::Device;
@@ -438,8 +535,18 @@ mod tests {
                 assert!(f.contains(&0.0) && f.iter().any(|&v| v > 1.0));
             }
             let f32 = DType::F32;
-            let yf = attention(qkv.as_tensor(), heads, &key_bias, factors.clone(), f32).unwrap();
-            let yc = attention_composed(qkv.as_tensor(), heads, &key_bias, factors, f32).unwrap();
+            let all = Visibility::all();
+            let yf = attention(
+                qkv.as_tensor(),
+                heads,
+                &key_bias,
+                &all,
+                factors.clone(),
+                f32,
+            )
+            .unwrap();
+            let yc =
+                attention_composed(qkv.as_tensor(), heads, &key_bias, &all, factors, f32).unwrap();
             assert_eq!(yf.dims(), &[b, l, h]);
             let d = max_abs_diff(&yf, &yc);
             assert!(d < 1e-5, "p = {p}: forward max difference {d}");
@@ -462,5 +569,61 @@ mod tests {
                 assert!(g.to_scalar::<f32>().unwrap() > 0.0, "block {block}");
             }
         }
+    }
+
+    /// With a window, documents, or both, the kernel equals the composed attention forward and
+    /// backward, and a hidden key changes nothing: perturbing the keys and values of another
+    /// document (or beyond the window) leaves a query's output exactly as it was.
+    #[test]
+    fn windows_and_documents_match_composed_and_hide_keys() {
+        let (b, l, h, heads) = (2usize, 9usize, 8usize, 2usize);
+        let qkv = var(&[b, l, 3 * h], 1.0, 51);
+        let key_bias = Tensor::zeros((b, l), DType::F32, &Device::Cpu).unwrap();
+        let segments = Arc::new(vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 5, 6, 6]);
+        let rules = [
+            Visibility {
+                radius: Some(2),
+                segments: None,
+            },
+            Visibility {
+                radius: None,
+                segments: Some(segments.clone()),
+            },
+            Visibility {
+                radius: Some(1),
+                segments: Some(segments.clone()),
+            },
+        ];
+        for rule in &rules {
+            assert_same_op(
+                || attention(qkv.as_tensor(), heads, &key_bias, rule, None, DType::F32).unwrap(),
+                || {
+                    attention_composed(qkv.as_tensor(), heads, &key_bias, rule, None, DType::F32)
+                        .unwrap()
+                },
+                &[&qkv],
+                1e-5,
+            );
+        }
+        // Query 1 of row 0 (document 0, window radius 1) sees keys 0..=2 only: change keys 4..
+        // (document 1) and key 3 (outside the window) and its context stays bit for bit.
+        let rule = &rules[2];
+        let base = qkv.as_tensor().to_vec3::<f32>().unwrap();
+        let mut changed = base.clone();
+        for token in &mut changed[0][3..] {
+            token[h..].iter_mut().for_each(|v| *v += 3.0);
+        }
+        let flat = |v: Vec<Vec<Vec<f32>>>| {
+            Tensor::from_vec(v.concat().concat(), (b, l, 3 * h), &Device::Cpu).unwrap()
+        };
+        let run = |t: &Tensor| {
+            attention(t, heads, &key_bias, rule, None, DType::F32)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap()
+        };
+        let (y0, y1) = (run(&flat(base)), run(&flat(changed)));
+        assert_eq!(y0[0][1], y1[0][1]);
+        assert_ne!(y0[0][3], y1[0][3], "the test must be able to fail");
     }
 }

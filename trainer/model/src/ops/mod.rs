@@ -13,20 +13,24 @@ mod attention;
 mod bias;
 mod cross_entropy;
 mod dropout;
+mod geglu;
 mod gelu;
 mod layer_norm;
 mod matmul;
+mod rotary;
 mod rows;
 mod softmax;
 pub mod vmath;
 
-pub use attention::{attention, attention_composed};
+pub use attention::{attention, attention_composed, Visibility};
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_and_correct;
 pub use dropout::Dropout;
+pub use geglu::{geglu, geglu_composed};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_composed};
 pub use matmul::matmul_in;
+pub use rotary::{rotary, rotary_composed, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 
 use candle_core::{DType, Device};
@@ -65,6 +69,56 @@ pub(crate) mod testing {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap()
+    }
+
+    /// Checks the gradient of `<f(x), probe>` against central finite differences at every entry
+    /// of an `x` of `shape` (N(0, std²) from `seed`): within 1e-2 of the larger magnitude or 2e-3
+    /// absolute (f32 differences, step 1e-2).
+    pub fn assert_finite_differences(
+        shape: &[usize],
+        std: f64,
+        seed: u64,
+        f: impl Fn(&Tensor) -> Tensor,
+    ) {
+        let x = var(shape, std, seed);
+        let y = f(x.as_tensor());
+        let probe = tensor(y.dims(), 1.0, 77);
+        let objective = |t: &Tensor| -> f64 {
+            (f(t) * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        let grads = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let analytic = grads
+            .get(x.as_tensor())
+            .expect("a gradient for the input")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let base = x
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let eps = 1e-2f32;
+        for (i, &g) in analytic.iter().enumerate() {
+            let at = |delta: f32| {
+                let mut v = base.clone();
+                v[i] += delta;
+                objective(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            let scale = numeric.abs().max(g.abs() as f64);
+            assert!(
+                (numeric - g as f64).abs() <= (1e-2 * scale).max(2e-3),
+                "entry {i}: analytic {g}, finite differences {numeric}"
+            );
+        }
     }
 
     /// Checks that `fused` and `composed` give outputs within `tol` of each other, and gradients of

@@ -19,7 +19,13 @@ pub struct TrainArgs {
     /// Run directory (config.toml, metrics.jsonl, checkpoints/, plots).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Model size: tiny, mini, small, medium, base, large (Google's BERT miniatures and BERT).
+    /// Architecture: bert, or modernbert (rotary positions, GeGLU, local/global attention, no
+    /// biases: transformers' ModernBertForMaskedLM).
+    #[arg(long, default_value = "bert", value_parser = parse_arch)]
+    #[serde(default)]
+    pub arch: model::Arch,
+    /// Model size: tiny, mini, small, medium, base, large (Google's BERT miniatures and BERT;
+    /// with --arch modernbert, base and large are ModernBERT-base/-large's shapes).
     #[arg(long, default_value = "base")]
     pub model: String,
     /// Override: encoder layers.
@@ -113,13 +119,15 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// The model configuration for a vocabulary.
     pub fn model_config(&self, vocab_size: usize) -> Result<BertConfig> {
-        let mut c = BertConfig::from_preset(&self.model, vocab_size).with_context(|| {
-            format!(
-                "--model {:?}: expected one of {}",
-                self.model,
-                model::bert_config::PRESETS.join(", ")
-            )
-        })?;
+        let mut c = BertConfig::from_arch_preset(self.arch, &self.model, vocab_size).with_context(
+            || {
+                format!(
+                    "--model {:?}: expected one of {}",
+                    self.model,
+                    model::bert_config::PRESETS.join(", ")
+                )
+            },
+        )?;
         if let Some(v) = self.layers {
             c.num_hidden_layers = v;
         }
@@ -132,7 +140,9 @@ impl TrainArgs {
         if let Some(v) = self.intermediate {
             c.intermediate_size = v;
         }
-        c.pre_ln = self.pre_ln;
+        if self.arch == model::Arch::Bert {
+            c.pre_ln = self.pre_ln;
+        }
         c.dropout = self.dropout;
         if c.hidden_size % c.num_attention_heads != 0 {
             bail!(
@@ -142,6 +152,14 @@ impl TrainArgs {
             );
         }
         let longest = self.data.config.max_seq_len()?;
+        if c.arch == model::Arch::ModernBert && (c.hidden_size / c.num_attention_heads) % 2 != 0 {
+            bail!(
+                "--arch modernbert: head size {} (hidden {} / {} heads) must be even for rotary positions",
+                c.hidden_size / c.num_attention_heads,
+                c.hidden_size,
+                c.num_attention_heads
+            );
+        }
         if longest > c.max_position_embeddings {
             bail!(
                 "{} {longest} exceeds the model's {} positions",
@@ -189,4 +207,9 @@ fn default_check_every() -> u64 {
 
 fn parse_lr_decay(s: &str) -> std::result::Result<LrDecay, String> {
     s.parse().map_err(|e: shared::Error| e.to_string())
+}
+
+/// `--arch`'s parser.
+fn parse_arch(s: &str) -> std::result::Result<model::Arch, String> {
+    model::Arch::parse(s)
 }

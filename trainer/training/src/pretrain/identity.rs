@@ -37,6 +37,9 @@ pub struct RunIdentity {
     /// `None` for the default global order (so checkpoints from before `--order` still match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// `None` for BERT (so checkpoints from before `--arch` still match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
     pub model: String,
     pub layers: Option<usize>,
     pub hidden: Option<usize>,
@@ -93,6 +96,7 @@ impl TrainArgs {
         let TrainArgs {
             data,
             out,
+            arch,
             model,
             layers,
             hidden,
@@ -164,6 +168,7 @@ impl TrainArgs {
             mask_exact,
             whole_word,
             order: (order != Order::Global).then(|| order.to_string()),
+            arch: (arch != model::Arch::Bert).then(|| arch.name().to_string()),
             model,
             layers,
             hidden,

@@ -9,7 +9,7 @@ use crate::optim::{AdamW, AdamWConfig};
 use crate::step::TrainStep;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use model::{Bert, BertConfig, ParamStore};
+use model::{BertConfig, Encoder, ParamStore};
 use shared::lock::DirLock;
 use shared::sampler::{BatchPlan, Sequences};
 use shared::shard::ShardSet;
@@ -145,8 +145,8 @@ pub struct Model {
     pub cfg: BertConfig,
     /// The parameters, drawn from `--seed` (or loaded on resume).
     pub params: ParamStore,
-    /// The network.
-    pub bert: Bert,
+    /// The network (BERT or ModernBERT, as `cfg.arch` says).
+    pub bert: Encoder,
     /// AdamW with clipping and the gradient reduction across ranks.
     pub train_step: TrainStep,
     /// How each step's global batch splits over ranks and micro-batches.
@@ -175,7 +175,7 @@ impl Model {
         }
         let params =
             ParamStore::new(&env.device, args.data.config.seed).with_compute_dtype(env.compute);
-        let bert = Bert::new(cfg, &params)?;
+        let bert = Encoder::new(cfg, &params)?;
         let opt = AdamW::new(
             params.named_vars(),
             AdamWConfig {

@@ -1,0 +1,240 @@
+//! Rotary position embeddings (RoFormer, in the "rotate half" layout of transformers' ModernBERT
+//! and Llama) applied to the query and key blocks of fused `[B, L, 3H]` projections: the CPU
+//! kernel (its backward is the inverse rotation, the same kernel with the sines negated) and the
+//! composed twin.
+//!
+//! Within each head of `dh` columns, column `i < dh/2` and column `i + dh/2` form a pair rotated
+//! by the angle `position · θ^(-2i/dh)`; the value block passes through unchanged.
+
+use super::rows::f32_rows;
+use super::supports;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::Arc;
+
+/// The cosines and sines of one rotary setting at given token positions: `[T, dh/2]` each, one
+/// row per token (`T` = B·L, in the batch's row-major order).
+#[derive(Clone)]
+pub struct RotaryTables {
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    half: usize,
+}
+
+impl RotaryTables {
+    /// Tables for tokens at `positions` (one per token), heads of `head_dim` columns and base
+    /// `theta`, computed in f32 as transformers does (`inv_freq = 1 / θ^(2i/dh)`, angle =
+    /// position · inv_freq, both rounded to f32).
+    pub fn new(positions: &[u32], head_dim: usize, theta: f64) -> Result<Self> {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            candle_core::bail!("rotary embeddings need an even head size, got {head_dim}");
+        }
+        let half = head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &inv_freq {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(RotaryTables {
+            cos: Arc::new(cos),
+            sin: Arc::new(sin),
+            half,
+        })
+    }
+
+    /// Tokens covered.
+    pub fn tokens(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// The tables as `[T, dh/2]` tensors on `device` (for the composed path).
+    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let t = self.tokens();
+        Ok((
+            Tensor::from_slice(&self.cos, (t, self.half), device)?,
+            Tensor::from_slice(&self.sin, (t, self.half), device)?,
+        ))
+    }
+}
+
+/// Rotates the query and key blocks of `qkv` `[B, L, 3H]` (`heads` heads each) by `tables`
+/// (B·L tokens, heads of H/heads columns). Returns a new `[B, L, 3H]` tensor.
+pub fn rotary(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
+    check(qkv, heads, tables)?;
+    if supports(qkv.device(), qkv.dtype()) {
+        let op = Rotary {
+            heads,
+            cos: tables.cos.clone(),
+            sin: tables.sin.clone(),
+            inverse: false,
+        };
+        return qkv.contiguous()?.apply_op1(op);
+    }
+    rotary_composed(qkv, heads, tables)
+}
+
+fn check(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<()> {
+    let (b, l, three_h) = qkv.dims3()?;
+    if three_h % 3 != 0 || heads == 0 || (three_h / 3) % heads != 0 {
+        candle_core::bail!("rotary: width {three_h} is not 3 × a multiple of {heads} heads");
+    }
+    if three_h / 3 / heads != 2 * tables.half || tables.tokens() != b * l {
+        candle_core::bail!(
+            "rotary: tables for {} tokens of head size {}, input [{b}, {l}, {three_h}] with {heads} heads",
+            tables.tokens(),
+            2 * tables.half
+        );
+    }
+    Ok(())
+}
+
+/// [`rotary`] from tensor ops (any device).
+pub fn rotary_composed(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
+    check(qkv, heads, tables)?;
+    let (b, l, three_h) = qkv.dims3()?;
+    let h = three_h / 3;
+    let (dh, half) = (h / heads, tables.half);
+    let (cos, sin) = tables.tensors(qkv.device())?;
+    let (cos, sin) = (cos.reshape((b, l, 1, half))?, sin.reshape((b, l, 1, half))?);
+    let rotate = |block: usize| -> Result<Tensor> {
+        let x = qkv.narrow(2, block * h, h)?.reshape((b, l, heads, dh))?;
+        let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
+        let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[y1, y2], 3)?.reshape((b, l, h))
+    };
+    Tensor::cat(&[rotate(0)?, rotate(1)?, qkv.narrow(2, 2 * h, h)?], 2)
+}
+
+/// The rotation of the query and key blocks (or, `inverse`, its transpose: the backward).
+struct Rotary {
+    heads: usize,
+    cos: Arc<Vec<f32>>,
+    sin: Arc<Vec<f32>>,
+    inverse: bool,
+}
+
+impl CustomOp1 for Rotary {
+    fn name(&self) -> &'static str {
+        "rotary"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, width) = f32_rows(s, l, "rotary")?;
+        let h = width / 3;
+        let dh = h / self.heads;
+        let half = dh / 2;
+        let sign = if self.inverse { -1.0f32 } else { 1.0 };
+        let mut out = x.to_vec();
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(token, row)| {
+                let cos = &self.cos[token * half..(token + 1) * half];
+                let sin = &self.sin[token * half..(token + 1) * half];
+                // The query and key blocks: 2·heads heads of dh columns.
+                for head in row[..2 * h].chunks_mut(dh) {
+                    let (x1, x2) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b, c, s) = (x1[i], x2[i], cos[i], sign * sin[i]);
+                        x1[i] = a * c - b * s;
+                        x2[i] = b * c + a * s;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        // The rotation is orthogonal: its gradient is the inverse rotation of the incoming one.
+        let back = Rotary {
+            heads: self.heads,
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            inverse: !self.inverse,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{assert_finite_differences, assert_same_op, var};
+    use super::*;
+
+    /// The kernel equals the composed rotation, forward and backward, at positions that restart
+    /// mid-row (packed documents).
+    #[test]
+    fn kernel_matches_composed_rotary() {
+        let (b, l, heads, dh) = (2usize, 5usize, 3usize, 8usize);
+        let qkv = var(&[b, l, 3 * heads * dh], 1.0, 3);
+        let positions = [0, 1, 2, 0, 1, 7, 8, 9, 10, 11];
+        let tables = RotaryTables::new(&positions, dh, 10_000.0).unwrap();
+        assert_same_op(
+            || rotary(qkv.as_tensor(), heads, &tables).unwrap(),
+            || rotary_composed(qkv.as_tensor(), heads, &tables).unwrap(),
+            &[&qkv],
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn kernel_gradient_matches_finite_differences() {
+        let tables = RotaryTables::new(&[0, 5, 1, 2], 4, 10_000.0).unwrap();
+        assert_finite_differences(&[2, 2, 3 * 2 * 4], 1.0, 4, |x| {
+            rotary(x, 2, &tables).unwrap()
+        });
+    }
+
+    /// Hand-computed: head size 4, θ = 100: inv_freq = [1, 0.1]; position 2 rotates the pair
+    /// (x0, x2) by 2 rad and (x1, x3) by 0.2 rad; values pass through; position 0 is the identity.
+    #[test]
+    fn rotation_by_hand() {
+        let row: Vec<f32> = (1..=12).map(|v| v as f32).collect(); // q 1..4, k 5..8, v 9..12
+        let qkv = Tensor::from_vec([row.clone(), row].concat(), (1, 2, 12), &Device::Cpu).unwrap();
+        let tables = RotaryTables::new(&[0, 2], 4, 100.0).unwrap();
+        let y = rotary(&qkv, 1, &tables).unwrap().to_vec3::<f32>().unwrap();
+        assert_eq!(y[0][0], (1..=12).map(|v| v as f32).collect::<Vec<_>>());
+        let rot = |a: f32, b: f32, t: f32| (a * t.cos() - b * t.sin(), b * t.cos() + a * t.sin());
+        let (q0, q2) = rot(1.0, 3.0, 2.0);
+        let (q1, q3) = rot(2.0, 4.0, 0.2);
+        let (k0, k2) = rot(5.0, 7.0, 2.0);
+        let (k1, k3) = rot(6.0, 8.0, 0.2);
+        let want = [q0, q1, q2, q3, k0, k1, k2, k3, 9.0, 10.0, 11.0, 12.0];
+        for (got, want) in y[0][1].iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{:?} vs {want:?}", y[0][1]);
+        }
+    }
+
+    /// The rotation keeps each pair's norm, and the inverse undoes it.
+    #[test]
+    fn rotation_is_orthogonal() {
+        let qkv = var(&[1, 6, 3 * 2 * 6], 1.0, 8);
+        let tables = RotaryTables::new(&[3, 90, 4000, 1, 0, 65535], 6, 160_000.0).unwrap();
+        let y = rotary(qkv.as_tensor(), 2, &tables).unwrap();
+        let back = Rotary {
+            heads: 2,
+            cos: tables.cos.clone(),
+            sin: tables.sin.clone(),
+            inverse: true,
+        };
+        let z = y.apply_op1_no_bwd(&back).unwrap();
+        let d = super::super::testing::max_abs_diff(&z, qkv.as_tensor());
+        assert!(d < 1e-5, "inverse rotation differs by {d}");
+        let n = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        assert!((n(&y) - n(qkv.as_tensor())).abs() < 1e-3 * n(&y));
+    }
+}
