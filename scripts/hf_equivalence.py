@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Step-for-step equivalence of maskrate's trainer with HuggingFace transformers.
+"""Step-for-step equivalence of maskrate's trainer with HuggingFace transformers (BERT, or ModernBERT
+for a run with --arch modernbert: ModernBertForMaskedLM with the config `trainer export` writes).
 
 Both sides start from maskrate's step-0 parameters and see maskrate's batches (dumped by the
 `reference_dump` example with the same trainer flags). transformers' `BertForMaskedLM` is trained
@@ -29,7 +30,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("mode", choices=["steps", "train", "eval"])
@@ -61,7 +62,19 @@ if args.warmup_from_zero:
 dropout = 0.0 if args.mode == "steps" else m["dropout"]
 if args.mode == "steps" and m["dropout"] != 0:
     sys.exit("steps mode compares runs without dropout: dump and train with --dropout 0")
-hf_cfg = BertConfig(
+if m.get("arch", "bert") == "modernbert":
+    # transformers' ModernBertForMaskedLM with the config `trainer export` writes.
+    hf_json = dict(cfg_all["hf_config"])
+    for key in ("embedding_dropout", "attention_dropout", "mlp_dropout"):
+        hf_json[key] = dropout
+    hf_json.pop("architectures", None)
+    hf_json.pop("model_type", None)
+    hf_cfg = ModernBertConfig(**hf_json)
+    MODEL_CLASS = ModernBertForMaskedLM
+else:
+    hf_cfg = None
+    MODEL_CLASS = BertForMaskedLM
+hf_cfg = hf_cfg or BertConfig(
     vocab_size=m["vocab_size"],
     hidden_size=m["hidden_size"],
     num_hidden_layers=m["num_hidden_layers"],
@@ -78,11 +91,12 @@ hf_cfg = BertConfig(
     tie_word_embeddings=True,
 )
 hf_cfg._attn_implementation = "eager"
-model = BertForMaskedLM(hf_cfg)
+model = MODEL_CLASS(hf_cfg)
 if args.init == "maskrate":
     init = load_file(os.path.join(args.dump, "init.safetensors"))
     missing, unexpected = model.load_state_dict(init, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids") and "token_type_ids" not in k]
+    missing = [k for k in missing if not k.endswith("position_ids") and "token_type_ids" not in k
+               and not k.endswith("inv_freq")]
     if missing or unexpected:
         sys.exit(f"parameter names differ: missing {missing}, unexpected {unexpected}")
 model.train()
@@ -91,8 +105,8 @@ named = [(n, q) for n, q in model.named_parameters()]
 
 
 def decays(name):
-    """maskrate's optim::decays: no decay on biases and LayerNorm."""
-    return not (name.endswith(".bias") or "LayerNorm" in name)
+    """maskrate's optim::decays: no decay on biases and norms (BERT's LayerNorm, ModernBERT's *norm)."""
+    return not (name.endswith(".bias") or "LayerNorm" in name or "norm." in name)
 
 
 # maskrate's decoupled decay is p *= 1 - wd * lr_t / peak; torch's AdamW does p *= 1 - lr_t * wd',
@@ -261,7 +275,7 @@ else:
         rel = ((value - ref).norm() / ref.norm().clamp_min(1e-12)).item()
         if rel > worst_param[1]:
             worst_param = (name, rel)
-    ours_model = BertForMaskedLM(hf_cfg)
+    ours_model = MODEL_CLASS(hf_cfg)
     ours_model.load_state_dict(final, strict=False)
     ours_eval_recomputed = eval_loss(ours_model)
     print()

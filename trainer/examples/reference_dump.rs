@@ -100,8 +100,12 @@ fn main() -> Result<()> {
     candle_core::safetensors::save(&stack(&eval)?, args.dump.join("eval.safetensors"))?;
 
     let lr = t.lr_schedule();
+    let info = &data.tokenizer.info;
     let config = serde_json::json!({
         "model": cfg,
+        // transformers' config for ModernBertForMaskedLM (null for BERT, built by the script).
+        "hf_config": (cfg.arch == model::Arch::ModernBert)
+            .then(|| cfg.modernbert_config_json([info.pad_id, info.cls_id, info.sep_id, info.mask_id])),
         "pad_token_id": data.tokenizer.info.pad_id,
         "train": t,
         "lr": (0..t.steps()).map(|s| lr.lr(s)).collect::<Vec<f64>>(),

@@ -54,6 +54,10 @@ pub struct Batch {
     pub masked_positions: Vec<u32>,
     /// Original ids at `masked_positions`.
     pub masked_labels: Vec<u32>,
+    /// `pack-docs` only (empty otherwise): flat indices (`row·seq_len + col`), ascending, where
+    /// each segment (a document, or a document's continuation) starts; every row's first token
+    /// starts one.
+    pub segment_starts: Vec<u32>,
     /// What masking did.
     pub counts: MaskCounts,
 }
@@ -649,7 +653,7 @@ impl MaskingSampler {
             }
             g = end;
         }
-        if s.sequences.layout() == super::Layout::Pack {
+        if s.sequences.layout() != super::Layout::Truncate {
             // A packed sequence may run into the next shard.
             let last = s.sequences.shards().num_shards();
             let next: Vec<usize> = shards
@@ -712,6 +716,7 @@ impl MaskingSampler {
             attention_mask,
             labels,
             masked_positions: built.masked_positions,
+            segment_starts: built.segment_starts,
             masked_labels,
             counts: built.counts,
         })
@@ -763,6 +768,7 @@ impl MaskingSampler {
             rate: built.rate,
             sequence_ids: built.sequence_ids,
             sources: built.sources,
+            segment_starts: built.segment_starts,
             counts: built.counts,
         })
     }
@@ -787,7 +793,7 @@ impl MaskingSampler {
         let mut sources = vec![0u16; rows];
         let plan = self.step_plan(step);
         self.prefetch_from(step);
-        let parts: Vec<(MaskCounts, Vec<u32>)> = writers
+        let parts: Vec<(MaskCounts, Vec<u32>, Vec<u32>)> = writers
             .into_par_iter()
             .zip(sequence_ids.par_chunks_mut(ROWS_PER_TASK))
             .zip(sources.par_chunks_mut(ROWS_PER_TASK))
@@ -803,10 +809,12 @@ impl MaskingSampler {
             })
             .collect::<Result<_>>()?;
         let mut counts = MaskCounts::default();
-        let mut masked_positions = Vec::with_capacity(parts.iter().map(|(_, p)| p.len()).sum());
-        for (c, p) in &parts {
+        let mut masked_positions = Vec::with_capacity(parts.iter().map(|(_, p, _)| p.len()).sum());
+        let mut segment_starts = Vec::new();
+        for (c, p, starts) in &parts {
             counts.add(c);
             masked_positions.extend_from_slice(p);
+            segment_starts.extend_from_slice(starts);
         }
         if !self.run_sources.is_empty() {
             for s in &mut sources {
@@ -818,13 +826,16 @@ impl MaskingSampler {
             sequence_ids,
             sources,
             masked_positions,
+            segment_starts,
             counts,
         })
     }
 
     /// Fills and masks consecutive rows: row `r` of `rows` is slot `first_slot + r` of the step's
     /// global batch and row `first_row + r` of the batch being built. Returns the rows' mask counts
-    /// and their chosen positions as flat indices into the batch.
+    /// and their chosen positions and (`pack-docs`) segment starts as flat indices into the batch.
+    /// With `pack-docs`, exact-count and whole-word masking work per segment (independent draws
+    /// per token need no boundaries: the whole row is drawn at once, as with the other layouts).
     fn fill_rows<W: RowWriter>(
         &self,
         plan: &StepPlan,
@@ -832,8 +843,12 @@ impl MaskingSampler {
         first_slot: usize,
         first_row: usize,
         mut rows: TaskRows<'_, W>,
-    ) -> Result<(MaskCounts, Vec<u32>)> {
+    ) -> Result<(MaskCounts, Vec<u32>, Vec<u32>)> {
         let len = self.sequences().seq_len();
+        let segmented = self.sequences().layout().has_segments();
+        let per_segment = segmented && (self.cfg.masking.exact || self.cfg.masking.whole_word);
+        let (mut starts, mut segment_starts) = (Vec::new(), Vec::new());
+        let mut part = Vec::with_capacity(len);
         let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let (mut ids, mut labels) = (vec![0u32; len], vec![0i32; len]);
         let mut positions = Vec::new();
@@ -844,31 +859,45 @@ impl MaskingSampler {
             let slot = first_slot + r;
             let (source, seq) = order.sequence_at(plan, slot);
             (*seq_id, rows.sources[r]) = (seq, source as u16);
-            let used = self.sources[source].sequences.fill(seq, &mut ids)?;
+            let used = self.sources[source]
+                .sequences
+                .fill_segments(seq, &mut ids, &mut starts)?;
+            let base = ((first_row + r) * len) as u32;
+            if segmented {
+                segment_starts.extend(starts.iter().map(|&p| base + p));
+            }
             let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed_of(&[
                 self.cfg.seed,
                 MASK_TAG,
                 step,
                 slot as u64,
             ]));
-            let c = mask_sequence(
-                &mut rng,
-                &mut ids,
-                &mut labels,
-                rate,
-                &self.cfg.masking,
-                &self.vocab,
-                &mut scratch,
-                &mut chosen,
-            );
+            if !per_segment {
+                starts.truncate(1);
+            }
+            for (k, &a) in starts.iter().enumerate() {
+                let (a, b) = (a as usize, starts.get(k + 1).map_or(len, |&b| b as usize));
+                let c = mask_sequence(
+                    &mut rng,
+                    &mut ids[a..b],
+                    &mut labels[a..b],
+                    rate,
+                    &self.cfg.masking,
+                    &self.vocab,
+                    &mut scratch,
+                    &mut part,
+                );
+                counts.add(&c);
+                if W::POSITIONS {
+                    chosen.extend(part.iter().map(|&p| base + a as u32 + p));
+                }
+            }
             rows.writer.write_row(r, &ids, &labels, used);
-            counts.add(&c);
             if W::POSITIONS {
-                let base = ((first_row + r) * len) as u32;
-                positions.extend(chosen.iter().map(|&p| base + p));
+                positions.append(&mut chosen);
             }
         }
-        Ok((counts, positions))
+        Ok((counts, positions, segment_starts))
     }
 }
 
@@ -892,6 +921,8 @@ pub struct WrittenBatch {
     pub sequence_ids: Vec<u64>,
     /// Source of each row (an index into [`MaskingSampler::source_names`]).
     pub sources: Vec<u16>,
+    /// `pack-docs` only: where each segment starts, as in [`Batch::segment_starts`].
+    pub segment_starts: Vec<u32>,
     /// What masking did.
     pub counts: MaskCounts,
 }
@@ -902,6 +933,7 @@ struct Built {
     sequence_ids: Vec<u64>,
     sources: Vec<u16>,
     masked_positions: Vec<u32>,
+    segment_starts: Vec<u32>,
     counts: MaskCounts,
 }
 

@@ -61,7 +61,9 @@ pub struct DataConfig {
     /// Sequence length including [CLS] and [SEP].
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 128))]
     pub seq_len: usize,
-    /// truncate: one document per sequence, padded (the paper's); pack: documents joined with [SEP], no padding.
+    /// truncate: one document per sequence, padded (the paper's); pack: documents joined with [SEP], no padding;
+    /// pack-docs: documents each as [CLS] … [SEP] packed into full rows, with attention kept inside
+    /// each document and positions restarting at each (ModernBERT-style unpadded packing).
     #[cfg_attr(feature = "clap", arg(long, default_value = "truncate"))]
     pub layout: Layout,
     /// Skip documents shorter than this many tokens (truncate layout).

@@ -5,6 +5,11 @@
 //! - `pack`: the documents form one stream, each followed by [SEP]; sequence *j* is [CLS], the
 //!   stream's tokens `j·(seq_len-2) .. (j+1)·(seq_len-2)`, [SEP]. No padding; the incomplete tail
 //!   of the stream is dropped.
+//! - `pack-docs`: each document framed as [CLS] doc [SEP], the framed documents one stream; row *j*
+//!   is the stream's tokens `j·seq_len .. (j+1)·seq_len`. No padding (the incomplete tail is
+//!   dropped); a document longer than a row continues in the next. Each row also tells where its
+//!   segments (documents, or a document's continuation) start: the model keeps attention inside
+//!   a segment and restarts positions at each.
 
 use crate::error::{Error, Result};
 use crate::shard::ShardSet;
@@ -21,6 +26,42 @@ pub enum Layout {
     Truncate,
     /// Documents concatenated with [SEP] separators into full sequences.
     Pack,
+    /// Documents each framed by [CLS] … [SEP], packed into full rows with their boundaries kept:
+    /// no attention across documents, positions restarting per document.
+    #[serde(rename = "pack-docs")]
+    PackDocs,
+}
+
+impl Layout {
+    /// The name `--layout` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Truncate => "truncate",
+            Layout::Pack => "pack",
+            Layout::PackDocs => "pack-docs",
+        }
+    }
+
+    /// Special tokens added per document in the packed stream (`pack`: a [SEP]; `pack-docs`:
+    /// [CLS] and [SEP]; `truncate` has no stream).
+    fn framing(self) -> u64 {
+        match self {
+            Layout::Truncate => 0,
+            Layout::Pack => 1,
+            Layout::PackDocs => 2,
+        }
+    }
+
+    /// Whether rows carry document boundaries the model must honour.
+    pub fn has_segments(self) -> bool {
+        self == Layout::PackDocs
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl std::str::FromStr for Layout {
@@ -29,8 +70,9 @@ impl std::str::FromStr for Layout {
         match s {
             "truncate" => Ok(Layout::Truncate),
             "pack" => Ok(Layout::Pack),
+            "pack-docs" => Ok(Layout::PackDocs),
             _ => Err(Error::Config(format!(
-                "layout {s:?}: expected truncate or pack"
+                "layout {s:?}: expected truncate, pack or pack-docs"
             ))),
         }
     }
@@ -141,13 +183,14 @@ impl Sequences {
                     shards.len()
                 }
             }
-            Layout::Pack => {
+            Layout::Pack | Layout::PackDocs => {
                 if min_doc_tokens > 1 {
                     return Err(Error::Config(
                         "--min-doc-tokens applies to the truncate layout only".into(),
                     ));
                 }
-                (shards.num_tokens() + shards.len()) / (seq_len as u64 - 2)
+                (shards.num_tokens() + layout.framing() * shards.len())
+                    / Self::row_body(layout, seq_len)
             }
         };
         if count == 0 {
@@ -217,13 +260,34 @@ impl Sequences {
         &self.shards
     }
 
+    /// Stream tokens per row: `seq_len - 2` for `pack` (each row adds [CLS] and [SEP]),
+    /// `seq_len` for `pack-docs`.
+    fn row_body(layout: Layout, seq_len: usize) -> u64 {
+        match layout {
+            Layout::PackDocs => seq_len as u64,
+            _ => seq_len as u64 - 2,
+        }
+    }
+
     /// Writes sequence `j` into `out` (length `seq_len`); returns the unpadded length. Fails on a
     /// token id outside the vocabulary ([`ShardSet::doc_checked`]).
     pub fn fill(&self, j: u64, out: &mut [u32]) -> Result<usize> {
+        let mut starts = Vec::new();
+        self.fill_segments(j, out, &mut starts)
+    }
+
+    /// [`Sequences::fill`], also setting `starts` to the row-relative index where each segment
+    /// begins (`[0]` unless the layout is `pack-docs`).
+    pub fn fill_segments(&self, j: u64, out: &mut [u32], starts: &mut Vec<u32>) -> Result<usize> {
         debug_assert_eq!(out.len(), self.seq_len);
         debug_assert!(j < self.count);
+        starts.clear();
+        starts.push(0);
         let j = j + self.offset;
         let body = self.seq_len - 2;
+        if self.layout == Layout::PackDocs {
+            return self.fill_pack_docs(j, out, starts);
+        }
         out[0] = self.cls;
         match self.layout {
             Layout::Truncate => {
@@ -261,14 +325,52 @@ impl Sequences {
                 out[self.seq_len - 1] = self.sep;
                 Ok(self.seq_len)
             }
+            Layout::PackDocs => unreachable!("handled above"),
         }
+    }
+
+    /// Row `j` (absolute) of the `pack-docs` stream, and its segments' starts (`starts` holds 0).
+    fn fill_pack_docs(&self, j: u64, out: &mut [u32], starts: &mut Vec<u32>) -> Result<usize> {
+        let len = self.seq_len;
+        let start = j * len as u64;
+        let mut doc = self.doc_at_stream(start);
+        // Offset inside the framed document: 0 = [CLS], 1..=n its tokens, n + 1 = [SEP].
+        let mut offset = start - self.stream_start(doc);
+        let mut at = 0;
+        while at < len {
+            if offset == 0 {
+                if at > 0 {
+                    starts.push(at as u32);
+                }
+                out[at] = self.cls;
+                at += 1;
+                offset = 1;
+                continue;
+            }
+            let n = self.shards.doc_len(doc) as u64;
+            if offset <= n {
+                let span = (offset - 1) as usize..(n as usize).min(offset as usize - 1 + len - at);
+                let held = self.shards.read_doc_span(doc, span)?;
+                let tokens = held.tokens();
+                let k = tokens.len();
+                tokens.copy_to(&mut out[at..at + k]);
+                at += k;
+                offset += k as u64;
+            } else {
+                out[at] = self.sep;
+                at += 1;
+                doc += 1;
+                offset = 0;
+            }
+        }
+        Ok(len)
     }
 
     /// For each shard `s` of the set, the first sequence of this view that begins in it (clipped to
     /// the view; entry `num_shards` is the view's length): the units of the shard-block order.
     pub fn shard_starts(&self) -> Vec<u64> {
         let set = &self.shards;
-        let body = self.seq_len as u64 - 2;
+        let body = Self::row_body(self.layout, self.seq_len);
         (0..=set.num_shards())
             .map(|s| {
                 let first_doc = if s == set.num_shards() {
@@ -281,7 +383,9 @@ impl Sequences {
                         .kept_docs
                         .as_ref()
                         .map_or(first_doc, |k| k.rank(first_doc)),
-                    Layout::Pack => (set.shard_token_start(s) + first_doc).div_ceil(body),
+                    Layout::Pack | Layout::PackDocs => (set.shard_token_start(s)
+                        + self.layout.framing() * first_doc)
+                        .div_ceil(body),
                 };
                 absolute.clamp(self.offset, self.offset + self.count) - self.offset
             })
@@ -298,8 +402,8 @@ impl Sequences {
                 let s = set.shard_of(doc);
                 s..=s
             }
-            Layout::Pack => {
-                let body = self.seq_len as u64 - 2;
+            Layout::Pack | Layout::PackDocs => {
+                let body = Self::row_body(self.layout, self.seq_len);
                 let first = set.shard_of(self.doc_at_stream(j * body));
                 let last = set.shard_of(self.doc_at_stream((j + 1) * body - 1).min(set.len() - 1));
                 first..=last
@@ -307,12 +411,13 @@ impl Sequences {
         }
     }
 
-    /// Position of document `doc`'s first token in the packed stream (documents + separators).
+    /// Position of document `doc`'s first token in the packed stream (documents + their framing
+    /// tokens).
     fn stream_start(&self, doc: u64) -> u64 {
-        self.shards.doc_token_start(doc) + doc
+        self.shards.doc_token_start(doc) + self.layout.framing() * doc
     }
 
-    /// The document whose tokens or trailing separator hold stream position `p`.
+    /// The document whose tokens or framing tokens hold stream position `p`.
     fn doc_at_stream(&self, p: u64) -> u64 {
         let (mut lo, mut hi) = (0u64, self.shards.len());
         while lo < hi {

@@ -136,7 +136,7 @@ impl MlmInputs {
                 device,
             )?,
             masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
-            layout: Default::default(),
+            layout: TokenLayout::of_segments(&b.segment_starts, rows * len),
         })
     }
 }

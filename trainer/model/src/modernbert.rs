@@ -97,6 +97,28 @@ pub struct TokenLayout {
     pub segments: Option<std::sync::Arc<Vec<u32>>>,
 }
 
+impl TokenLayout {
+    /// The layout of `tokens` tokens whose segments start at the flat indices `starts`
+    /// (ascending, the first 0): positions count from each start, and each segment is its own
+    /// document. No starts: the default layout (0..L per row, one document per row).
+    pub fn of_segments(starts: &[u32], tokens: usize) -> Self {
+        if starts.is_empty() {
+            return TokenLayout::default();
+        }
+        let mut positions = Vec::with_capacity(tokens);
+        let mut segments = Vec::with_capacity(tokens);
+        for (k, &a) in starts.iter().enumerate() {
+            let end = starts.get(k + 1).map_or(tokens, |&b| b as usize);
+            positions.extend(0..(end - a as usize) as u32);
+            segments.extend(std::iter::repeat_n(k as u32, end - a as usize));
+        }
+        TokenLayout {
+            positions: Some(positions),
+            segments: Some(std::sync::Arc::new(segments)),
+        }
+    }
+}
+
 impl ModernBert {
     /// Builds (or binds to existing) parameters in `p`, initialised as transformers does
     /// (truncated normals: inputs σ = initializer_range, outputs σ / √(2·layers)).
