@@ -153,6 +153,29 @@ def hf_mask(ids_orig, attn, gen, specials=None):
     return ids, labels
 
 
+def inputs_of(b, i, sl=slice(None)):
+    """Model inputs of batch `i` (rows `sl`) of dump `b`. pack-docs dumps carry position ids
+    (restarting per document) and segment ids: transformers gets the position ids and, as the
+    CPU stand-in for its flash-attention varlen path (cu_seq_lens needs a GPU), explicit
+    block-diagonal additive masks, for ModernBERT one per layer type (the sliding one also limited
+    to the local window)."""
+    if "segment_ids" not in b:
+        return {"attention_mask": b["attention_mask"][i][sl]}
+    seg, pos = b["segment_ids"][i][sl], b["position_ids"][i][sl]
+    same = seg[:, :, None] == seg[:, None, :]
+    neg = torch.finfo(torch.float32).min
+
+    def additive(allowed):
+        return torch.where(allowed, 0.0, neg)[:, None, :, :]
+
+    if MODEL_CLASS is not ModernBertForMaskedLM:
+        return {"position_ids": pos, "attention_mask": additive(same)}
+    idx = torch.arange(seg.shape[1])
+    near = (idx[:, None] - idx[None, :]).abs() <= hf_cfg.local_attention // 2
+    return {"position_ids": pos,
+            "attention_mask": {"full_attention": additive(same), "sliding_attention": additive(same & near)}}
+
+
 gen = torch.Generator().manual_seed(args.seed)
 records = []
 if args.mode == "eval":
@@ -171,7 +194,7 @@ for step in range(steps):
     loss_sum = 0.0
     for k in range(accum):
         sl = slice(k * micro, (k + 1) * micro)
-        out = model(input_ids=ids_all[sl], attention_mask=attn_all[sl], labels=labels_all[sl])
+        out = model(input_ids=ids_all[sl], labels=labels_all[sl], **inputs_of(batches, step, sl))
         loss = out.loss / accum
         loss.backward()
         loss_sum += loss.item()
@@ -209,7 +232,7 @@ def eval_loss(mdl, batches=None):
     total, count = 0.0, 0
     for i in range(batches["input_ids"].shape[0]):
         labels = batches["labels"][i]
-        logits = mdl(input_ids=batches["input_ids"][i], attention_mask=batches["attention_mask"][i]).logits
+        logits = mdl(input_ids=batches["input_ids"][i], **inputs_of(batches, i)).logits
         sel = labels >= 0
         total += torch.nn.functional.cross_entropy(logits[sel].double(), labels[sel], reduction="sum").item()
         count += int(sel.sum())

@@ -39,10 +39,10 @@ def test_export_loads_strictly_with_the_same_logits(trainer_bin, sample_shards, 
     assert rel < 1e-4, rel
     if arch == "modernbert":
         # The check input is longer than the local window, so the window is part of what agrees:
-        # with a narrower window in the config the logits move far beyond the tolerance.
+        # with a narrower window in the config the logits move ten times the tolerance or more.
         config = json.loads((out / "config.json").read_text())
         assert len(load_file(out / "maskrate_check.safetensors")["input_ids"][0]) > config["local_attention"]
         config["local_attention"] = 32
         (out / "config.json").write_text(json.dumps(config))
         moved, _ = compare_hf.compare(out)
-        assert moved > 100 * 1e-4, moved
+        assert moved > 10 * 1e-4, moved

@@ -41,7 +41,32 @@ fn stack(batches: &[Batch]) -> Result<HashMap<String, Tensor>> {
         let v: Vec<i64> = batches.iter().flat_map(f).collect();
         Ok(Tensor::from_vec(v, (n, rows, len), &Device::Cpu)?)
     };
-    Ok(HashMap::from([
+    let mut tensors = HashMap::new();
+    if !batches[0].segment_starts.is_empty() {
+        // pack-docs: each token's position (restarting per segment) and segment id (unique in
+        // its batch), from which the script builds transformers' block-diagonal masks.
+        let layouts: Vec<model::TokenLayout> = batches
+            .iter()
+            .map(|b| model::TokenLayout::of_segments(&b.segment_starts, rows * len))
+            .collect();
+        let positions: Vec<i64> = layouts
+            .iter()
+            .flat_map(|l| l.positions.iter().flatten().map(|&x| x as i64))
+            .collect();
+        let segments: Vec<i64> = layouts
+            .iter()
+            .flat_map(|l| l.segments.iter().flat_map(|s| s.iter()).map(|&x| x as i64))
+            .collect();
+        tensors.insert(
+            "position_ids".to_string(),
+            Tensor::from_vec(positions, (n, rows, len), &Device::Cpu)?,
+        );
+        tensors.insert(
+            "segment_ids".to_string(),
+            Tensor::from_vec(segments, (n, rows, len), &Device::Cpu)?,
+        );
+    }
+    tensors.extend([
         (
             "input_ids".to_string(),
             cat(&|b| b.input_ids.iter().map(|&x| x as i64).collect())?,
@@ -54,7 +79,8 @@ fn stack(batches: &[Batch]) -> Result<HashMap<String, Tensor>> {
             "labels".to_string(),
             cat(&|b| b.labels.iter().map(|&x| x as i64).collect())?,
         ),
-    ]))
+    ]);
+    Ok(tensors)
 }
 
 fn main() -> Result<()> {
