@@ -239,8 +239,82 @@ impl MaskedBatches {
             .detach(move || pool.install(|| fill(target)))
             .map_err(to_py)?;
         drop(arrays);
+        if !written.segment_starts.is_empty() {
+            add_packed_fields(py, &out, shape, &written.segment_starts)?;
+        }
         Ok((out, written))
     }
+}
+
+/// `pack-docs`: what transformers' packed path takes, named as `DataCollatorWithFlattening(
+/// return_flash_attn_kwargs=True)` names them: `position_ids` `(rows, seq_len)` restarting at
+/// each document, `cu_seq_lens_q`/`_k` (int32, the cumulative segment lengths over the flattened
+/// rows) and `max_length_q`/`_k` (the longest segment).
+fn add_packed_fields<'py>(
+    py: Python<'py>,
+    dict: &Bound<'py, PyDict>,
+    shape: [usize; 2],
+    starts: &[u32],
+) -> PyResult<()> {
+    let n = shape[0] * shape[1];
+    let positions: Vec<i64> = shared::sampler::segment_positions(starts, n)
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    let array = Array2::from_shape_vec(shape, positions).expect("rows x seq_len");
+    dict.set_item("position_ids", array.into_pyarray(py))?;
+    let mut cu: Vec<i32> = starts.iter().map(|&s| s as i32).collect();
+    cu.push(n as i32);
+    let longest = cu.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    dict.set_item("cu_seq_lens_q", cu.clone().into_pyarray(py))?;
+    dict.set_item("cu_seq_lens_k", cu.into_pyarray(py))?;
+    dict.set_item("max_length_q", longest)?;
+    dict.set_item("max_length_k", longest)?;
+    Ok(())
+}
+
+/// Every name `fields=` may list.
+const ALL_FIELDS: [&str; 10] = [
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "labels",
+    "position_ids",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+    "source",
+];
+
+/// Keeps only `fields` of `dict` (all when `None`); an unknown name, or one this batch lacks
+/// (e.g. `position_ids` without `layout="pack-docs"`), is an error.
+fn keep_fields(dict: &Bound<'_, PyDict>, fields: Option<Vec<String>>) -> PyResult<()> {
+    let Some(fields) = fields else {
+        return Ok(());
+    };
+    for f in &fields {
+        if !ALL_FIELDS.contains(&f.as_str()) {
+            return Err(PyValueError::new_err(format!(
+                "fields: unknown field {f:?} (known: {})",
+                ALL_FIELDS.join(", ")
+            )));
+        }
+        if !dict.contains(f)? {
+            return Err(PyValueError::new_err(format!(
+                "fields: this batch has no {f:?} ({} come with layout=\"pack-docs\"; source with \
+                 with_sources=True)",
+                ALL_FIELDS[4..9].join(", ")
+            )));
+        }
+    }
+    let keys: Vec<String> = dict.keys().extract()?;
+    for k in keys {
+        if !fields.contains(&k) {
+            dict.del_item(k)?;
+        }
+    }
+    Ok(())
 }
 
 /// The model inputs `batch` writes, by name.
@@ -444,8 +518,10 @@ impl MaskedBatches {
     /// dict of caller-owned arrays (any of the four fields, C-contiguous, of that shape; int64,
     /// `input_ids` int64 or int32) is filled in place and returned: no allocation per batch, but
     /// the previous batch in those arrays is overwritten. With `with_sources=True` also `source`,
-    /// each row's index into `source_names`.
-    #[pyo3(signature = (step, with_sources = false, *, out = None, ids_dtype = "int64"))]
+    /// each row's index into `source_names`. With `layout="pack-docs"` also `position_ids`,
+    /// `cu_seq_lens_q`/`_k` and `max_length_q`/`_k` (transformers' packed inputs). `fields`
+    /// keeps only the named entries (e.g. without `token_type_ids` for a model that has none).
+    #[pyo3(signature = (step, with_sources = false, *, out = None, ids_dtype = "int64", fields = None))]
     fn batch<'py>(
         &self,
         py: Python<'py>,
@@ -453,6 +529,7 @@ impl MaskedBatches {
         with_sources: bool,
         out: Option<Bound<'py, PyDict>>,
         ids_dtype: &str,
+        fields: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         self.check_step(step)?;
         let slots = self.plan_at(step).rank_slots();
@@ -465,12 +542,14 @@ impl MaskedBatches {
             let sources: Vec<i64> = written.sources.into_iter().map(i64::from).collect();
             dict.set_item("source", sources.into_pyarray(py))?;
         }
+        keep_fields(&dict, fields)?;
         Ok(dict)
     }
 
     /// Micro-batch `index` (of `micro_batch` rows) of this rank's rows of step `step`: the
-    /// trainer's gradient-accumulation split (`out`, `ids_dtype` as for `batch`).
-    #[pyo3(signature = (step, index, micro_batch, *, out = None, ids_dtype = "int64"))]
+    /// trainer's gradient-accumulation split (`out`, `ids_dtype`, `fields` as for `batch`).
+    #[pyo3(signature = (step, index, micro_batch, *, out = None, ids_dtype = "int64", fields = None))]
+    #[allow(clippy::too_many_arguments)]
     fn micro_batch<'py>(
         &self,
         py: Python<'py>,
@@ -479,6 +558,7 @@ impl MaskedBatches {
         micro_batch: usize,
         out: Option<Bound<'py, PyDict>>,
         ids_dtype: &str,
+        fields: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         self.check_step(step)?;
         let rank_slots = self.plan_at(step).rank_slots();
@@ -495,7 +575,9 @@ impl MaskedBatches {
             )));
         }
         let start = rank_slots.start + index * micro_batch;
-        self.build_into(py, step, start..start + micro_batch, out, ids_dtype)
+        let dict = self.build_into(py, step, start..start + micro_batch, out, ids_dtype)?;
+        keep_fields(&dict, fields)?;
+        Ok(dict)
     }
 
     /// Held-out batch `index` as the trainer evaluates it: the last `eval_sequences` sequences

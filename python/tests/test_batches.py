@@ -25,6 +25,7 @@ CASES = [
     (dict(schedule="step:0.3:0.15:0.5", total_steps=10, batch_size=8, layout="pack"), [4, 5]),
     (dict(schedule="linear:0.3:0.15", total_steps=30, batch_size=8, whole_word=True), [2, 29]),
     (dict(schedule="exp:0.3:0.15", total_steps=30, batch_size=8, mask_exact=True), [0, 13]),
+    (dict(total_steps=10, batch_size=8, seq_len=96, layout="pack-docs", mask_exact=True), [0, 9]),
     (
         dict(
             total_steps=5,

@@ -112,13 +112,17 @@ class MaskedBatches:
         *,
         out: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32]] | None = None,
         ids_dtype: Literal["int64", "int32"] = "int64",
-    ) -> dict[str, npt.NDArray[np.int64]]:
+        fields: list[str] | None = None,
+    ) -> dict[str, Any]:
         """This rank's rows of step ``step``: ``input_ids``, ``attention_mask``,
         ``token_type_ids``, ``labels`` (-100 where nothing is predicted), ``(rows, seq_len)``
         int64 (``input_ids`` int32 with ``ids_dtype="int32"``); with ``with_sources``, also
         ``source`` (each row's index into ``source_names``). ``out``: caller-owned C-contiguous
         arrays of that shape (any of the four fields; int64, ``input_ids`` int64 or int32) filled
-        in place and returned, so a loop allocates nothing (the previous batch is overwritten)."""
+        in place and returned, so a loop allocates nothing (the previous batch is overwritten).
+        With ``layout="pack-docs"`` also transformers' packed inputs: ``position_ids``
+        (restarting at each document), ``cu_seq_lens_q``/``_k`` (int32) and
+        ``max_length_q``/``_k``. ``fields``: keep only these entries."""
     def micro_batch(
         self,
         step: int,
@@ -127,7 +131,8 @@ class MaskedBatches:
         *,
         out: dict[str, npt.NDArray[np.int64] | npt.NDArray[np.int32]] | None = None,
         ids_dtype: Literal["int64", "int32"] = "int64",
-    ) -> dict[str, npt.NDArray[np.int64]]: ...
+        fields: list[str] | None = None,
+    ) -> dict[str, Any]: ...
     def held_out_batch(self, index: int, source: str | None = None) -> dict[str, npt.NDArray[np.int64]]:
         """Held-out batch ``index`` exactly as the trainer evaluates it (constant 15%, fixed
         seed, ``eval_batch`` sequences from the last ``eval_sequences`` of each source)."""

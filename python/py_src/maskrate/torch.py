@@ -40,7 +40,14 @@ class MaskedDataset(torch.utils.data.IterableDataset):
     step into gradient-accumulation micro-batches (``None``: one item per step). ``rank`` and
     ``world_size`` default to ``torch.distributed``'s when it is initialised. Items are dicts of
     int64 tensors ``input_ids``, ``attention_mask``, ``token_type_ids``, ``labels`` (-100 where
-    nothing is predicted), ready for ``BertForMaskedLM(**item)``.
+    nothing is predicted), ready for ``BertForMaskedLM(**item)`` and
+    ``ModernBertForMaskedLM(**item)``. With ``layout="pack-docs"`` items also hold transformers'
+    packed inputs, as ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` names them:
+    ``position_ids`` (restarting at each document), ``cu_seq_lens_q``/``_k`` (int32) and
+    ``max_length_q``/``_k`` (ints); a model whose attention takes them (flash-attention's varlen
+    path) keeps attention inside each document, while CPU attention (sdpa, eager) ignores the
+    boundaries. ``fields`` keeps only the named entries (e.g. leave out ``token_type_ids`` for
+    models without token types).
 
     With ``num_workers=W``, worker ``w`` builds items ``w, w+W, ...``, which the DataLoader
     returns in order: the sequence is the same for any ``W``. The dataset is a resumable stream:
@@ -57,6 +64,7 @@ class MaskedDataset(torch.utils.data.IterableDataset):
         world_size: int | None = None,
         start_step: int = 0,
         threads: int | None = None,
+        fields: list[str] | tuple[str, ...] | None = None,
         **batch_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -69,6 +77,7 @@ class MaskedDataset(torch.utils.data.IterableDataset):
         self._rank = rank
         self._world_size = world_size
         self._threads = threads
+        self._fields = list(fields) if fields is not None else None
         # Checks every keyword now, in the caller's process, and gives the run's identity.
         self._probe = MaskedBatches(self._shards, **batch_kwargs)
         # The next item this copy yields: (step, micro-batch), and the worker slot it belongs to.
@@ -80,6 +89,10 @@ class MaskedDataset(torch.utils.data.IterableDataset):
             (os.getpid(), (0, 1), self._probe) if not threads else None
         )
         self._check_step(self._next_step)
+        if self._fields is not None:
+            # Checks the names now (one row of step 0): unknown ones, or packed inputs without
+            # layout="pack-docs", fail here rather than in a worker.
+            self._probe.micro_batch(0, 0, 1, fields=self._fields)
 
     # -- the run ---------------------------------------------------------------------------
 
@@ -168,13 +181,16 @@ class MaskedDataset(torch.utils.data.IterableDataset):
         while position < end:
             step, micro = divmod(position, per_step)
             if self.micro_batch is None:
-                arrays = batches.batch(step)
+                arrays = batches.batch(step, fields=self._fields)
             else:
-                arrays = batches.micro_batch(step, micro, self.micro_batch)
+                arrays = batches.micro_batch(step, micro, self.micro_batch, fields=self._fields)
             position += workers
             self._next_step, self._next_micro = divmod(position, per_step)
             self._worker_slot = (worker, workers) if workers > 1 else None
-            yield {name: torch.from_numpy(a) for name, a in arrays.items()}
+            yield {
+                name: torch.from_numpy(a) if hasattr(a, "dtype") else a
+                for name, a in arrays.items()
+            }
 
     # -- state (torchdata's StatefulDataLoader convention) ---------------------------------
 

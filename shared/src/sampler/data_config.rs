@@ -201,7 +201,7 @@ impl Data {
         };
         let names = self.sampler.source_names();
         let source: Vec<&str> = b.sources.iter().map(|&s| names[s as usize]).collect();
-        Ok(serde_json::json!({
+        let mut json = serde_json::json!({
             "config": config,
             "step": b.step,
             "source": source,
@@ -211,7 +211,18 @@ impl Data {
             "attention_mask": rows(b.attention_mask.iter().map(|&x| x as i64).collect()),
             "token_type_ids": rows(vec![0; b.input_ids.len()]),
             "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
-        }))
+        });
+        if !b.segment_starts.is_empty() {
+            // pack-docs: what transformers' packed path takes (DataCollatorWithFlattening's
+            // names): positions restarting per document, cumulative segment lengths.
+            let n = b.input_ids.len();
+            let positions = super::segment_positions(&b.segment_starts, n);
+            let mut cu: Vec<u32> = b.segment_starts.clone();
+            cu.push(n as u32);
+            json["position_ids"] = rows(positions.iter().map(|&x| x as i64).collect()).into();
+            json["cu_seq_lens"] = cu.into();
+        }
+        Ok(json)
     }
 
     /// Every shard directory, as `--shards` names them.

@@ -35,7 +35,7 @@ pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
 pub use mixture::{Join, MixRule, MixSpec, Mixture, Weight};
 pub use phases::{Phase, ResolvedPhase, PHASE_KEYS};
-pub use sequence::{Layout, Sequences};
+pub use sequence::{segment_positions, Layout, Sequences};
 pub use shard_blocks::Order;
 pub use source::ShardSource;
 

@@ -78,6 +78,17 @@ impl std::str::FromStr for Layout {
     }
 }
 
+/// Each token's position within its segment, for `tokens` tokens whose segments start at the
+/// ascending flat indices `starts` (the first 0): positions restart at 0 at every start.
+pub fn segment_positions(starts: &[u32], tokens: usize) -> Vec<u32> {
+    let mut positions = Vec::with_capacity(tokens);
+    for (k, &a) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map_or(tokens, |&b| b as usize);
+        positions.extend(0..(end - a as usize) as u32);
+    }
+    positions
+}
+
 /// Fixed-length sequences over a shard set.
 pub struct Sequences {
     shards: Arc<ShardSet>,

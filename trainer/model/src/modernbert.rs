@@ -105,11 +105,10 @@ impl TokenLayout {
         if starts.is_empty() {
             return TokenLayout::default();
         }
-        let mut positions = Vec::with_capacity(tokens);
+        let positions = shared::sampler::segment_positions(starts, tokens);
         let mut segments = Vec::with_capacity(tokens);
         for (k, &a) in starts.iter().enumerate() {
             let end = starts.get(k + 1).map_or(tokens, |&b| b as usize);
-            positions.extend(0..(end - a as usize) as u32);
             segments.extend(std::iter::repeat_n(k as u32, end - a as usize));
         }
         TokenLayout {
