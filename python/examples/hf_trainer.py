@@ -1,10 +1,14 @@
-"""Pretrain BertForMaskedLM with the HuggingFace Trainer on maskrate shards, one run per masking-rate
-schedule (by default the paper's comparison: constant 15% against 30% falling linearly to 15%).
+"""Pretrain BertForMaskedLM (or ModernBertForMaskedLM: --arch modernbert) with the HuggingFace
+Trainer on maskrate shards, one run per masking-rate schedule (by default the paper's comparison: constant 15% against 30% falling linearly to 15%).
 
     # the bundled sample (300 C4 documents), a tiny BERT, 100 steps of 16 x 128 per schedule
     # (about a minute each on 2 CPU cores):
     python -m maskrate preprocess data/c4-sample --out sample-shards
     python python/examples/hf_trainer.py --shards sample-shards --out runs/hf
+
+    # ModernBERT on packed documents (position_ids and cu_seq_lens in every item):
+    python python/examples/hf_trainer.py --shards sample-shards --out runs/modern \\
+        --arch modernbert --layout pack-docs
 
     # the same script on GPUs, one process per GPU:
     torchrun --nproc_per_node 8 python/examples/hf_trainer.py --shards c4-shards --model base \\
@@ -25,7 +29,15 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import BertConfig, BertForMaskedLM, TrainerCallback, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    PreTrainedModel,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 import maskrate
 from maskrate.hf import MaskrateTrainer, masked_dataset
@@ -47,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         help="masking-rate schedule (repeat; default: constant:0.15 and linear:0.3:0.15)",
     )
+    p.add_argument("--arch", choices=["bert", "modernbert"], default="bert",
+                   help="BertForMaskedLM, or ModernBertForMaskedLM (GeGLU 1.5x hidden, its default "
+                        "rotary and local/global attention settings)")
+    p.add_argument("--layout", choices=["truncate", "pack", "pack-docs"], default="truncate",
+                   help="pack-docs: items add position_ids and cu_seq_lens (attention stays inside "
+                        "each document with flash-attention's varlen path, on GPU)")
     p.add_argument("--model", choices=sorted(SIZES), default="tiny")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (the schedule's length)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes")
@@ -63,9 +81,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def model_for(args: argparse.Namespace, vocab_size: int, pad_id: int) -> BertForMaskedLM:
+def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
     layers, hidden, heads = SIZES[args.model]
+    vocab_size, pad_id = tok["vocab_size"], tok["pad_id"]
     torch.manual_seed(args.seed)
+    if args.arch == "modernbert":
+        return ModernBertForMaskedLM(ModernBertConfig(
+            vocab_size=vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=hidden * 3 // 2,
+            embedding_dropout=args.dropout,
+            attention_dropout=args.dropout,
+            mlp_dropout=args.dropout,
+            pad_token_id=pad_id,
+            cls_token_id=tok["cls_id"],
+            sep_token_id=tok["sep_id"],
+            bos_token_id=tok["cls_id"],
+            eos_token_id=tok["sep_id"],
+        ))
     config = BertConfig(
         vocab_size=vocab_size,
         hidden_size=hidden,
@@ -80,7 +115,7 @@ def model_for(args: argparse.Namespace, vocab_size: int, pad_id: int) -> BertFor
     return BertForMaskedLM(config)
 
 
-def held_out_loss(model: BertForMaskedLM, batches: maskrate.MaskedBatches) -> float:
+def held_out_loss(model: PreTrainedModel, batches: maskrate.MaskedBatches) -> float:
     """Mean MLM loss over the held-out batches (the trainer's: 15%, fixed masks), weighted by
     predicted tokens."""
     model.eval()
@@ -88,7 +123,8 @@ def held_out_loss(model: BertForMaskedLM, batches: maskrate.MaskedBatches) -> fl
     with torch.no_grad():
         for i in range(batches.num_held_out_batches()):
             arrays = batches.held_out_batch(i)
-            b = {k: torch.from_numpy(v).to(model.device) for k, v in arrays.items()}
+            b = {k: torch.from_numpy(v).to(model.device) if hasattr(v, "dtype") else v
+                 for k, v in arrays.items()}
             n = int((b["labels"] != -100).sum())
             total += float(model(**b).loss) * n
             count += n
@@ -144,9 +180,10 @@ def run(args: argparse.Namespace, schedule: str) -> list[dict]:
         targs,
         schedule=schedule,
         seq_len=args.seq_len,
+        layout=args.layout,
         eval_sequences=args.eval_sequences,
     )
-    model = model_for(args, tok["vocab_size"], tok["pad_id"])
+    model = model_for(args, tok)
     this_run = RecordThisRun()
     trainer = MaskrateTrainer(model=model, args=targs, train_dataset=train, callbacks=[this_run])
     resume = args.resume_from or (args.resume and any(out.glob("checkpoint-*")))

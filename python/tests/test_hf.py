@@ -107,3 +107,19 @@ def test_lr_schedule_arguments_give_the_trainers_wsd_curve():
         assert lrs[t] == pytest.approx(0.1 + 0.9 * (1 - ((t - 80) / 20) ** 0.5)), t
     with pytest.raises(ValueError, match="decay shape 'sqrt'"):
         lr_schedule_arguments("wsd:0.2:sqrt", 100)
+
+
+@pytest.mark.parametrize("layout", ["truncate", "pack-docs"])
+def test_the_example_trains_modernbert(sample_shards, tmp_path, layout):
+    out = tmp_path / "modern"
+    args = [a for a in COMMON if a not in ("--save-every", "10")]
+    run([sys.executable, str(EXAMPLE), "--shards", str(sample_shards), "--out", str(out),
+         "--per-device-batch", "8", "--arch", "modernbert", "--layout", layout,
+         "--save-every", "100", *args])
+    summary = json.loads((out / "linear_0.3_0.15" / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["eval_loss"] < 10.4, summary
+    config = json.loads(next(out.glob("linear_0.3_0.15/checkpoint-*/config.json")).read_text())
+    assert config["model_type"] == "modernbert"
+    got = losses(out)
+    assert got[20] < got[1], got
+
