@@ -174,6 +174,38 @@ fn two_ranks_train_exactly_like_one_process_and_only_rank_0_writes() {
     assert_eq!(config["world_size"], 2, "{config}");
 }
 
+/// ModernBERT on packed documents (`--arch modernbert --layout pack-docs`): 2 ranks train exactly
+/// like one process, and a run stopped after its checkpoint at step 4 resumes on 2 ranks with the
+/// uninterrupted curve and final weights, bit for bit.
+#[test]
+fn modernbert_on_packed_documents_is_exact_across_ranks_and_resume() {
+    let (_keep, shards) = sample_shards();
+    let root = tempfile::tempdir().unwrap();
+    let modern = |out: &Path| {
+        let mut v = flags(&shards, out, 8, 8);
+        v.extend(["--arch", "modernbert", "--layout", "pack-docs"].map(String::from));
+        v
+    };
+    let (one, two, stopped) = (
+        root.path().join("one"),
+        root.path().join("two"),
+        root.path().join("stopped"),
+    );
+    run_ok(single(&modern(&one)));
+    run_ok(mpirun(2, &modern(&two)));
+    assert_eq!(common::curve(&one), common::curve(&two));
+    let weights =
+        |run: &Path| std::fs::read(run.join("checkpoints/step-0000008/model.safetensors")).unwrap();
+    assert!(weights(&one) == weights(&two));
+    run_ok(single(&modern(&stopped)));
+    common::keep_checkpoints_through(&stopped, 4);
+    let mut resume = modern(&stopped);
+    resume.push("--resume".into());
+    run_ok(mpirun(2, &resume));
+    assert_eq!(common::curve(&stopped), common::curve(&one));
+    assert!(weights(&stopped) == weights(&one));
+}
+
 /// 4 ranks sum four gradients in MPI's order, one process in its own: equal to 1e-6.
 #[test]
 fn four_ranks_match_one_process_to_1e_6() {

@@ -50,15 +50,6 @@ fn flags(config: &Path, shards: &Path, out: &Path) -> Vec<String> {
     v
 }
 
-/// What a kill after the checkpoint at `step` leaves: later checkpoints removed.
-fn keep_checkpoints_through(run: &Path, step: u64) {
-    for (saved, dir) in training::checkpoint::list(run).unwrap() {
-        if saved > step {
-            std::fs::remove_dir_all(dir).unwrap();
-        }
-    }
-}
-
 fn assert_ok(out: &std::process::Output) {
     assert!(
         out.status.success(),
@@ -112,7 +103,7 @@ fn a_resume_inside_phase_two_continues_bit_for_bit_and_past_phases_are_fixed() {
     // Stopped after the checkpoint at step 10 (inside phase 2): keep what a kill there leaves.
     let stopped = root.path().join("stopped");
     assert_ok(&trainer(&flags(&config, &shards, &stopped)));
-    keep_checkpoints_through(&stopped, 10);
+    common::keep_checkpoints_through(&stopped, 10);
 
     // A changed past phase (phase 1's steps, hence every later boundary) is refused, naming it.
     let changed_past = root.path().join("past.toml");
@@ -156,7 +147,7 @@ fn a_future_phase_may_change_on_resume_and_is_said() {
     std::fs::write(&config, PHASES).unwrap();
     let run = root.path().join("run");
     assert_ok(&trainer(&flags(&config, &shards, &run)));
-    keep_checkpoints_through(&run, 10);
+    common::keep_checkpoints_through(&run, 10);
     // Phase 3 (from step 16) changes its batch size: allowed from step 10, and said.
     let future = root.path().join("future.toml");
     std::fs::write(

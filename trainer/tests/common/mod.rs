@@ -52,3 +52,12 @@ pub fn curve(run: &Path) -> Vec<(bool, u64, f64, f64, f64)> {
         })
         .collect()
 }
+
+/// What a kill after the checkpoint at `step` leaves: later checkpoints removed.
+pub fn keep_checkpoints_through(run: &Path, step: u64) {
+    for (saved, dir) in training::checkpoint::list(run).unwrap() {
+        if saved > step {
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+    }
+}
