@@ -393,6 +393,7 @@ mod tests {
         let mut args = Cli::parse_from(argv).train;
         // --mix conflicts with --mix-by-size on the command line; both are keys all the same.
         args.data.config.mix = Some("a=1".parse().unwrap());
+        args.arch = model::Arch::ModernBert;
         args
     }
 
@@ -473,6 +474,7 @@ mod tests {
             "mask_exact",
             "whole_word",
             "order",
+            "arch",
             "model",
             "layers",
             "hidden",
