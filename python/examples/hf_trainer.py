@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="BertForMaskedLM, or ModernBertForMaskedLM (GeGLU 1.5x hidden, its default "
                         "rotary and local/global attention settings)")
     p.add_argument("--layout", choices=["truncate", "pack", "pack-docs"], default="truncate",
-                   help="pack-docs: items add position_ids and cu_seq_lens (attention stays inside "
-                        "each document with flash-attention's varlen path, on GPU)")
+                   help="pack-docs: items add position_ids and cu_seq_lens; attention stays inside "
+                        "each document (flash-attention reads cu_seq_lens; for sdpa/eager "
+                        "MaskrateTrainer passes explicit block-diagonal masks)")
     p.add_argument("--model", choices=sorted(SIZES), default="tiny")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (the schedule's length)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes")

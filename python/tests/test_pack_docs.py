@@ -83,3 +83,68 @@ def test_hf_masked_lms_train_on_items_unchanged(sample_shards, fields):
             grads = [p.grad for p in model.parameters() if p.requires_grad]
             assert all(g is not None for g in grads), (name, layout)
             model.zero_grad()
+
+
+def segments(position_ids):
+    """(row, start, end) of every document piece of a pack-docs item (positions restart at 0)."""
+    out = []
+    for r, row in enumerate(position_ids.tolist()):
+        starts = [i for i, p in enumerate(row) if p == 0] + [len(row)]
+        out += [(r, a, b) for a, b in zip(starts, starts[1:])]
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_document_masks_keep_attention_inside_each_document(sample_shards, attn):
+    """With document_attention_inputs, a document's logits in a packed row equal its logits
+    alone; the item as it is (sdpa/eager ignore cu_seq_lens) lets the row's documents mix."""
+    from maskrate.hf import document_attention_inputs
+
+    torch.manual_seed(0)
+    data = MaskedDataset(sample_shards, total_steps=3, batch_size=4, seq_len=128, layout="pack-docs")
+    item = next(iter(data))
+    pieces = [p for p in segments(item["position_ids"]) if p[1] > 0][:3]
+    assert pieces, "a row holds a second document"
+    for name, model in tiny_models():
+        model.config._attn_implementation = attn
+        model.eval()
+        with torch.no_grad():
+            masked = model(**document_attention_inputs(item, model.config)).logits
+            mixed = model(**{k: v for k, v in item.items() if k != "labels"}).logits
+            for r, a, b in pieces:
+                ids = item["input_ids"][r:r + 1, a:b]
+                alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+                torch.testing.assert_close(masked[r, a:b], alone, rtol=1e-4, atol=1e-4,
+                                           msg=lambda m: f"{name} {attn} row {r} [{a}:{b}]: {m}")
+            # The item as it is fails the same comparison: its documents see each other.
+            r, a, b = pieces[0]
+            assert not torch.allclose(mixed[r, a:b], masked[r, a:b], rtol=1e-4, atol=1e-4), name
+
+
+def test_the_trainer_masks_documents_for_sdpa_models(sample_shards, tmp_path):
+    """MaskrateTrainer.compute_loss applies the document masks: its logits and loss are those of
+    the masked inputs, not of the item as it is."""
+    import torch.nn.functional as F
+    from transformers import TrainingArguments
+
+    from maskrate.hf import MaskrateTrainer, document_attention_inputs, masked_dataset
+
+    torch.manual_seed(0)
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4,
+                             report_to=[], use_cpu=True)
+    data = masked_dataset(sample_shards, args, seq_len=128, layout="pack-docs")
+    item = next(iter(data))
+    n = int((item["labels"] != -100).sum())
+    for name, model in tiny_models():
+        model.eval()
+        trainer = MaskrateTrainer(model=model, args=args, train_dataset=data)
+        with torch.no_grad():
+            loss, outputs = trainer.compute_loss(model, dict(item), return_outputs=True,
+                                                 num_items_in_batch=n)
+            logits_of = lambda inputs: model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            want = logits_of(document_attention_inputs(item, model.config))
+            torch.testing.assert_close(outputs.logits, want, rtol=1e-5, atol=1e-6)
+            assert not torch.allclose(outputs.logits, logits_of(item), rtol=1e-4, atol=1e-4), name
+            wanted_loss = F.cross_entropy(want.reshape(-1, want.shape[-1]), item["labels"].reshape(-1),
+                                          reduction="sum") / n
+            torch.testing.assert_close(loss, wanted_loss, rtol=1e-5, atol=1e-6)

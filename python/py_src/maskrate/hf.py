@@ -18,6 +18,11 @@ What it changes in the Trainer, and why:
   ``num_items_in_batch``, so with gradient accumulation or several processes a micro-batch with
   fewer masked tokens would weigh as much as one with more (and the Trainer, which scales the loss
   by the number of processes for models that take loss kwargs, would log it multiplied by them).
+- With ``layout="pack-docs"``, attention stays inside each document whatever the model's
+  attention implementation: a flash-attention model (``attn_implementation="flash_attention_2"``
+  and the like) gets the items as they are and reads ``cu_seq_lens``; any other (sdpa, eager,
+  which ignore ``cu_seq_lens`` and ``position_ids`` when building an encoder's mask) gets
+  :func:`document_attention_inputs`' explicit block-diagonal masks instead.
 - The train DataLoader uses ``batch_size=None`` (items are batches) and is not passed through
   ``accelerator.prepare``: the dataset picks this rank's rows itself, so batches must be neither
   dispatched from rank 0 nor re-sharded. Under ``torchrun`` each process reads its own rows of the
@@ -35,7 +40,59 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .torch import MaskedDataset
 
-__all__ = ["MaskrateTrainer", "StepSyncCallback", "lr_schedule_arguments", "masked_dataset"]
+__all__ = [
+    "MaskrateTrainer",
+    "StepSyncCallback",
+    "document_attention_inputs",
+    "lr_schedule_arguments",
+    "masked_dataset",
+]
+
+#: The packed-path entries of a ``layout="pack-docs"`` item that only flash-attention reads.
+VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+
+
+def reads_cu_seq_lens(config: Any) -> bool:
+    """Whether the model's attention implementation keeps packed documents apart by itself
+    (transformers' flash-attention varlen path: ``flash_attention_2``/``_3`` and kernels)."""
+    return "flash" in str(getattr(config, "_attn_implementation", "") or "")
+
+
+def document_attention_inputs(inputs: dict[str, Any], config: Any, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """A ``layout="pack-docs"`` item for a model whose attention does not read ``cu_seq_lens``
+    (sdpa, eager): the flash-attention entries dropped, ``attention_mask`` replaced by explicit
+    additive masks ``[B, 1, L, L]`` (0 where a query may see a key, the dtype's minimum
+    elsewhere) that keep every token's attention inside its document and off padding; for
+    ModernBERT one per layer type (``full_attention``, and ``sliding_attention`` also limited to
+    the local window), the form ``ModernBertModel`` takes. Documents are read from
+    ``position_ids`` (each restarts at 0). Items of other layouts, or a flash-attention model's,
+    come back unchanged::
+
+        out = model(**document_attention_inputs(item, model.config))
+    """
+    if "cu_seq_lens_q" not in inputs or reads_cu_seq_lens(config):
+        return inputs
+    if "position_ids" not in inputs or "attention_mask" not in inputs:
+        raise ValueError("a pack-docs item needs position_ids and attention_mask for document masks "
+                         "(keep them in fields=)")
+    out = {k: v for k, v in inputs.items() if k not in VARLEN_KEYS}
+    positions, keys = inputs["position_ids"], inputs["attention_mask"].bool()
+    documents = (positions == 0).cumsum(-1)
+    allowed = (documents[:, :, None] == documents[:, None, :]) & keys[:, None, :]
+    negative = torch.finfo(dtype).min
+
+    def additive(mask: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros((), dtype=dtype, device=mask.device)
+        return torch.where(mask, zero, torch.full((), negative, dtype=dtype, device=mask.device))[:, None]
+
+    if getattr(config, "model_type", None) == "modernbert":
+        index = torch.arange(positions.shape[-1], device=positions.device)
+        near = (index[:, None] - index[None, :]).abs() <= config.local_attention // 2
+        out["attention_mask"] = {"full_attention": additive(allowed),
+                                 "sliding_attention": additive(allowed & near)}
+    else:
+        out["attention_mask"] = additive(allowed)
+    return out
 
 
 def lr_schedule_arguments(
@@ -147,6 +204,9 @@ class MaskrateTrainer(Trainer):
         tokens of the whole optimizer step (``num_items_in_batch``: every micro-batch of every
         rank), times the number of processes, whose gradients DDP averages: the gradient of the
         mean over all of the step's masked tokens, as one process with the whole batch has."""
+        config = getattr(self.accelerator.unwrap_model(model), "config", None)
+        dtype = next(model.parameters()).dtype
+        inputs = document_attention_inputs(dict(inputs), config, dtype)
         if num_items_in_batch is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs = dict(inputs)

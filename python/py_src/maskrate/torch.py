@@ -45,8 +45,9 @@ class MaskedDataset(torch.utils.data.IterableDataset):
     packed inputs, as ``DataCollatorWithFlattening(return_flash_attn_kwargs=True)`` names them:
     ``position_ids`` (restarting at each document), ``cu_seq_lens_q``/``_k`` (int32) and
     ``max_length_q``/``_k`` (ints); a model whose attention takes them (flash-attention's varlen
-    path) keeps attention inside each document, while CPU attention (sdpa, eager) ignores the
-    boundaries. ``fields`` keeps only the named entries (e.g. leave out ``token_type_ids`` for
+    path) keeps attention inside each document; sdpa and eager attention ignore them, and
+    :func:`maskrate.hf.document_attention_inputs` turns an item into their explicit
+    block-diagonal masks (``MaskrateTrainer`` does it for them). ``fields`` keeps only the named entries (e.g. leave out ``token_type_ids`` for
     models without token types).
 
     With ``num_workers=W``, worker ``w`` builds items ``w, w+W, ...``, which the DataLoader
