@@ -69,6 +69,34 @@ fn run_names_and_config_checks() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("must not set \"schedule\""), "{err}");
+
+    // Architecture and layout: checked when the file is read, not after preprocessing.
+    let modern = SweepConfig::load(&experiment(
+        dir.path(),
+        "arch = \"modernbert\"\nlayout = \"pack-docs\"",
+        "constant:0.15",
+    ))
+    .unwrap();
+    assert_eq!(modern.train["arch"].as_str(), Some("modernbert"));
+    let err = SweepConfig::load(&experiment(dir.path(), "arch = \"gpt\"", "constant:0.15"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("exp.toml: [train] arch: unknown architecture \"gpt\""),
+        "{err}"
+    );
+    let err = SweepConfig::load(&experiment(dir.path(), "layout = \"docs\"", "constant:0.15"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[train] layout:") && err.contains("docs"), "{err}");
+    let err = SweepConfig::load(&experiment(
+        dir.path(),
+        "arch = \"modernbert\"\n[glue]\ndata = \"g\"\nfallback = \"h\"",
+        "constant:0.15",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[glue] fine-tunes BERT models only"), "{err}");
 }
 
 fn checkpoint(run: &Path, step: u64) {

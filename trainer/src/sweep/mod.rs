@@ -162,6 +162,24 @@ impl SweepConfig {
                 d.sources.len()
             );
         }
+        let text_of = |key: &str| cfg.train.get(key).and_then(|v| v.as_str());
+        if let Some(arch) = text_of("arch") {
+            let arch = model::Arch::parse(arch)
+                .map_err(|e| anyhow::anyhow!("{}: [train] arch: {e}", path.display()))?;
+            if arch != model::Arch::Bert && cfg.glue.is_some() {
+                bail!(
+                    "{}: [glue] fine-tunes BERT models only; with [train] arch = \"{}\" leave \
+                     [glue] out (export the runs and fine-tune them with transformers)",
+                    path.display(),
+                    arch.name()
+                );
+            }
+        }
+        if let Some(layout) = text_of("layout") {
+            layout
+                .parse::<shared::sampler::Layout>()
+                .map_err(|e| anyhow::anyhow!("{}: [train] layout: {e}", path.display()))?;
+        }
         for key in ["shards", "schedule", "seed", "out", "resume", "config"] {
             if cfg.train.contains_key(key) {
                 bail!(

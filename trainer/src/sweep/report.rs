@@ -315,9 +315,14 @@ impl<'a> Report<'a> {
         );
         let _ = writeln!(
             s,
-            "Setup: model `{}`, {} steps × batch {} × sequence length {} ({} tokens of budget per run), peak lr {}, \
+            "Setup: model `{}{}`, {} steps × batch {} × sequence length {} ({} tokens of budget per run), peak lr {}, \
              layout {}, seeds {:?} (a seed fixes model init, data order and masks, so runs of one seed differ only in the schedule). \
              Corpus: {}. Held-out MLM loss/accuracy at a constant 15% with a fixed mask seed.\n",
+            cfg.train
+                .get("arch")
+                .and_then(|a| a.as_str())
+                .map(|a| format!("{a} "))
+                .unwrap_or_default(),
             get("model").trim_matches('"'),
             steps,
             get("batch_size"),
