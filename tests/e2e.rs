@@ -380,6 +380,71 @@ mix = "c4=0.7,short=linear:0.5:0.1"
     );
 }
 
+/// ModernBERT and pack-docs settings the model cannot serve are refused before training, each
+/// with what was wrong: an unknown architecture, a head size rotary positions cannot split, a row
+/// longer than the positions, a pack-docs row too short to frame a document.
+#[test]
+fn modernbert_settings_it_cannot_serve_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    run_ok(
+        "preprocess",
+        &[&data("c4-sample"), &"--out", &shards, &"--quiet"],
+    );
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--arch", "gpt"],
+            "unknown architecture \"gpt\" (expected one of: bert, modernbert)",
+        ),
+        (
+            &["--arch", "modernbert", "--hidden", "30", "--heads", "2"],
+            "head size 15 (hidden 30 / 2 heads) must be even for rotary positions",
+        ),
+        (
+            &["--arch", "modernbert", "--seq-len", "9000"],
+            "--seq-len 9000 exceeds the model's 8192 positions",
+        ),
+        (
+            &[
+                "--arch",
+                "modernbert",
+                "--layout",
+                "pack-docs",
+                "--seq-len",
+                "2",
+            ],
+            "--seq-len 2: needs at least 3 ([CLS], one token, [SEP])",
+        ),
+        (
+            &["--seq-len", "600"],
+            "--seq-len 600 exceeds the model's 512 positions",
+        ),
+    ];
+    for (i, (flags, want)) in cases.iter().enumerate() {
+        let out_dir = dir.path().join(format!("run{i}"));
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"--shards",
+            &shards,
+            &"--model",
+            &"tiny",
+            &"--steps",
+            &"2",
+            &"--batch-size",
+            &"2",
+            &"--out",
+            &out_dir,
+        ];
+        args.extend(flags.iter().map(|f| f as &dyn AsRef<std::ffi::OsStr>));
+        let out = run("trainer", &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{flags:?}: {err}"
+        );
+        assert!(!out_dir.join("checkpoints").exists(), "{flags:?} trained");
+    }
+}
+
 /// The trainer learns exactly like transformers: with dropout off, the same start and the same
 /// batches, its loss and gradient norm at every step and its held-out loss after 40 steps equal
 /// `BertForMaskedLM` + `torch.optim.AdamW` (recorded by `scripts/hf_equivalence.py`, with the

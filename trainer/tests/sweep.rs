@@ -85,10 +85,17 @@ fn run_names_and_config_checks() {
         err.contains("exp.toml: [train] arch: unknown architecture \"gpt\""),
         "{err}"
     );
-    let err = SweepConfig::load(&experiment(dir.path(), "layout = \"docs\"", "constant:0.15"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("[train] layout:") && err.contains("docs"), "{err}");
+    let err = SweepConfig::load(&experiment(
+        dir.path(),
+        "layout = \"docs\"",
+        "constant:0.15",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("[train] layout:") && err.contains("docs"),
+        "{err}"
+    );
     let err = SweepConfig::load(&experiment(
         dir.path(),
         "arch = \"modernbert\"\n[glue]\ndata = \"g\"\nfallback = \"h\"",

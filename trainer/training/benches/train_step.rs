@@ -54,7 +54,11 @@ fn main() {
     let set = shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), 100);
     let tok = LoadedTokenizer::load(None).unwrap();
     let dev = Device::Cpu;
-    println!("{} · layout {layout} · {} tokens per row", arch.name(), args.seq_len);
+    println!(
+        "{} · layout {layout} · {} tokens per row",
+        arch.name(),
+        args.seq_len
+    );
     println!("| model | micro-batch | tokens/s | real tokens % | real tokens/s | step ms | forward ms | backward ms | optimizer ms | batch build ms | peak RSS MB |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut models = args.models.clone();
@@ -62,7 +66,11 @@ fn main() {
         models = vec!["mini".into(), "base".into()];
     }
     for name in &models {
-        let (default_rows, default_steps) = if name == "base" || name == "large" { (8, 3) } else { (32, 6) };
+        let (default_rows, default_steps) = if name == "base" || name == "large" {
+            (8, 3)
+        } else {
+            (32, 6)
+        };
         let rows = args.rows.unwrap_or(default_rows);
         let steps = args.steps.unwrap_or(default_steps);
         let seq_len = args.seq_len;
