@@ -158,3 +158,31 @@ pub fn resident_kb() -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The bundled sample as a shard set in a temporary directory (removed on drop), with the
+/// bundled tokenizer and the documents it holds.
+pub struct SampleSet {
+    /// Keeps the shard directory alive.
+    pub dir: tempfile::TempDir,
+    /// The shard set.
+    pub set: Arc<ShardSet>,
+    /// The bundled tokenizer (bert-base-uncased).
+    pub tok: LoadedTokenizer,
+    /// The sample's documents, in order.
+    pub docs: Vec<Vec<u32>>,
+}
+
+impl SampleSet {
+    /// The sample written with `per_shard` documents per shard.
+    pub fn new(per_shard: usize) -> Self {
+        let docs = sample_docs();
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let set = write_set(dir.path(), &docs, per_shard);
+        SampleSet {
+            dir,
+            set,
+            tok: LoadedTokenizer::load(None).expect("bundled tokenizer"),
+            docs,
+        }
+    }
+}

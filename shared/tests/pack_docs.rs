@@ -5,25 +5,11 @@
 use shared::sampler::{
     Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences, IGNORE_LABEL,
 };
-use shared::tokenizer::LoadedTokenizer;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    set: std::sync::Arc<shared::shard::ShardSet>,
-    tok: LoadedTokenizer,
-    docs: Vec<Vec<u32>>,
-}
+use shared::fixtures::SampleSet as Fixture;
 
 fn fixture() -> Fixture {
-    let docs = shared::fixtures::sample_docs();
-    let dir = tempfile::tempdir().unwrap();
-    let set = shared::fixtures::write_set(dir.path(), &docs, 64);
-    Fixture {
-        _dir: dir,
-        set,
-        tok: LoadedTokenizer::load(None).unwrap(),
-        docs,
-    }
+    Fixture::new(64)
 }
 
 /// Built independently: the stream [CLS] doc0 [SEP] [CLS] doc1 [SEP] …, cut into rows of `len`;

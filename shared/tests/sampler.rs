@@ -5,27 +5,12 @@ use shared::sampler::{
     SamplerConfig, Sequences, IGNORE_LABEL,
 };
 use shared::schedule::MaskSchedule;
-use shared::shard::ShardSet;
-use shared::tokenizer::LoadedTokenizer;
 use std::sync::Arc;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    set: Arc<ShardSet>,
-    tok: LoadedTokenizer,
-    docs: Vec<Vec<u32>>,
-}
+use shared::fixtures::SampleSet as Fixture;
 
 fn fixture() -> Fixture {
-    let docs = shared::fixtures::sample_docs();
-    let dir = tempfile::tempdir().unwrap();
-    let set = shared::fixtures::write_set(dir.path(), &docs, 64);
-    Fixture {
-        _dir: dir,
-        set,
-        tok: LoadedTokenizer::load(None).unwrap(),
-        docs,
-    }
+    Fixture::new(64)
 }
 
 fn sampler(

@@ -2,45 +2,13 @@
 //! with the MLM head evaluated only at the masked positions.
 
 use crate::bert_config::BertConfig;
+use crate::layers::{Linear, Norm};
 use crate::modernbert::TokenLayout;
 use crate::ops::{
-    add_bias, attention, cross_entropy_and_correct, gelu, layer_norm, matmul_in, Dropout,
-    Visibility,
+    add_bias, attention, cross_entropy_and_correct, gelu, matmul_in, Dropout, Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Device, Result, Tensor};
-
-/// A dense layer `y = x·Wᵀ + b` with HF `weight`/`bias` names.
-pub struct Linear {
-    weight: Tensor,
-    bias: Tensor,
-    compute: DType,
-}
-
-impl Linear {
-    /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
-    pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
-        Ok(Linear {
-            weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
-            bias: p.get(&format!("{name}.bias"), &[out], Init::Zeros)?,
-            compute: p.compute_dtype(),
-        })
-    }
-
-    /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
-        let y = match x.dims() {
-            [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
-                *b,
-                *l,
-                self.weight.dim(0)?,
-            ))?,
-            _ => matmul_in(x, &w, self.compute)?,
-        };
-        add_bias(&y, &self.bias)
-    }
-}
 
 /// Query, key and value projections applied as one `[3H, H]` product (HF keeps three layers).
 struct QkvProjection {
@@ -52,36 +20,7 @@ struct QkvProjection {
 impl QkvProjection {
     /// `[B, L, H]` → `[B, L, 3H]` (query, key, value blocks).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let parts = [&self.query, &self.key, &self.value];
-        let weight = Tensor::cat(&parts.map(|p| &p.weight), 0)?;
-        let bias = Tensor::cat(&parts.map(|p| &p.bias), 0)?;
-        let compute = self.query.compute;
-        Linear {
-            weight,
-            bias,
-            compute,
-        }
-        .forward(x)
-    }
-}
-
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    fn new(p: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
-        Ok(Norm {
-            weight: p.get(&format!("{name}.weight"), &[size], Init::Ones)?,
-            bias: p.get(&format!("{name}.bias"), &[size], Init::Zeros)?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.weight, &self.bias, self.eps)
+        Linear::stacked(&[&self.query, &self.key, &self.value])?.forward(x)
     }
 }
 

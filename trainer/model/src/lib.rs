@@ -16,12 +16,14 @@ pub mod bert_config;
 pub mod encoder;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
+pub mod layers;
 pub mod modernbert;
 pub mod ops;
 pub mod params;
 
-pub use bert::{Bert, Linear, MlmInputs, MlmOutput};
+pub use bert::{Bert, MlmInputs, MlmOutput};
 pub use bert_config::{Arch, BertConfig};
 pub use encoder::Encoder;
+pub use layers::{Linear, Norm};
 pub use modernbert::{ModernBert, TokenLayout};
 pub use params::ParamStore;

@@ -9,69 +9,23 @@
 
 use crate::bert::MlmOutput;
 use crate::bert_config::BertConfig;
+use crate::layers::{Linear, Norm};
 use crate::ops::{
-    add_bias, attention, cross_entropy_and_correct, geglu, gelu, layer_norm, matmul_in, rotary,
-    Dropout, RotaryTables, Visibility,
+    add_bias, attention, cross_entropy_and_correct, geglu, gelu, matmul_in, rotary, Dropout,
+    RotaryTables, Visibility,
 };
 use crate::params::{Init, ParamStore};
 use crate::MlmInputs;
 use candle_core::{DType, Result, Tensor};
 
-/// A bias-free dense layer `y = x·Wᵀ` (transformers' `nn.Linear(bias=False)` names).
-struct Projection {
-    weight: Tensor,
-    compute: DType,
-}
-
-impl Projection {
-    fn new(p: &ParamStore, name: &str, inp: usize, out: usize, init: Init) -> Result<Self> {
-        Ok(Projection {
-            weight: p.get(&format!("{name}.weight"), &[out, inp], init)?,
-            compute: p.compute_dtype(),
-        })
-    }
-
-    /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.t()?;
-        match x.dims() {
-            [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
-                *b,
-                *l,
-                self.weight.dim(0)?,
-            )),
-            _ => matmul_in(x, &w, self.compute),
-        }
-    }
-}
-
-/// A LayerNorm without bias (`nn.LayerNorm(bias=False)`).
-struct Norm {
-    weight: Tensor,
-    zeros: Tensor,
-    eps: f64,
-}
-
-impl Norm {
-    fn new(p: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
-        let weight = p.get(&format!("{name}.weight"), &[size], Init::Ones)?;
-        let zeros = weight.zeros_like()?;
-        Ok(Norm { weight, zeros, eps })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.weight, &self.zeros, self.eps)
-    }
-}
-
 struct Layer {
     /// `None` in layer 0.
     attn_norm: Option<Norm>,
-    qkv: Projection,
-    attn_out: Projection,
+    qkv: Linear,
+    attn_out: Linear,
     mlp_norm: Norm,
-    mlp_in: Projection,
-    mlp_out: Projection,
+    mlp_in: Linear,
+    mlp_out: Linear,
     global: bool,
 }
 
@@ -82,7 +36,7 @@ pub struct ModernBert {
     emb_norm: Norm,
     layers: Vec<Layer>,
     final_norm: Norm,
-    head_dense: Projection,
+    head_dense: Linear,
     head_norm: Norm,
     decoder_bias: Tensor,
     compute: DType,
@@ -106,11 +60,14 @@ impl TokenLayout {
             return TokenLayout::default();
         }
         let positions = shared::sampler::segment_positions(starts, tokens);
-        let mut segments = Vec::with_capacity(tokens);
-        for (k, &a) in starts.iter().enumerate() {
-            let end = starts.get(k + 1).map_or(tokens, |&b| b as usize);
-            segments.extend(std::iter::repeat_n(k as u32, end - a as usize));
-        }
+        // Each segment's positions start at 0, and only there.
+        let segments = positions
+            .iter()
+            .scan(u32::MAX, |segment, &p| {
+                *segment = segment.wrapping_add((p == 0) as u32);
+                Some(*segment)
+            })
+            .collect();
         TokenLayout {
             positions: Some(positions),
             segments: Some(std::sync::Arc::new(segments)),
@@ -149,13 +106,19 @@ impl ModernBert {
             layers.push(Layer {
                 attn_norm: match i {
                     0 => None,
-                    _ => Some(Norm::new(p, &format!("{l}.attn_norm"), h, eps)?),
+                    _ => Some(Norm::without_bias(p, &format!("{l}.attn_norm"), h, eps)?),
                 },
-                qkv: Projection::new(p, &format!("{l}.attn.Wqkv"), h, 3 * h, trunc(std_in))?,
-                attn_out: Projection::new(p, &format!("{l}.attn.Wo"), h, h, trunc(std_out))?,
-                mlp_norm: Norm::new(p, &format!("{l}.mlp_norm"), h, eps)?,
-                mlp_in: Projection::new(p, &format!("{l}.mlp.Wi"), h, 2 * inter, trunc(std_in))?,
-                mlp_out: Projection::new(p, &format!("{l}.mlp.Wo"), inter, h, trunc(std_out))?,
+                qkv: Linear::without_bias(p, &format!("{l}.attn.Wqkv"), h, 3 * h, trunc(std_in))?,
+                attn_out: Linear::without_bias(p, &format!("{l}.attn.Wo"), h, h, trunc(std_out))?,
+                mlp_norm: Norm::without_bias(p, &format!("{l}.mlp_norm"), h, eps)?,
+                mlp_in: Linear::without_bias(
+                    p,
+                    &format!("{l}.mlp.Wi"),
+                    h,
+                    2 * inter,
+                    trunc(std_in),
+                )?,
+                mlp_out: Linear::without_bias(p, &format!("{l}.mlp.Wo"), inter, h, trunc(std_out))?,
                 global: m.is_global(i),
             });
         }
@@ -166,11 +129,11 @@ impl ModernBert {
                 &[cfg.vocab_size, h],
                 trunc(std_in),
             )?,
-            emb_norm: Norm::new(p, "model.embeddings.norm", h, eps)?,
+            emb_norm: Norm::without_bias(p, "model.embeddings.norm", h, eps)?,
             layers,
-            final_norm: Norm::new(p, "model.final_norm", h, eps)?,
-            head_dense: Projection::new(p, "head.dense", h, h, trunc(std_out))?,
-            head_norm: Norm::new(p, "head.norm", h, eps)?,
+            final_norm: Norm::without_bias(p, "model.final_norm", h, eps)?,
+            head_dense: Linear::without_bias(p, "head.dense", h, h, trunc(std_out))?,
+            head_norm: Norm::without_bias(p, "head.norm", h, eps)?,
             decoder_bias: p.get("decoder.bias", &[cfg.vocab_size], Init::Zeros)?,
             compute: p.compute_dtype(),
         })

@@ -3,10 +3,9 @@
 //! one pass (and its backward, `dg = dy ⊙ GELU(a)`, `da = dy ⊙ g ⊙ GELU'(a)`, in one more); the
 //! composed twin is narrow + GELU + multiply.
 
-use super::rows::f32_rows;
+use super::rows::{f32_rows, map_rows2_to, map_rows_to};
 use super::{gelu, supports, vmath};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
 /// `GELU(x[.., :I]) ⊙ x[.., I:]` for `x` `[.., 2I]`.
 pub fn geglu(x: &Tensor) -> Result<Tensor> {
@@ -28,9 +27,6 @@ pub fn geglu_composed(x: &Tensor) -> Result<Tensor> {
     gelu(&a.contiguous()?)?.mul(&g)
 }
 
-/// Rows per rayon task.
-const ROWS_PER_TASK: usize = 32;
-
 struct Geglu;
 
 impl CustomOp1 for Geglu {
@@ -41,16 +37,11 @@ impl CustomOp1 for Geglu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (x, width) = f32_rows(s, l, "geglu")?;
         let half = width / 2;
-        let mut out = vec![0f32; x.len() / 2];
-        out.par_chunks_mut(half * ROWS_PER_TASK)
-            .zip(x.par_chunks(width * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                for (o, x) in o.chunks_mut(half).zip(x.chunks(width)) {
-                    let (a, g) = x.split_at(half);
-                    vmath::gelu(o, a);
-                    o.iter_mut().zip(g).for_each(|(o, &g)| *o *= g);
-                }
-            });
+        let out = map_rows_to(x, width, half, |o, x| {
+            let (a, g) = x.split_at(half);
+            vmath::gelu(o, a);
+            o.iter_mut().zip(g).for_each(|(o, &g)| *o *= g);
+        });
         let mut dims = l.dims().to_vec();
         *dims.last_mut().expect("geglu input has dimensions") = half;
         Ok((CpuStorage::F32(out), Shape::from(dims)))
@@ -84,29 +75,17 @@ impl CustomOp2 for GegluBackward {
         if half * 2 != width || dy.len() * 2 != x.len() {
             candle_core::bail!("geglu bwd: gradient of the wrong shape");
         }
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(x.par_chunks(width * ROWS_PER_TASK))
-            .zip(dy.par_chunks(half * ROWS_PER_TASK))
-            .for_each(|((dx, x), dy)| {
-                let mut dy_gate = vec![0f32; half];
-                for ((dx, x), dy) in dx
-                    .chunks_mut(width)
-                    .zip(x.chunks(width))
-                    .zip(dy.chunks(half))
-                {
-                    let (a, g) = x.split_at(half);
-                    let (da, dg) = dx.split_at_mut(half);
-                    // dg = dy ⊙ GELU(a); da = (dy ⊙ g) ⊙ GELU'(a).
-                    vmath::gelu(dg, a);
-                    dg.iter_mut().zip(dy).for_each(|(d, &y)| *d *= y);
-                    dy_gate
-                        .iter_mut()
-                        .zip(dy.iter().zip(g))
-                        .for_each(|(o, (&y, &g))| *o = y * g);
-                    vmath::gelu_backward(da, a, &dy_gate);
-                }
-            });
+        let dx = map_rows2_to(x, dy, [width, half, width], |dx, x, dy| {
+            let (a, g) = x.split_at(half);
+            let (da, dg) = dx.split_at_mut(half);
+            // dg first holds dy·g, the gradient reaching GELU(a), for da.
+            dg.iter_mut()
+                .zip(dy.iter().zip(g))
+                .for_each(|(o, (&y, &g))| *o = y * g);
+            vmath::gelu_backward(da, a, dg);
+            vmath::gelu(dg, a);
+            dg.iter_mut().zip(dy).for_each(|(d, &y)| *d *= y);
+        });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }

@@ -33,11 +33,21 @@ pub(super) fn sum_in_order(partial: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 
 /// Applies `f(out_row, x_row)` to every row of length `dim`, rows split across the rayon pool.
 pub(super) fn map_rows(x: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(dim * ROWS_PER_TASK)
+    map_rows_to(x, dim, dim, f)
+}
+
+/// As [`map_rows`], with input rows of `dim` and output rows of `out_dim` values.
+pub(super) fn map_rows_to(
+    x: &[f32],
+    dim: usize,
+    out_dim: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let mut out = vec![0f32; x.len() / dim * out_dim];
+    out.par_chunks_mut(out_dim * ROWS_PER_TASK)
         .zip(x.par_chunks(dim * ROWS_PER_TASK))
         .for_each(|(o, x)| {
-            for (o, x) in o.chunks_mut(dim).zip(x.chunks(dim)) {
+            for (o, x) in o.chunks_mut(out_dim).zip(x.chunks(dim)) {
                 f(o, x);
             }
         });
@@ -51,12 +61,27 @@ pub(super) fn map_rows2(
     dim: usize,
     f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
 ) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(dim * ROWS_PER_TASK)
-        .zip(a.par_chunks(dim * ROWS_PER_TASK))
-        .zip(b.par_chunks(dim * ROWS_PER_TASK))
+    map_rows2_to(a, b, [dim, dim, dim], f)
+}
+
+/// As [`map_rows2`] with rows of `dims` = `[a, b, out]` values (as many rows in each).
+pub(super) fn map_rows2_to(
+    a: &[f32],
+    b: &[f32],
+    dims: [usize; 3],
+    f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync,
+) -> Vec<f32> {
+    let [a_dim, b_dim, out_dim] = dims;
+    let mut out = vec![0f32; a.len() / a_dim * out_dim];
+    out.par_chunks_mut(out_dim * ROWS_PER_TASK)
+        .zip(a.par_chunks(a_dim * ROWS_PER_TASK))
+        .zip(b.par_chunks(b_dim * ROWS_PER_TASK))
         .for_each(|((o, a), b)| {
-            for ((o, a), b) in o.chunks_mut(dim).zip(a.chunks(dim)).zip(b.chunks(dim)) {
+            for ((o, a), b) in o
+                .chunks_mut(out_dim)
+                .zip(a.chunks(a_dim))
+                .zip(b.chunks(b_dim))
+            {
                 f(o, a, b);
             }
         });

@@ -1,0 +1,100 @@
+//! The dense layer and the layer norm both architectures build on, with transformers' parameter
+//! names (`name.weight`, and `name.bias` where the layer has one).
+
+use crate::ops::{add_bias, layer_norm, matmul_in};
+use crate::params::{Init, ParamStore};
+use candle_core::{DType, Result, Tensor};
+
+/// A dense layer `y = x·Wᵀ (+ b)`: `nn.Linear`, with or without its bias.
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    compute: DType,
+}
+
+impl Linear {
+    /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
+    pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
+            bias: Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?),
+            compute: p.compute_dtype(),
+        })
+    }
+
+    /// `name.weight` `[out, inp]` drawn by `init`, no bias (`nn.Linear(bias=False)`).
+    pub fn without_bias(
+        p: &ParamStore,
+        name: &str,
+        inp: usize,
+        out: usize,
+        init: Init,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get(&format!("{name}.weight"), &[out, inp], init)?,
+            bias: None,
+            compute: p.compute_dtype(),
+        })
+    }
+
+    /// The layers `parts` stacked along their outputs: one product gives all their outputs, side
+    /// by side (BERT's query, key and value, which transformers keeps as three layers).
+    pub fn stacked(parts: &[&Linear]) -> Result<Self> {
+        let weights: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|p| p.bias.as_ref()).collect();
+        Ok(Linear {
+            weight: Tensor::cat(&weights, 0)?,
+            bias: biases.map(|b| Tensor::cat(&b, 0)).transpose()?,
+            compute: parts[0].compute,
+        })
+    }
+
+    /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let w = self.weight.t()?;
+        let y = match x.dims() {
+            [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
+                *b,
+                *l,
+                self.weight.dim(0)?,
+            ))?,
+            _ => matmul_in(x, &w, self.compute)?,
+        };
+        match &self.bias {
+            Some(b) => add_bias(&y, b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// A layer norm over the last dimension: `nn.LayerNorm`, with or without its bias.
+pub struct Norm {
+    weight: Tensor,
+    /// The bias parameter, or zeros (not a parameter) for a norm without one: the fused kernel
+    /// takes both.
+    bias: Tensor,
+    eps: f64,
+}
+
+impl Norm {
+    /// `name.weight` ones and `name.bias` zeros, from `p`.
+    pub fn new(p: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Norm {
+            weight: p.get(&format!("{name}.weight"), &[size], Init::Ones)?,
+            bias: p.get(&format!("{name}.bias"), &[size], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    /// `name.weight` ones, no bias (`nn.LayerNorm(bias=False)`).
+    pub fn without_bias(p: &ParamStore, name: &str, size: usize, eps: f64) -> Result<Self> {
+        let weight = p.get(&format!("{name}.weight"), &[size], Init::Ones)?;
+        let bias = weight.zeros_like()?;
+        Ok(Norm { weight, bias, eps })
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
