@@ -46,3 +46,27 @@ def test_export_loads_strictly_with_the_same_logits(trainer_bin, sample_shards, 
         (out / "config.json").write_text(json.dumps(config))
         moved, _ = compare_hf.compare(out)
         assert moved > 10 * 1e-4, moved
+
+
+@pytest.mark.parametrize("arch,cls", [("bert", "BertForSequenceClassification"),
+                                      ("modernbert", "ModernBertForSequenceClassification")])
+def test_finetuned_model_loads_strictly_with_the_same_logits(trainer_bin, sample_shards, tmp_path, arch, cls):
+    """`trainer finetune --save-model` from an export: transformers' sequence classifier of the
+    architecture loads it with no missing or unexpected keys and gives maskrate's logits; the
+    fine-tuned directory also starts a further fine-tuning (`--init-from`)."""
+    export = trained_export(trainer_bin, sample_shards, tmp_path, arch)
+    ft = tmp_path / f"ft-{arch}"
+    common = ["--data", REPO / "data" / "glue" / "RTE", "--max-train", "32", "--max-eval", "16",
+              "--epochs", "1", "--quiet"]
+    subprocess.run([trainer_bin, "finetune", "--checkpoint", export, "--task", "RTE", *common,
+                    "--save-model", "--out", ft], check=True, capture_output=True)
+    model_dir = ft / "model"
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["architectures"] == [cls] and config["num_labels"] == 2
+    rel, info = compare_hf.compare(model_dir)
+    assert not any(info.values()), info
+    assert rel < 1e-4, rel
+    again = subprocess.run([trainer_bin, "finetune", "--checkpoint", export, "--task", "RTE", *common,
+                            "--init-from", model_dir, "--out", tmp_path / f"ft2-{arch}"],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr

@@ -96,14 +96,6 @@ fn run_names_and_config_checks() {
         err.contains("[train] layout:") && err.contains("docs"),
         "{err}"
     );
-    let err = SweepConfig::load(&experiment(
-        dir.path(),
-        "arch = \"modernbert\"\n[glue]\ndata = \"g\"\nfallback = \"h\"",
-        "constant:0.15",
-    ))
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("[glue] fine-tunes BERT models only"), "{err}");
 }
 
 fn checkpoint(run: &Path, step: u64) {

@@ -1,12 +1,16 @@
-//! Sequence classification / regression on BERT (HF `BertForSequenceClassification`): pooler
-//! (dense + tanh on [CLS]), dropout, linear head. Inputs are encoded once by the tokenizer, with
-//! sentence pairs as `[CLS] a [SEP] b [SEP]`, token types, and longest-first truncation.
+//! Sequence classification / regression as transformers does it: on BERT
+//! (`BertForSequenceClassification`: pooler = dense + tanh on [CLS], dropout, linear head) and on
+//! ModernBERT (`ModernBertForSequenceClassification` with its default "cls" pooling: the
+//! pretrained prediction head dense → GELU → norm on [CLS], then a linear head; no token types).
+//! Inputs are encoded once by the tokenizer, with sentence pairs as `[CLS] a [SEP] b [SEP]`,
+//! token types (BERT), and longest-first truncation.
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use model::ops::Dropout;
+use model::params::Init;
 use model::params::Unmatched;
-use model::{Bert, BertConfig, Linear, ParamStore};
+use model::{Bert, BertConfig, Linear, ModernBert, ParamStore, TokenLayout};
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 use training::saved_model::Pretrained;
 
@@ -88,44 +92,76 @@ impl PairBatch {
     }
 }
 
-/// BERT + pooler + linear head with `outputs` classes (1 = regression).
+/// The encoder and what turns its [CLS] state into the head's input.
+enum Backbone {
+    /// BERT and its pooler (dense + tanh).
+    Bert { bert: Bert, pooler: Linear },
+    /// ModernBERT; its prediction head (`head.*`, pretrained) transforms [CLS].
+    ModernBert(ModernBert),
+}
+
+/// An encoder + pooling + linear head with `outputs` classes (1 = regression).
 pub struct Classifier {
-    bert: Bert,
-    pooler: Linear,
+    backbone: Backbone,
     head: Linear,
 }
 
 impl Classifier {
-    /// Builds the model's parameters in `p` (freshly initialised; see [`bind`]).
+    /// Builds the model's parameters in `p` (freshly initialised; see [`bind`]), with
+    /// transformers' names and initialisation for the configuration's architecture.
     pub fn new(cfg: BertConfig, outputs: usize, p: &ParamStore) -> Result<Self> {
         let (h, std) = (cfg.hidden_size, cfg.initializer_range);
-        if cfg.arch != model::Arch::Bert {
-            anyhow::bail!(
-                "fine-tuning here is BERT's (BertForSequenceClassification); for a {} run, \
-                 `trainer export` it and fine-tune with transformers' ModernBertForSequenceClassification",
-                cfg.arch.name()
-            );
-        }
-        Ok(Classifier {
-            bert: Bert::new(cfg, p)?,
-            pooler: Linear::new(p, "bert.pooler.dense", h, h, std)?,
-            head: Linear::new(p, "classifier", h, outputs, std)?,
+        Ok(match cfg.arch {
+            model::Arch::Bert => Classifier {
+                backbone: Backbone::Bert {
+                    bert: Bert::new(cfg, p)?,
+                    pooler: Linear::new(p, "bert.pooler.dense", h, h, std)?,
+                },
+                head: Linear::new(p, "classifier", h, outputs, std)?,
+            },
+            model::Arch::ModernBert => {
+                // transformers: truncated normal, σ = hidden^-1/2, cut at ±cutoff·σ.
+                let std = (h as f64).powf(-0.5);
+                let init = Init::TruncatedNormal {
+                    std,
+                    cutoff: cfg.modern.init_cutoff,
+                };
+                Classifier {
+                    backbone: Backbone::ModernBert(ModernBert::new(cfg, p)?),
+                    head: Linear::with_init(p, "classifier", h, outputs, init)?,
+                }
+            }
         })
     }
 
     /// Logits (or the regression value) `[B, outputs]`.
     pub fn forward(&self, batch: &PairBatch, dropout: &mut Option<Dropout>) -> Result<Tensor> {
-        let hidden = self.bert.encode_with_types(
-            &batch.input_ids,
-            Some(&batch.token_type_ids),
-            &batch.attention_mask,
-            dropout,
-        )?;
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
-        let pooled = match dropout {
-            Some(d) => d.apply(&pooled)?,
-            None => pooled,
+        let pooled = match &self.backbone {
+            Backbone::Bert { bert, pooler } => {
+                let hidden = bert.encode_with_types(
+                    &batch.input_ids,
+                    Some(&batch.token_type_ids),
+                    &batch.attention_mask,
+                    dropout,
+                )?;
+                let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                let pooled = pooler.forward(&cls)?.tanh()?;
+                match dropout {
+                    Some(d) => d.apply(&pooled)?,
+                    None => pooled,
+                }
+            }
+            Backbone::ModernBert(m) => {
+                let hidden = m.encode(
+                    &batch.input_ids,
+                    &batch.attention_mask,
+                    &TokenLayout::default(),
+                    dropout,
+                )?;
+                let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                // transformers' classifier_dropout defaults to 0: no dropout here.
+                m.prediction_head(&cls)?
+            }
         };
         Ok(self.head.forward(&pooled)?)
     }
@@ -135,9 +171,10 @@ impl Classifier {
 /// pretraining checkpoint is ignored; a pretraining checkpoint has no pooler (it stays freshly
 /// initialised, as in `transformers`); a `classifier.*` of another shape (MNLI's 3 classes into a
 /// 2-class task) is left initialised. Returns the names left initialised. Any other missing or
-/// mis-shaped encoder tensor is an error.
+/// mis-shaped encoder tensor is an error. (ModernBERT's MLM decoder bias, a parameter of the
+/// encoder type the classifier does not use, may be absent: a fine-tuned model has none.)
 pub fn bind(p: &ParamStore, source: &Pretrained) -> Result<Vec<String>> {
-    p.load_by_name(
+    let mut fresh = p.load_by_name(
         &source.tensors,
         &source.source.display().to_string(),
         |name, why| match why {
@@ -146,9 +183,12 @@ pub fn bind(p: &ParamStore, source: &Pretrained) -> Result<Vec<String>> {
                 name.starts_with("classifier.")
                     || name.starts_with("bert.pooler.")
                     || name.starts_with("cls.")
+                    || name.starts_with("decoder.")
             }
         },
-    )
+    )?;
+    fresh.retain(|name| !name.starts_with("decoder."));
+    Ok(fresh)
 }
 
 /// A classifier and its parameter store, fresh parameters drawn from `seed` (bind weights after).

@@ -157,7 +157,12 @@ fn pairs_are_encoded_with_types_and_longest_first_truncation() {
 }
 
 fn tiny_pretrained(vocab: usize, seed: u64) -> Pretrained {
-    let config = BertConfig {
+    tiny_pretrained_of(model::Arch::Bert, vocab, seed)
+}
+
+/// A tiny freshly initialised model of `arch` (ModernBERT: 3 layers, so one is local).
+fn tiny_pretrained_of(arch: model::Arch, vocab: usize, seed: u64) -> Pretrained {
+    let mut config = BertConfig {
         arch: model::bert_config::Arch::Bert,
         modern: Default::default(),
         vocab_size: vocab,
@@ -172,6 +177,17 @@ fn tiny_pretrained(vocab: usize, seed: u64) -> Pretrained {
         pre_ln: false,
         initializer_range: 0.02,
     };
+    if arch == model::Arch::ModernBert {
+        let mut modern = BertConfig::from_arch_preset(arch, "tiny", vocab).unwrap();
+        (
+            modern.hidden_size,
+            modern.num_hidden_layers,
+            modern.num_attention_heads,
+        ) = (32, 3, 2);
+        modern.intermediate_size = 48;
+        modern.max_position_embeddings = 64;
+        config = modern;
+    }
     Pretrained::initialised(
         config,
         shared::tokenizer::LoadedTokenizer::load(None).unwrap(),
@@ -209,9 +225,18 @@ fn write_easy_task(dir: &Path) {
 
 #[test]
 fn fine_tuning_beats_the_majority_class_on_an_easy_task() {
+    fine_tuning_beats_the_majority_class(model::Arch::Bert);
+}
+
+#[test]
+fn modernbert_fine_tuning_beats_the_majority_class_on_an_easy_task() {
+    fine_tuning_beats_the_majority_class(model::Arch::ModernBert);
+}
+
+fn fine_tuning_beats_the_majority_class(arch: model::Arch) {
     let dir = tempfile::tempdir().unwrap();
     write_easy_task(dir.path());
-    let pre = tiny_pretrained(30522, 1);
+    let pre = tiny_pretrained_of(arch, 30522, 1);
     let opts = FinetuneOptions {
         seeds: 1,
         seed: 0,
@@ -243,7 +268,8 @@ fn fine_tuning_beats_the_majority_class_on_an_easy_task() {
     let acc = trained.result.metrics["accuracy"];
     assert!(
         acc >= majority + 0.15,
-        "accuracy {acc:.3} vs majority {majority:.3}"
+        "{}: accuracy {acc:.3} vs majority {majority:.3}",
+        arch.name()
     );
     // The same seed gives the same model (seeded head, order and dropout).
     let again = train_seed(&pre, &data, hyper, &opts, 0, &Device::Cpu, &bar).unwrap();
@@ -294,6 +320,104 @@ fn binding_loads_the_encoder_and_refuses_misshaped_tensors() {
     );
     let err = bind(&p, &bad).unwrap_err().to_string();
     assert!(err.contains(name) && err.contains("[3, 3]"), "{err}");
+}
+
+/// ModernBERT: everything but `classifier.*` comes from the pretrained model, the prediction
+/// head (`head.dense`, `head.norm`) included, as `ModernBertForSequenceClassification
+/// .from_pretrained` loads it; the classifier's logits follow from the [CLS] state through that
+/// head, computed here by hand from the bound tensors.
+#[test]
+fn modernbert_binding_loads_encoder_and_head_and_pools_cls() {
+    let pre = tiny_pretrained_of(model::Arch::ModernBert, 30522, 7);
+    let (p, classifier) = build(pre.config, 3, &Device::Cpu, 0).unwrap();
+    let mut fresh = bind(&p, &pre).unwrap();
+    fresh.sort();
+    assert_eq!(fresh, vec!["classifier.bias", "classifier.weight"]);
+    let var = |n: &str| {
+        p.named_vars()
+            .into_iter()
+            .find(|(name, _)| name == n)
+            .unwrap_or_else(|| panic!("{n}"))
+            .1
+            .as_tensor()
+            .clone()
+    };
+    for name in [
+        "head.dense.weight",
+        "head.norm.weight",
+        "model.layers.2.mlp.Wo.weight",
+    ] {
+        assert_eq!(
+            var(name).to_vec2::<f32>().ok(),
+            pre.tensors[name].to_vec2::<f32>().ok(),
+            "{name}"
+        );
+    }
+    // The classifier's weight: truncated normal with σ = 32^-1/2, cut at 2σ (transformers').
+    let w = var("classifier.weight")
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let bound = 2.0 * 32f32.powf(-0.5);
+    assert!(w.iter().all(|x| x.abs() <= bound + 1e-6), "{w:?}");
+    assert!(w.iter().any(|x| x.abs() > 0.5 * bound), "{w:?}");
+
+    let tok = shared::tokenizer::LoadedTokenizer::load(None).unwrap();
+    let enc = encode_all(&tok.tokenizer, &[("a fine film", Some("it was great"))], 32).unwrap();
+    let batch = evaluation::classifier::PairBatch::new(&[&enc[0]], 0, &Device::Cpu).unwrap();
+    let logits = classifier
+        .forward(&batch, &mut None)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    // By hand: [CLS]'s final state → dense → exact GELU → norm (no bias) → classifier.
+    let encoder = model::Encoder::new(pre.config, &p).unwrap();
+    let hidden = encoder
+        .encode(&batch.input_ids, &batch.attention_mask, &mut None)
+        .unwrap();
+    let cls: Vec<f32> = hidden.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
+    let dense = var("head.dense.weight").to_vec2::<f32>().unwrap();
+    let gelu = |x: f32| 0.5 * x as f64 * (1.0 + series_erf(x as f64 / 2f64.sqrt()));
+    let t: Vec<f64> = dense
+        .iter()
+        .map(|row| gelu(row.iter().zip(&cls).map(|(w, x)| w * x).sum()))
+        .collect();
+    let mean = t.iter().sum::<f64>() / t.len() as f64;
+    let var_t = t.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / t.len() as f64;
+    let gamma = var("head.norm.weight").to_vec1::<f32>().unwrap();
+    let normed: Vec<f64> = t
+        .iter()
+        .zip(&gamma)
+        .map(|(x, g)| (x - mean) / (var_t + pre.config.layer_norm_eps).sqrt() * *g as f64)
+        .collect();
+    let cw = var("classifier.weight").to_vec2::<f32>().unwrap();
+    let cb = var("classifier.bias").to_vec1::<f32>().unwrap();
+    for (k, (row, b)) in cw.iter().zip(&cb).enumerate() {
+        let want = row
+            .iter()
+            .zip(&normed)
+            .map(|(w, x)| *w as f64 * x)
+            .sum::<f64>()
+            + *b as f64;
+        assert!(
+            (logits[0][k] as f64 - want).abs() < 1e-4,
+            "class {k}: {} vs {want}",
+            logits[0][k]
+        );
+    }
+}
+
+/// erf from its Maclaurin series (an independent reference for the exact GELU; to ~1e-12 for
+/// |x| < 3, far beyond what the small pre-activations of a tiny model need).
+fn series_erf(x: f64) -> f64 {
+    let mut sum = 0.0;
+    let mut term = x;
+    for n in 0..60 {
+        sum += term / (2 * n + 1) as f64;
+        term *= -x * x / (n + 1) as f64;
+    }
+    sum * 2.0 / std::f64::consts::PI.sqrt()
 }
 
 /// Log-probability of `ids[pos]` with that position masked, from one unbatched, unpadded forward

@@ -213,6 +213,28 @@ impl BertConfig {
         hf
     }
 
+    /// transformers' `config.json` for this architecture's model class `Bert{task}` or
+    /// `ModernBert{task}` (`task` e.g. `ForMaskedLM`, `ForSequenceClassification`); `specials`
+    /// are the tokenizer's (pad, cls, sep, mask) ids; `extra` keys win on a clash.
+    pub fn hf_config_for(
+        &self,
+        task: &str,
+        specials: [u32; 4],
+        extra: serde_json::Value,
+    ) -> serde_json::Value {
+        match self.arch {
+            Arch::Bert => self.hf_config_json(&format!("Bert{task}"), specials[0], extra),
+            Arch::ModernBert => {
+                let mut hf = self.modernbert_config_json(specials);
+                hf["architectures"] = serde_json::json!([format!("ModernBert{task}")]);
+                if let (Some(map), serde_json::Value::Object(extra)) = (hf.as_object_mut(), extra) {
+                    map.extend(extra);
+                }
+                hf
+            }
+        }
+    }
+
     /// transformers' `config.json` for `ModernBertForMaskedLM` with these sizes; `specials` are
     /// the tokenizer's (pad, cls, sep, mask) ids.
     pub fn modernbert_config_json(&self, specials: [u32; 4]) -> serde_json::Value {

@@ -15,8 +15,19 @@ pub struct Linear {
 impl Linear {
     /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
     pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
+        Self::with_init(p, name, inp, out, Init::Normal(std))
+    }
+
+    /// `name.weight` `[out, inp]` drawn by `init` and `name.bias` zeros, from `p`.
+    pub fn with_init(
+        p: &ParamStore,
+        name: &str,
+        inp: usize,
+        out: usize,
+        init: Init,
+    ) -> Result<Self> {
         Ok(Linear {
-            weight: p.get(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?,
+            weight: p.get(&format!("{name}.weight"), &[out, inp], init)?,
             bias: Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?),
             compute: p.compute_dtype(),
         })

@@ -217,13 +217,18 @@ impl ModernBert {
         self.final_norm.forward(&x)
     }
 
+    /// The prediction head `head.dense` → GELU → `head.norm` on `[N, H]`: the MLM head's
+    /// transform, which transformers' `ModernBertForSequenceClassification` also applies to its
+    /// pooled output (loading it from the pretrained model).
+    pub fn prediction_head(&self, x: &Tensor) -> Result<Tensor> {
+        self.head_norm.forward(&gelu(&self.head_dense.forward(x)?)?)
+    }
+
     /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
     pub fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
         let (b, l, h) = hidden.dims3()?;
         let picked = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
-        let t = self
-            .head_norm
-            .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
+        let t = self.prediction_head(&picked)?;
         let logits = matmul_in(&t, &self.tok_embeddings.t()?, self.compute)?;
         add_bias(&logits, &self.decoder_bias)
     }

@@ -164,16 +164,8 @@ impl SweepConfig {
         }
         let text_of = |key: &str| cfg.train.get(key).and_then(|v| v.as_str());
         if let Some(arch) = text_of("arch") {
-            let arch = model::Arch::parse(arch)
+            model::Arch::parse(arch)
                 .map_err(|e| anyhow::anyhow!("{}: [train] arch: {e}", path.display()))?;
-            if arch != model::Arch::Bert && cfg.glue.is_some() {
-                bail!(
-                    "{}: [glue] fine-tunes BERT models only; with [train] arch = \"{}\" leave \
-                     [glue] out (export the runs and fine-tune them with transformers)",
-                    path.display(),
-                    arch.name()
-                );
-            }
         }
         if let Some(layout) = text_of("layout") {
             layout

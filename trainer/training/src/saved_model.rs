@@ -101,12 +101,13 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
             .map(|v| v as usize)
             .with_context(|| format!("{}: missing integer {k:?}", cfg_path.display()))
     };
-    if hf["model_type"].as_str().is_some_and(|t| t != "bert") {
-        bail!(
-            "{}: model_type {} is not bert",
-            cfg_path.display(),
-            hf["model_type"]
-        );
+    match hf["model_type"].as_str() {
+        None | Some("bert") => {}
+        Some("modernbert") => return from_hf_modernbert(dir, &hf, tokenizer),
+        Some(other) => bail!(
+            "{}: model_type {other:?} is neither bert nor modernbert",
+            cfg_path.display()
+        ),
     }
     let config = BertConfig {
         arch: model::bert_config::Arch::Bert,
@@ -134,6 +135,113 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
                 .iter()
                 .any(|p| k.starts_with(p));
             (if bare { format!("bert.{k}") } else { k }, v)
+        })
+        .collect();
+    Ok(Pretrained {
+        config,
+        tensors,
+        tokenizer: load_tokenizer(&[dir.to_path_buf()], tokenizer)?,
+        source: dir.to_path_buf(),
+        task: hf["maskrate_task"].as_str().map(str::to_string),
+    })
+}
+
+/// A transformers ModernBERT directory (`ModernBertForMaskedLM`, `…ForSequenceClassification` or
+/// a bare `ModernBertModel`), as `trainer export` writes it.
+fn from_hf_modernbert(
+    dir: &Path,
+    hf: &serde_json::Value,
+    tokenizer: Option<&Path>,
+) -> Result<Pretrained> {
+    let cfg_path = dir.join("config.json");
+    let int = |k: &str| -> Result<usize> {
+        hf[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .with_context(|| format!("{}: missing integer {k:?}", cfg_path.display()))
+    };
+    let float = |k: &str, default: f64| hf[k].as_f64().unwrap_or(default);
+    let defaults = model::bert_config::ModernSettings::default();
+    // transformers 5 writes rope_parameters per layer type; earlier versions two thetas.
+    let theta = |layer_type: &str, old_key: &str, default: f64| {
+        hf["rope_parameters"][layer_type]["rope_theta"]
+            .as_f64()
+            .or_else(|| hf[old_key].as_f64())
+            .unwrap_or(default)
+    };
+    let modern = model::bert_config::ModernSettings {
+        global_every: hf["global_attn_every_n_layers"]
+            .as_u64()
+            .map_or(defaults.global_every, |v| v as usize),
+        local_window: hf["local_attention"]
+            .as_u64()
+            .map_or(defaults.local_window, |v| v as usize),
+        global_rope_theta: theta(
+            "full_attention",
+            "global_rope_theta",
+            defaults.global_rope_theta,
+        ),
+        local_rope_theta: theta(
+            "sliding_attention",
+            "local_rope_theta",
+            defaults.local_rope_theta,
+        ),
+        init_cutoff: float("initializer_cutoff_factor", defaults.init_cutoff),
+    };
+    let layers = int("num_hidden_layers")?;
+    if let Some(types) = hf["layer_types"].as_array() {
+        for (i, t) in types.iter().enumerate() {
+            let global = t.as_str() == Some("full_attention");
+            if global != modern.is_global(i) {
+                bail!(
+                    "{}: layer_types[{i}] = {t} does not follow global_attn_every_n_layers = {} \
+                     (every {}th layer global, the others sliding), the only pattern maskrate runs",
+                    cfg_path.display(),
+                    modern.global_every,
+                    modern.global_every
+                );
+            }
+        }
+    }
+    for (key, want) in [
+        ("attention_bias", false),
+        ("mlp_bias", false),
+        ("norm_bias", false),
+    ] {
+        if hf[key].as_bool().is_some_and(|v| v != want) {
+            bail!(
+                "{}: {key} = {} is not supported (maskrate's ModernBERT has none)",
+                cfg_path.display(),
+                hf[key]
+            );
+        }
+    }
+    let config = BertConfig {
+        arch: model::Arch::ModernBert,
+        modern,
+        vocab_size: int("vocab_size")?,
+        hidden_size: int("hidden_size")?,
+        num_hidden_layers: layers,
+        num_attention_heads: int("num_attention_heads")?,
+        intermediate_size: int("intermediate_size")?,
+        max_position_embeddings: int("max_position_embeddings")?,
+        type_vocab_size: 0,
+        layer_norm_eps: float("norm_eps", 1e-5),
+        dropout: float("embedding_dropout", 0.0),
+        pre_ln: false,
+        initializer_range: float("initializer_range", 0.02),
+    };
+    let weights = dir.join("model.safetensors");
+    let raw = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .with_context(|| format!("reading {}", weights.display()))?;
+    // A bare ModernBertModel names the encoder without the `model.` prefix.
+    let tensors = raw
+        .into_iter()
+        .map(|(k, v)| {
+            let bare = ["embeddings.", "layers.", "final_norm."]
+                .iter()
+                .any(|p| k.starts_with(p));
+            (if bare { format!("model.{k}") } else { k }, v)
         })
         .collect();
     Ok(Pretrained {

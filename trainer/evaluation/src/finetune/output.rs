@@ -11,20 +11,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use training::saved_model::Pretrained;
 
-/// Writes a fine-tuned model in HuggingFace `BertForSequenceClassification` layout (loadable by
-/// `transformers` and by `--init-from`).
+/// Writes a fine-tuned model in transformers' `BertForSequenceClassification` or
+/// `ModernBertForSequenceClassification` layout (loadable by `transformers` and by `--init-from`),
+/// without the pretraining MLM head's own tensors (BERT's `cls.*`, ModernBERT's `decoder.*`).
 pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path) -> Result<()> {
     let tensors: std::collections::HashMap<String, Tensor> = trained
         .params
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("cls."))
+        .filter(|(n, _)| !n.starts_with("cls.") && !n.starts_with("decoder."))
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
     let labels = task.labels();
-    let hf = start.config.hf_config_json(
-        "BertForSequenceClassification",
-        start.tokenizer.info.pad_id,
+    let info = &start.tokenizer.info;
+    let mut hf = start.config.hf_config_for(
+        "ForSequenceClassification",
+        [info.pad_id, info.cls_id, info.sep_id, info.mask_id],
         serde_json::json!({
             "num_labels": task.num_outputs(),
             "problem_type": if task.is_regression() { "regression" } else { "single_label_classification" },
@@ -32,8 +34,36 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
             "maskrate_task": task.dir_name(),
         }),
     );
+    if start.config.arch == model::Arch::ModernBert {
+        // How this classifier pools and drops out (transformers' defaults, said explicitly).
+        hf["classifier_pooling"] = "cls".into();
+        hf["classifier_dropout"] = 0.0.into();
+    }
+    // The model's logits on a fixed input, for scripts/compare_hf.py (as `trainer export`).
+    let ids = training::export::check_input_ids(&start.config);
+    let check_item = Encoded {
+        types: vec![0; ids.len()],
+        ids,
+    };
+    let device = tensors
+        .values()
+        .next()
+        .map(|t| t.device().clone())
+        .unwrap_or(Device::Cpu);
+    let batch = crate::classifier::PairBatch::new(&[&check_item], info.pad_id, &device)?;
+    let check = std::collections::HashMap::from([
+        (
+            "input_ids".to_string(),
+            batch.input_ids.to_dtype(candle_core::DType::I64)?,
+        ),
+        (
+            "logits".to_string(),
+            trained.model.forward(&batch, &mut None)?.squeeze(0)?,
+        ),
+    ]);
     shared::atomic::write_dir(dir, |tmp| -> Result<()> {
         candle_core::safetensors::save(&tensors, tmp.join("model.safetensors"))?;
+        candle_core::safetensors::save(&check, tmp.join("maskrate_check.safetensors"))?;
         std::fs::write(tmp.join("config.json"), serde_json::to_vec_pretty(&hf)?)?;
         std::fs::write(
             tmp.join(shared::tokenizer::TOKENIZER_FILE),

@@ -61,13 +61,13 @@ pub struct Trained {
     pub result: SeedResult,
 }
 
-/// AdamW (betas 0.9/0.98, eps 1e-6) over the encoder and the new head; the MLM head (`cls.`)
-/// is not trained.
+/// AdamW (betas 0.9/0.98, eps 1e-6) over the encoder and the new head; the MLM head's own
+/// tensors (BERT's `cls.`, ModernBERT's `decoder.`) are not trained.
 fn train_step_for(params: &ParamStore, hyper: Hyper, opts: &FinetuneOptions) -> Result<TrainStep> {
     let vars: Vec<_> = params
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("cls."))
+        .filter(|(n, _)| !n.starts_with("cls.") && !n.starts_with("decoder."))
         .collect();
     let opt = AdamW::new(
         vars,
