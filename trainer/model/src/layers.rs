@@ -26,11 +26,9 @@ impl Linear {
         out: usize,
         init: Init,
     ) -> Result<Self> {
-        Ok(Linear {
-            weight: p.get(&format!("{name}.weight"), &[out, inp], init)?,
-            bias: Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?),
-            compute: p.compute_dtype(),
-        })
+        let mut layer = Self::without_bias(p, name, inp, out, init)?;
+        layer.bias = Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?);
+        Ok(layer)
     }
 
     /// `name.weight` `[out, inp]` drawn by `init`, no bias (`nn.Linear(bias=False)`).

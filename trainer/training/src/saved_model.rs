@@ -124,17 +124,29 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
         pre_ln: false,
         initializer_range: hf["initializer_range"].as_f64().unwrap_or(0.02),
     };
+    // BertModel checkpoints name the encoder without the `bert.` prefix.
+    let bare = ["embeddings.", "encoder.", "pooler."];
+    hf_pretrained(dir, &hf, config, ("bert.", &bare), tokenizer)
+}
+
+/// The `model.safetensors` of HuggingFace directory `dir` with `config`: tensors named
+/// `bare.0`'s prefix-less names (a bare encoder's, starting with one of `bare.1`) get the prefix.
+fn hf_pretrained(
+    dir: &Path,
+    hf: &serde_json::Value,
+    config: BertConfig,
+    bare: (&str, &[&str]),
+    tokenizer: Option<&Path>,
+) -> Result<Pretrained> {
     let weights = dir.join("model.safetensors");
     let raw = candle_core::safetensors::load(&weights, &Device::Cpu)
         .with_context(|| format!("reading {}", weights.display()))?;
-    // BertModel checkpoints name the encoder without the `bert.` prefix.
+    let (prefix, starts) = bare;
     let tensors = raw
         .into_iter()
-        .map(|(k, v)| {
-            let bare = ["embeddings.", "encoder.", "pooler."]
-                .iter()
-                .any(|p| k.starts_with(p));
-            (if bare { format!("bert.{k}") } else { k }, v)
+        .map(|(k, v)| match starts.iter().any(|p| k.starts_with(p)) {
+            true => (format!("{prefix}{k}"), v),
+            false => (k, v),
         })
         .collect();
     Ok(Pretrained {
@@ -231,26 +243,9 @@ fn from_hf_modernbert(
         pre_ln: false,
         initializer_range: float("initializer_range", 0.02),
     };
-    let weights = dir.join("model.safetensors");
-    let raw = candle_core::safetensors::load(&weights, &Device::Cpu)
-        .with_context(|| format!("reading {}", weights.display()))?;
     // A bare ModernBertModel names the encoder without the `model.` prefix.
-    let tensors = raw
-        .into_iter()
-        .map(|(k, v)| {
-            let bare = ["embeddings.", "layers.", "final_norm."]
-                .iter()
-                .any(|p| k.starts_with(p));
-            (if bare { format!("model.{k}") } else { k }, v)
-        })
-        .collect();
-    Ok(Pretrained {
-        config,
-        tensors,
-        tokenizer: load_tokenizer(&[dir.to_path_buf()], tokenizer)?,
-        source: dir.to_path_buf(),
-        task: hf["maskrate_task"].as_str().map(str::to_string),
-    })
+    let bare = ["embeddings.", "layers.", "final_norm."];
+    hf_pretrained(dir, hf, config, ("model.", &bare), tokenizer)
 }
 
 /// Loads `path`: a run directory, a checkpoint directory or a HuggingFace-format directory.
