@@ -143,7 +143,7 @@ fn describe_stream(args: &InspectBatchArgs, data: &Data) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "shards {} ({} documents, {} sequences of {} tokens, {:?} layout)",
+        "shards {} ({} documents, {} sequences of {} tokens, {} layout)",
         data.describe_dirs(),
         data.sources.iter().map(|(_, set)| set.len()).sum::<u64>(),
         (0..s.mixture().map_or(1, |m| m.names().len()))
