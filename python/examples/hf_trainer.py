@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-device-batch", type=int, default=16, help="micro-batch per process")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--dropout", type=float,
+                   help="default: 0.1 for bert, 0 for modernbert (each one's published configurations, "
+                        "as the trainer's --dropout)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-sequences", type=int, default=64)
     p.add_argument("--save-every", type=int, default=100)
@@ -86,6 +88,7 @@ def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
     layers, hidden, heads = SIZES[args.model]
     vocab_size, pad_id = tok["vocab_size"], tok["pad_id"]
     torch.manual_seed(args.seed)
+    dropout = args.dropout if args.dropout is not None else (0.0 if args.arch == "modernbert" else 0.1)
     if args.arch == "modernbert":
         return ModernBertForMaskedLM(ModernBertConfig(
             vocab_size=vocab_size,
@@ -93,9 +96,9 @@ def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
             num_hidden_layers=layers,
             num_attention_heads=heads,
             intermediate_size=hidden * 3 // 2,
-            embedding_dropout=args.dropout,
-            attention_dropout=args.dropout,
-            mlp_dropout=args.dropout,
+            embedding_dropout=dropout,
+            attention_dropout=dropout,
+            mlp_dropout=dropout,
             pad_token_id=pad_id,
             cls_token_id=tok["cls_id"],
             sep_token_id=tok["sep_id"],
@@ -109,8 +112,8 @@ def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
         num_attention_heads=heads,
         intermediate_size=4 * hidden,
         max_position_embeddings=max(512, args.seq_len),
-        hidden_dropout_prob=args.dropout,
-        attention_probs_dropout_prob=args.dropout,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         pad_token_id=pad_id,
     )
     return BertForMaskedLM(config)

@@ -43,9 +43,10 @@ pub struct TrainArgs {
     /// Pre-LN encoder layers instead of BERT's post-LN.
     #[arg(long)]
     pub pre_ln: bool,
-    /// Dropout probability.
-    #[arg(long, default_value_t = 0.1)]
-    pub dropout: f64,
+    /// Dropout probability (embeddings, attention, feed-forward) [default: 0.1 for bert, 0 for
+    /// modernbert, as each architecture's published configurations].
+    #[arg(long)]
+    pub dropout: Option<f64>,
     /// Sequences per forward/backward pass (per rank in a data-parallel job).
     #[arg(long, default_value_t = 32)]
     pub micro_batch: usize,
@@ -143,7 +144,7 @@ impl TrainArgs {
         if self.arch == model::Arch::Bert {
             c.pre_ln = self.pre_ln;
         }
-        c.dropout = self.dropout;
+        c.dropout = self.dropout();
         if c.hidden_size % c.num_attention_heads != 0 {
             bail!(
                 "hidden size {} is not a multiple of {} heads",
@@ -174,6 +175,11 @@ impl TrainArgs {
         Ok(c)
     }
 
+    /// The dropout probability: `--dropout`, or the architecture's default.
+    pub fn dropout(&self) -> f64 {
+        self.dropout.unwrap_or(default_dropout(self.arch))
+    }
+
     /// The learning-rate schedule.
     pub fn lr_schedule(&self) -> LrSchedule {
         let steps = self.steps();
@@ -194,6 +200,14 @@ impl TrainArgs {
     /// Sequences per optimizer step over all ranks (`--batch-size`).
     pub fn batch_size(&self) -> usize {
         self.data.config.batch_size
+    }
+}
+
+/// Dropout when `--dropout` is not given: BERT's 0.1, ModernBERT's 0.
+pub fn default_dropout(arch: model::Arch) -> f64 {
+    match arch {
+        model::Arch::Bert => 0.1,
+        model::Arch::ModernBert => 0.0,
     }
 }
 

@@ -175,7 +175,7 @@ impl TrainArgs {
             heads,
             intermediate,
             pre_ln,
-            dropout,
+            dropout: dropout.unwrap_or(super::args::default_dropout(arch)),
             steps,
             batch_size,
             micro_batch,
@@ -572,5 +572,31 @@ mod tests {
             .identity()
             .differences(&saved);
         assert_eq!(diff, ["dropout: 0.1 -> 0.0"]);
+    }
+
+    #[test]
+    fn dropout_defaults_to_the_architectures_and_the_identity_holds_the_effective_value() {
+        let bert = sample_run(&[]);
+        let modern = sample_run(&["--arch", "modernbert"]);
+        assert_eq!((bert.dropout(), modern.dropout()), (0.1, 0.0));
+        assert_eq!(modern.model_config(30522).unwrap().dropout, 0.0);
+        assert_eq!(
+            sample_run(&["--arch", "modernbert", "--dropout", "0.1"])
+                .model_config(30522)
+                .unwrap()
+                .dropout,
+            0.1
+        );
+        // An explicit --dropout equal to the default is the same run.
+        let saved = serde_json::to_value(bert.identity()).unwrap();
+        assert!(sample_run(&["--dropout", "0.1"])
+            .identity()
+            .differences(&saved)
+            .is_empty());
+        let saved = serde_json::to_value(modern.identity()).unwrap();
+        assert!(sample_run(&["--arch", "modernbert", "--dropout", "0"])
+            .identity()
+            .differences(&saved)
+            .is_empty());
     }
 }
