@@ -167,6 +167,12 @@ impl Classifier {
     }
 }
 
+/// Whether parameter `name` belongs to the pretraining MLM head alone (BERT's `cls.*`,
+/// ModernBERT's `decoder.*`), which a classifier neither uses nor trains nor saves.
+pub fn mlm_head_only(name: &str) -> bool {
+    name.starts_with("cls.") || name.starts_with("decoder.")
+}
+
 /// Copies `source`'s tensors into the parameters of `p` with the same name. The MLM head of a
 /// pretraining checkpoint is ignored; a pretraining checkpoint has no pooler (it stays freshly
 /// initialised, as in `transformers`); a `classifier.*` of another shape (MNLI's 3 classes into a
@@ -182,8 +188,7 @@ pub fn bind(p: &ParamStore, source: &Pretrained) -> Result<Vec<String>> {
             Unmatched::Missing => {
                 name.starts_with("classifier.")
                     || name.starts_with("bert.pooler.")
-                    || name.starts_with("cls.")
-                    || name.starts_with("decoder.")
+                    || mlm_head_only(name)
             }
         },
     )?;

@@ -30,6 +30,14 @@ impl Arch {
         }
     }
 
+    /// Dropout of the architecture's published configurations: BERT's 0.1, ModernBERT's 0.
+    pub fn default_dropout(self) -> f64 {
+        match self {
+            Arch::Bert => 0.1,
+            Arch::ModernBert => 0.0,
+        }
+    }
+
     /// The name `--arch` takes.
     pub fn name(self) -> &'static str {
         match self {
@@ -154,7 +162,7 @@ impl BertConfig {
                     max_position_embeddings: 8192,
                     type_vocab_size: 0,
                     layer_norm_eps: 1e-5,
-                    dropout: 0.0,
+                    dropout: arch.default_dropout(),
                     pre_ln: true,
                     initializer_range: 0.02,
                 })
@@ -176,7 +184,7 @@ impl BertConfig {
             max_position_embeddings: 512,
             type_vocab_size: 2,
             layer_norm_eps: 1e-12,
-            dropout: 0.1,
+            dropout: Arch::Bert.default_dropout(),
             pre_ln: false,
             initializer_range: 0.02,
         })

@@ -113,6 +113,11 @@ impl ParamStore {
         self.compute_dtype
     }
 
+    /// The device the parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The parameter `name`, created with `init` if absent.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let mut data = self.varmap.data().lock().expect("param lock");

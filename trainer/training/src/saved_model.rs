@@ -95,12 +95,7 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
         &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
-    let get = |k: &str| -> Result<usize> {
-        hf[k]
-            .as_u64()
-            .map(|v| v as usize)
-            .with_context(|| format!("{}: missing integer {k:?}", cfg_path.display()))
-    };
+    let get = |k: &str| config_int(&hf, &cfg_path, k);
     match hf["model_type"].as_str() {
         None | Some("bert") => {}
         Some("modernbert") => return from_hf_modernbert(dir, &hf, tokenizer),
@@ -158,6 +153,15 @@ fn hf_pretrained(
     })
 }
 
+/// Integer `key` of the `config.json` at `path`, read as `hf`; a missing one is an error naming
+/// both.
+fn config_int(hf: &serde_json::Value, path: &Path, key: &str) -> Result<usize> {
+    hf[key]
+        .as_u64()
+        .map(|v| v as usize)
+        .with_context(|| format!("{}: missing integer {key:?}", path.display()))
+}
+
 /// A transformers ModernBERT directory (`ModernBertForMaskedLM`, `…ForSequenceClassification` or
 /// a bare `ModernBertModel`), as `trainer export` writes it.
 fn from_hf_modernbert(
@@ -166,12 +170,7 @@ fn from_hf_modernbert(
     tokenizer: Option<&Path>,
 ) -> Result<Pretrained> {
     let cfg_path = dir.join("config.json");
-    let int = |k: &str| -> Result<usize> {
-        hf[k]
-            .as_u64()
-            .map(|v| v as usize)
-            .with_context(|| format!("{}: missing integer {k:?}", cfg_path.display()))
-    };
+    let int = |k: &str| config_int(hf, &cfg_path, k);
     let float = |k: &str, default: f64| hf[k].as_f64().unwrap_or(default);
     let defaults = model::bert_config::ModernSettings::default();
     // transformers 5 writes rope_parameters per layer type; earlier versions two thetas.

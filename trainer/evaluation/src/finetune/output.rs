@@ -19,7 +19,7 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
         .params
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("cls.") && !n.starts_with("decoder."))
+        .filter(|(n, _)| !crate::classifier::mlm_head_only(n))
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
     let labels = task.labels();
@@ -45,12 +45,8 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
         types: vec![0; ids.len()],
         ids,
     };
-    let device = tensors
-        .values()
-        .next()
-        .map(|t| t.device().clone())
-        .unwrap_or(Device::Cpu);
-    let batch = crate::classifier::PairBatch::new(&[&check_item], info.pad_id, &device)?;
+    let batch =
+        crate::classifier::PairBatch::new(&[&check_item], info.pad_id, trained.params.device())?;
     let check = std::collections::HashMap::from([
         (
             "input_ids".to_string(),

@@ -67,7 +67,7 @@ fn train_step_for(params: &ParamStore, hyper: Hyper, opts: &FinetuneOptions) -> 
     let vars: Vec<_> = params
         .named_vars()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("cls.") && !n.starts_with("decoder."))
+        .filter(|(n, _)| !crate::classifier::mlm_head_only(n))
         .collect();
     let opt = AdamW::new(
         vars,

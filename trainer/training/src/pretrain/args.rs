@@ -177,7 +177,7 @@ impl TrainArgs {
 
     /// The dropout probability: `--dropout`, or the architecture's default.
     pub fn dropout(&self) -> f64 {
-        self.dropout.unwrap_or(default_dropout(self.arch))
+        self.dropout.unwrap_or(self.arch.default_dropout())
     }
 
     /// The learning-rate schedule.
@@ -200,14 +200,6 @@ impl TrainArgs {
     /// Sequences per optimizer step over all ranks (`--batch-size`).
     pub fn batch_size(&self) -> usize {
         self.data.config.batch_size
-    }
-}
-
-/// Dropout when `--dropout` is not given: BERT's 0.1, ModernBERT's 0.
-pub fn default_dropout(arch: model::Arch) -> f64 {
-    match arch {
-        model::Arch::Bert => 0.1,
-        model::Arch::ModernBert => 0.0,
     }
 }
 

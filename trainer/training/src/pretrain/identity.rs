@@ -175,7 +175,7 @@ impl TrainArgs {
             heads,
             intermediate,
             pre_ln,
-            dropout: dropout.unwrap_or(super::args::default_dropout(arch)),
+            dropout: dropout.unwrap_or(arch.default_dropout()),
             steps,
             batch_size,
             micro_batch,
