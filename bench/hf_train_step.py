@@ -6,7 +6,7 @@ forward + backward + optimizer step, with the MLM head over all positions (HF's 
 at the 15% masked positions (ModernBERT: its own `sparse_prediction`). On a GPU (`--device cuda --bf16`, as scripts/gpu-check.sh runs it):
 bf16 autocast with transformers' default SDPA attention.
 
-    pip install torch transformers && python3 bench/hf_train_step.py --threads 2
+    pip install torch transformers maskrate-*.whl && python3 bench/hf_train_step.py --threads 2
     python3 bench/hf_train_step.py --threads 2 --arch modernbert
     python3 bench/hf_train_step.py --device cuda --bf16 --models base --rows 64 --json hf.json
 """
@@ -14,6 +14,7 @@ import argparse
 import resource
 import time
 
+import maskrate
 import torch
 from transformers import BertConfig, BertForMaskedLM, ModernBertConfig, ModernBertForMaskedLM
 
@@ -31,11 +32,14 @@ args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
 dev = torch.device(args.device)
-SIZES = {"mini": (4, 256, 4, 1024, 32), "base": (12, 768, 12, 3072, 8)}
-if args.arch == "modernbert":
-    # maskrate's ModernBERT presets: base = ModernBERT-base's shape, smaller ones GeGLU at 1.5x hidden
-    SIZES = {"mini": (4, 256, 4, 384, 32), "base": (22, 768, 12, 1152, 8)}
-SIZES = {k: v[:4] + (args.rows or v[4],) for k, v in SIZES.items() if k in args.models.split(",")}
+# maskrate's presets (the trainer's one table), micro-batch rows as the Rust bench's defaults.
+PRESETS = maskrate.model_presets()[args.arch]["presets"]
+DEFAULT_ROWS = {"mini": 32, "base": 8}
+SIZES = {
+    k: (s["num_hidden_layers"], s["hidden_size"], s["num_attention_heads"], s["intermediate_size"],
+        args.rows or DEFAULT_ROWS.get(k, 8))
+    for k, s in PRESETS.items() if k in args.models.split(",")
+}
 results = []
 print("| model | micro-batch | head | tokens/s | peak RSS MB (process so far) |")
 print("|---|---|---|---|---|")

@@ -25,6 +25,7 @@
 #   candle-cpu   tiny BERT, fp32, on the CPU (the reference curve)
 #   candle-cuda  the same on cuda:0 (loss curves within 2e-3), then bf16 (final loss within 2%)
 #   candle-base  BERT-base bf16, sequences of 128: tokens/s, MFU, peak GPU memory
+#   candle-modernbert  ModernBERT-base bf16, sequences of 128: tokens/s
 #   torch-route  transformers' BertForMaskedLM and ModernBertForMaskedLM (bf16, SDPA) fed by
 #                maskrate.torch.MaskedDataset through a DataLoader: tokens/s, MFU, data-wait share
 #   sweep        constant 0.15, constant 0.3, linear/cosine 0.3 -> 0.15, linear 0.15 -> 0.3 on BERT
@@ -191,7 +192,10 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
             --batch-size 64 --micro-batch 64 --steps 12 --eval-every 0 --eval-sequences 8 \
             --save-every 1000 --quiet --device cuda:0 --precision bf16 --out "$work/base"
         kill "$sampler" 2>/dev/null
-        skip candle-modernbert "the candle trainer has no ModernBERT yet (issue 29)"
+        step candle-modernbert 90 "$trainer" --shards "$shards" --arch modernbert --model base \
+            --seq-len 128 --layout pack --batch-size 64 --micro-batch 64 --steps 12 --eval-every 0 \
+            --eval-sequences 8 --save-every 1000 --quiet --device cuda:0 --precision bf16 \
+            --out "$work/modernbert"
         step torch-route 120 "$python" "$here/gpu_check.py" throughput --shards "$shards" \
             --size base --rows 256 --steps 30 --warmup 5 --workers 4 --json "$work/torch_route.json"
         local left=$((budget - (SECONDS - start) - 40))
@@ -206,7 +210,7 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
     else
         skip candle-cuda "--cpu-only"
         skip candle-base "--cpu-only"
-        skip candle-modernbert "the candle trainer has no ModernBERT yet (issue 29)"
+        skip candle-modernbert "--cpu-only"
         step torch-route 180 "$python" "$here/gpu_check.py" throughput --shards "$shards" --cpu-only \
             --size tiny --rows 8 --seq-len 64 --steps 3 --warmup 1 --workers 2 --json "$work/torch_route.json"
         step sweep 300 "$python" "$here/gpu_check.py" sweep --shards "$shards" --cpu-only --size tiny \

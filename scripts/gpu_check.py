@@ -30,10 +30,15 @@ import time
 SCHEDULES = ["constant:0.15", "constant:0.3", "linear:0.3:0.15", "cosine:0.3:0.15", "linear:0.15:0.3"]
 # Dense bf16 peaks (TFLOP/s) by GPU name, for MFU.
 PEAK_TFLOPS = {"H100": 989, "H200": 989, "GH200": 989, "A100": 312, "L40S": 362, "A10": 125, "B200": 2250}
-# Model shapes: (layers, hidden, heads, intermediate).
-BERT_SIZES = {"tiny": (2, 128, 2, 512), "mini": (4, 256, 4, 1024), "small": (4, 512, 8, 2048),
-              "base": (12, 768, 12, 3072)}
-MODERNBERT_SIZES = {"tiny": (3, 128, 2, 192), "mini": (3, 256, 4, 384), "base": (22, 768, 12, 1152)}
+
+
+def model_shape(arch: str, size: str) -> tuple[int, int, int, int]:
+    """(layers, hidden, heads, intermediate) of the trainer's preset `size` of `arch`: the one
+    table (`maskrate.model_presets()`, `trainer presets --json`), so both routes train one shape."""
+    import maskrate
+
+    s = maskrate.model_presets()[arch]["presets"][size]
+    return s["num_hidden_layers"], s["hidden_size"], s["num_attention_heads"], s["intermediate_size"]
 
 
 def log(*a):
@@ -56,12 +61,12 @@ def build_model(arch: str, size: str, vocab: int, seed: int):
 
     torch.manual_seed(seed)
     if arch == "bert":
-        layers, hidden, heads, inter = BERT_SIZES[size]
+        layers, hidden, heads, inter = model_shape(arch, size)
         cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                       num_attention_heads=heads, intermediate_size=inter,
                                       attn_implementation="sdpa")
         return transformers.BertForMaskedLM(cfg), layers, hidden
-    layers, hidden, heads, inter = MODERNBERT_SIZES[size]
+    layers, hidden, heads, inter = model_shape(arch, size)
     cfg = transformers.ModernBertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
                                         num_attention_heads=heads, intermediate_size=inter,
                                         pad_token_id=0, bos_token_id=101, eos_token_id=102,
@@ -110,21 +115,34 @@ def to_device(item, dev):
     return {k: v.to(dev, non_blocking=True) for k, v in item.items()}
 
 
-def train_loop(model, arch, loader, dev, steps, lr_at, bf16, deadline=None):
+def realised_rate(item, specials) -> tuple[int, int]:
+    """(masked, maskable) tokens of a batch as it reached the model: predicted positions, and the
+    real tokens that are not [CLS]/[SEP] (the ones the sampler may mask)."""
+    labels, ids, attn = item["labels"], item["input_ids"], item["attention_mask"]
+    masked = labels != -100
+    special = (ids == specials[0]) | (ids == specials[1])
+    return int(masked.sum()), int(((attn == 1) & (masked | ~special)).sum())
+
+
+def train_loop(model, arch, loader, dev, steps, lr_at, bf16, deadline=None, specials=None):
     """AdamW steps over the loader's items, stopping early past ``deadline`` (time.time());
-    returns (losses, per-step wall times, data waits)."""
+    returns (losses, per-step wall times, data waits), and with ``specials`` ([CLS] and [SEP]
+    ids) each step's realised (masked, maskable) counts as a fourth value."""
     import torch
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr_at(0), betas=(0.9, 0.98), eps=1e-6,
                             weight_decay=0.01, fused=dev.type == "cuda")
-    losses, step_times, waits = [], [], []
+    losses, step_times, waits, realised = [], [], [], []
     it = iter(loader)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     sync()
     t_prev = time.perf_counter()
     for step in range(steps):
         t0 = time.perf_counter()
-        item = to_device(next(it), dev)
+        item = next(it)
+        if specials is not None:
+            realised.append(realised_rate(item, specials))
+        item = to_device(item, dev)
         t1 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
@@ -142,7 +160,8 @@ def train_loop(model, arch, loader, dev, steps, lr_at, bf16, deadline=None):
         t_prev = t_now
         if deadline and time.time() > deadline:
             break
-    return [float(x) for x in losses], step_times, waits
+    losses = [float(x) for x in losses]
+    return (losses, step_times, waits) if specials is None else (losses, step_times, waits, realised)
 
 
 def cmd_throughput(a):
@@ -194,7 +213,9 @@ def cmd_run(a):
         return a.lr * (step + 1) / warm if step < warm else a.lr * max(0.0, (a.steps - step) / (a.steps - warm))
 
     t0 = time.perf_counter()
-    losses, times, waits = train_loop(model, a.arch, loader, dev, a.steps, lr_at, bf16, a.deadline)
+    specials = (shards.tokenizer["cls_id"], shards.tokenizer["sep_id"])
+    losses, times, waits, realised = train_loop(model, a.arch, loader, dev, a.steps, lr_at, bf16,
+                                                a.deadline, specials)
     train_s = time.perf_counter() - t0
     # Held-out loss at the common 15% rate: maskrate's held-out batches (fixed seed, constant 15%).
     batches = ds.batches()
@@ -213,6 +234,8 @@ def cmd_run(a):
               "held_out_loss": total / count, "held_out_tokens": count,
               "train_loss_first": losses[0], "train_loss_last10": statistics.fmean(losses[-10:]),
               "rates": [batches.rate(s) for s in (0, a.steps // 2, a.steps - 1)],
+              # What the model saw: (step, masked, maskable) at the first, middle and last step.
+              "realised_rates": [(s, *realised[s]) for s in sorted({0, (done - 1) // 2, done - 1})],
               "train_seconds": train_s, "tokens_per_sec": done * a.rows * a.seq_len / train_s,
               "data_wait_share": sum(waits) / sum(times)}
     json.dump(result, open(a.json, "w"), indent=1)
@@ -304,7 +327,8 @@ def candle_results(work, gpu):
             return None
         return [r for r in map(json.loads, open(path)) if r.get("kind") == "train"]
     cpu, cuda, bf16, base = metrics("cpu"), metrics("cuda"), metrics("bf16"), metrics("base")
-    if not any((cpu, cuda, bf16, base)):
+    modern = metrics("modernbert")
+    if not any((cpu, cuda, bf16, base, modern)):
         return None
     rows, result = [], {}
     if cpu:
@@ -336,6 +360,10 @@ def candle_results(work, gpu):
             rows.append((f"candle BERT-base MFU (peak {peak} TFLOP/s)", f"{100 * result['base_mfu']:.1f}%", ""))
         if mem:
             rows.append(("candle BERT-base peak GPU memory (nvidia-smi)", f"{max(mem)} MiB", ""))
+    if modern and len(modern) > 2:
+        tps = statistics.fmean(r["tokens_per_sec"] for r in modern[2:])
+        result["modernbert_base_tokens_per_sec"] = tps
+        rows.append(("candle ModernBERT-base bf16 tokens/s (64x128, pack)", f"{tps:.0f}", ""))
     result["rows"] = rows
     return result
 

@@ -43,8 +43,10 @@ pub enum Command {
     Inspect(InspectArgs),
 }
 
-/// Flags of a preprocessing run.
-#[derive(Debug, Args)]
+/// Flags of a preprocessing run. As settings (the Python keywords, [`RunArgs::with_settings`])
+/// the same names with underscores, values as the command line takes them.
+#[derive(Debug, Clone, PartialEq, Args, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunArgs {
     /// Input files or directories (walked recursively in sorted order).
     #[arg(required = true, value_name = "INPUT")]
@@ -68,6 +70,7 @@ pub struct RunArgs {
     pub max_tokens_per_doc: Option<usize>,
     /// Target size of each shard's .bin file (e.g. 256MiB, 1GB, 100000).
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    #[serde(deserialize_with = "shared::size::deserialize")]
     pub shard_size: u64,
     /// Tokenizer threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
@@ -77,9 +80,11 @@ pub struct RunArgs {
     pub skip_bad_records: bool,
     /// Longest record (JSON line or text) accepted.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    #[serde(deserialize_with = "shared::size::deserialize")]
     pub max_record_bytes: u64,
     /// Process only partition I of N of the (sorted) input files, e.g. 0/8.
     #[arg(long, value_name = "I/N", value_parser = parse_partition)]
+    #[serde(with = "partition_spec")]
     pub partition: Option<(usize, usize)>,
     /// Replace a different shard set (or unfinished run) found in --out.
     #[arg(long)]
@@ -87,6 +92,107 @@ pub struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl RunArgs {
+    /// `preprocess INPUTS --out OUT` with `settings` merged on the command line's defaults and
+    /// checked by the same deserializer (the Python keywords): keys are the flags' names with
+    /// underscores (`progress`, the opposite of `quiet`, too); an unknown key is refused naming
+    /// the known ones, a bad value naming its key.
+    pub fn with_settings(
+        inputs: Vec<PathBuf>,
+        out: PathBuf,
+        mut settings: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<RunArgs> {
+        let usage = |msg: String| Error::Usage(msg);
+        let defaults = Cli::try_parse_from(["preprocess", "INPUT", "--out", "OUT"])
+            .map_err(|e| usage(e.to_string()))?
+            .run;
+        let mut merged = match serde_json::to_value(RunArgs {
+            inputs,
+            out: Some(out),
+            ..defaults
+        }) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("a struct of plain fields serializes as an object"),
+        };
+        if let Some(progress) = settings.remove("progress") {
+            let quiet = progress.as_bool().map(|p| !p);
+            settings.insert("quiet".into(), quiet.map_or(progress, Into::into));
+        }
+        let known: Vec<String> = merged
+            .keys()
+            .filter(|k| !["inputs", "out", "quiet"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for (key, value) in settings.into_iter().filter(|(_, v)| !v.is_null()) {
+            if !merged.contains_key(&key) || key == "inputs" || key == "out" {
+                return Err(usage(format!(
+                    "unknown preprocess setting {key:?} (known: {}, progress)",
+                    known.join(", ")
+                )));
+            }
+            let mut alone = merged.clone();
+            alone.insert(key.clone(), value.clone());
+            serde_json::from_value::<RunArgs>(alone.into())
+                .map_err(|e| usage(format!("preprocess setting {key:?}: {e}")))?;
+            merged.insert(key, value);
+        }
+        serde_json::from_value(merged.into()).map_err(|e| usage(e.to_string()))
+    }
+
+    /// Every setting's default (`inputs` and `out` excepted), in setting form.
+    pub fn default_settings() -> serde_json::Map<String, serde_json::Value> {
+        let defaults = Cli::try_parse_from(["preprocess", "INPUT", "--out", "OUT"])
+            .expect("the defaults parse")
+            .run;
+        let mut map = match serde_json::to_value(defaults) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => unreachable!("a struct of plain fields serializes as an object"),
+        };
+        map.remove("inputs");
+        map.remove("out");
+        let quiet = map
+            .remove("quiet")
+            .and_then(|q| q.as_bool())
+            .unwrap_or(false);
+        map.insert("progress".into(), (!quiet).into());
+        map
+    }
+}
+
+/// `--partition` in settings: `"I/N"` or `[I, N]`, written back as `"I/N"`.
+mod partition_spec {
+    use serde::Deserialize;
+
+    pub fn serialize<S: serde::Serializer>(
+        p: &Option<(usize, usize)>,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        match p {
+            Some((i, n)) => ser.collect_str(&format_args!("{i}/{n}")),
+            None => ser.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        de: D,
+    ) -> Result<Option<(usize, usize)>, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Spec {
+            Text(String),
+            Pair(usize, usize),
+        }
+        let text = match Option::<Spec>::deserialize(de)? {
+            None => return Ok(None),
+            Some(Spec::Text(t)) => t,
+            Some(Spec::Pair(i, n)) => format!("{i}/{n}"),
+        };
+        super::parse_partition(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// Flags of `merge`.
@@ -217,5 +323,76 @@ mod tests {
         assert_eq!(parse_partition("3/8").unwrap(), (3, 8));
         assert!(parse_partition("8/8").is_err());
         assert!(parse_partition("x").is_err());
+    }
+}
+
+#[cfg(test)]
+mod settings_tests {
+    use super::*;
+
+    fn settings(json: serde_json::Value) -> Result<RunArgs> {
+        let map = json.as_object().unwrap().clone();
+        RunArgs::with_settings(vec!["in".into()], "out".into(), map)
+    }
+
+    /// Settings are the command line's flags: the same defaults, the same size and partition
+    /// grammar, `progress` the opposite of `--quiet`.
+    #[test]
+    fn settings_merge_onto_the_command_lines_defaults() {
+        let cli = Cli::try_parse_from([
+            "preprocess",
+            "in",
+            "--out",
+            "out",
+            "--shard-size",
+            "1MiB",
+            "--partition",
+            "1/4",
+            "--quiet",
+            "--threads",
+            "3",
+        ])
+        .unwrap()
+        .run;
+        let from_settings = settings(serde_json::json!({
+            "shard_size": "1MiB", "partition": [1, 4], "progress": false, "threads": 3,
+        }))
+        .unwrap();
+        assert_eq!(from_settings, cli);
+        let plain = settings(serde_json::json!({})).unwrap();
+        let defaults = Cli::try_parse_from(["preprocess", "in", "--out", "out"])
+            .unwrap()
+            .run;
+        assert_eq!(plain, defaults);
+        let shown = RunArgs::default_settings();
+        assert_eq!(shown["shard_size"], 256 << 20);
+        assert_eq!(shown["progress"], true);
+        assert!(!shown.contains_key("quiet") && !shown.contains_key("inputs"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_by_name() {
+        let e = settings(serde_json::json!({"shard_sise": "1MiB"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"shard_sise\"") && e.contains("shard_size"),
+            "{e}"
+        );
+        let e = settings(serde_json::json!({"max_record_bytes": "lots"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"max_record_bytes\""), "{e}");
+        let e = settings(serde_json::json!({"partition": "4/4"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"partition\"") && e.contains("0 <= I < N"),
+            "{e}"
+        );
+        let e = settings(serde_json::json!({"out": "elsewhere"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown preprocess setting \"out\""), "{e}");
     }
 }

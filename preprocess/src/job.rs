@@ -2,7 +2,7 @@
 //! manifest last.
 
 use crate::error::{Error, Result};
-use crate::journal::{Journal, JOURNAL_FILE};
+use crate::journal::{is_ours, Journal, JOURNAL_FILE};
 use crate::pipeline::{self, Sink};
 use crate::progress::{summary, Progress};
 use crate::run_config::RunConfig;
@@ -27,15 +27,6 @@ pub struct Outcome {
     /// With `--out` in a bucket: its URL and the bytes uploaded at the end (what earlier commits
     /// had not uploaded, then the tokenizer and the manifest).
     pub uploaded: Option<(String, u64)>,
-}
-
-/// Files this tool owns in an output directory (removed by `--overwrite`).
-pub(crate) fn is_ours(name: &str) -> bool {
-    name == MANIFEST_FILE
-        || name == JOURNAL_FILE
-        || name == TOKENIZER_FILE
-        || shared::shard::is_shard_file(name)
-        || name.ends_with(atomic::TMP_SUFFIX)
 }
 
 fn output_err(dir: &Path, msg: impl Into<String>) -> Error {

@@ -8,8 +8,20 @@
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use shared::atomic;
-use shared::shard::{ShardEntry, Totals};
+use shared::shard::{ShardEntry, Totals, MANIFEST_FILE};
+use shared::tokenizer::TOKENIZER_FILE;
 use std::path::{Path, PathBuf};
+
+/// Files a preprocessing run writes in its output directory, and so owns (removed by
+/// `--overwrite` and when a staging directory is cleared): the journal, the manifest, the
+/// tokenizer, shards and temporaries.
+pub(crate) fn is_ours(name: &str) -> bool {
+    name == MANIFEST_FILE
+        || name == JOURNAL_FILE
+        || name == TOKENIZER_FILE
+        || shared::shard::is_shard_file(name)
+        || name.ends_with(atomic::TMP_SUFFIX)
+}
 
 /// Name of the journal file in the output directory.
 pub const JOURNAL_FILE: &str = "progress.json";

@@ -8,7 +8,7 @@
 //! the directory empty.
 
 use crate::error::{Error, Result};
-use crate::journal::JOURNAL_FILE;
+use crate::journal::{is_ours, JOURNAL_FILE};
 use serde::{Deserialize, Serialize};
 use shared::atomic;
 use shared::shard::MANIFEST_FILE;
@@ -108,7 +108,7 @@ fn clear(dir: &Path) -> Result<()> {
     for entry in std::fs::read_dir(dir).map_err(|e| staging_err(dir, e.to_string()))? {
         let entry = entry.map_err(|e| staging_err(dir, e.to_string()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if crate::job::is_ours(&name) {
+        if is_ours(&name) {
             std::fs::remove_file(entry.path()).map_err(|e| shared::Error::io(entry.path(), e))?;
         }
     }

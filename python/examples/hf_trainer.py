@@ -42,12 +42,8 @@ from transformers import (
 import maskrate
 from maskrate.hf import MaskrateTrainer, masked_dataset
 
-SIZES = {  # layers, hidden, heads (Google's BERT miniatures and BERT-base)
-    "tiny": (2, 128, 2),
-    "mini": (4, 256, 4),
-    "small": (4, 512, 8),
-    "base": (12, 768, 12),
-}
+# The trainer's presets and per-architecture defaults (`trainer presets --json`): one table.
+PRESETS = maskrate.model_presets()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pack-docs: items add position_ids and cu_seq_lens; attention stays inside "
                         "each document (flash-attention reads cu_seq_lens; for sdpa/eager "
                         "MaskrateTrainer passes explicit block-diagonal masks)")
-    p.add_argument("--model", choices=sorted(SIZES), default="tiny")
+    p.add_argument("--model", choices=list(PRESETS["bert"]["presets"]), default="tiny",
+                   help="the trainer's --model presets (shapes per --arch: `trainer presets`)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps (the schedule's length)")
     p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes")
     p.add_argument("--per-device-batch", type=int, default=16, help="micro-batch per process")
@@ -85,17 +82,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
-    layers, hidden, heads = SIZES[args.model]
+    arch = PRESETS[args.arch]
+    shape = arch["presets"][args.model]
+    layers, hidden, heads = shape["num_hidden_layers"], shape["hidden_size"], shape["num_attention_heads"]
     vocab_size, pad_id = tok["vocab_size"], tok["pad_id"]
     torch.manual_seed(args.seed)
-    dropout = args.dropout if args.dropout is not None else (0.0 if args.arch == "modernbert" else 0.1)
+    dropout = args.dropout if args.dropout is not None else arch["dropout"]
     if args.arch == "modernbert":
         return ModernBertForMaskedLM(ModernBertConfig(
             vocab_size=vocab_size,
             hidden_size=hidden,
             num_hidden_layers=layers,
             num_attention_heads=heads,
-            intermediate_size=hidden * 3 // 2,
+            intermediate_size=shape["intermediate_size"],
+            norm_eps=arch["layer_norm_eps"],
             embedding_dropout=dropout,
             attention_dropout=dropout,
             mlp_dropout=dropout,
@@ -110,7 +110,8 @@ def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=4 * hidden,
+        intermediate_size=shape["intermediate_size"],
+        layer_norm_eps=arch["layer_norm_eps"],
         max_position_embeddings=max(512, args.seq_len),
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,

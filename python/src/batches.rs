@@ -256,20 +256,16 @@ fn add_packed_fields<'py>(
     shape: [usize; 2],
     starts: &[u32],
 ) -> PyResult<()> {
-    let n = shape[0] * shape[1];
-    let positions: Vec<i64> = shared::sampler::segment_positions(starts, n)
-        .into_iter()
-        .map(i64::from)
-        .collect();
+    let packed = shared::sampler::PackedInputs::of(starts, shape[0] * shape[1]);
+    let positions: Vec<i64> = packed.position_ids.into_iter().map(i64::from).collect();
     let array = Array2::from_shape_vec(shape, positions).expect("rows x seq_len");
-    dict.set_item("position_ids", array.into_pyarray(py))?;
-    let mut cu: Vec<i32> = starts.iter().map(|&s| s as i32).collect();
-    cu.push(n as i32);
-    let longest = cu.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-    dict.set_item("cu_seq_lens_q", cu.clone().into_pyarray(py))?;
-    dict.set_item("cu_seq_lens_k", cu.into_pyarray(py))?;
-    dict.set_item("max_length_q", longest)?;
-    dict.set_item("max_length_k", longest)?;
+    let cu: Vec<i32> = packed.cu_seq_lens.iter().map(|&s| s as i32).collect();
+    let [position_ids, cu_q, cu_k, max_q, max_k] = shared::sampler::PackedInputs::NAMES;
+    dict.set_item(position_ids, array.into_pyarray(py))?;
+    dict.set_item(cu_q, cu.clone().into_pyarray(py))?;
+    dict.set_item(cu_k, cu.into_pyarray(py))?;
+    dict.set_item(max_q, packed.max_length)?;
+    dict.set_item(max_k, packed.max_length)?;
     Ok(())
 }
 
@@ -486,11 +482,6 @@ impl MaskedBatches {
         let shards = shards.open(py, &config)?;
         let plan = BatchPlan::whole_rank(config.batch_size, world_size, rank);
         plan.validate().map_err(to_py)?;
-        for (k, phase) in config.resolve_phases().map_err(to_py)?.iter().enumerate() {
-            BatchPlan::whole_rank(phase.config.batch_size, world_size, rank)
-                .validate()
-                .map_err(|e| PyValueError::new_err(format!("phase {}: {e}", k + 1)))?;
-        }
         let set = shards.as_ref().map(|s| s.get().set().clone());
         let cfg = config.clone();
         let Opened {
@@ -500,6 +491,11 @@ impl MaskedBatches {
         } = py
             .detach(move || open_batches(&cfg, set, eval_batch))
             .map_err(to_py)?;
+        for (k, phase) in sampler.phases().iter().enumerate() {
+            BatchPlan::whole_rank(phase.global_batch, world_size, rank)
+                .validate()
+                .map_err(|e| PyValueError::new_err(format!("phase {}: {e}", k + 1)))?;
+        }
         Ok(MaskedBatches {
             shards,
             fingerprint,

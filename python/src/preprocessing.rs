@@ -4,7 +4,7 @@
 //! shards kept, the same call resumes) and then raises `KeyboardInterrupt`.
 
 use crate::errors::preprocess_to_py;
-use ::preprocess::cli::{parse_partition, parse_size, Cli, RunArgs};
+use ::preprocess::cli::{Cli, RunArgs};
 use clap::Parser;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -56,51 +56,23 @@ fn run_interruptibly<T: Send + 'static>(
 }
 
 /// Tokenizes `inputs` (files or directories, walked in sorted order) into a shard set in `out`,
-/// exactly as the `preprocess` command does, and returns its summary. See the package docs.
+/// exactly as the `preprocess` command does, and returns its summary. `settings` are the
+/// command's flags by name (`RunArgs::with_settings`: its defaults, grammar and refusals); see
+/// the package docs.
 #[pyfunction]
-#[pyo3(signature = (
-    inputs, out, *, tokenizer = None, threads = 0, text_field = "text".to_string(),
-    max_tokens_per_doc = None, shard_size = "256MiB".to_string(), skip_bad_records = false,
-    max_record_bytes = "16MiB".to_string(), partition = None, overwrite = false, progress = true,
-    work_dir = None
-))]
+#[pyo3(signature = (inputs, out, settings = None))]
 #[pyo3(name = "preprocess")]
-#[allow(clippy::too_many_arguments)]
 pub fn preprocess_files<'py>(
     py: Python<'py>,
     inputs: Vec<PathBuf>,
     out: PathBuf,
-    tokenizer: Option<PathBuf>,
-    threads: usize,
-    text_field: String,
-    max_tokens_per_doc: Option<usize>,
-    shard_size: String,
-    skip_bad_records: bool,
-    max_record_bytes: String,
-    partition: Option<String>,
-    overwrite: bool,
-    progress: bool,
-    work_dir: Option<PathBuf>,
+    settings: Option<&Bound<'py, PyDict>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let args = RunArgs {
-        inputs,
-        out: Some(out),
-        work_dir,
-        tokenizer,
-        text_field,
-        max_tokens_per_doc,
-        shard_size: parse_size(&shard_size).map_err(PyValueError::new_err)?,
-        threads,
-        skip_bad_records,
-        max_record_bytes: parse_size(&max_record_bytes).map_err(PyValueError::new_err)?,
-        partition: partition
-            .as_deref()
-            .map(parse_partition)
-            .transpose()
-            .map_err(PyValueError::new_err)?,
-        overwrite,
-        quiet: !progress,
+    let settings = match settings {
+        Some(s) => crate::convert::kwargs_to_json(s)?,
+        None => Default::default(),
     };
+    let args = RunArgs::with_settings(inputs, out, settings).map_err(preprocess_to_py)?;
     let cfg = args.into_config().map_err(preprocess_to_py)?;
     let (out_dir, out_url) = (cfg.out.clone(), cfg.upload_to.clone());
     let outcome = run_interruptibly(py, move |flag| ::preprocess::job::preprocess(&cfg, flag))?

@@ -72,8 +72,20 @@ def test_batches_equal_the_trainers(trainer_bin, sample_shards, kwargs, steps):
             assert ours[name].dtype == np.int64
             assert ours[name].shape == expected.shape == (kwargs["batch_size"], batches.seq_len)
             assert np.array_equal(ours[name], expected), (name, step)
-        # Something is masked and labels are -100 exactly where nothing is predicted.
-        assert (ours["labels"] != -100).any()
+        # Labels are -100 exactly where nothing is predicted: never at padding or at an unmasked
+        # [CLS]/[SEP]; always (a real id) where the input reads [MASK]; and the predicted share
+        # of the maskable tokens is the step's rate (5 binomial standard deviations).
+        tok = maskrate.Shards(sample_shards).tokenizer
+        ids, labels, attention = ours["input_ids"], ours["labels"], ours["attention_mask"]
+        predicted = labels != -100
+        assert predicted.any() and (labels[predicted] >= 0).all()
+        assert not (predicted & (attention == 0)).any()
+        assert predicted[ids == tok["mask_id"]].all()
+        frame = np.isin(ids, [tok["cls_id"], tok["sep_id"], tok["pad_id"]]) & ~predicted
+        maskable = int(((attention == 1) & ~frame).sum())
+        p = batches.rate(step)
+        share = predicted.sum() / maskable
+        assert abs(share - p) <= 5 * (p * (1 - p) / maskable) ** 0.5 + 1 / maskable, (share, p)
 
 
 @pytest.mark.parametrize("kwargs,steps", CASES[:3])

@@ -6,12 +6,15 @@ steps still run; a bundle over 60 MiB is refused, naming what is large."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import maskrate
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
@@ -50,7 +53,11 @@ def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
         "candle-base": "skipped", "candle-modernbert": "skipped", "torch-route": "ok", "sweep": "ok",
     }, r.stdout[-3000:]
     assert result["env"]["cpu_only"] is True
-    assert len(result["candle"]["cpu_losses"]) == 4
+    # The candle run trained the untrained tiny model it names: 4 finite losses, the first at
+    # the uniform prediction's ln(30522) = 10.33 (init σ = 0.02 moves it by < 0.1).
+    cpu_losses = result["candle"]["cpu_losses"]
+    assert len(cpu_losses) == 4 and all(map(math.isfinite, cpu_losses)), cpu_losses
+    assert cpu_losses[0] == pytest.approx(math.log(30522), abs=0.1), cpu_losses
     assert {row["arch"] for row in result["torch_route"]} == {"bert", "modernbert"}
     for row in result["torch_route"]:
         assert row["finite"] and 0 <= row["data_wait_share"] < 1 and row["tokens_per_sec"] > 0
@@ -64,6 +71,17 @@ def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
     assert by_name["linear:0.3:0.15"]["rates"][0] == pytest.approx(0.3)
     assert by_name["linear:0.3:0.15"]["rates"][-1] == pytest.approx(0.15)
     assert by_name["linear:0.15:0.3"]["rates"][-1] == pytest.approx(0.3)
+    # ...and the masks the model saw were drawn at those rates: the realised fraction of maskable
+    # tokens within 5 binomial standard deviations of the schedule's rate at that step.
+    for name, run in by_name.items():
+        schedule = maskrate.Schedule(name, run["steps"])
+        assert len(run["realised_rates"]) == 3, run
+        for step, masked, maskable in run["realised_rates"]:
+            p = schedule.rate(step)
+            assert maskable > 300, run["realised_rates"]
+            assert abs(masked / maskable - p) <= 5 * math.sqrt(p * (1 - p) / maskable), (name, step)
+    first = lambda name: by_name[name]["realised_rates"][0]
+    assert first("constant:0.3")[1] / first("constant:0.3")[2] > first("constant:0.15")[1] / first("constant:0.15")[2]
     assert len(sweep["table"]) == 5 and not sweep["failed"]
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "`cosine:0.3:0.15`" in report
@@ -97,3 +115,28 @@ def test_a_bundle_over_60_mib_is_refused_naming_the_large_file(tmp_path):
     (stage / "shards" / "big.bin").write_bytes(os.urandom(1 << 20))
     r = subprocess.run(["bash", str(SCRIPT), "pack", str(stage), str(bundle)], capture_output=True, text=True)
     assert r.returncode == 0 and bundle.exists(), r.stderr
+
+
+def test_candle_results_pass_and_fail_at_their_thresholds(tmp_path):
+    """The bundle's verdicts from made-up metrics: CUDA vs CPU losses apart by 1e-4 relative pass
+    and by 1e-2 fail (threshold 2e-3); bf16 vs fp32 final losses apart by 1% pass, 5% fail (2%)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import gpu_check
+
+    def write(run: str, losses: list[float]):
+        (tmp_path / run).mkdir(exist_ok=True)
+        rows = [json.dumps({"kind": "train", "step": i + 1, "loss": x}) for i, x in enumerate(losses)]
+        (tmp_path / run / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+    def verdicts(cuda_rel: float, bf16_rel: float) -> dict[str, str]:
+        cpu = [10.3, 9.8, 9.1, 8.7]
+        write("cpu", cpu)
+        write("cuda", [x * (1 + cuda_rel) for x in cpu])
+        write("bf16", [x * (1 + cuda_rel) * (1 + bf16_rel) for x in cpu])
+        result = gpu_check.candle_results(str(tmp_path), "NVIDIA H100 80GB HBM3")
+        return {label: verdict for label, _, verdict in result["rows"] if verdict}
+
+    good = verdicts(1e-4, 0.01)
+    assert list(good.values()) == ["PASS", "PASS"], good
+    bad = verdicts(1e-2, 0.05)
+    assert list(bad.values()) == ["FAIL", "FAIL"], bad

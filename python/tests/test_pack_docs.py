@@ -23,8 +23,11 @@ def test_packed_inputs_equal_the_trainers_and_mark_each_document(trainer_bin, sa
         ours = batches.batch(step)
         ref = trainer_batch(trainer_bin, sample_shards, KW, step)
         assert np.array_equal(ours["position_ids"], np.array(ref["position_ids"]))
-        assert np.array_equal(ours["cu_seq_lens_q"], np.array(ref["cu_seq_lens"], dtype=np.int32))
+        assert np.array_equal(ours["cu_seq_lens_q"], np.array(ref["cu_seq_lens_q"], dtype=np.int32))
         assert np.array_equal(ours["cu_seq_lens_k"], ours["cu_seq_lens_q"])
+        # One set of names for the items and `inspect-batch --json`.
+        for name in ("cu_seq_lens_k", "max_length_q", "max_length_k"):
+            assert np.array_equal(np.asarray(ours[name]), np.asarray(ref[name])), name
         # Independently: a segment starts at every row start and at every unmasked [CLS] (each
         # framed document opens with one); positions count from there; no padding.
         ids, labels = ours["input_ids"].ravel(), ours["labels"].ravel()

@@ -9,7 +9,8 @@
 //! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
 //! 7. [`store`]: object storage (`s3://`, `gs://`, `az://`, `https://`) and the bounded shard cache.
 //! 8. [`size`]: the one grammar for sizes in bytes (`1GB` = 10^9, `1GiB` = `1G` = 2^30).
-//! 9. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
+//! 9. [`presets`]: each model architecture's named shapes and published defaults.
+//! 10. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -21,6 +22,7 @@ pub mod fixtures;
 #[cfg(feature = "test-support")]
 pub mod fuzz;
 pub mod lock;
+pub mod presets;
 pub mod sampler;
 pub mod schedule;
 pub mod seed;

@@ -476,7 +476,8 @@ impl DecayShape {
         }
     }
 
-    fn name(self) -> &'static str {
+    /// The shape's name in the grammar (and transformers' `decay_type`).
+    pub fn name(self) -> &'static str {
         match self {
             DecayShape::Linear => "linear",
             DecayShape::Cosine => "cosine",
@@ -568,6 +569,35 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// The schedule the trainer's flags describe: `decay` (`--lr-schedule`) over `total_steps`,
+    /// warm-up over the fraction `warmup` of them (rounded), down to `final_ratio` of `peak`.
+    pub fn from_flags(
+        peak: f64,
+        decay: LrDecay,
+        total_steps: u64,
+        warmup: f64,
+        final_ratio: f64,
+    ) -> Self {
+        LrSchedule {
+            peak,
+            warmup_steps: (warmup * total_steps as f64).round() as u64,
+            total_steps,
+            final_ratio,
+            decay,
+        }
+    }
+
+    /// Steps of the decay at the end of the run: the fraction of a `wsd` schedule (at least 1);
+    /// everything after warm-up for `linear`.
+    pub fn decay_steps(&self) -> u64 {
+        match self.decay {
+            LrDecay::Linear => self.total_steps.saturating_sub(self.warmup_steps).max(1),
+            LrDecay::Wsd { fraction, .. } => {
+                ((fraction * self.total_steps as f64).round() as u64).max(1)
+            }
+        }
+    }
+
     /// The learning rate for optimizer step `step` (0-based).
     pub fn lr(&self, step: u64) -> f64 {
         if step < self.warmup_steps {
@@ -575,15 +605,12 @@ impl LrSchedule {
         }
         let (start, shape) = match self.decay {
             LrDecay::Linear => (self.warmup_steps, DecayShape::Linear),
-            LrDecay::Wsd { fraction, shape } => {
-                let decay_steps = ((fraction * self.total_steps as f64).round() as u64).max(1);
-                (
-                    self.total_steps
-                        .saturating_sub(decay_steps)
-                        .max(self.warmup_steps),
-                    shape,
-                )
-            }
+            LrDecay::Wsd { shape, .. } => (
+                self.total_steps
+                    .saturating_sub(self.decay_steps())
+                    .max(self.warmup_steps),
+                shape,
+            ),
         };
         if step < start {
             return self.peak;

@@ -72,22 +72,36 @@ pub fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 
+/// A byte count as configs and Python keywords write it: a number, or a size string.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum SizeSpec {
+    Bytes(u64),
+    Text(String),
+}
+
+impl SizeSpec {
+    fn bytes<E: serde::de::Error>(self) -> std::result::Result<u64, E> {
+        match self {
+            SizeSpec::Bytes(n) => Ok(n),
+            SizeSpec::Text(t) => parse_size(&t).map_err(E::custom),
+        }
+    }
+}
+
 /// Deserializes an optional byte count written as a number or a size string (`"4GiB"`), so saved
 /// configs and the Python keywords take what the command line takes.
 pub fn deserialize_opt<'de, D: serde::Deserializer<'de>>(
     de: D,
 ) -> std::result::Result<Option<u64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Size {
-        Bytes(u64),
-        Text(String),
-    }
-    match Option::<Size>::deserialize(de)? {
-        None => Ok(None),
-        Some(Size::Bytes(n)) => Ok(Some(n)),
-        Some(Size::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
-    }
+    Option::<SizeSpec>::deserialize(de)?
+        .map(SizeSpec::bytes)
+        .transpose()
+}
+
+/// [`deserialize_opt`] for a byte count that is always present.
+pub fn deserialize<'de, D: serde::Deserializer<'de>>(de: D) -> std::result::Result<u64, D::Error> {
+    SizeSpec::deserialize(de)?.bytes()
 }
 
 #[cfg(test)]

@@ -253,7 +253,8 @@ fn sources_with_different_tokenizers_are_refused_naming_both() {
 #[test]
 fn mix_by_size_counts_follow_the_size_exponent_and_the_join() {
     let s = sources();
-    let (steps, batch) = (100u64, 16usize);
+    // 24 rows: at 16, exponents 0.7 and 0.5 both gave [8, 1, 7] and the stairs were invisible.
+    let (steps, batch) = (100u64, 24usize);
     let cfg = DataConfig {
         shards: named(&s.root, &["c4", "wiki", "tiny"]),
         mix_by_size: Some("stairs:0.7:0.5@0.6:0.3@0.9".parse().unwrap()),
@@ -281,6 +282,7 @@ fn mix_by_size_counts_follow_the_size_exponent_and_the_join() {
         .collect();
     let largest = tokens.iter().cloned().fold(0.0, f64::max);
     let mut seen_tiny = false;
+    let mut by_stair = std::collections::BTreeMap::<u64, Vec<usize>>::new();
     for step in 0..steps {
         // Hand-written schedule: 0.7 before step 60, 0.5 before 90, then 0.3; tiny from step 40.
         let alpha = if step < 60 {
@@ -304,10 +306,16 @@ fn mix_by_size_counts_follow_the_size_exponent_and_the_join() {
         let expected = largest_remainder(batch, &weights);
         let b = data.sampler.global_batch(step).unwrap();
         assert_eq!(per_source(&b, 3), expected, "step {step}");
+        if [50, 70, 95].contains(&step) {
+            by_stair.insert(step, expected.clone());
+        }
         seen_tiny |= step >= 40 && expected[1] > 0;
         assert!(step >= 40 || expected[1] == 0);
     }
     assert!(seen_tiny, "tiny must get rows once it joins");
+    // Each stair of the exponent gives its own counts, so a swapped or ignored stair fails.
+    let distinct: std::collections::BTreeSet<_> = by_stair.values().collect();
+    assert_eq!(distinct.len(), 3, "{by_stair:?}");
     // Refusals: both rules, a join for an unknown source, a join without by-size mixing.
     let refuse = |edit: &dyn Fn(&mut DataConfig)| {
         let mut c = cfg.clone();

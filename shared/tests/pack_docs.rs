@@ -2,9 +2,13 @@
 //! documents' (and continuations') boundaries, exact-count masking works per document, and batches
 //! do not depend on the thread count.
 
+use rand_core::SeedableRng;
+use shared::sampler::batch::MASK_TAG;
+use shared::sampler::mask::mask_sequence;
 use shared::sampler::{
     Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences, IGNORE_LABEL,
 };
+use shared::seed::seed_of;
 
 use shared::fixtures::SampleSet as Fixture;
 
@@ -113,12 +117,47 @@ fn exact_masking_counts_per_document() {
 }
 
 /// Same bytes with 1 and 3 threads; independent draws give the same masks as if the row were one
-/// document (the boundaries only matter for exact and whole-word masking).
+/// document (the boundaries only matter for exact and whole-word masking): each row is its
+/// framed tokens masked in one pass of the row's stream.
 #[test]
 fn batches_do_not_depend_on_threads() {
     let f = fixture();
+    let vocab = MaskVocab::from_tokenizer(&f.tok);
     for exact in [false, true] {
         let s = sampler(&f, exact, 128);
+        if !exact {
+            let batch = s.global_batch(5).unwrap();
+            let (mut ids, mut starts) = (vec![0u32; 128], Vec::new());
+            let (mut labels, mut scratch, mut chosen) = (vec![0i32; 128], vec![], vec![]);
+            let mut several_documents = 0;
+            for (slot, &seq) in batch.sequence_ids.iter().enumerate() {
+                s.sequences()
+                    .fill_segments(seq, &mut ids, &mut starts)
+                    .unwrap();
+                several_documents += (starts.len() > 1) as usize;
+                let key = seed_of(&[99, MASK_TAG, 5, slot as u64]);
+                let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(key);
+                let masking = &s.config().masking;
+                let (ids, labels) = (&mut ids[..], &mut labels[..]);
+                mask_sequence(
+                    &mut rng,
+                    ids,
+                    labels,
+                    0.3,
+                    masking,
+                    &vocab,
+                    &mut scratch,
+                    &mut chosen,
+                );
+                let row = slot * 128..(slot + 1) * 128;
+                assert_eq!(batch.input_ids[row.clone()], ids[..], "slot {slot}");
+                assert_eq!(batch.labels[row], labels[..], "slot {slot}");
+            }
+            assert!(
+                several_documents > 10,
+                "{several_documents} rows of several documents"
+            );
+        }
         let run = |threads| {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

@@ -16,6 +16,7 @@
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Parser;
+use model::MaskedLm;
 use model::{Encoder, MlmInputs, ParamStore};
 use shared::sampler::Batch;
 use std::collections::HashMap;
@@ -92,7 +93,10 @@ fn main() -> Result<()> {
         "--eval-shards is not supported here"
     );
     let data = t.data.config.open().context("opening the shards")?;
-    let cfg = t.model_config(data.tokenizer.info.vocab_size)?;
+    let cfg = t.model_config(
+        data.tokenizer.info.vocab_size,
+        data.phase_plan.max_seq_len(),
+    )?;
     let params = ParamStore::new(&Device::Cpu, t.data.config.seed);
     let model = Encoder::new(cfg, &params)?;
     let init = training::export::with_tied_decoder(
@@ -131,7 +135,7 @@ fn main() -> Result<()> {
         "model": cfg,
         // transformers' config for ModernBertForMaskedLM (null for BERT, built by the script).
         "hf_config": (cfg.arch == model::Arch::ModernBert)
-            .then(|| cfg.modernbert_config_json([info.pad_id, info.cls_id, info.sep_id, info.mask_id])),
+            .then(|| model::encoder::hf_config(&cfg, "ForMaskedLM", [info.pad_id, info.cls_id, info.sep_id, info.mask_id], serde_json::json!({}))),
         "pad_token_id": data.tokenizer.info.pad_id,
         "train": t,
         "lr": (0..t.steps()).map(|s| lr.lr(s)).collect::<Vec<f64>>(),

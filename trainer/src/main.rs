@@ -25,7 +25,8 @@ Examples:
   trainer inspect-batch --shards shards/ --schedule linear:0.3:0.15 --steps 70000 --step 35000
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png
   trainer inspect-batch --shards shards/ --steps 70000 --step 12 --json --rank 1 --world-size 8
-  trainer plan --config experiments/recipes/mmbert-small.toml --plot plan   # the recipe, before training it";
+  trainer plan --config experiments/recipes/mmbert-small.toml --plot plan   # the recipe, before training it
+  trainer presets --json                            # --model's shapes per --arch, for scripts";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
 #[derive(Debug, Parser)]
@@ -44,7 +45,10 @@ enum Command {
     /// Show a run's recipe before training it: masking rate, source weights and rows, batch,
     /// tokens so far and learning rate over the run, printed and plotted (no model is built).
     Plan(Box<trainer::plan::PlanArgs>),
-    /// Write a HuggingFace BertForMaskedLM checkpoint (model.safetensors, config.json, tokenizer) of a run.
+    /// List the model presets (`--model`) of each architecture (`--arch`) with their shapes.
+    Presets(PresetsArgs),
+    /// Write a HuggingFace checkpoint of a run (BertForMaskedLM or ModernBertForMaskedLM:
+    /// model.safetensors, config.json, tokenizer).
     Export(ExportArgs),
     /// Compare runs: train loss, eval loss, mask rate and learning rate vs step, as PNGs.
     Plot(PlotArgs),
@@ -66,6 +70,14 @@ struct ExportArgs {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct PresetsArgs {
+    /// Print JSON (`{arch: {dropout, max_position_embeddings, layer_norm_eps, presets: {name:
+    /// shape}}}`, the table `maskrate.model_presets()` also returns) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +128,7 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
     match cli.command {
         Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::inspect_batch(&args)?),
         Some(Command::Plan(args)) => print!("{}", trainer::plan::plan(&args)?),
+        Some(Command::Presets(args)) => print!("{}", presets(args.json)?),
         Some(Command::Export(args)) => {
             for p in training::export::export(&args.run, &args.out)? {
                 println!("wrote {}", p.display());
@@ -159,6 +172,33 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `trainer presets`: the one preset table, as JSON or as a Markdown table.
+fn presets(json: bool) -> Result<String> {
+    use std::fmt::Write;
+    let all = shared::presets::all_json();
+    if json {
+        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+    }
+    let mut out = String::from(
+        "| --arch | --model | layers | hidden | heads | intermediate | dropout |\n|---|---|---|---|---|---|---|\n",
+    );
+    for arch in ["bert", "modernbert"] {
+        let p = shared::presets::of_arch(arch).expect("a known architecture");
+        for (name, s) in &p.presets {
+            writeln!(
+                out,
+                "| {arch} | {name} | {} | {} | {} | {} | {} |",
+                s.num_hidden_layers,
+                s.hidden_size,
+                s.num_attention_heads,
+                s.intermediate_size,
+                p.dropout
+            )?;
+        }
+    }
+    Ok(out)
 }
 
 /// With several ranks on one node and no `RAYON_NUM_THREADS`, each rank gets its share of the

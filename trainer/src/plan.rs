@@ -5,8 +5,10 @@
 use crate::charts::{line_chart, Series};
 use anyhow::Result;
 use clap::Args;
+use shared::sampler::{Data, MaskingSampler};
+use shared::schedule::LrSchedule;
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use training::pretrain::TrainArgs;
 
 /// Flags of `plan`: the training flags, and where the plots go.
@@ -24,182 +26,223 @@ pub struct PlanArgs {
     pub plot: PathBuf,
 }
 
-/// The plan's rows at evenly spaced steps, and the plots it writes.
-pub fn plan(args: &PlanArgs) -> Result<String> {
-    let t = &args.train;
-    let config = &t.data.config;
-    let data = config.open()?;
-    let sampler = &data.sampler;
-    let lr = t.lr_schedule();
-    let steps = config.steps.max(1);
-    let last = steps - 1;
-    let points = args.points.clamp(2, steps.max(2));
-    let phases = sampler.phases();
-    // Evenly spaced steps, and the first and last step of every phase.
-    let mut at: Vec<u64> = (0..points).map(|i| i * last / (points - 1)).collect();
-    at.extend(phases.iter().flat_map(|p| [p.first, p.end - 1]));
-    at.sort_unstable();
-    at.dedup();
-    let names = sampler.source_names();
-    let mixed = phases.iter().any(|p| sampler.weights_at(p.first).is_some());
-    // Each source's weight at `step` (a phase without a mixture reads one source: weight 1).
-    let weights_at = |step: u64| -> Vec<f64> {
+/// What the plan reads: the run's flags, its opened data (sampler and phase plan), its learning
+/// rate, and which sources have weights to show.
+struct Recipe<'a> {
+    train: &'a TrainArgs,
+    data: Data,
+    lr: LrSchedule,
+    mixed: bool,
+}
+
+impl Recipe<'_> {
+    fn sampler(&self) -> &MaskingSampler {
+        &self.data.sampler
+    }
+
+    /// Each source's weight at `step` (a phase without a mixture reads one source: weight 1).
+    fn weights_at(&self, step: u64) -> Vec<f64> {
+        let sampler = self.sampler();
         sampler.weights_at(step).unwrap_or_else(|| {
             let counts = sampler.counts_at(step);
             let total: usize = counts.iter().sum();
             counts.iter().map(|&c| c as f64 / total as f64).collect()
         })
+    }
+}
+
+/// The plan's rows at evenly spaced steps, and the plots it writes.
+pub fn plan(args: &PlanArgs) -> Result<String> {
+    let train = &args.train;
+    let data = train.data.config.open()?;
+    let mixed = data
+        .sampler
+        .phases()
+        .iter()
+        .any(|p| data.sampler.weights_at(p.first).is_some());
+    let recipe = Recipe {
+        train,
+        lr: train.lr_schedule(),
+        data,
+        mixed,
     };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "plan of {steps} steps: schedule {}, batch {} x {} tokens, lr {} ({} decay, warm-up {} steps){}",
+    let steps = train.data.config.steps.max(1);
+    let mut out = summary(&recipe);
+    out += &phase_lines(&recipe);
+    out += &table(&recipe, &table_steps(&recipe, args.points));
+    // The plots sample the run finely (every step up to 2,000), so stairs show as stairs.
+    let fine = steps.min(2000);
+    let mut plot_at: Vec<u64> = (0..fine)
+        .map(|i| i * (steps - 1) / (fine - 1).max(1))
+        .collect();
+    plot_at.dedup();
+    let written = plots(&recipe, &plot_at, &args.plot)?;
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    let _ = writeln!(out, "\nplots written to {}", names.join(", "));
+    Ok(out)
+}
+
+/// Evenly spaced steps from the first to the last, and the first and last step of every phase.
+fn table_steps(recipe: &Recipe, points: u64) -> Vec<u64> {
+    let steps = recipe.train.data.config.steps.max(1);
+    let last = steps - 1;
+    let points = points.clamp(2, steps.max(2));
+    let mut at: Vec<u64> = (0..points).map(|i| i * last / (points - 1)).collect();
+    at.extend(
+        recipe
+            .sampler()
+            .phases()
+            .iter()
+            .flat_map(|p| [p.first, p.end - 1]),
+    );
+    at.sort_unstable();
+    at.dedup();
+    at
+}
+
+/// The recipe's first line: schedule, batch, learning rate, and the sources of a mixed run
+/// without phases.
+fn summary(recipe: &Recipe) -> String {
+    let (t, config, sampler) = (recipe.train, &recipe.train.data.config, recipe.sampler());
+    let names = sampler.source_names();
+    let sources = sampler
+        .mixture()
+        .filter(|_| sampler.phases().len() == 1)
+        .map(|m| {
+            let parts: Vec<String> = (0..names.len())
+                .map(|i| format!("{}={}", names[i], m.describe(i)))
+                .collect();
+            format!("\nsources: {}", parts.join(", "))
+        })
+        .unwrap_or_default();
+    format!(
+        "plan of {} steps: schedule {}, batch {} x {} tokens, lr {} ({} decay, warm-up {} steps){sources}\n",
+        config.steps.max(1),
         config.schedule,
         config.batch_size,
         config.seq_len,
         t.lr,
         t.lr_schedule,
-        lr.warmup_steps,
-        sampler
-            .mixture()
-            .filter(|_| phases.len() == 1)
-            .map(|m| {
-                let parts: Vec<String> = (0..names.len())
-                    .map(|i| format!("{}={}", names[i], m.describe(i)))
-                    .collect();
-                format!("\nsources: {}", parts.join(", "))
-            })
-            .unwrap_or_default()
-    );
-    if phases.len() > 1 {
-        for (k, (phase, resolved)) in phases.iter().zip(config.resolve_phases()?).enumerate() {
-            let c = &resolved.config;
-            let sources: Vec<String> = c.shards.iter().map(|s| s.to_string()).collect();
-            let mix = match (&c.mix, &c.mix_by_size) {
-                (Some(m), _) => format!("; mix {m}"),
-                (None, Some(a)) => format!(
-                    "; mix by size, alpha {a}{}",
-                    c.join
-                        .iter()
-                        .map(|j| format!(", join {j}"))
-                        .collect::<String>()
-                ),
-                (None, None) => String::new(),
-            };
-            let clock = |local: bool| if local { "the phase" } else { "the run" };
-            let _ = writeln!(
-                out,
-                "phase {}: steps {}..{}, batch {} x {} tokens, schedule {} (over {}); shards {}{mix}{}",
-                k + 1,
-                phase.first,
-                phase.end,
-                phase.global_batch,
-                phase.seq_len,
-                c.schedule,
-                clock(resolved.local_schedule),
-                sources.join(", "),
-                if mix.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (over {})", clock(resolved.local_mixture))
-                }
-            );
-        }
+        recipe.lr.warmup_steps,
+    )
+}
+
+/// One line per phase (none for a run without phases): its steps, shape, schedule, sources and
+/// mix, and which clock each runs on.
+fn phase_lines(recipe: &Recipe) -> String {
+    let mut out = String::new();
+    let shapes = recipe.sampler().phases();
+    if shapes.len() < 2 {
+        return out;
     }
-    let mut header = format!(
+    let resolved = recipe.data.phase_plan.phases();
+    for (k, (phase, resolved)) in shapes.iter().zip(resolved).enumerate() {
+        let c = &resolved.config;
+        let sources: Vec<String> = c.shards.iter().map(|s| s.to_string()).collect();
+        let mix = match (&c.mix, &c.mix_by_size) {
+            (Some(m), _) => format!("; mix {m}"),
+            (None, Some(a)) => {
+                let joins: String = c.join.iter().map(|j| format!(", join {j}")).collect();
+                format!("; mix by size, alpha {a}{joins}")
+            }
+            (None, None) => String::new(),
+        };
+        let clock = |local: bool| if local { "the phase" } else { "the run" };
+        let mix_clock = match mix.is_empty() {
+            true => String::new(),
+            false => format!(" (over {})", clock(resolved.local_mixture)),
+        };
+        let _ = writeln!(
+            out,
+            "phase {}: steps {}..{}, batch {} x {} tokens, schedule {} (over {}); shards {}{mix}{mix_clock}",
+            k + 1,
+            phase.first,
+            phase.end,
+            phase.global_batch,
+            phase.seq_len,
+            c.schedule,
+            clock(resolved.local_schedule),
+            sources.join(", "),
+        );
+    }
+    out
+}
+
+/// The table: rate, learning rate, shape, tokens so far and (mixed runs) each source's weight
+/// and rows at each of `at`.
+fn table(recipe: &Recipe, at: &[u64]) -> String {
+    let sampler = recipe.sampler();
+    let mut out = format!(
         "\n{:>8} {:>8} {:>10} {:>7} {:>6} {:>14}",
         "step", "rate", "lr", "seq_len", "batch", "tokens so far"
     );
-    for n in names.iter().filter(|_| mixed) {
-        let _ = write!(header, " {:>16}", format!("{n} w (rows)"));
+    for n in sampler.source_names().iter().filter(|_| recipe.mixed) {
+        let _ = write!(out, " {:>16}", format!("{n} w (rows)"));
     }
-    let _ = writeln!(out, "{header}");
-    let mut rate = Vec::new();
-    let mut lrs = Vec::new();
-    let mut weights: Vec<Vec<(f64, f64)>> = vec![Vec::new(); names.len()];
-    let mut tokens = Vec::new();
-    for &step in &at {
-        let r = sampler.rate_at(step);
-        let l = lr.lr(step);
+    out.push('\n');
+    for &step in at {
         let _ = write!(
             out,
-            "{step:>8} {r:>8.4} {l:>10.3e} {:>7} {:>6} {:>14}",
+            "{step:>8} {:>8.4} {:>10.3e} {:>7} {:>6} {:>14}",
+            sampler.rate_at(step),
+            recipe.lr.lr(step),
             sampler.seq_len_at(step),
             sampler.global_batch_at(step),
             sampler.tokens_before(step + 1)
         );
-        if mixed {
-            for (w, c) in weights_at(step).iter().zip(sampler.counts_at(step)) {
+        if recipe.mixed {
+            for (w, c) in recipe.weights_at(step).iter().zip(sampler.counts_at(step)) {
                 let _ = write!(out, " {:>16}", format!("{w:.3} ({c})"));
             }
         }
-        let _ = writeln!(out);
+        out.push('\n');
     }
-    // The plots sample the run finely (every step up to 2,000), so stairs show as stairs.
-    let fine = steps.min(2000);
-    let mut plot_at: Vec<u64> = (0..fine).map(|i| i * last / (fine - 1).max(1)).collect();
-    plot_at.dedup();
-    for &step in &plot_at {
-        rate.push((step as f64, sampler.rate_at(step)));
-        lrs.push((step as f64, lr.lr(step)));
-        tokens.push((step as f64, sampler.tokens_before(step + 1) as f64));
-        if mixed {
-            for (i, w) in weights_at(step).into_iter().enumerate() {
-                weights[i].push((step as f64, w));
-            }
-        }
-    }
-    let prefix = args.plot.display().to_string();
-    let (rate_png, lr_png, tokens_png) = (
-        PathBuf::from(format!("{prefix}-rate.png")),
-        PathBuf::from(format!("{prefix}-lr.png")),
-        PathBuf::from(format!("{prefix}-tokens.png")),
-    );
-    let mut series = vec![Series {
-        label: format!("masking rate ({})", config.schedule),
-        points: rate,
+    out
+}
+
+/// PREFIX-rate.png (masking rate and source weights), PREFIX-lr.png and PREFIX-tokens.png over
+/// the steps `at`; returns their paths.
+fn plots(recipe: &Recipe, at: &[u64], prefix: &Path) -> Result<Vec<PathBuf>> {
+    let sampler = recipe.sampler();
+    let curve = |f: &dyn Fn(u64) -> f64| -> Vec<(f64, f64)> {
+        at.iter().map(|&s| (s as f64, f(s))).collect()
+    };
+    let mut rate = vec![Series {
+        label: format!("masking rate ({})", recipe.train.data.config.schedule),
+        points: curve(&|s| sampler.rate_at(s)),
     }];
-    if mixed {
-        for (name, points) in names.iter().zip(weights) {
-            series.push(Series {
+    if recipe.mixed {
+        for (i, name) in sampler.source_names().iter().enumerate() {
+            rate.push(Series {
                 label: format!("weight of {name}"),
-                points,
+                points: curve(&|s| recipe.weights_at(s)[i]),
             });
         }
     }
-    line_chart(
-        &rate_png,
-        "masking rate and source weights",
-        "step",
-        "value",
-        &series,
-    )?;
-    line_chart(
-        &lr_png,
-        &format!("learning rate ({})", t.lr_schedule),
-        "step",
-        "learning rate",
-        &[Series {
-            label: "lr".into(),
-            points: lrs,
-        }],
-    )?;
-    line_chart(
-        &tokens_png,
-        "tokens so far (slope: batch x sequence length)",
-        "step",
-        "tokens",
-        &[Series {
-            label: "tokens so far".into(),
-            points: tokens,
-        }],
-    )?;
-    let _ = writeln!(
-        out,
-        "\nplots written to {}, {} and {}",
-        rate_png.display(),
-        lr_png.display(),
-        tokens_png.display()
-    );
-    Ok(out)
+    let path = |kind: &str| PathBuf::from(format!("{}-{kind}.png", prefix.display()));
+    let lr = Series {
+        label: "lr".into(),
+        points: curve(&|s| recipe.lr.lr(s)),
+    };
+    let tokens = Series {
+        label: "tokens so far".into(),
+        points: curve(&|s| sampler.tokens_before(s + 1) as f64),
+    };
+    let lr_title = format!("learning rate ({})", recipe.train.lr_schedule);
+    let charts = [
+        ("rate", "masking rate and source weights", "value", rate),
+        ("lr", lr_title.as_str(), "learning rate", vec![lr]),
+        (
+            "tokens",
+            "tokens so far (slope: batch x sequence length)",
+            "tokens",
+            vec![tokens],
+        ),
+    ];
+    let mut written = Vec::new();
+    for (kind, title, y, series) in charts {
+        line_chart(&path(kind), title, "step", y, &series)?;
+        written.push(path(kind));
+    }
+    Ok(written)
 }

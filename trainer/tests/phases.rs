@@ -7,7 +7,6 @@ mod common;
 use shared::fixtures::sample_shards;
 use std::path::Path;
 use std::process::Command;
-use training::metrics_log::train_losses;
 
 /// 24 steps: 8 x 32 for 8 steps, then 8 x 64 for 8 with the phase's own masking schedule, then
 /// 16 x 32 with micro-batches of 8 (two per step).
@@ -128,10 +127,8 @@ fn a_resume_inside_phase_two_continues_bit_for_bit_and_past_phases_are_fixed() {
     let out = trainer(&args);
     assert_ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("from step 10"));
-    assert_eq!(
-        train_losses(&stopped.join("metrics.jsonl")).unwrap(),
-        train_losses(&whole.join("metrics.jsonl")).unwrap()
-    );
+    // Every row: step, loss, accuracy, gradient norm.
+    assert_eq!(common::curve(&stopped), common::curve(&whole));
     let weights = |run: &Path| {
         let (_, dir) = training::checkpoint::list(run).unwrap().pop().unwrap();
         std::fs::read(dir.join("model.safetensors")).unwrap()
@@ -147,6 +144,7 @@ fn a_future_phase_may_change_on_resume_and_is_said() {
     std::fs::write(&config, PHASES).unwrap();
     let run = root.path().join("run");
     assert_ok(&trainer(&flags(&config, &shards, &run)));
+    let original = common::curve(&run);
     common::keep_checkpoints_through(&run, 10);
     // Phase 3 (from step 16) changes its batch size: allowed from step 10, and said.
     let future = root.path().join("future.toml");
@@ -164,6 +162,15 @@ fn a_future_phase_may_change_on_resume_and_is_said() {
         err.contains("phase 3 (steps 16..24) batch_size: 16 -> 24"),
         "{err}"
     );
+    // The resumed run trained the changed phase: it is the changed recipe run from scratch
+    // (which differs from the original from step 16 on).
+    let fresh = root.path().join("fresh");
+    assert_ok(&trainer(&flags(&future, &shards, &fresh)));
+    assert_eq!(common::curve(&run), common::curve(&fresh));
+    let changed = common::curve(&fresh);
+    assert_eq!(original.len(), changed.len());
+    assert_eq!(original[..16], changed[..16]);
+    assert!(original[16..] != changed[16..]);
 }
 
 #[test]

@@ -9,6 +9,13 @@ import numpy.typing as npt
 __version__: str
 SCHEDULE_GRAMMAR: str
 DATA_CONFIG_KEYS: list[str]
+PREPROCESS_SETTINGS: dict[str, Any]
+
+def model_presets() -> dict[str, dict[str, Any]]:
+    """Every architecture's model presets, the trainer's table (``trainer presets --json``):
+    ``{arch: {dropout, max_position_embeddings, layer_norm_eps, presets: {name: shape}}}``, shapes
+    in transformers' config names (``num_hidden_layers``, ``hidden_size``, ``num_attention_heads``,
+    ``intermediate_size``)."""
 
 _Path = str | os.PathLike[str]
 
@@ -59,6 +66,31 @@ class Schedule:
     def spec(self) -> str: ...
     @property
     def total_steps(self) -> int: ...
+
+class LrSchedule:
+    """The trainer's learning-rate schedule (``--lr-schedule SPEC --warmup F --final-lr-ratio R``):
+    ``LrSchedule("wsd:0.2:1-sqrt", 1000)``; the grammar and its errors are the trainer's."""
+
+    def __init__(
+        self, spec: str, total_steps: int, *, peak: float = 1.0, warmup: float = 0.06,
+        final_lr_ratio: float = 0.02,
+    ) -> None: ...
+    def lr(self, step: int) -> float:
+        """The learning rate at optimizer step ``step`` (0-based), as the trainer applies it."""
+    @property
+    def warmup_steps(self) -> int: ...
+    @property
+    def total_steps(self) -> int: ...
+    @property
+    def decay_steps(self) -> int: ...
+    @property
+    def kind(self) -> Literal["linear", "wsd"]: ...
+    @property
+    def decay_shape(self) -> Literal["linear", "cosine", "1-sqrt"]: ...
+    @property
+    def final_lr_ratio(self) -> float: ...
+    @property
+    def spec(self) -> str: ...
 
 class MaskedBatches:
     """The trainer's masked batches. Keywords are the trainer's flags with its defaults
@@ -170,22 +202,9 @@ class MaskedBatches:
     @property
     def config(self) -> dict[str, Any]: ...
 
-def preprocess(
-    inputs: list[str],
-    out: str,
-    *,
-    tokenizer: str | None = None,
-    threads: int = 0,
-    text_field: str = "text",
-    max_tokens_per_doc: int | None = None,
-    shard_size: str = "256MiB",
-    skip_bad_records: bool = False,
-    max_record_bytes: str = "16MiB",
-    partition: str | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    work_dir: str | None = None,
-) -> dict[str, Any]: ...
+def preprocess(inputs: list[str], out: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``preprocess`` command on ``inputs`` into ``out`` with ``settings`` (its flags by name;
+    see ``maskrate.preprocess``)."""
 def preprocess_cli(argv: list[str]) -> int: ...
 def inspect_batch_cli(argv: list[str]) -> int:
     """The ``maskrate inspect-batch`` command line (``argv`` without the program name)."""

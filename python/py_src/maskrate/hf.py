@@ -38,6 +38,7 @@ import torch.nn.functional as F
 import torch.utils.data
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from ._maskrate import LrSchedule
 from .torch import MaskedDataset
 
 __all__ = [
@@ -107,38 +108,16 @@ def lr_schedule_arguments(
 
     Same phases and curves as the trainer; transformers' warm-up starts at 0 where the trainer's
     first step already takes ``peak / warmup_steps``."""
-    warmup_steps = round(warmup * total_steps)
-    parts = spec.strip().split(":")
-    if parts == ["linear"]:
-        if final_lr_ratio != 0:
-            return {
-                "lr_scheduler_type": "warmup_stable_decay",
-                "warmup_steps": warmup_steps,
-                "lr_scheduler_kwargs": {
-                    "num_decay_steps": max(total_steps - warmup_steps, 1),
-                    "num_stable_steps": 0,
-                    "decay_type": "linear",
-                    "min_lr_ratio": final_lr_ratio,
-                },
-            }
-        return {"lr_scheduler_type": "linear", "warmup_steps": warmup_steps}
-    if parts[0] != "wsd" or not 2 <= len(parts) <= 3:
-        raise ValueError(f"--lr-schedule {spec!r}: use linear or wsd:DECAY[:SHAPE]")
-    fraction = float(parts[1])
-    if not 0 < fraction <= 1:
-        raise ValueError(f"--lr-schedule {spec!r}: decay fraction {fraction} is outside (0, 1]")
-    shape = parts[2] if len(parts) == 3 else "linear"
-    if shape not in ("linear", "cosine", "1-sqrt"):
-        raise ValueError(f"--lr-schedule {spec!r}: decay shape {shape!r}: use linear, cosine or 1-sqrt")
-    decay_steps = max(round(fraction * total_steps), 1)
-    stable_steps = max(total_steps - decay_steps - warmup_steps, 0)
+    s = LrSchedule(spec, total_steps, warmup=warmup, final_lr_ratio=final_lr_ratio)
+    if s.kind == "linear" and final_lr_ratio == 0:
+        return {"lr_scheduler_type": "linear", "warmup_steps": s.warmup_steps}
     return {
         "lr_scheduler_type": "warmup_stable_decay",
-        "warmup_steps": warmup_steps,
+        "warmup_steps": s.warmup_steps,
         "lr_scheduler_kwargs": {
-            "num_decay_steps": decay_steps,
-            "num_stable_steps": stable_steps,
-            "decay_type": shape,
+            "num_decay_steps": s.decay_steps,
+            "num_stable_steps": max(total_steps - s.decay_steps - s.warmup_steps, 0),
+            "decay_type": s.decay_shape,
             "min_lr_ratio": final_lr_ratio,
         },
     }

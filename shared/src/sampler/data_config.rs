@@ -5,7 +5,7 @@
 //! and the held-out sequences.
 
 use super::batch::PhaseSampler;
-use super::phases::Phase;
+use super::phases::{Phase, PhasePlan};
 use super::{
     Join, Layout, MaskVocab, MaskingConfig, MaskingSampler, MixRule, MixSpec, Order, SamplerConfig,
     Sequences, ShardSource, Weight,
@@ -112,7 +112,11 @@ pub struct DataConfig {
     /// schedule, seq_len, batch_size), as JSON, e.g. '{"steps": 900, "seq_len": 64}'; in a
     /// config file, [[phases]] tables. A phase's own schedule runs over the phase.
     #[cfg_attr(feature = "clap", arg(long = "phases", value_name = "JSON", value_parser = parse_phase))]
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "super::phases::phase_list::deserialize"
+    )]
     pub phases: Vec<Phase>,
 }
 
@@ -157,6 +161,8 @@ pub struct Data {
     /// Sequences held out for evaluation (excluded from `sampler`), per source, in name order;
     /// empty when nothing is held out.
     pub held_out: Vec<(String, Sequences)>,
+    /// The run's phases, resolved once (one covering the run without phases).
+    pub phase_plan: PhasePlan,
 }
 
 impl Data {
@@ -213,14 +219,13 @@ impl Data {
             "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
         });
         if !b.segment_starts.is_empty() {
-            // pack-docs: what transformers' packed path takes (DataCollatorWithFlattening's
-            // names): positions restarting per document, cumulative segment lengths.
-            let n = b.input_ids.len();
-            let positions = super::segment_positions(&b.segment_starts, n);
-            let mut cu: Vec<u32> = b.segment_starts.clone();
-            cu.push(n as u32);
-            json["position_ids"] = rows(positions.iter().map(|&x| x as i64).collect()).into();
-            json["cu_seq_lens"] = cu.into();
+            // pack-docs: transformers' packed inputs, named as the Python items name them.
+            let p = super::PackedInputs::of(&b.segment_starts, b.input_ids.len());
+            json["position_ids"] = rows(p.position_ids.iter().map(|&x| x as i64).collect()).into();
+            json["cu_seq_lens_q"] = p.cu_seq_lens.clone().into();
+            json["cu_seq_lens_k"] = p.cu_seq_lens.into();
+            json["max_length_q"] = p.max_length.into();
+            json["max_length_k"] = p.max_length.into();
         }
         Ok(json)
     }
@@ -325,7 +330,8 @@ impl DataConfig {
         if self.phases.is_empty() {
             return self.open_phase(held_out);
         }
-        let resolved = self.resolve_phases()?;
+        let plan = self.phase_plan()?;
+        let resolved = plan.phases();
         let mut opened = Vec::with_capacity(resolved.len());
         for (k, phase) in resolved.iter().enumerate() {
             let mut config = phase.config.clone();
@@ -344,6 +350,7 @@ impl DataConfig {
             tokenizer,
             sampler,
             mut held_out,
+            ..
         } = opened.next().expect("at least one phase");
         let mut samplers = vec![sampler];
         for (k, data) in opened.enumerate() {
@@ -372,7 +379,7 @@ impl DataConfig {
         }
         let phases = samplers
             .into_iter()
-            .zip(&resolved)
+            .zip(resolved)
             .map(|(sampler, phase)| {
                 Ok(PhaseSampler {
                     sampler: Arc::try_unwrap(sampler).map_err(|_| {
@@ -392,6 +399,7 @@ impl DataConfig {
             tokenizer,
             sampler: Arc::new(MaskingSampler::phased(phases)?),
             held_out,
+            phase_plan: plan,
         })
     }
 
@@ -515,6 +523,7 @@ impl DataConfig {
             tokenizer,
             sampler,
             held_out: held,
+            phase_plan: self.phase_plan()?,
         })
     }
 
@@ -583,12 +592,13 @@ impl DataConfig {
             tokenizer,
             sampler,
             held_out,
+            phase_plan: self.phase_plan()?,
         })
     }
 }
 
 /// `--mix` is stored as its spec string in configs.
-mod mix_spec {
+pub(crate) mod mix_spec {
     use crate::sampler::MixSpec;
 
     pub fn serialize<S: serde::Serializer>(m: &Option<MixSpec>, ser: S) -> Result<S::Ok, S::Error> {
@@ -609,7 +619,7 @@ mod mix_spec {
 
 #[cfg(feature = "clap")]
 fn parse_phase(s: &str) -> std::result::Result<Phase, String> {
-    serde_json::from_str(s).map_err(|e| format!("a phase is a JSON object ({e})"))
+    serde_json::from_str(s).map_err(|e| format!("a phase is a JSON object of its settings: {e}"))
 }
 
 #[cfg(feature = "clap")]
@@ -678,7 +688,7 @@ mod introspect {
 }
 
 /// `--mix-by-size` is stored as its spec string (a number or a schedule).
-mod weight_spec {
+pub(crate) mod weight_spec {
     use crate::sampler::Weight;
 
     pub fn serialize<S: serde::Serializer>(w: &Option<Weight>, ser: S) -> Result<S::Ok, S::Error> {
@@ -753,6 +763,20 @@ fn parse_schedule(s: &str) -> std::result::Result<MaskSchedule, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
+/// A config with every optional field set, so its serialization shows every key.
+#[cfg(test)]
+fn every_field_set() -> DataConfig {
+    DataConfig {
+        mix: Some("a=1".parse().unwrap()),
+        mix_by_size: Some("0.7".parse().unwrap()),
+        join: vec!["a@0.5".parse().unwrap()],
+        cache_dir: Some("cache".into()),
+        cache_bytes: Some(1 << 20),
+        phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
+        ..DataConfig::default()
+    }
+}
+
 #[cfg(all(test, feature = "clap"))]
 mod tests {
     use super::*;
@@ -776,15 +800,7 @@ mod tests {
 
     #[test]
     fn every_field_is_a_flag_and_a_config_key() {
-        let every_field_set = DataConfig {
-            mix: Some("a=1".parse().unwrap()),
-            mix_by_size: Some("0.7".parse().unwrap()),
-            join: vec!["a@0.5".parse().unwrap()],
-            cache_dir: Some("cache".into()),
-            cache_bytes: Some(1 << 20),
-            phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
-            ..DataConfig::default()
-        };
+        let every_field_set = every_field_set();
         let keys: Vec<String> = serde_json::to_value(every_field_set)
             .unwrap()
             .as_object()
@@ -810,15 +826,7 @@ mod override_tests {
 
     #[test]
     fn keys_are_every_serialized_field() {
-        let every_field_set = DataConfig {
-            mix: Some("a=1".parse().unwrap()),
-            mix_by_size: Some("0.7".parse().unwrap()),
-            join: vec!["a@0.5".parse().unwrap()],
-            cache_dir: Some("cache".into()),
-            cache_bytes: Some(1 << 20),
-            phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
-            ..DataConfig::default()
-        };
+        let every_field_set = every_field_set();
         let mut serialized: Vec<String> = serde_json::to_value(every_field_set)
             .unwrap()
             .as_object()

@@ -1,16 +1,21 @@
 //! The step-aware masking sampler: whole-document shards → fixed-length sequences → a seeded
 //! order → masked batches whose rate is the schedule's value at the batch's own step.
 //!
-//! - [`sequence::Sequences`]: truncate or pack layout over a [`crate::shard::ShardSet`].
+//! - [`sequence::Sequences`]: truncate, pack or pack-docs layout over a
+//!   [`crate::shard::ShardSet`]; [`sequence::PackedInputs`], transformers' packed inputs of a
+//!   pack-docs batch.
 //! - [`order::Permutation`]: O(1) per-epoch shuffling.
 //! - [`mask::mask_sequence`]: choice (Bernoulli, exact, whole-word) and 80/10/10 replacement.
-//! - [`batch::MaskingSampler`]: `batch(step, slots)`, a pure function of the seed and step.
+//! - [`batch::MaskingSampler`]: `batch(step, slots)`, a pure function of the seed and step; its
+//!   files: the sampler (`batch/mod.rs`), phases (`phased.rs`), where each slot reads
+//!   (`stream.rs`), row writers (`rows.rs`), the rank/micro-batch split (`plan.rs`), bucket
+//!   prefetching (`prefetch.rs`).
 //! - [`loader::Loader`]: prefetching on a background thread.
 //! - [`data_config::DataConfig`]: everything a batch depends on (the trainer's data flags, the
 //!   Python package's keywords), and [`data_config::Data`], what it opens.
 //! - [`mixture::Mixture`]: named sources mixed with weights that follow schedules.
 //! - [`phases::Phase`]: a run as phases that change sequence length, batch size, sources, mix
-//!   or schedule for their stretch.
+//!   or schedule for their stretch, typed; [`phases::PhasePlan`], them resolved once.
 //! - [`held_out::HeldOutBatches`]: the held-out sequences masked at a fixed 15% and seed.
 
 pub mod batch;
@@ -34,8 +39,8 @@ pub use held_out::HeldOutBatches;
 pub use loader::{Loader, LoaderConfig, MicroBatch};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
 pub use mixture::{Join, MixRule, MixSpec, Mixture, Weight};
-pub use phases::{Phase, ResolvedPhase, PHASE_KEYS};
-pub use sequence::{segment_positions, Layout, Sequences};
+pub use phases::{Phase, PhasePlan, ResolvedPhase};
+pub use sequence::{segment_positions, Layout, PackedInputs, Sequences};
 pub use shard_blocks::Order;
 pub use source::ShardSource;
 

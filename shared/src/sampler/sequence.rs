@@ -89,6 +89,47 @@ pub fn segment_positions(starts: &[u32], tokens: usize) -> Vec<u32> {
     positions
 }
 
+/// What transformers' packed path reads for `pack-docs` rows (`DataCollatorWithFlattening(
+/// return_flash_attn_kwargs=True)`'s inputs): `position_ids`, and `cu_seq_lens_q`/`_k` with
+/// `max_length_q`/`_k`, the same for queries and keys. One computation and one set of names for
+/// the Python items and `inspect-batch --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedInputs {
+    /// Each token's position in its document (`segment_positions`).
+    pub position_ids: Vec<u32>,
+    /// Cumulative segment lengths over the flattened rows: the starts, then the token count.
+    pub cu_seq_lens: Vec<u32>,
+    /// The longest segment.
+    pub max_length: u32,
+}
+
+impl PackedInputs {
+    /// The packed inputs of `tokens` tokens whose segments start at `starts`.
+    pub fn of(starts: &[u32], tokens: usize) -> Self {
+        let mut cu_seq_lens = starts.to_vec();
+        cu_seq_lens.push(tokens as u32);
+        let max_length = cu_seq_lens
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(0);
+        PackedInputs {
+            position_ids: segment_positions(starts, tokens),
+            cu_seq_lens,
+            max_length,
+        }
+    }
+
+    /// The names of the items a batch carries, in transformers' words.
+    pub const NAMES: [&'static str; 5] = [
+        "position_ids",
+        "cu_seq_lens_q",
+        "cu_seq_lens_k",
+        "max_length_q",
+        "max_length_k",
+    ];
+}
+
 /// Fixed-length sequences over a shard set.
 pub struct Sequences {
     shards: Arc<ShardSet>,

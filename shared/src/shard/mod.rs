@@ -10,6 +10,7 @@
 //!   without copying.
 //! - [`remote`] opens shard directories in a bucket through the cache, and uploads finished ones.
 
+mod bytes;
 pub mod idx;
 pub mod manifest;
 pub mod reader;

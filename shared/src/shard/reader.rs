@@ -4,16 +4,15 @@
 //! and memory, whatever the token count. Document *i* is found by a binary search over the
 //! per-shard document counts (O(log shards)) and served as a slice of the map.
 
+use super::bytes::{BinBytes, BinView};
 use super::idx::IndexView;
 use super::remote::DirSource;
 use super::{Manifest, ShardEntry, TokenDtype};
-use crate::error::{Error, IoContext, Result};
-use crate::store::cache::Fetch;
+use crate::error::{Error, Result};
 use crate::store::{CacheConfig, ShardCache};
 use crate::tokenizer::TokenizerInfo;
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,34 +97,6 @@ impl<'a> Tokens<'a> {
     }
 }
 
-/// The token bytes of one shard: mapped from a local file, or fetched whole from object storage
-/// into the bounded cache when a document is read.
-pub(super) enum BinBytes {
-    /// A local `.bin` (`None` when empty).
-    Mapped(Option<Mmap>),
-    /// A `.bin` in a bucket.
-    Remote {
-        cache: Arc<ShardCache>,
-        fetch: Fetch,
-    },
-}
-
-/// A shard's token bytes held for reading: borrowed from a local map, or a cached file kept
-/// mapped (and safe from eviction) while this value lives.
-enum BinView<'a> {
-    Borrowed(&'a [u8]),
-    Cached(Arc<Mmap>),
-}
-
-impl BinView<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            BinView::Borrowed(b) => b,
-            BinView::Cached(m) => m,
-        }
-    }
-}
-
 /// One document's tokens, held for reading (see [`ShardSet::read_doc`]).
 pub struct Doc<'a> {
     view: BinView<'a>,
@@ -192,18 +163,6 @@ impl Shard {
             ),
         }
     }
-}
-
-pub(super) fn map(path: &Path) -> Result<Option<Mmap>> {
-    let file = File::open(path).with_path(path)?;
-    let len = file.metadata().with_path(path)?.len();
-    if len == 0 {
-        return Ok(None);
-    }
-    // SAFETY: shard files are immutable once committed (written under a temporary name and
-    // renamed); maskrate never writes to a committed shard, and the map is read-only.
-    let mmap = unsafe { Mmap::map(&file) }.with_path(path)?;
-    Ok(Some(mmap))
 }
 
 /// All documents of one or more shard directories, in manifest order, as one indexed collection.

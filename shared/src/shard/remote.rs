@@ -3,7 +3,7 @@
 //! how a finished local directory is uploaded (manifest last). The only code that knows both the
 //! shard format and [`crate::store`]; the store itself knows nothing of shards.
 
-use super::reader::{map, BinBytes};
+use super::bytes::{map, BinBytes};
 use super::{Manifest, ShardEntry, TokenDtype};
 use crate::error::{Error, IoContext, Result};
 use crate::store::cache::Fetch;

@@ -1,12 +1,12 @@
 //! [`ShardCache`]: whole shard files fetched from object storage into a local directory whose
 //! size never exceeds a bound, then memory-mapped.
 //!
-//! Files are content-addressed (`<sha256>.bin` / `.idx`, the manifest's checksums), verified as
+//! Files are content-addressed (`<sha256>.<ext>`, the checksums the caller names), verified as
 //! they arrive and renamed into place, so a half-downloaded file is never visible, a replaced
-//! shard set never reads stale bytes, and a second run (or another rank on the node) finds what
-//! an earlier one fetched. Eviction is least-recently-used among files no batch is reading; the
-//! `.idx` files of open shard sets are pinned (they are ~4% of the token bytes and every lookup
-//! needs them).
+//! file never reads stale bytes, and a second run (or another rank on the node) finds what an
+//! earlier one fetched. Eviction is least-recently-used among files nobody is reading and the
+//! caller has not pinned (the shard reader pins the indexes of open shard sets: ~4% of the token
+//! bytes, and every lookup needs them). The cache knows nothing of what the files hold.
 
 use super::Store;
 use crate::error::{Error, IoContext, Result};
@@ -546,11 +546,14 @@ fn map_file(path: &Path) -> Result<Mmap> {
     unsafe { Mmap::map(&file) }.with_path(path)
 }
 
+/// `<sha256>.<ext>`: a content-addressed file of this cache (whatever its extension means to
+/// the caller), not a temporary or a stranger's file.
 fn is_cached_name(name: &str) -> bool {
     let Some((hash, ext)) = name.split_once('.') else {
         return false;
     };
-    (ext == "bin" || ext == "idx")
+    !ext.is_empty()
+        && ext.bytes().all(|b| b.is_ascii_alphanumeric())
         && hash.len() == 64
         && hash.bytes().all(|b| b.is_ascii_hexdigit())
 }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, D};
 use clap::Args;
 use model::Encoder;
+use model::MaskedLm;
 use serde::{Deserialize, Serialize};
 use shared::tokenizer::TokenizerInfo;
 use std::collections::BTreeMap;

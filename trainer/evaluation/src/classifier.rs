@@ -128,7 +128,8 @@ impl Classifier {
                 };
                 Classifier {
                     backbone: Backbone::ModernBert(ModernBert::new(cfg, p)?),
-                    head: Linear::with_init(p, "classifier", h, outputs, init)?,
+                    head: Linear::without_bias(p, "classifier", h, outputs, init)?
+                        .with_bias(p, "classifier")?,
                 }
             }
         })

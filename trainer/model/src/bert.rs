@@ -1,14 +1,13 @@
 //! BERT for masked language modelling (HuggingFace `BertForMaskedLM` architecture and names),
 //! with the MLM head evaluated only at the masked positions.
 
-use crate::bert_config::BertConfig;
+use crate::bert_config::{hf_defaults, Arch, BertConfig, HfShape};
 use crate::layers::{Linear, Norm};
-use crate::modernbert::TokenLayout;
-use crate::ops::{
-    add_bias, attention, cross_entropy_and_correct, gelu, matmul_in, Dropout, Visibility,
-};
+use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
+use crate::ops::{add_bias, attention, gelu, matmul_in, maybe_dropout, Dropout, Visibility};
 use crate::params::{Init, ParamStore};
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// Query, key and value projections applied as one `[3H, H]` product (HF keeps three layers).
 struct QkvProjection {
@@ -45,49 +44,6 @@ pub struct Bert {
     head_norm: Norm,
     head_bias: Tensor,
     compute: DType,
-}
-
-/// A micro-batch as tensors.
-pub struct MlmInputs {
-    /// `[B, L]` u32 ids.
-    pub input_ids: Tensor,
-    /// `[B, L]` f32, 1 for tokens, 0 for padding.
-    pub attention_mask: Tensor,
-    /// `[M]` u32 flat positions (`b·L + l`) of predicted tokens.
-    pub masked_positions: Tensor,
-    /// `[M]` u32 original ids there.
-    pub masked_labels: Tensor,
-    /// Tokens' positions and documents (packed rows); default: 0..L, one document per row.
-    pub layout: TokenLayout,
-}
-
-impl MlmInputs {
-    /// Converts a sampler batch.
-    pub fn from_batch(b: &shared::sampler::Batch, device: &Device) -> Result<Self> {
-        let (rows, len) = (b.rows(), b.seq_len);
-        let mask: Vec<f32> = b.attention_mask.iter().map(|&m| m as f32).collect();
-        Ok(MlmInputs {
-            input_ids: Tensor::from_slice(&b.input_ids, (rows, len), device)?,
-            attention_mask: Tensor::from_vec(mask, (rows, len), device)?,
-            masked_positions: Tensor::from_slice(
-                &b.masked_positions,
-                b.masked_positions.len(),
-                device,
-            )?,
-            masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
-            layout: TokenLayout::of_segments(&b.segment_starts, rows * len),
-        })
-    }
-}
-
-/// Loss and counts of one forward pass.
-pub struct MlmOutput {
-    /// Mean cross-entropy over predicted positions (scalar tensor, differentiable).
-    pub loss: Tensor,
-    /// Predicted positions whose arg-max equals the label.
-    pub correct: usize,
-    /// Predicted positions.
-    pub predicted: usize,
 }
 
 impl Bert {
@@ -161,24 +117,6 @@ impl Bert {
         &self.cfg
     }
 
-    fn maybe_dropout(x: Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
-        match dropout {
-            Some(d) => d.apply(&x),
-            None => Ok(x),
-        }
-    }
-
-    /// Final hidden states `[B, L, H]` of single segments (token type 0). `dropout` = `None`
-    /// for evaluation.
-    pub fn encode(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        dropout: &mut Option<Dropout>,
-    ) -> Result<Tensor> {
-        self.encode_with_types(input_ids, None, attention_mask, dropout)
-    }
-
     /// Final hidden states `[B, L, H]`; `token_type_ids` `[B, L]` u32 marks sentence pairs'
     /// second segments (`None` = all type 0).
     pub fn encode_with_types(
@@ -243,7 +181,7 @@ impl Bert {
             }
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };
-        let mut x = Self::maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
+        let mut x = maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         let visible = Visibility {
@@ -260,7 +198,7 @@ impl Bert {
             let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
             let qkv = layer.qkv.forward(&attn_in)?;
             let ctx = attention(&qkv, heads, &key_bias, &visible, factors, self.compute)?;
-            let attn = Self::maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
+            let attn = maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
             x = if self.cfg.pre_ln {
                 (x + attn)?
             } else {
@@ -274,7 +212,7 @@ impl Bert {
             let ffn = layer
                 .output
                 .forward(&gelu(&layer.intermediate.forward(&ffn_in)?)?)?;
-            let ffn = Self::maybe_dropout(ffn, dropout)?;
+            let ffn = maybe_dropout(ffn, dropout)?;
             x = if self.cfg.pre_ln {
                 (x + ffn)?
             } else {
@@ -283,34 +221,110 @@ impl Bert {
         }
         Ok(x)
     }
+}
 
-    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
-    pub fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = hidden.dims3()?;
-        let picked = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
+impl MaskedLm for Bert {
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+        self.encode_laid_out(
+            &inputs.input_ids,
+            None,
+            &inputs.attention_mask,
+            &inputs.layout,
+            dropout,
+        )
+    }
+
+    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let picked = masked_rows(hidden, positions)?;
         let t = self
             .head_norm
             .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
         let logits = matmul_in(&t, &self.word_embeddings.t()?, self.compute)?;
         add_bias(&logits, &self.head_bias)
     }
+}
 
-    /// Forward pass and masked-LM loss on one micro-batch.
-    pub fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
-        let hidden = self.encode_laid_out(
-            &inputs.input_ids,
-            None,
-            &inputs.attention_mask,
-            &inputs.layout,
-            dropout,
-        )?;
-        let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
-        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
-        let predicted = inputs.masked_labels.dim(0)?;
-        Ok(MlmOutput {
-            loss,
-            correct,
-            predicted,
+/// transformers' `BertConfig` as `config.json` holds it: the keys a `BertFor*` class reads, written
+/// by `export` and fine-tuning and read back when a HuggingFace directory is loaded (keys absent
+/// from older files take transformers' defaults; keys this model does not use are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfBertConfig {
+    /// The model class, e.g. `BertForMaskedLM`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Always `bert`.
+    pub model_type: String,
+    #[serde(flatten)]
+    pub shape: HfShape,
+    #[serde(default = "hf_defaults::gelu")]
+    pub hidden_act: String,
+    #[serde(default = "bert_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "bert_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    #[serde(default = "hf_defaults::init_std")]
+    pub initializer_range: f64,
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+    #[serde(default = "hf_defaults::yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn bert_dropout() -> f64 {
+    Arch::Bert.default_dropout()
+}
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn absolute() -> String {
+    "absolute".into()
+}
+
+impl HfBertConfig {
+    /// The `config.json` of `cfg` as transformers class `architecture`; `pad_token_id` from the
+    /// tokenizer.
+    pub fn new(cfg: &BertConfig, architecture: &str, pad_token_id: u32) -> Self {
+        HfBertConfig {
+            architectures: vec![architecture.to_string()],
+            model_type: "bert".into(),
+            shape: HfShape::of(cfg),
+            hidden_act: hf_defaults::gelu(),
+            hidden_dropout_prob: cfg.dropout,
+            attention_probs_dropout_prob: cfg.dropout,
+            type_vocab_size: cfg.type_vocab_size,
+            initializer_range: cfg.initializer_range,
+            layer_norm_eps: cfg.layer_norm_eps,
+            pad_token_id,
+            position_embedding_type: absolute(),
+            tie_word_embeddings: true,
+        }
+    }
+
+    /// The model configuration this file describes, or what maskrate's BERT cannot run.
+    pub fn to_config(&self) -> std::result::Result<BertConfig, String> {
+        if self.hidden_act != "gelu" || self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "hidden_act {:?} with position_embedding_type {:?}: maskrate's BERT runs gelu \
+                 with absolute positions",
+                self.hidden_act, self.position_embedding_type
+            ));
+        }
+        Ok(BertConfig {
+            type_vocab_size: self.type_vocab_size,
+            layer_norm_eps: self.layer_norm_eps,
+            dropout: self.hidden_dropout_prob,
+            pre_ln: false,
+            initializer_range: self.initializer_range,
+            ..self.shape.config(Arch::Bert)
         })
     }
 }

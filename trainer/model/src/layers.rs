@@ -15,20 +15,7 @@ pub struct Linear {
 impl Linear {
     /// `name.weight` `[out, inp]` ~ normal(0, std) and `name.bias` zeros, from `p`.
     pub fn new(p: &ParamStore, name: &str, inp: usize, out: usize, std: f64) -> Result<Self> {
-        Self::with_init(p, name, inp, out, Init::Normal(std))
-    }
-
-    /// `name.weight` `[out, inp]` drawn by `init` and `name.bias` zeros, from `p`.
-    pub fn with_init(
-        p: &ParamStore,
-        name: &str,
-        inp: usize,
-        out: usize,
-        init: Init,
-    ) -> Result<Self> {
-        let mut layer = Self::without_bias(p, name, inp, out, init)?;
-        layer.bias = Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?);
-        Ok(layer)
+        Self::without_bias(p, name, inp, out, Init::Normal(std))?.with_bias(p, name)
     }
 
     /// `name.weight` `[out, inp]` drawn by `init`, no bias (`nn.Linear(bias=False)`).
@@ -44,6 +31,13 @@ impl Linear {
             bias: None,
             compute: p.compute_dtype(),
         })
+    }
+
+    /// This layer with its bias `name.bias` (zeros, its output width) from `p`.
+    pub fn with_bias(mut self, p: &ParamStore, name: &str) -> Result<Self> {
+        let out = self.weight.dim(0)?;
+        self.bias = Some(p.get(&format!("{name}.bias"), &[out], Init::Zeros)?);
+        Ok(self)
     }
 
     /// The layers `parts` stacked along their outputs: one product gives all their outputs, side

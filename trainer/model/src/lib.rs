@@ -1,10 +1,15 @@
 //! The masked-language models (BERT, ModernBERT), written on candle-core/candle-nn primitives that train.
 //!
-//! - [`bert_config`]: sizes and presets, and the HuggingFace `config.json` they map to.
-//! - [`params`]: named, seeded parameters (HF `BertForMaskedLM` names), and loading them by name.
-//! - [`ops`]: the differentiable building blocks, one file per op: LayerNorm, softmax, attention,
-//!   GELU, bias add, cross-entropy, dropout, autocast matmul. Each has a fused CPU kernel with its
-//!   own backward and a composed twin for every other device; [`ops::supports`] chooses.
+//! - [`bert_config`]: sizes, presets and the architecture; each model file owns its HuggingFace
+//!   `config.json` ([`bert::HfBertConfig`], [`modernbert::HfModernBertConfig`]).
+//! - [`params`]: named, seeded parameters (transformers' names for each architecture), and
+//!   loading them by name.
+//! - [`layers`]: `Linear` and `Norm`, with or without biases.
+//! - [`ops`]: the differentiable building blocks, one file per op: layer norm, softmax, attention,
+//!   GELU, GeGLU, rotary, bias add, cross-entropy, dropout, autocast matmul. The fused ones have a
+//!   CPU kernel with its own backward and a composed twin for every other device
+//!   ([`ops::supports`] chooses); dropout and matmul are plain candle ops on every device.
+//! - [`mlm`]: the MLM task every architecture serves: inputs, layout, output, the one loss.
 //! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
 //! - [`modernbert`]: ModernBERT (rotary, GeGLU, local/global attention, no biases), same head rule.
 //! - [`encoder`]: either architecture behind one type, chosen by the configuration's `arch`.
@@ -17,13 +22,15 @@ pub mod encoder;
 #[cfg(feature = "test-support")]
 pub mod fixtures;
 pub mod layers;
+pub mod mlm;
 pub mod modernbert;
 pub mod ops;
 pub mod params;
 
-pub use bert::{Bert, MlmInputs, MlmOutput};
+pub use bert::Bert;
 pub use bert_config::{Arch, BertConfig};
 pub use encoder::Encoder;
 pub use layers::{Linear, Norm};
-pub use modernbert::{ModernBert, TokenLayout};
+pub use mlm::{MaskedLm, MlmInputs, MlmOutput, TokenLayout};
+pub use modernbert::ModernBert;
 pub use params::ParamStore;

@@ -7,16 +7,16 @@
 //! positions), a GeGLU feed-forward; a final norm; the head dense → GELU → norm → decoder tied to
 //! the token embeddings, with a bias.
 
-use crate::bert::MlmOutput;
-use crate::bert_config::BertConfig;
+use crate::bert_config::{hf_defaults, Arch, BertConfig, HfShape, ModernSettings};
 use crate::layers::{Linear, Norm};
+use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
-    add_bias, attention, cross_entropy_and_correct, geglu, gelu, matmul_in, rotary, Dropout,
-    RotaryTables, Visibility,
+    add_bias, attention, geglu, gelu, matmul_in, maybe_dropout, rotary, Dropout, RotaryTables,
+    Visibility,
 };
 use crate::params::{Init, ParamStore};
-use crate::MlmInputs;
 use candle_core::{DType, Result, Tensor};
+use serde::{Deserialize, Serialize};
 
 struct Layer {
     /// `None` in layer 0.
@@ -40,39 +40,6 @@ pub struct ModernBert {
     head_norm: Norm,
     decoder_bias: Tensor,
     compute: DType,
-}
-
-/// Where each token sits: its position (rotary angle) and, for packed rows, its document.
-#[derive(Clone, Default)]
-pub struct TokenLayout {
-    /// Per-token positions `[B·L]`; `None`: 0..L in every row.
-    pub positions: Option<Vec<u32>>,
-    /// Per-token document ids `[B·L]`: attention stays inside a document; `None`: one per row.
-    pub segments: Option<std::sync::Arc<Vec<u32>>>,
-}
-
-impl TokenLayout {
-    /// The layout of `tokens` tokens whose segments start at the flat indices `starts`
-    /// (ascending, the first 0): positions count from each start, and each segment is its own
-    /// document. No starts: the default layout (0..L per row, one document per row).
-    pub fn of_segments(starts: &[u32], tokens: usize) -> Self {
-        if starts.is_empty() {
-            return TokenLayout::default();
-        }
-        let positions = shared::sampler::segment_positions(starts, tokens);
-        // Each segment's positions start at 0, and only there.
-        let segments = positions
-            .iter()
-            .scan(u32::MAX, |segment, &p| {
-                *segment = segment.wrapping_add((p == 0) as u32);
-                Some(*segment)
-            })
-            .collect();
-        TokenLayout {
-            positions: Some(positions),
-            segments: Some(std::sync::Arc::new(segments)),
-        }
-    }
 }
 
 impl ModernBert {
@@ -144,13 +111,6 @@ impl ModernBert {
         &self.cfg
     }
 
-    fn maybe_dropout(x: Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
-        match dropout {
-            Some(d) => d.apply(&x),
-            None => Ok(x),
-        }
-    }
-
     /// Final hidden states `[B, L, H]`. `attention_mask` `[B, L]` f32 (1 token, 0 padding);
     /// `layout` the tokens' positions and documents; `dropout` = `None` for evaluation.
     /// Kept whole: the encoder's forward pass in layer order, like the reference implementation.
@@ -191,7 +151,7 @@ impl ModernBert {
             .tok_embeddings
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, h))?;
-        let mut x = Self::maybe_dropout(self.emb_norm.forward(&words)?, dropout)?;
+        let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         for layer in &self.layers {
@@ -206,12 +166,10 @@ impl ModernBert {
             let qkv = rotary(&layer.qkv.forward(&attn_in)?, heads, tables)?;
             let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
             let ctx = attention(&qkv, heads, &key_bias, rule, factors, self.compute)?;
-            let attn = Self::maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
+            let attn = maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
             x = (x + attn)?;
             let gated = geglu(&layer.mlp_in.forward(&layer.mlp_norm.forward(&x)?)?)?;
-            let mlp = layer
-                .mlp_out
-                .forward(&Self::maybe_dropout(gated, dropout)?)?;
+            let mlp = layer.mlp_out.forward(&maybe_dropout(gated, dropout)?)?;
             x = (x + mlp)?;
         }
         self.final_norm.forward(&x)
@@ -223,30 +181,231 @@ impl ModernBert {
     pub fn prediction_head(&self, x: &Tensor) -> Result<Tensor> {
         self.head_norm.forward(&gelu(&self.head_dense.forward(x)?)?)
     }
+}
 
-    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
-    pub fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
-        let (b, l, h) = hidden.dims3()?;
-        let picked = hidden.reshape((b * l, h))?.index_select(positions, 0)?;
-        let t = self.prediction_head(&picked)?;
+impl MaskedLm for ModernBert {
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+        self.encode(
+            &inputs.input_ids,
+            &inputs.attention_mask,
+            &inputs.layout,
+            dropout,
+        )
+    }
+
+    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        let t = self.prediction_head(&masked_rows(hidden, positions)?)?;
         let logits = matmul_in(&t, &self.tok_embeddings.t()?, self.compute)?;
         add_bias(&logits, &self.decoder_bias)
     }
+}
 
-    /// Forward pass and masked-LM loss on one micro-batch.
-    pub fn mlm_loss(
-        &self,
-        inputs: &MlmInputs,
-        layout: &TokenLayout,
-        dropout: &mut Option<Dropout>,
-    ) -> Result<MlmOutput> {
-        let hidden = self.encode(&inputs.input_ids, &inputs.attention_mask, layout, dropout)?;
-        let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
-        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
-        Ok(MlmOutput {
-            loss,
-            correct,
-            predicted: inputs.masked_labels.dim(0)?,
+/// transformers' `ModernBertConfig` as `config.json` holds it: the keys a `ModernBertFor*` class
+/// reads, written by `export` and fine-tuning and read back when a HuggingFace directory is loaded
+/// (absent keys take transformers' defaults; keys this model does not use are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HfModernBertConfig {
+    /// The model class, e.g. `ModernBertForMaskedLM`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Always `modernbert`.
+    pub model_type: String,
+    #[serde(flatten)]
+    pub shape: HfShape,
+    #[serde(default = "hf_defaults::gelu")]
+    pub hidden_activation: String,
+    #[serde(default = "hf_defaults::init_std")]
+    pub initializer_range: f64,
+    #[serde(default = "cutoff")]
+    pub initializer_cutoff_factor: f64,
+    #[serde(default = "modern_eps")]
+    pub norm_eps: f64,
+    #[serde(default)]
+    pub norm_bias: bool,
+    #[serde(default)]
+    pub pad_token_id: u32,
+    #[serde(default)]
+    pub bos_token_id: u32,
+    #[serde(default)]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub cls_token_id: u32,
+    #[serde(default)]
+    pub sep_token_id: u32,
+    #[serde(default = "global_every")]
+    pub global_attn_every_n_layers: usize,
+    /// `full_attention` / `sliding_attention` per layer (transformers 5; absent before).
+    #[serde(default)]
+    pub layer_types: Option<Vec<String>>,
+    #[serde(default = "local_window")]
+    pub local_attention: usize,
+    /// Rotary bases per layer type (transformers 5).
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    /// Earlier transformers' rotary bases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rope_theta: Option<f64>,
+    #[serde(default)]
+    pub embedding_dropout: f64,
+    #[serde(default)]
+    pub attention_dropout: f64,
+    #[serde(default)]
+    pub mlp_dropout: f64,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "hf_defaults::yes")]
+    pub decoder_bias: bool,
+    #[serde(default)]
+    pub classifier_bias: bool,
+    #[serde(default = "hf_defaults::gelu")]
+    pub classifier_activation: String,
+    #[serde(default = "hf_defaults::yes")]
+    pub tie_word_embeddings: bool,
+}
+
+/// transformers 5's `rope_parameters`: one rotary setting per layer type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    pub full_attention: Rope,
+    pub sliding_attention: Rope,
+}
+
+/// One layer type's rotary setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rope {
+    #[serde(default = "default_rope")]
+    pub rope_type: String,
+    pub rope_theta: f64,
+}
+
+fn default_rope() -> String {
+    "default".into()
+}
+fn cutoff() -> f64 {
+    ModernSettings::default().init_cutoff
+}
+fn modern_eps() -> f64 {
+    1e-5
+}
+fn global_every() -> usize {
+    ModernSettings::default().global_every
+}
+fn local_window() -> usize {
+    ModernSettings::default().local_window
+}
+
+fn layer_type(global: bool) -> &'static str {
+    match global {
+        true => "full_attention",
+        false => "sliding_attention",
+    }
+}
+
+impl HfModernBertConfig {
+    /// The `config.json` of `cfg` as transformers class `architecture`; `specials` are the
+    /// tokenizer's (pad, cls, sep, mask) ids.
+    pub fn new(cfg: &BertConfig, architecture: &str, specials: [u32; 4]) -> Self {
+        let m = &cfg.modern;
+        let [pad, cls, sep, _mask] = specials;
+        let rope = |theta| Rope {
+            rope_type: default_rope(),
+            rope_theta: theta,
+        };
+        HfModernBertConfig {
+            architectures: vec![architecture.to_string()],
+            model_type: "modernbert".into(),
+            shape: HfShape::of(cfg),
+            hidden_activation: hf_defaults::gelu(),
+            initializer_range: cfg.initializer_range,
+            initializer_cutoff_factor: m.init_cutoff,
+            norm_eps: cfg.layer_norm_eps,
+            norm_bias: false,
+            pad_token_id: pad,
+            bos_token_id: cls,
+            eos_token_id: sep,
+            cls_token_id: cls,
+            sep_token_id: sep,
+            global_attn_every_n_layers: m.global_every,
+            layer_types: Some(
+                (0..cfg.num_hidden_layers)
+                    .map(|i| layer_type(m.is_global(i)).to_string())
+                    .collect(),
+            ),
+            local_attention: m.local_window,
+            rope_parameters: Some(RopeParameters {
+                full_attention: rope(m.global_rope_theta),
+                sliding_attention: rope(m.local_rope_theta),
+            }),
+            global_rope_theta: None,
+            local_rope_theta: None,
+            embedding_dropout: cfg.dropout,
+            attention_dropout: cfg.dropout,
+            mlp_dropout: cfg.dropout,
+            attention_bias: false,
+            mlp_bias: false,
+            decoder_bias: true,
+            classifier_bias: false,
+            classifier_activation: hf_defaults::gelu(),
+            tie_word_embeddings: true,
+        }
+    }
+
+    /// The model configuration this file describes, or what maskrate's ModernBERT cannot run.
+    pub fn to_config(&self) -> std::result::Result<BertConfig, String> {
+        let defaults = ModernSettings::default();
+        let theta =
+            |new: Option<f64>, old: Option<f64>, default: f64| new.or(old).unwrap_or(default);
+        let modern = ModernSettings {
+            global_every: self.global_attn_every_n_layers,
+            local_window: self.local_attention,
+            global_rope_theta: theta(
+                self.rope_parameters
+                    .as_ref()
+                    .map(|r| r.full_attention.rope_theta),
+                self.global_rope_theta,
+                defaults.global_rope_theta,
+            ),
+            local_rope_theta: theta(
+                self.rope_parameters
+                    .as_ref()
+                    .map(|r| r.sliding_attention.rope_theta),
+                self.local_rope_theta,
+                defaults.local_rope_theta,
+            ),
+            init_cutoff: self.initializer_cutoff_factor,
+        };
+        for (i, t) in self.layer_types.iter().flatten().enumerate() {
+            if t != layer_type(modern.is_global(i)) {
+                return Err(format!(
+                    "layer_types[{i}] = {t:?} does not follow global_attn_every_n_layers = {} \
+                     (every {}th layer global, the others sliding), the only pattern maskrate runs",
+                    modern.global_every, modern.global_every
+                ));
+            }
+        }
+        for (key, value) in [
+            ("attention_bias", self.attention_bias),
+            ("mlp_bias", self.mlp_bias),
+            ("norm_bias", self.norm_bias),
+        ] {
+            if value {
+                return Err(format!(
+                    "{key} = true is not supported (maskrate's ModernBERT has none)"
+                ));
+            }
+        }
+        Ok(BertConfig {
+            modern,
+            type_vocab_size: 0,
+            layer_norm_eps: self.norm_eps,
+            dropout: self.embedding_dropout,
+            pre_ln: false,
+            initializer_range: self.initializer_range,
+            ..self.shape.config(Arch::ModernBert)
         })
     }
 }

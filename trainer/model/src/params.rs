@@ -1,4 +1,5 @@
-//! Named parameters with deterministic initialisation (HF BertForMaskedLM names).
+//! Named parameters with deterministic initialisation (transformers' names of each architecture:
+//! `BertForMaskedLM`, `ModernBertForMaskedLM`, the classifiers).
 //!
 //! candle's `Init::Randn` draws from an unseeded RNG; here every weight is drawn from a stream
 //! keyed by (seed, parameter name), so the same seed gives the same model on any machine.

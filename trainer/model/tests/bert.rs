@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use model::fixtures::{inputs, tiny};
 use model::ops::Dropout;
+use model::MaskedLm;
 use model::{Bert, BertConfig, MlmInputs, ParamStore};
 
 trait FromSeed {

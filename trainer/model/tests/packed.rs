@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use model::fixtures::tiny;
+use model::MaskedLm;
 use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
 
 fn configs() -> Vec<BertConfig> {
@@ -101,8 +102,16 @@ fn a_document_reads_the_same_at_any_offset() {
         let doc: Vec<u32> = vec![1, 9, 14, 22, 30, 2];
         // Row 0: doc at 0, filler after; row 1: filler, then doc at 6 (segments 0, 6 | 12, 18).
         let filler: Vec<u32> = vec![1, 40, 41, 42, 43, 2];
-        let ids = [doc.clone(), filler.clone(), filler, doc].concat();
+        let ids = [doc.clone(), filler.clone(), filler, doc.clone()].concat();
         let dev = Device::Cpu;
+        let alone = MlmInputs {
+            input_ids: Tensor::from_vec(doc, (1, 6), &dev).unwrap(),
+            attention_mask: Tensor::ones((1, 6), candle_core::DType::F32, &dev).unwrap(),
+            masked_positions: Tensor::from_vec((0..6u32).collect(), 6, &dev).unwrap(),
+            masked_labels: Tensor::from_vec(vec![0u32; 6], 6, &dev).unwrap(),
+            layout: TokenLayout::default(),
+        };
+        let alone = logits(&model, &alone);
         let inp = MlmInputs {
             input_ids: Tensor::from_vec(ids, (2, 12), &dev).unwrap(),
             attention_mask: Tensor::ones((2, 12), candle_core::DType::F32, &dev).unwrap(),
@@ -111,14 +120,17 @@ fn a_document_reads_the_same_at_any_offset() {
             layout: TokenLayout::of_segments(&[0, 6, 12, 18], 24),
         };
         let l = logits(&model, &inp);
-        for t in 0..6 {
-            let (x, y) = (&l[t], &l[18 + t]);
-            let d = x
-                .iter()
+        let furthest = |x: &[f32], y: &[f32]| {
+            x.iter()
                 .zip(y)
                 .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+                .fold(0f32, f32::max)
+        };
+        for t in 0..6 {
+            let d = furthest(&l[t], &l[18 + t]);
             assert!(d < 1e-5, "{:?}: token {t} differs by {d}", cfg.arch);
+            let d = furthest(&l[t], &alone[t]);
+            assert!(d < 1e-5, "{:?}: token {t} alone differs by {d}", cfg.arch);
         }
     }
 }

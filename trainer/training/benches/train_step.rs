@@ -11,6 +11,7 @@
 
 use candle_core::{Device, Tensor};
 use model::ops::Dropout;
+use model::MaskedLm;
 use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore};
 use shared::sampler::{Layout, MaskVocab, MaskingConfig, MaskingSampler, SamplerConfig, Sequences};
 use shared::tokenizer::LoadedTokenizer;

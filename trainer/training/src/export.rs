@@ -11,6 +11,7 @@
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use model::BertConfig;
+use model::MaskedLm;
 use shared::atomic::{write_file, write_with};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,19 +69,8 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     })?;
     written.push(model_path);
     let info = &pre.tokenizer.info;
-    let hf = match cfg.arch {
-        model::Arch::Bert => cfg.hf_config_json(
-            "BertForMaskedLM",
-            info.pad_id,
-            serde_json::json!({
-                "position_embedding_type": "absolute",
-                "tie_word_embeddings": true,
-            }),
-        ),
-        model::Arch::ModernBert => {
-            cfg.modernbert_config_json([info.pad_id, info.cls_id, info.sep_id, info.mask_id])
-        }
-    };
+    let specials = [info.pad_id, info.cls_id, info.sep_id, info.mask_id];
+    let hf = model::encoder::hf_config(&cfg, "ForMaskedLM", specials, serde_json::json!({}));
     let config_path = out.join("config.json");
     write_file(&config_path, &serde_json::to_vec_pretty(&hf)?)?;
     written.push(config_path);

@@ -5,6 +5,7 @@
 use crate::dist::Collective;
 use anyhow::Result;
 use candle_core::Device;
+use model::MaskedLm;
 use model::{Encoder, MlmInputs};
 use serde::{Deserialize, Serialize};
 use shared::sampler::{HeldOutBatches, MaskVocab, Sequences};

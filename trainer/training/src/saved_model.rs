@@ -95,33 +95,14 @@ fn from_hf_dir(dir: &Path, tokenizer: Option<&Path>) -> Result<Pretrained> {
         &std::fs::read(&cfg_path).with_context(|| format!("reading {}", cfg_path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
-    let get = |k: &str| config_int(&hf, &cfg_path, k);
-    match hf["model_type"].as_str() {
-        None | Some("bert") => {}
-        Some("modernbert") => return from_hf_modernbert(dir, &hf, tokenizer),
-        Some(other) => bail!(
-            "{}: model_type {other:?} is neither bert nor modernbert",
-            cfg_path.display()
-        ),
-    }
-    let config = BertConfig {
-        arch: model::bert_config::Arch::Bert,
-        modern: Default::default(),
-        vocab_size: get("vocab_size")?,
-        hidden_size: get("hidden_size")?,
-        num_hidden_layers: get("num_hidden_layers")?,
-        num_attention_heads: get("num_attention_heads")?,
-        intermediate_size: get("intermediate_size")?,
-        max_position_embeddings: get("max_position_embeddings")?,
-        type_vocab_size: get("type_vocab_size").unwrap_or(2),
-        layer_norm_eps: hf["layer_norm_eps"].as_f64().unwrap_or(1e-12),
-        dropout: hf["hidden_dropout_prob"].as_f64().unwrap_or(0.1),
-        pre_ln: false,
-        initializer_range: hf["initializer_range"].as_f64().unwrap_or(0.02),
+    let config = model::encoder::config_from_hf(&hf)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
+    // A bare BertModel or ModernBertModel names the encoder without the model's prefix.
+    let bare: (&str, &[&str]) = match config.arch {
+        model::Arch::Bert => ("bert.", &["embeddings.", "encoder.", "pooler."]),
+        model::Arch::ModernBert => ("model.", &["embeddings.", "layers.", "final_norm."]),
     };
-    // BertModel checkpoints name the encoder without the `bert.` prefix.
-    let bare = ["embeddings.", "encoder.", "pooler."];
-    hf_pretrained(dir, &hf, config, ("bert.", &bare), tokenizer)
+    hf_pretrained(dir, &hf, config, bare, tokenizer)
 }
 
 /// The `model.safetensors` of HuggingFace directory `dir` with `config`: tensors named
@@ -151,100 +132,6 @@ fn hf_pretrained(
         source: dir.to_path_buf(),
         task: hf["maskrate_task"].as_str().map(str::to_string),
     })
-}
-
-/// Integer `key` of the `config.json` at `path`, read as `hf`; a missing one is an error naming
-/// both.
-fn config_int(hf: &serde_json::Value, path: &Path, key: &str) -> Result<usize> {
-    hf[key]
-        .as_u64()
-        .map(|v| v as usize)
-        .with_context(|| format!("{}: missing integer {key:?}", path.display()))
-}
-
-/// A transformers ModernBERT directory (`ModernBertForMaskedLM`, `…ForSequenceClassification` or
-/// a bare `ModernBertModel`), as `trainer export` writes it.
-fn from_hf_modernbert(
-    dir: &Path,
-    hf: &serde_json::Value,
-    tokenizer: Option<&Path>,
-) -> Result<Pretrained> {
-    let cfg_path = dir.join("config.json");
-    let int = |k: &str| config_int(hf, &cfg_path, k);
-    let float = |k: &str, default: f64| hf[k].as_f64().unwrap_or(default);
-    let defaults = model::bert_config::ModernSettings::default();
-    // transformers 5 writes rope_parameters per layer type; earlier versions two thetas.
-    let theta = |layer_type: &str, old_key: &str, default: f64| {
-        hf["rope_parameters"][layer_type]["rope_theta"]
-            .as_f64()
-            .or_else(|| hf[old_key].as_f64())
-            .unwrap_or(default)
-    };
-    let modern = model::bert_config::ModernSettings {
-        global_every: hf["global_attn_every_n_layers"]
-            .as_u64()
-            .map_or(defaults.global_every, |v| v as usize),
-        local_window: hf["local_attention"]
-            .as_u64()
-            .map_or(defaults.local_window, |v| v as usize),
-        global_rope_theta: theta(
-            "full_attention",
-            "global_rope_theta",
-            defaults.global_rope_theta,
-        ),
-        local_rope_theta: theta(
-            "sliding_attention",
-            "local_rope_theta",
-            defaults.local_rope_theta,
-        ),
-        init_cutoff: float("initializer_cutoff_factor", defaults.init_cutoff),
-    };
-    let layers = int("num_hidden_layers")?;
-    if let Some(types) = hf["layer_types"].as_array() {
-        for (i, t) in types.iter().enumerate() {
-            let global = t.as_str() == Some("full_attention");
-            if global != modern.is_global(i) {
-                bail!(
-                    "{}: layer_types[{i}] = {t} does not follow global_attn_every_n_layers = {} \
-                     (every {}th layer global, the others sliding), the only pattern maskrate runs",
-                    cfg_path.display(),
-                    modern.global_every,
-                    modern.global_every
-                );
-            }
-        }
-    }
-    for (key, want) in [
-        ("attention_bias", false),
-        ("mlp_bias", false),
-        ("norm_bias", false),
-    ] {
-        if hf[key].as_bool().is_some_and(|v| v != want) {
-            bail!(
-                "{}: {key} = {} is not supported (maskrate's ModernBERT has none)",
-                cfg_path.display(),
-                hf[key]
-            );
-        }
-    }
-    let config = BertConfig {
-        arch: model::Arch::ModernBert,
-        modern,
-        vocab_size: int("vocab_size")?,
-        hidden_size: int("hidden_size")?,
-        num_hidden_layers: layers,
-        num_attention_heads: int("num_attention_heads")?,
-        intermediate_size: int("intermediate_size")?,
-        max_position_embeddings: int("max_position_embeddings")?,
-        type_vocab_size: 0,
-        layer_norm_eps: float("norm_eps", 1e-5),
-        dropout: float("embedding_dropout", 0.0),
-        pre_ln: false,
-        initializer_range: float("initializer_range", 0.02),
-    };
-    // A bare ModernBertModel names the encoder without the `model.` prefix.
-    let bare = ["embeddings.", "layers.", "final_norm."];
-    hf_pretrained(dir, hf, config, ("model.", &bare), tokenizer)
 }
 
 /// Loads `path`: a run directory, a checkpoint directory or a HuggingFace-format directory.

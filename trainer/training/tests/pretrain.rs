@@ -4,6 +4,7 @@
 use candle_core::{Device, Tensor};
 use clap::Parser;
 use model::fixtures::{inputs, tiny};
+use model::MaskedLm;
 use model::{Bert, BertConfig, ParamStore};
 use shared::fixtures::sample_shards;
 use training::metrics_log::{read, train_losses, Record};

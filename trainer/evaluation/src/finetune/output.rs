@@ -24,7 +24,8 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
         .collect();
     let labels = task.labels();
     let info = &start.tokenizer.info;
-    let mut hf = start.config.hf_config_for(
+    let mut hf = model::encoder::hf_config(
+        &start.config,
         "ForSequenceClassification",
         [info.pad_id, info.cls_id, info.sep_id, info.mask_id],
         serde_json::json!({

@@ -45,6 +45,14 @@ impl Dropout {
     }
 }
 
+/// `x` through `dropout` when training (`Some`), unchanged when evaluating (`None`).
+pub fn maybe_dropout(x: Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.apply(&x),
+        None => Ok(x),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

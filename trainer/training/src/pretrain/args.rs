@@ -118,8 +118,9 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The model configuration for a vocabulary.
-    pub fn model_config(&self, vocab_size: usize) -> Result<BertConfig> {
+    /// The model configuration for a vocabulary, refused when it cannot place the run's
+    /// `longest` sequence (the longest phase's).
+    pub fn model_config(&self, vocab_size: usize, longest: usize) -> Result<BertConfig> {
         let mut c = BertConfig::from_arch_preset(self.arch, &self.model, vocab_size).with_context(
             || {
                 format!(
@@ -152,7 +153,6 @@ impl TrainArgs {
                 c.num_attention_heads
             );
         }
-        let longest = self.data.config.max_seq_len()?;
         if c.arch == model::Arch::ModernBert && (c.hidden_size / c.num_attention_heads) % 2 != 0 {
             bail!(
                 "--arch modernbert: head size {} (hidden {} / {} heads) must be even for rotary positions",
@@ -182,14 +182,13 @@ impl TrainArgs {
 
     /// The learning-rate schedule.
     pub fn lr_schedule(&self) -> LrSchedule {
-        let steps = self.steps();
-        LrSchedule {
-            peak: self.lr,
-            warmup_steps: (self.warmup * steps as f64).round() as u64,
-            total_steps: steps,
-            final_ratio: self.final_lr_ratio,
-            decay: self.lr_schedule,
-        }
+        LrSchedule::from_flags(
+            self.lr,
+            self.lr_schedule,
+            self.steps(),
+            self.warmup,
+            self.final_lr_ratio,
+        )
     }
 
     /// Optimizer steps of the run (`--steps`).

@@ -579,10 +579,10 @@ mod tests {
         let bert = sample_run(&[]);
         let modern = sample_run(&["--arch", "modernbert"]);
         assert_eq!((bert.dropout(), modern.dropout()), (0.1, 0.0));
-        assert_eq!(modern.model_config(30522).unwrap().dropout, 0.0);
+        assert_eq!(modern.model_config(30522, 128).unwrap().dropout, 0.0);
         assert_eq!(
             sample_run(&["--arch", "modernbert", "--dropout", "0.1"])
-                .model_config(30522)
+                .model_config(30522, 128)
                 .unwrap()
                 .dropout,
             0.1

@@ -15,6 +15,7 @@ use crate::step::{dropout_for, Diverged, StepStats};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
+use model::MaskedLm;
 use model::{MlmInputs, ParamStore};
 use shared::atomic::write_file;
 use shared::sampler::{Loader, LoaderConfig};

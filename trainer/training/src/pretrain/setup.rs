@@ -156,7 +156,8 @@ pub struct Model {
 impl Model {
     /// A freshly initialised model for `data`'s vocabulary on `env`'s device.
     pub fn new(args: &TrainArgs, data: &Data, env: &Environment) -> Result<Self> {
-        let cfg = args.model_config(data.tokenizer.info.vocab_size)?;
+        let longest = data.phase_plan.max_seq_len();
+        let cfg = args.model_config(data.tokenizer.info.vocab_size, longest)?;
         let world_size = env.comm.world_size();
         // Each step's plan is this one for the step's batch size (phases may change it).
         let plan = BatchPlan {

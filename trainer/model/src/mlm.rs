@@ -1,0 +1,115 @@
+//! The masked-language-modelling task every architecture serves: a micro-batch's inputs (ids,
+//! padding, predicted positions and labels, the tokens' layout), its output, and the one MLM loss.
+//! The models own their encoders and heads ([`MaskedLm`]); what is learned from them is here.
+
+use crate::ops::{cross_entropy_and_correct, Dropout};
+use candle_core::{Device, Result, Tensor};
+
+/// Where each token sits: its position (rotary angle or learned position) and, for packed rows,
+/// its document.
+#[derive(Clone, Default)]
+pub struct TokenLayout {
+    /// Per-token positions `[B·L]`; `None`: 0..L in every row.
+    pub positions: Option<Vec<u32>>,
+    /// Per-token document ids `[B·L]`: attention stays inside a document; `None`: one per row.
+    pub segments: Option<std::sync::Arc<Vec<u32>>>,
+}
+
+impl TokenLayout {
+    /// The layout of `tokens` tokens whose segments start at the flat indices `starts`
+    /// (ascending, the first 0): positions count from each start, and each segment is its own
+    /// document. No starts: the default layout (0..L per row, one document per row).
+    pub fn of_segments(starts: &[u32], tokens: usize) -> Self {
+        if starts.is_empty() {
+            return TokenLayout::default();
+        }
+        let positions = shared::sampler::segment_positions(starts, tokens);
+        // Each segment's positions start at 0, and only there.
+        let segments = positions
+            .iter()
+            .scan(u32::MAX, |segment, &p| {
+                *segment = segment.wrapping_add((p == 0) as u32);
+                Some(*segment)
+            })
+            .collect();
+        TokenLayout {
+            positions: Some(positions),
+            segments: Some(std::sync::Arc::new(segments)),
+        }
+    }
+}
+
+/// A micro-batch as tensors.
+pub struct MlmInputs {
+    /// `[B, L]` u32 ids.
+    pub input_ids: Tensor,
+    /// `[B, L]` f32, 1 for tokens, 0 for padding.
+    pub attention_mask: Tensor,
+    /// `[M]` u32 flat positions (`b·L + l`) of predicted tokens.
+    pub masked_positions: Tensor,
+    /// `[M]` u32 original ids there.
+    pub masked_labels: Tensor,
+    /// Tokens' positions and documents (packed rows); default: 0..L, one document per row.
+    pub layout: TokenLayout,
+}
+
+impl MlmInputs {
+    /// Converts a sampler batch.
+    pub fn from_batch(b: &shared::sampler::Batch, device: &Device) -> Result<Self> {
+        let (rows, len) = (b.rows(), b.seq_len);
+        let mask: Vec<f32> = b.attention_mask.iter().map(|&m| m as f32).collect();
+        Ok(MlmInputs {
+            input_ids: Tensor::from_slice(&b.input_ids, (rows, len), device)?,
+            attention_mask: Tensor::from_vec(mask, (rows, len), device)?,
+            masked_positions: Tensor::from_slice(
+                &b.masked_positions,
+                b.masked_positions.len(),
+                device,
+            )?,
+            masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
+            layout: TokenLayout::of_segments(&b.segment_starts, rows * len),
+        })
+    }
+}
+
+/// Loss and counts of one forward pass.
+pub struct MlmOutput {
+    /// Mean cross-entropy over predicted positions (scalar tensor, differentiable).
+    pub loss: Tensor,
+    /// Predicted positions whose arg-max equals the label.
+    pub correct: usize,
+    /// Predicted positions.
+    pub predicted: usize,
+}
+
+/// The rows of hidden states `[B, L, H]` at flat positions `positions` (`b·L + l`): `[M, H]`,
+/// what the prediction head reads.
+pub fn masked_rows(hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    let (b, l, h) = hidden.dims3()?;
+    hidden.reshape((b * l, h))?.index_select(positions, 0)
+}
+
+/// What an architecture supplies to the MLM task (its encoder and prediction head), and the one
+/// MLM loss built on them.
+pub trait MaskedLm {
+    /// Final hidden states `[B, L, H]` of `inputs` (their layout included); `dropout` = `None`
+    /// for evaluation.
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor>;
+
+    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
+    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor>;
+
+    /// Forward pass and MLM loss on one micro-batch, the same for every architecture: the mean
+    /// cross-entropy of the predictions at the masked positions against their labels, with the
+    /// count of correct arg-maxes.
+    fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
+        let hidden = self.hidden_states(inputs, dropout)?;
+        let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
+        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
+        Ok(MlmOutput {
+            loss,
+            correct,
+            predicted: inputs.masked_labels.dim(0)?,
+        })
+    }
+}
