@@ -83,39 +83,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_for(args: argparse.Namespace, tok: dict) -> PreTrainedModel:
     arch = PRESETS[args.arch]
-    shape = arch["presets"][args.model]
-    layers, hidden, heads = shape["num_hidden_layers"], shape["hidden_size"], shape["num_attention_heads"]
-    vocab_size, pad_id = tok["vocab_size"], tok["pad_id"]
+    # The preset's shape in transformers' names, as `trainer presets --json` lists it.
+    shape = dict(arch["presets"][args.model], vocab_size=tok["vocab_size"], pad_token_id=tok["pad_id"])
     torch.manual_seed(args.seed)
     dropout = args.dropout if args.dropout is not None else arch["dropout"]
     if args.arch == "modernbert":
-        return ModernBertForMaskedLM(ModernBertConfig(
-            vocab_size=vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=shape["intermediate_size"],
-            norm_eps=arch["layer_norm_eps"],
-            embedding_dropout=dropout,
-            attention_dropout=dropout,
-            mlp_dropout=dropout,
-            pad_token_id=pad_id,
-            cls_token_id=tok["cls_id"],
-            sep_token_id=tok["sep_id"],
-            bos_token_id=tok["cls_id"],
-            eos_token_id=tok["sep_id"],
-        ))
+        specials = {f"{role}_token_id": tok[f"{name}_id"]
+                    for role, name in (("cls", "cls"), ("sep", "sep"), ("bos", "cls"), ("eos", "sep"))}
+        drops = {f"{site}_dropout": dropout for site in ("embedding", "attention", "mlp")}
+        return ModernBertForMaskedLM(ModernBertConfig(**shape, **specials, **drops, norm_eps=arch["layer_norm_eps"]))
     config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=shape["intermediate_size"],
+        **shape,
         layer_norm_eps=arch["layer_norm_eps"],
         max_position_embeddings=max(512, args.seq_len),
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-        pad_token_id=pad_id,
     )
     return BertForMaskedLM(config)
 

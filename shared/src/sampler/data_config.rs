@@ -763,10 +763,11 @@ fn parse_schedule(s: &str) -> std::result::Result<MaskSchedule, String> {
     s.parse().map_err(|e: Error| e.to_string())
 }
 
-/// A config with every optional field set, so its serialization shows every key.
+/// The keys of a config with every optional field set (so its serialization shows every key),
+/// sorted.
 #[cfg(test)]
-fn every_field_set() -> DataConfig {
-    DataConfig {
+fn serialized_keys() -> Vec<String> {
+    let every_field_set = DataConfig {
         mix: Some("a=1".parse().unwrap()),
         mix_by_size: Some("0.7".parse().unwrap()),
         join: vec!["a@0.5".parse().unwrap()],
@@ -774,7 +775,11 @@ fn every_field_set() -> DataConfig {
         cache_bytes: Some(1 << 20),
         phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
         ..DataConfig::default()
-    }
+    };
+    let value = serde_json::to_value(every_field_set).unwrap();
+    let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    keys
 }
 
 #[cfg(all(test, feature = "clap"))]
@@ -800,22 +805,13 @@ mod tests {
 
     #[test]
     fn every_field_is_a_flag_and_a_config_key() {
-        let every_field_set = every_field_set();
-        let keys: Vec<String> = serde_json::to_value(every_field_set)
-            .unwrap()
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let keys = serialized_keys();
         let mut flags: Vec<String> = <Cli as clap::CommandFactory>::command()
             .get_arguments()
             .map(|a| a.get_id().to_string())
             .filter(|id| id != "help")
             .collect();
         flags.sort();
-        let mut keys = keys;
-        keys.sort();
         assert_eq!(flags, keys);
     }
 }
@@ -826,15 +822,7 @@ mod override_tests {
 
     #[test]
     fn keys_are_every_serialized_field() {
-        let every_field_set = every_field_set();
-        let mut serialized: Vec<String> = serde_json::to_value(every_field_set)
-            .unwrap()
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        serialized.sort();
+        let serialized = serialized_keys();
         let mut keys = DataConfig::keys().to_vec();
         keys.sort();
         assert_eq!(keys, serialized);

@@ -1,7 +1,7 @@
 //! BERT for masked language modelling (HuggingFace `BertForMaskedLM` architecture and names),
 //! with the MLM head evaluated only at the masked positions.
 
-use crate::bert_config::{hf_defaults, Arch, BertConfig, HfShape};
+use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{add_bias, attention, gelu, matmul_in, maybe_dropout, Dropout, Visibility};
@@ -249,13 +249,9 @@ impl MaskedLm for Bert {
 /// from older files take transformers' defaults; keys this model does not use are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HfBertConfig {
-    /// The model class, e.g. `BertForMaskedLM`.
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    /// Always `bert`.
-    pub model_type: String,
+    /// Class, model type and shape.
     #[serde(flatten)]
-    pub shape: HfShape,
+    pub common: HfCommon,
     #[serde(default = "hf_defaults::gelu")]
     pub hidden_act: String,
     #[serde(default = "bert_dropout")]
@@ -294,9 +290,7 @@ impl HfBertConfig {
     /// tokenizer.
     pub fn new(cfg: &BertConfig, architecture: &str, pad_token_id: u32) -> Self {
         HfBertConfig {
-            architectures: vec![architecture.to_string()],
-            model_type: "bert".into(),
-            shape: HfShape::of(cfg),
+            common: HfCommon::new(cfg, architecture, "bert"),
             hidden_act: hf_defaults::gelu(),
             hidden_dropout_prob: cfg.dropout,
             attention_probs_dropout_prob: cfg.dropout,
@@ -324,7 +318,7 @@ impl HfBertConfig {
             dropout: self.hidden_dropout_prob,
             pre_ln: false,
             initializer_range: self.initializer_range,
-            ..self.shape.config(Arch::Bert)
+            ..self.common.shape.config(Arch::Bert)
         })
     }
 }

@@ -146,8 +146,33 @@ impl BertConfig {
     }
 }
 
-/// The shape keys every transformers encoder config shares, flattened into each architecture's
-/// `config.json` type ([`crate::bert::HfBertConfig`], [`crate::modernbert::HfModernBertConfig`]).
+/// What every transformers encoder `config.json` opens with, flattened into each architecture's
+/// type (`HfBertConfig` in bert.rs, `HfModernBertConfig` in modernbert.rs): the class,
+/// the model type and the shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HfCommon {
+    /// The model class, e.g. `BertForMaskedLM`.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// `bert` or `modernbert`.
+    pub model_type: String,
+    /// The sizes.
+    #[serde(flatten)]
+    pub shape: HfShape,
+}
+
+impl HfCommon {
+    /// `cfg`'s shape as class `architecture` of `model_type`.
+    pub fn new(cfg: &BertConfig, architecture: &str, model_type: &str) -> Self {
+        HfCommon {
+            architectures: vec![architecture.to_string()],
+            model_type: model_type.to_string(),
+            shape: HfShape::of(cfg),
+        }
+    }
+}
+
+/// The shape keys every transformers encoder config shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HfShape {
     pub vocab_size: usize,

@@ -7,7 +7,7 @@
 //! positions), a GeGLU feed-forward; a final norm; the head dense → GELU → norm → decoder tied to
 //! the token embeddings, with a bias.
 
-use crate::bert_config::{hf_defaults, Arch, BertConfig, HfShape, ModernSettings};
+use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon, ModernSettings};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
@@ -205,13 +205,9 @@ impl MaskedLm for ModernBert {
 /// (absent keys take transformers' defaults; keys this model does not use are ignored).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HfModernBertConfig {
-    /// The model class, e.g. `ModernBertForMaskedLM`.
-    #[serde(default)]
-    pub architectures: Vec<String>,
-    /// Always `modernbert`.
-    pub model_type: String,
+    /// Class, model type and shape.
     #[serde(flatten)]
-    pub shape: HfShape,
+    pub common: HfCommon,
     #[serde(default = "hf_defaults::gelu")]
     pub hidden_activation: String,
     #[serde(default = "hf_defaults::init_std")]
@@ -316,9 +312,7 @@ impl HfModernBertConfig {
             rope_theta: theta,
         };
         HfModernBertConfig {
-            architectures: vec![architecture.to_string()],
-            model_type: "modernbert".into(),
-            shape: HfShape::of(cfg),
+            common: HfCommon::new(cfg, architecture, "modernbert"),
             hidden_activation: hf_defaults::gelu(),
             initializer_range: cfg.initializer_range,
             initializer_cutoff_factor: m.init_cutoff,
@@ -405,7 +399,7 @@ impl HfModernBertConfig {
             dropout: self.embedding_dropout,
             pre_ln: false,
             initializer_range: self.initializer_range,
-            ..self.shape.config(Arch::ModernBert)
+            ..self.common.shape.config(Arch::ModernBert)
         })
     }
 }
