@@ -9,8 +9,9 @@
 //! 6. [`seed`]: seed derivation, `seed_of(&[seed, TAG, ...])`, for every random stream.
 //! 7. [`store`]: object storage (`s3://`, `gs://`, `az://`, `https://`) and the bounded shard cache.
 //! 8. [`size`]: the one grammar for sizes in bytes (`1GB` = 10^9, `1GiB` = `1G` = 2^30).
-//! 9. [`presets`]: each model architecture's named shapes and published defaults.
-//! 10. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
+//! 9. [`philox`]: Philox4x32-10, the counter-based generator for device-side dropout masks.
+//! 10. [`presets`]: each model architecture's named shapes and published defaults.
+//! 11. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -22,6 +23,7 @@ pub mod fixtures;
 #[cfg(feature = "test-support")]
 pub mod fuzz;
 pub mod lock;
+pub mod philox;
 pub mod presets;
 pub mod sampler;
 pub mod schedule;
