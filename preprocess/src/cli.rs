@@ -105,17 +105,9 @@ impl RunArgs {
         mut settings: serde_json::Map<String, serde_json::Value>,
     ) -> Result<RunArgs> {
         let usage = |msg: String| Error::Usage(msg);
-        let defaults = Cli::try_parse_from(["preprocess", "INPUT", "--out", "OUT"])
-            .map_err(|e| usage(e.to_string()))?
-            .run;
-        let mut merged = match serde_json::to_value(RunArgs {
-            inputs,
-            out: Some(out),
-            ..defaults
-        }) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => unreachable!("a struct of plain fields serializes as an object"),
-        };
+        let mut merged = Self::defaults_as_settings();
+        merged.insert("inputs".into(), serde_json::json!(inputs));
+        merged.insert("out".into(), serde_json::json!(out));
         if let Some(progress) = settings.remove("progress") {
             let quiet = progress.as_bool().map(|p| !p);
             settings.insert("quiet".into(), quiet.map_or(progress, Into::into));
@@ -141,15 +133,20 @@ impl RunArgs {
         serde_json::from_value(merged.into()).map_err(|e| usage(e.to_string()))
     }
 
-    /// Every setting's default (`inputs` and `out` excepted), in setting form.
-    pub fn default_settings() -> serde_json::Map<String, serde_json::Value> {
+    /// The command line's defaults (placeholder inputs and output) as a settings map.
+    fn defaults_as_settings() -> serde_json::Map<String, serde_json::Value> {
         let defaults = Cli::try_parse_from(["preprocess", "INPUT", "--out", "OUT"])
             .expect("the defaults parse")
             .run;
-        let mut map = match serde_json::to_value(defaults) {
+        match serde_json::to_value(defaults) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => unreachable!("a struct of plain fields serializes as an object"),
-        };
+        }
+    }
+
+    /// Every setting's default (`inputs` and `out` excepted), in setting form.
+    pub fn default_settings() -> serde_json::Map<String, serde_json::Value> {
+        let mut map = Self::defaults_as_settings();
         map.remove("inputs");
         map.remove("out");
         let quiet = map

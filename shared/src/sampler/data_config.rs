@@ -35,7 +35,11 @@ pub struct DataConfig {
     /// Weights of the named sources, each a number or a schedule (normalised at every step),
     /// e.g. c4=0.7,wiki=0.3 or c4=0.5,wiki=linear:0.5:0.1. Needed with two or more sources.
     #[cfg_attr(feature = "clap", arg(long, value_name = "NAME=WEIGHT,...", value_parser = parse_mix))]
-    #[serde(default, with = "mix_spec", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "optional_spec",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mix: Option<MixSpec>,
     /// Instead of --mix: weigh each named source by its size, tokens^ALPHA normalised (1:
     /// proportional to size, 0: uniform); ALPHA a number or a schedule, e.g. 0.7 or mmBERT's
@@ -597,20 +601,27 @@ impl DataConfig {
     }
 }
 
-/// `--mix` is stored as its spec string in configs.
-pub(crate) mod mix_spec {
-    use crate::sampler::MixSpec;
+/// An optional setting stored as its spec string (`--mix`, a phase's `mix` and `schedule`).
+pub(crate) mod optional_spec {
+    use std::fmt::Display;
+    use std::str::FromStr;
 
-    pub fn serialize<S: serde::Serializer>(m: &Option<MixSpec>, ser: S) -> Result<S::Ok, S::Error> {
-        match m {
-            Some(m) => ser.serialize_str(&m.to_string()),
+    pub fn serialize<T: Display, S: serde::Serializer>(
+        spec: &Option<T>,
+        ser: S,
+    ) -> Result<S::Ok, S::Error> {
+        match spec {
+            Some(spec) => ser.collect_str(spec),
             None => ser.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<MixSpec>, D::Error> {
+    pub fn deserialize<'de, T, D>(de: D) -> Result<Option<T>, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: serde::Deserializer<'de>,
+    {
         let s: Option<String> = serde::Deserialize::deserialize(de)?;
         s.map(|s| s.parse().map_err(serde::de::Error::custom))
             .transpose()

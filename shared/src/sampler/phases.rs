@@ -28,7 +28,7 @@ pub struct Phase {
     /// Their weights (`--mix`).
     #[serde(
         default,
-        with = "super::data_config::mix_spec",
+        with = "super::data_config::optional_spec",
         skip_serializing_if = "Option::is_none"
     )]
     pub mix: Option<MixSpec>,
@@ -49,7 +49,7 @@ pub struct Phase {
     /// Its masking schedule, run over the phase.
     #[serde(
         default,
-        with = "optional_schedule",
+        with = "super::data_config::optional_spec",
         skip_serializing_if = "Option::is_none"
     )]
     pub schedule: Option<MaskSchedule>,
@@ -223,29 +223,6 @@ pub(crate) mod phase_list {
             }
         }
         de.deserialize_seq(Phases)
-    }
-}
-
-/// `Option<MaskSchedule>` as its spec string.
-mod optional_schedule {
-    use crate::schedule::MaskSchedule;
-
-    pub fn serialize<S: serde::Serializer>(
-        s: &Option<MaskSchedule>,
-        ser: S,
-    ) -> Result<S::Ok, S::Error> {
-        match s {
-            Some(s) => ser.collect_str(s),
-            None => ser.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        de: D,
-    ) -> Result<Option<MaskSchedule>, D::Error> {
-        let s: Option<String> = serde::Deserialize::deserialize(de)?;
-        s.map(|s| s.parse().map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 
