@@ -482,9 +482,29 @@ fn packed_documents_train_like_transformers_packed_path() {
     assert_matches_recorded_trajectory("reference/transformers-bert-pack-docs-trajectory.json");
 }
 
+/// The path a GPU runs, on the CPU (`--kernels composed`: candle's tensor ops instead of the CPU
+/// kernels, AdamW over flat buffers with the clip factor applied on the device) against the same
+/// recorded transformers runs: BERT, and ModernBERT with packed documents and local windows.
+#[test]
+fn the_gpu_op_path_matches_transformers_step_for_step() {
+    assert_matches_recorded_trajectory_with(
+        "reference/transformers-tiny-trajectory.json",
+        &["--kernels", "composed"],
+    );
+    assert_matches_recorded_trajectory_with(
+        "reference/transformers-modernbert-pack-docs-trajectory.json",
+        &["--kernels", "composed"],
+    );
+}
+
 /// Trains with the fixture's flags on the bundled C4 sample and compares every step's loss and
 /// gradient norm (2e-5 relative) and the held-out loss (1e-4) with the recorded transformers run.
 fn assert_matches_recorded_trajectory(fixture: &str) {
+    assert_matches_recorded_trajectory_with(fixture, &[]);
+}
+
+/// [`assert_matches_recorded_trajectory`] with `extra` flags.
+fn assert_matches_recorded_trajectory_with(fixture: &str, extra: &[&str]) {
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(data(fixture)).unwrap()).unwrap();
     let floats = |key: &str| -> Vec<f64> {
@@ -514,6 +534,7 @@ fn assert_matches_recorded_trajectory(fixture: &str) {
             .iter()
             .map(|v| v.as_str().unwrap().into()),
     );
+    args.extend(extra.iter().map(Into::into));
     args.extend(["--out".into(), run_dir.clone().into(), "--quiet".into()]);
     let refs: Vec<&dyn AsRef<std::ffi::OsStr>> = args.iter().map(|a| a as _).collect();
     run_ok("trainer", &refs);

@@ -7,7 +7,9 @@
 //! - `MASKRATE_KILL_AT=N`: step N SIGKILLs the process (no destructor, no flush runs);
 //! - `MASKRATE_FAIL_AT=N`: step N fails with `MASKRATE_FAIL_ERRNO` (`ENOSPC`, the default, or
 //!   `EIO`), as a full or failing disk would;
-//! - `MASKRATE_FAULT_LOG=FILE`: every step appends `N what path` to FILE (to count a run's steps).
+//! - `MASKRATE_FAULT_LOG=FILE`: every step appends `N what path` to FILE (to count a run's steps);
+//! - `MASKRATE_NAN_AT_STEP=S`: the trainer's loss at training step S is made NaN on the device
+//!   ([`nan_at_step`]), as a diverging run's would be.
 //!
 //! The tests in `preprocess/tests/faults.rs` and `trainer/tests/faults.rs` sweep these.
 
@@ -42,6 +44,16 @@ fn plan() -> &'static Option<Plan> {
             errno,
             log,
         })
+    })
+}
+
+/// The training step whose loss `MASKRATE_NAN_AT_STEP` makes NaN, if set.
+pub fn nan_at_step() -> Option<u64> {
+    static AT: OnceLock<Option<u64>> = OnceLock::new();
+    *AT.get_or_init(|| {
+        std::env::var("MASKRATE_NAN_AT_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
     })
 }
 

@@ -5,6 +5,26 @@
 //! its own. The foundation of device-side dropout masks: keyed by `seed_of(&[seed, step,
 //! micro-batch, layer, site])`, indexed by element.
 
+/// Random123's known-answer vectors for philox4x32_10 (its `kat_vectors` file): counter, key,
+/// expected output.
+pub const KNOWN_ANSWERS: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+    (
+        [0; 4],
+        [0; 2],
+        [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
+    ),
+    (
+        [u32::MAX; 4],
+        [u32::MAX; 2],
+        [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd],
+    ),
+    (
+        [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
+        [0xa409_3822, 0x299f_31d0],
+        [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1],
+    ),
+];
+
 /// Multipliers of the two products per round.
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -82,28 +102,10 @@ impl PhiloxStream {
 mod tests {
     use super::*;
 
-    /// Random123's known-answer vectors for philox4x32_10 (its `kat_vectors` file: counter,
-    /// key, expected output).
+    /// Random123's known-answer vectors.
     #[test]
     fn known_answers() {
-        let cases = [
-            (
-                [0u32; 4],
-                [0u32; 2],
-                [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8],
-            ),
-            (
-                [u32::MAX; 4],
-                [u32::MAX; 2],
-                [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd],
-            ),
-            (
-                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-                [0xa409_3822, 0x299f_31d0],
-                [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1],
-            ),
-        ];
-        for (counter, key, want) in cases {
+        for (counter, key, want) in KNOWN_ANSWERS {
             assert_eq!(philox4x32_10(counter, key), want, "{counter:x?} {key:x?}");
         }
     }

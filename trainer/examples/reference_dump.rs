@@ -46,26 +46,19 @@ fn stack(batches: &[Batch]) -> Result<HashMap<String, Tensor>> {
     if !batches[0].segment_starts.is_empty() {
         // pack-docs: each token's position (restarting per segment) and segment id (unique in
         // its batch), from which the script builds transformers' block-diagonal masks.
-        let layouts: Vec<model::TokenLayout> = batches
+        let layouts = batches
             .iter()
-            .map(|b| model::TokenLayout::of_segments(&b.segment_starts, rows * len))
-            .collect();
-        let positions: Vec<i64> = layouts
-            .iter()
-            .flat_map(|l| l.positions.iter().flatten().map(|&x| x as i64))
-            .collect();
-        let segments: Vec<i64> = layouts
-            .iter()
-            .flat_map(|l| l.segments.iter().flat_map(|s| s.iter()).map(|&x| x as i64))
-            .collect();
+            .map(|b| model::TokenLayout::of_segments(&b.segment_starts, rows, len, &Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let stacked = |pick: fn(&model::TokenLayout) -> Option<&Tensor>| -> Result<Tensor> {
+            let parts: Vec<Tensor> = layouts.iter().filter_map(pick).cloned().collect();
+            Ok(Tensor::stack(&parts, 0)?.to_dtype(candle_core::DType::I64)?)
+        };
         tensors.insert(
             "position_ids".to_string(),
-            Tensor::from_vec(positions, (n, rows, len), &Device::Cpu)?,
+            stacked(|l| l.positions.as_ref())?,
         );
-        tensors.insert(
-            "segment_ids".to_string(),
-            Tensor::from_vec(segments, (n, rows, len), &Device::Cpu)?,
-        );
+        tensors.insert("segment_ids".to_string(), stacked(|l| l.segments.as_ref())?);
     }
     tensors.extend([
         (
@@ -115,7 +108,7 @@ fn main() -> Result<()> {
     if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size() {
         // Step 0's gradients (before clipping), as the trainer computes them.
         let inputs = MlmInputs::from_batch(&steps[0], &Device::Cpu)?;
-        let grads = model.mlm_loss(&inputs, &mut None)?.loss.backward()?;
+        let grads = model.mlm_loss(&inputs, None)?.loss.backward()?;
         let by_name: HashMap<String, Tensor> = params
             .named_vars()
             .into_iter()

@@ -3,10 +3,12 @@
 //!
 //! - [`sweep`]: many schedules × seeds on one shard set, evaluated alike, and the generated report.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
+//! - [`device_check`]: `device-check`, the device's kernels against their CPU twins.
 //! - [`charts`]: PNG line charts (plotters with a bundled font); [`run_plots`]: the charts of one
 //!   run and the comparison of several (`trainer plot`).
 
 pub mod charts;
+pub mod device_check;
 pub mod inspect;
 pub mod plan;
 pub mod run_plots;

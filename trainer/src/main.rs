@@ -26,7 +26,10 @@ Examples:
   trainer inspect-batch --shards shards/ --schedule cosine:0.3:0.15 --steps 70000 --stats --plot rate.png
   trainer inspect-batch --shards shards/ --steps 70000 --step 12 --json --rank 1 --world-size 8
   trainer plan --config experiments/recipes/mmbert-small.toml --plot plan   # the recipe, before training it
-  trainer presets --json                            # --model's shapes per --arch, for scripts";
+  trainer presets --json                            # --model's shapes per --arch, for scripts
+  trainer --shards shards/ --device cuda --steps 20 --profile --out runs/prof  # phases and transfers per step
+  trainer --shards shards/ --kernels composed --profile --steps 10 --out runs/gpu-path  # a GPU's op path, on a CPU
+  trainer device-check --device cuda:0              # the device's kernels against the CPU's";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
 #[derive(Debug, Parser)]
@@ -47,6 +50,9 @@ enum Command {
     Plan(Box<trainer::plan::PlanArgs>),
     /// List the model presets (`--model`) of each architecture (`--arch`) with their shapes.
     Presets(PresetsArgs),
+    /// Check this build's device kernels against their CPU twins: Philox's known answers on the
+    /// device, dropout masks equal bit for bit (the GPU bundle's first step).
+    DeviceCheck(trainer::device_check::DeviceCheckArgs),
     /// Write a HuggingFace checkpoint of a run (BertForMaskedLM or ModernBertForMaskedLM:
     /// model.safetensors, config.json, tokenizer).
     Export(ExportArgs),
@@ -129,6 +135,9 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
         Some(Command::InspectBatch(args)) => print!("{}", trainer::inspect::inspect_batch(&args)?),
         Some(Command::Plan(args)) => print!("{}", trainer::plan::plan(&args)?),
         Some(Command::Presets(args)) => print!("{}", presets(args.json)?),
+        Some(Command::DeviceCheck(args)) => {
+            trainer::device_check::device_check(&args)?;
+        }
         Some(Command::Export(args)) => {
             for p in training::export::export(&args.run, &args.out)? {
                 println!("wrote {}", p.display());

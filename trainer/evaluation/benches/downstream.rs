@@ -55,6 +55,7 @@ fn main() {
         runtime: training::runtime::RuntimeArgs {
             device: "cpu".into(),
             quiet: true,
+            kernels: model::ops::Kernels::Fused,
         },
     };
     println!("GLUE data: {}", glue.display());

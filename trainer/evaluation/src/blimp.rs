@@ -155,7 +155,7 @@ fn masked_log_probs(
     }
     let input = Tensor::from_vec(ids, (n, len), device)?;
     let attn = Tensor::from_vec(mask, (n, len), device)?;
-    let hidden = model.encode(&input, &attn, &mut None)?;
+    let hidden = model.encode(&input, &attn, None)?;
     let logits = model.mlm_logits(&hidden, &Tensor::from_vec(positions, n, device)?)?;
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = logp

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use model::ops::Dropout;
+use model::ops::{maybe_dropout, Dropout, Site};
 use model::params::Init;
 use model::params::Unmatched;
 use model::{Bert, BertConfig, Linear, ModernBert, ParamStore, TokenLayout};
@@ -136,7 +136,7 @@ impl Classifier {
     }
 
     /// Logits (or the regression value) `[B, outputs]`.
-    pub fn forward(&self, batch: &PairBatch, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    pub fn forward(&self, batch: &PairBatch, dropout: Option<&Dropout>) -> Result<Tensor> {
         let pooled = match &self.backbone {
             Backbone::Bert { bert, pooler } => {
                 let hidden = bert.encode_with_types(
@@ -147,10 +147,7 @@ impl Classifier {
                 )?;
                 let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
                 let pooled = pooler.forward(&cls)?.tanh()?;
-                match dropout {
-                    Some(d) => d.apply(&pooled)?,
-                    None => pooled,
-                }
+                maybe_dropout(pooled, dropout, 0, Site::Classifier)?
             }
             Backbone::ModernBert(m) => {
                 let hidden = m.encode(

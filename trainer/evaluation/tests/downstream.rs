@@ -253,6 +253,7 @@ fn fine_tuning_beats_the_majority_class(arch: model::Arch) {
         runtime: training::runtime::RuntimeArgs {
             device: "cpu".into(),
             quiet: true,
+            kernels: model::ops::Kernels::Fused,
         },
     };
     let data = TaskData::load(Task::Sst2, dir.path(), &pre, &opts, false).unwrap();
@@ -372,14 +373,14 @@ fn modernbert_binding_loads_encoder_and_head_and_pools_cls() {
     let enc = encode_all(&tok.tokenizer, &[("a fine film", Some("it was great"))], 32).unwrap();
     let batch = evaluation::classifier::PairBatch::new(&[&enc[0]], 0, &Device::Cpu).unwrap();
     let logits = classifier
-        .forward(&batch, &mut None)
+        .forward(&batch, None)
         .unwrap()
         .to_vec2::<f32>()
         .unwrap();
     // By hand: [CLS]'s final state → dense → exact GELU → norm (no bias) → classifier.
     let encoder = model::Encoder::new(pre.config, &p).unwrap();
     let hidden = encoder
-        .encode(&batch.input_ids, &batch.attention_mask, &mut None)
+        .encode(&batch.input_ids, &batch.attention_mask, None)
         .unwrap();
     let cls: Vec<f32> = hidden.get(0).unwrap().get(0).unwrap().to_vec1().unwrap();
     let dense = var("head.dense.weight").to_vec2::<f32>().unwrap();
@@ -438,7 +439,7 @@ fn pll_one_at_a_time(model: &model::Encoder, ids: &[u32], mask_id: u32, special:
         masked[pos] = mask_id;
         let input = Tensor::from_vec(masked, (1, ids.len()), &dev).unwrap();
         let attn = Tensor::ones((1, ids.len()), candle_core::DType::F32, &dev).unwrap();
-        let hidden = model.encode(&input, &attn, &mut None).unwrap();
+        let hidden = model.encode(&input, &attn, None).unwrap();
         let logits = model
             .mlm_logits(
                 &hidden,

@@ -4,7 +4,7 @@
 use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
-use crate::ops::{add_bias, attention, gelu, matmul_in, maybe_dropout, Dropout, Visibility};
+use crate::ops::{add_bias, attention, gelu, matmul_in, maybe_dropout, Dropout, Site, Visibility};
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ impl Bert {
         input_ids: &Tensor,
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
-        dropout: &mut Option<Dropout>,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let layout = TokenLayout::default();
         self.encode_laid_out(input_ids, token_type_ids, attention_mask, &layout, dropout)
@@ -139,7 +139,7 @@ impl Bert {
         token_type_ids: Option<&Tensor>,
         attention_mask: &Tensor,
         layout: &TokenLayout,
-        dropout: &mut Option<Dropout>,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         let h = self.cfg.hidden_size;
@@ -156,19 +156,18 @@ impl Bert {
         let x = match &layout.positions {
             None => words.broadcast_add(&self.position_embeddings.narrow(0, 0, l)?)?,
             Some(p) => {
-                let furthest = p.iter().copied().max().unwrap_or(0) as usize;
-                if p.len() != b * l || furthest >= self.cfg.max_position_embeddings {
+                if p.dims() != [b, l] || layout.furthest(l) >= self.cfg.max_position_embeddings {
                     candle_core::bail!(
-                        "{} positions up to {furthest} for {b}×{l} tokens and {} learned positions",
-                        p.len(),
+                        "positions {:?} up to {} for {b}×{l} tokens and {} learned positions",
+                        p.dims(),
+                        layout.furthest(l),
                         self.cfg.max_position_embeddings
                     );
                 }
-                let ids = Tensor::from_slice(p, b * l, input_ids.device())?;
                 (words
                     + self
                         .position_embeddings
-                        .index_select(&ids, 0)?
+                        .index_select(&p.flatten_all()?, 0)?
                         .reshape((b, l, h))?)?
             }
         };
@@ -181,24 +180,22 @@ impl Bert {
             }
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };
-        let mut x = maybe_dropout(self.emb_norm.forward(&x)?, dropout)?;
+        let mut x = maybe_dropout(self.emb_norm.forward(&x)?, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
-        let visible = Visibility {
-            radius: None,
-            segments: layout.segments.clone(),
-        };
+        let visible = Visibility::new(None, layout.segments.clone());
         let heads = self.cfg.num_attention_heads;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = if self.cfg.pre_ln {
                 layer.attn_norm.forward(&x)?
             } else {
                 x.clone()
             };
-            let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
+            let probs_mask = dropout.map(|d| d.mask(i, Site::AttentionProbs));
             let qkv = layer.qkv.forward(&attn_in)?;
-            let ctx = attention(&qkv, heads, &key_bias, &visible, factors, self.compute)?;
-            let attn = maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
+            let ctx = attention(&qkv, heads, &key_bias, &visible, probs_mask, self.compute)?;
+            let attn = layer.attn_out.forward(&ctx)?;
+            let attn = maybe_dropout(attn, dropout, i, Site::AttentionOutput)?;
             x = if self.cfg.pre_ln {
                 (x + attn)?
             } else {
@@ -212,7 +209,7 @@ impl Bert {
             let ffn = layer
                 .output
                 .forward(&gelu(&layer.intermediate.forward(&ffn_in)?)?)?;
-            let ffn = maybe_dropout(ffn, dropout)?;
+            let ffn = maybe_dropout(ffn, dropout, i, Site::FeedForward)?;
             x = if self.cfg.pre_ln {
                 (x + ffn)?
             } else {
@@ -224,7 +221,7 @@ impl Bert {
 }
 
 impl MaskedLm for Bert {
-    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<Tensor> {
         self.encode_laid_out(
             &inputs.input_ids,
             None,

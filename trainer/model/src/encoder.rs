@@ -49,7 +49,7 @@ impl Encoder {
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
-        dropout: &mut Option<Dropout>,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let layout = TokenLayout::default();
         match self {
@@ -62,7 +62,7 @@ impl Encoder {
 }
 
 impl MaskedLm for Encoder {
-    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<Tensor> {
         match self {
             Encoder::Bert(m) => m.hidden_states(inputs, dropout),
             Encoder::ModernBert(m) => m.hidden_states(inputs, dropout),

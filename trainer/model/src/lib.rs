@@ -13,6 +13,7 @@
 //! - [`bert`]: embeddings → encoder → MLM head at masked positions only.
 //! - [`modernbert`]: ModernBERT (rotary, GeGLU, local/global attention, no biases), same head rule.
 //! - [`encoder`]: either architecture behind one type, chosen by the configuration's `arch`.
+//! - [`transfer`]: the ledger every host↔device crossing goes through.
 //!
 //! Invariant: the device is a parameter everywhere; nothing assumes CPU except where a test says so.
 
@@ -26,6 +27,7 @@ pub mod mlm;
 pub mod modernbert;
 pub mod ops;
 pub mod params;
+pub mod transfer;
 
 pub use bert::Bert;
 pub use bert_config::{Arch, BertConfig};

@@ -3,38 +3,55 @@
 //! The models own their encoders and heads ([`MaskedLm`]); what is learned from them is here.
 
 use crate::ops::{cross_entropy_and_correct, Dropout};
+use crate::transfer::upload;
 use candle_core::{Device, Result, Tensor};
 
 /// Where each token sits: its position (rotary angle or learned position) and, for packed rows,
-/// its document.
+/// its document; uploaded once per batch.
 #[derive(Clone, Default)]
 pub struct TokenLayout {
-    /// Per-token positions `[B·L]`; `None`: 0..L in every row.
-    pub positions: Option<Vec<u32>>,
-    /// Per-token document ids `[B·L]`: attention stays inside a document; `None`: one per row.
-    pub segments: Option<std::sync::Arc<Vec<u32>>>,
+    /// Per-token positions `[B, L]` u32 on the device; `None`: 0..L in every row.
+    pub positions: Option<Tensor>,
+    /// The largest of `positions` (known on the host, so models check it without a read).
+    pub max_position: usize,
+    /// Per-token document ids `[B, L]` u32 on the device: attention stays inside a document;
+    /// `None`: one per row.
+    pub segments: Option<Tensor>,
 }
 
 impl TokenLayout {
-    /// The layout of `tokens` tokens whose segments start at the flat indices `starts`
-    /// (ascending, the first 0): positions count from each start, and each segment is its own
-    /// document. No starts: the default layout (0..L per row, one document per row).
-    pub fn of_segments(starts: &[u32], tokens: usize) -> Self {
+    /// The layout of `rows` rows of `len` tokens whose segments start at the flat indices
+    /// `starts` (ascending, the first 0): positions count from each start, and each segment is
+    /// its own document; two uploads. No starts: the default layout (0..L per row, one document
+    /// per row), nothing uploaded.
+    pub fn of_segments(starts: &[u32], rows: usize, len: usize, device: &Device) -> Result<Self> {
         if starts.is_empty() {
-            return TokenLayout::default();
+            return Ok(TokenLayout::default());
         }
-        let positions = shared::sampler::segment_positions(starts, tokens);
+        let positions = shared::sampler::segment_positions(starts, rows * len);
+        let max_position = positions.iter().copied().max().unwrap_or(0) as usize;
         // Each segment's positions start at 0, and only there.
-        let segments = positions
+        let segments: Vec<u32> = positions
             .iter()
             .scan(u32::MAX, |segment, &p| {
                 *segment = segment.wrapping_add((p == 0) as u32);
                 Some(*segment)
             })
             .collect();
-        TokenLayout {
-            positions: Some(positions),
-            segments: Some(std::sync::Arc::new(segments)),
+        Ok(TokenLayout {
+            positions: Some(upload(positions, (rows, len), device)?),
+            max_position,
+            segments: Some(upload(segments, (rows, len), device)?),
+        })
+    }
+}
+
+impl TokenLayout {
+    /// The furthest position among rows of `len` tokens.
+    pub fn furthest(&self, len: usize) -> usize {
+        match self.positions {
+            Some(_) => self.max_position,
+            None => len.saturating_sub(1),
         }
     }
 }
@@ -54,20 +71,17 @@ pub struct MlmInputs {
 }
 
 impl MlmInputs {
-    /// Converts a sampler batch.
+    /// Uploads a sampler batch: ids, padding, predicted positions and labels (and, for packed
+    /// rows, positions and documents), one [`upload`] each.
     pub fn from_batch(b: &shared::sampler::Batch, device: &Device) -> Result<Self> {
         let (rows, len) = (b.rows(), b.seq_len);
         let mask: Vec<f32> = b.attention_mask.iter().map(|&m| m as f32).collect();
         Ok(MlmInputs {
-            input_ids: Tensor::from_slice(&b.input_ids, (rows, len), device)?,
-            attention_mask: Tensor::from_vec(mask, (rows, len), device)?,
-            masked_positions: Tensor::from_slice(
-                &b.masked_positions,
-                b.masked_positions.len(),
-                device,
-            )?,
-            masked_labels: Tensor::from_slice(&b.masked_labels, b.masked_labels.len(), device)?,
-            layout: TokenLayout::of_segments(&b.segment_starts, rows * len),
+            input_ids: upload(b.input_ids.clone(), (rows, len), device)?,
+            attention_mask: upload(mask, (rows, len), device)?,
+            masked_positions: upload(b.masked_positions.clone(), b.masked_positions.len(), device)?,
+            masked_labels: upload(b.masked_labels.clone(), b.masked_labels.len(), device)?,
+            layout: TokenLayout::of_segments(&b.segment_starts, rows, len, device)?,
         })
     }
 }
@@ -76,8 +90,9 @@ impl MlmInputs {
 pub struct MlmOutput {
     /// Mean cross-entropy over predicted positions (scalar tensor, differentiable).
     pub loss: Tensor,
-    /// Predicted positions whose arg-max equals the label.
-    pub correct: usize,
+    /// Predicted positions whose arg-max equals the label (f32 scalar on the device: read it
+    /// when the count is needed, not every step).
+    pub correct: Tensor,
     /// Predicted positions.
     pub predicted: usize,
 }
@@ -94,7 +109,7 @@ pub fn masked_rows(hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
 pub trait MaskedLm {
     /// Final hidden states `[B, L, H]` of `inputs` (their layout included); `dropout` = `None`
     /// for evaluation.
-    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor>;
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<Tensor>;
 
     /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
     fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor>;
@@ -102,7 +117,7 @@ pub trait MaskedLm {
     /// Forward pass and MLM loss on one micro-batch, the same for every architecture: the mean
     /// cross-entropy of the predictions at the masked positions against their labels, with the
     /// count of correct arg-maxes.
-    fn mlm_loss(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<MlmOutput> {
+    fn mlm_loss(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<MlmOutput> {
         let hidden = self.hidden_states(inputs, dropout)?;
         let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
         let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;

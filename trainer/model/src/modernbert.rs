@@ -12,7 +12,7 @@ use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
     add_bias, attention, geglu, gelu, matmul_in, maybe_dropout, rotary, Dropout, RotaryTables,
-    Visibility,
+    Site, Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
@@ -119,7 +119,7 @@ impl ModernBert {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         layout: &TokenLayout,
-        dropout: &mut Option<Dropout>,
+        dropout: Option<&Dropout>,
     ) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         let (h, heads, m) = (
@@ -127,34 +127,29 @@ impl ModernBert {
             self.cfg.num_attention_heads,
             self.cfg.modern,
         );
-        let positions = match &layout.positions {
-            Some(p) if p.len() == b * l => p.clone(),
-            Some(p) => candle_core::bail!("{} positions for {b}×{l} tokens", p.len()),
-            None => (0..b * l).map(|t| (t % l) as u32).collect(),
-        };
-        let furthest = positions.iter().copied().max().unwrap_or(0) as usize;
-        if furthest >= self.cfg.max_position_embeddings {
+        if layout.furthest(l) >= self.cfg.max_position_embeddings {
             candle_core::bail!(
-                "position {furthest} exceeds the model's {} positions",
+                "position {} exceeds the model's {} positions",
+                layout.furthest(l),
                 self.cfg.max_position_embeddings
             );
         }
         let head_dim = h / heads;
-        let global_tables = RotaryTables::new(&positions, head_dim, m.global_rope_theta)?;
-        let local_tables = RotaryTables::new(&positions, head_dim, m.local_rope_theta)?;
-        let visible = Visibility {
-            radius: None,
-            segments: layout.segments.clone(),
-        };
+        let positions = layout.positions.as_ref();
+        let device = input_ids.device();
+        let global_tables =
+            RotaryTables::at(positions, b, l, head_dim, m.global_rope_theta, device)?;
+        let local_tables = RotaryTables::at(positions, b, l, head_dim, m.local_rope_theta, device)?;
+        let visible = Visibility::new(None, layout.segments.clone());
         let local = visible.with_radius(Some(m.local_window / 2));
         let words = self
             .tok_embeddings
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape((b, l, h))?;
-        let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout)?;
+        let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let attn_in = match &layer.attn_norm {
                 Some(n) => n.forward(&x)?,
                 None => x.clone(),
@@ -164,12 +159,13 @@ impl ModernBert {
                 false => (&local_tables, &local),
             };
             let qkv = rotary(&layer.qkv.forward(&attn_in)?, heads, tables)?;
-            let factors = dropout.as_mut().and_then(|d| d.factors(b * heads * l * l));
-            let ctx = attention(&qkv, heads, &key_bias, rule, factors, self.compute)?;
-            let attn = maybe_dropout(layer.attn_out.forward(&ctx)?, dropout)?;
-            x = (x + attn)?;
+            let probs_mask = dropout.map(|d| d.mask(i, Site::AttentionProbs));
+            let ctx = attention(&qkv, heads, &key_bias, rule, probs_mask, self.compute)?;
+            let attn = layer.attn_out.forward(&ctx)?;
+            x = (x + maybe_dropout(attn, dropout, i, Site::AttentionOutput)?)?;
             let gated = geglu(&layer.mlp_in.forward(&layer.mlp_norm.forward(&x)?)?)?;
-            let mlp = layer.mlp_out.forward(&maybe_dropout(gated, dropout)?)?;
+            let gated = maybe_dropout(gated, dropout, i, Site::FeedForward)?;
+            let mlp = layer.mlp_out.forward(&gated)?;
             x = (x + mlp)?;
         }
         self.final_norm.forward(&x)
@@ -184,7 +180,7 @@ impl ModernBert {
 }
 
 impl MaskedLm for ModernBert {
-    fn hidden_states(&self, inputs: &MlmInputs, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+    fn hidden_states(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<Tensor> {
         self.encode(
             &inputs.input_ids,
             &inputs.attention_mask,

@@ -7,15 +7,6 @@ use model::ops::Dropout;
 use model::MaskedLm;
 use model::{Bert, BertConfig, MlmInputs, ParamStore};
 
-trait FromSeed {
-    fn from_seed_u64(s: u64) -> Self;
-}
-impl FromSeed for rand_xoshiro::Xoshiro256PlusPlus {
-    fn from_seed_u64(s: u64) -> Self {
-        <Self as rand_core::SeedableRng>::seed_from_u64(s)
-    }
-}
-
 #[test]
 fn every_parameter_receives_a_nonzero_gradient() {
     let dev = Device::Cpu;
@@ -23,11 +14,8 @@ fn every_parameter_receives_a_nonzero_gradient() {
         let cfg = BertConfig { pre_ln, ..tiny(50) };
         let params = ParamStore::new(&dev, 1);
         let model = Bert::new(cfg, &params).unwrap();
-        let mut dropout = Some(Dropout::new(
-            rand_xoshiro::Xoshiro256PlusPlus::from_seed_u64(7),
-            0.1,
-        ));
-        let out = model.mlm_loss(&inputs(&dev, 50), &mut dropout).unwrap();
+        let dropout = Dropout::new(7, &[0], 0.1);
+        let out = model.mlm_loss(&inputs(&dev, 50), Some(&dropout)).unwrap();
         let grads = out.loss.backward().unwrap();
         let vars = params.named_vars();
         assert_eq!(
@@ -65,7 +53,7 @@ fn gradients_match_finite_differences() {
     let inp = inputs(&dev, 20);
     let loss_of = |model: &Bert| {
         model
-            .mlm_loss(&inp, &mut None)
+            .mlm_loss(&inp, None)
             .unwrap()
             .loss
             .to_dtype(DType::F64)
@@ -73,12 +61,7 @@ fn gradients_match_finite_differences() {
             .to_scalar::<f64>()
             .unwrap()
     };
-    let grads = model
-        .mlm_loss(&inp, &mut None)
-        .unwrap()
-        .loss
-        .backward()
-        .unwrap();
+    let grads = model.mlm_loss(&inp, None).unwrap().loss.backward().unwrap();
     let mut checked = 0;
     for (name, var) in params.named_vars() {
         let g = grads
@@ -134,7 +117,7 @@ fn bf16_autocast_keeps_f32_parameters_and_gradients() {
     let run = |dtype: DType| {
         let params = ParamStore::new(&dev, 4).with_compute_dtype(dtype);
         let model = Bert::new(cfg, &params).unwrap();
-        let loss = model.mlm_loss(&inputs(&dev, 50), &mut None).unwrap().loss;
+        let loss = model.mlm_loss(&inputs(&dev, 50), None).unwrap().loss;
         let grads = loss.backward().unwrap();
         let grads: Vec<(String, Tensor)> = params
             .named_vars()
@@ -205,11 +188,8 @@ fn gradients_are_identical_for_any_thread_count() {
         pool.install(|| {
             let params = ParamStore::new(&dev, 8);
             let model = Bert::new(tiny(vocab as usize), &params).unwrap();
-            let mut dropout = Some(Dropout::new(
-                rand_xoshiro::Xoshiro256PlusPlus::from_seed_u64(3),
-                0.1,
-            ));
-            let loss = model.mlm_loss(&inp, &mut dropout).unwrap().loss;
+            let dropout = Dropout::new(3, &[0], 0.1);
+            let loss = model.mlm_loss(&inp, Some(&dropout)).unwrap().loss;
             let grads = loss.backward().unwrap();
             params
                 .named_vars()

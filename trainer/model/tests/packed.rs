@@ -31,23 +31,17 @@ fn inputs(ids: Vec<u32>, masked: &[u32]) -> MlmInputs {
         attention_mask: Tensor::ones((2, 12), candle_core::DType::F32, &dev).unwrap(),
         masked_positions: Tensor::from_slice(masked, n, &dev).unwrap(),
         masked_labels: Tensor::from_vec(vec![7u32; n], n, &dev).unwrap(),
-        layout: TokenLayout::of_segments(&[0, 5, 12, 15], 24),
+        layout: TokenLayout::of_segments(&[0, 5, 12, 15], 2, 12, &dev).unwrap(),
     }
 }
 
 fn logits(model: &Encoder, inp: &MlmInputs) -> Vec<Vec<f32>> {
     let hidden = match model {
         Encoder::Bert(m) => m
-            .encode_laid_out(
-                &inp.input_ids,
-                None,
-                &inp.attention_mask,
-                &inp.layout,
-                &mut None,
-            )
+            .encode_laid_out(&inp.input_ids, None, &inp.attention_mask, &inp.layout, None)
             .unwrap(),
         Encoder::ModernBert(m) => m
-            .encode(&inp.input_ids, &inp.attention_mask, &inp.layout, &mut None)
+            .encode(&inp.input_ids, &inp.attention_mask, &inp.layout, None)
             .unwrap(),
     };
     model
@@ -117,7 +111,7 @@ fn a_document_reads_the_same_at_any_offset() {
             attention_mask: Tensor::ones((2, 12), candle_core::DType::F32, &dev).unwrap(),
             masked_positions: Tensor::from_vec((0..24u32).collect(), 24, &dev).unwrap(),
             masked_labels: Tensor::from_vec(vec![0u32; 24], 24, &dev).unwrap(),
-            layout: TokenLayout::of_segments(&[0, 6, 12, 18], 24),
+            layout: TokenLayout::of_segments(&[0, 6, 12, 18], 2, 12, &dev).unwrap(),
         };
         let l = logits(&model, &inp);
         let furthest = |x: &[f32], y: &[f32]| {
@@ -142,12 +136,7 @@ fn every_modernbert_parameter_receives_a_gradient() {
     let model = Encoder::new(cfg, &p).unwrap();
     let ids: Vec<u32> = (0..24u32).map(|i| (i * 5 + 1) % 60).collect();
     let inp = inputs(ids, &[1, 6, 13, 20]);
-    let grads = model
-        .mlm_loss(&inp, &mut None)
-        .unwrap()
-        .loss
-        .backward()
-        .unwrap();
+    let grads = model.mlm_loss(&inp, None).unwrap().loss.backward().unwrap();
     let names: Vec<String> = p.named_vars().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"model.layers.1.attn_norm.weight".to_string()));
     assert!(!names.contains(&"model.layers.0.attn_norm.weight".to_string()));

@@ -107,13 +107,8 @@ fn main() {
             let batch = sampler.global_batch(step as u64).unwrap();
             let inputs = MlmInputs::from_batch(&batch, &dev).unwrap();
             let t1 = Instant::now();
-            let mut dropout = Some(Dropout::new(
-                <rand_xoshiro::Xoshiro256PlusPlus as rand_core::SeedableRng>::seed_from_u64(
-                    step as u64,
-                ),
-                model.config().dropout,
-            ));
-            let out = model.mlm_loss(&inputs, &mut dropout).unwrap();
+            let dropout = Dropout::new(0, &[step as u64], model.config().dropout);
+            let out = model.mlm_loss(&inputs, Some(&dropout)).unwrap();
             let _ = out.loss.to_scalar::<f32>().unwrap();
             let t2 = Instant::now();
             let g = out.loss.backward().unwrap();

@@ -94,7 +94,7 @@ pub fn export(run: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let hidden = model.encode(
         &input,
         &Tensor::ones((1, n), candle_core::DType::F32, &dev)?,
-        &mut None,
+        None,
     )?;
     let positions = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), n, &dev)?;
     let logits = model.mlm_logits(&hidden, &positions)?;

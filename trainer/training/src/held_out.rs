@@ -4,7 +4,7 @@
 
 use crate::dist::Collective;
 use anyhow::Result;
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use model::MaskedLm;
 use model::{Encoder, MlmInputs};
 use serde::{Deserialize, Serialize};
@@ -71,12 +71,23 @@ impl Evaluator {
         let mut sums = vec![0f64; 3 * self.sources.len()];
         let (rank, world) = (comm.rank(), comm.world_size());
         for (i, (_, batches)) in self.sources.iter().enumerate() {
+            // (loss × predicted, correct) summed on the device, read once per source.
+            let mut on_device: Option<Tensor> = None;
             for batch in batches.iter().skip(rank).step_by(world) {
                 let batch = batch?;
-                let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, &mut None)?;
-                sums[3 * i] += out.loss.to_scalar::<f32>()? as f64 * out.predicted as f64;
-                sums[3 * i + 1] += out.correct as f64;
+                let out = model.mlm_loss(&MlmInputs::from_batch(&batch, device)?, None)?;
+                let pair = Tensor::stack(&[(out.loss * out.predicted as f64)?, out.correct], 0)?
+                    .to_dtype(candle_core::DType::F64)?;
+                on_device = Some(match on_device {
+                    Some(sum) => (sum + pair)?,
+                    None => pair,
+                });
                 sums[3 * i + 2] += out.predicted as f64;
+            }
+            if let Some(sum) = on_device {
+                let v = model::transfer::read::<f64>(&sum)?;
+                sums[3 * i] += v[0];
+                sums[3 * i + 1] += v[1];
             }
         }
         comm.sum_f64(&mut sums)?;

@@ -2,8 +2,8 @@
 //!
 //! - [`step`]: `TrainStep`, one optimisation step in three stages: `forward_backward`
 //!   (micro-batches, accumulation) → `reduce` (summed over ranks by a `dist::Collective`) →
-//!   `update` (clip, AdamW, stop on a non-finite norm). Pretraining and GLUE fine-tuning both
-//!   drive it.
+//!   `update` (clip, AdamW), its numbers left on the device. Pretraining and GLUE fine-tuning
+//!   both drive it; [`profile`] times its phases and counts its transfers (`--profile`).
 //! - [`optim`]: decoupled AdamW and gradient clipping (f64 norm).
 //! - [`pretrain`]: `TrainArgs` and the pretraining loop; [`data`] the flags that fix the data
 //!   stream; [`held_out`] held-out loss at a fixed rate and mask seed; [`metrics_log`]
@@ -25,6 +25,7 @@ pub mod held_out;
 pub mod metrics_log;
 pub mod optim;
 pub mod pretrain;
+pub mod profile;
 pub mod runtime;
 pub mod saved_model;
 pub mod step;

@@ -25,19 +25,32 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
-/// Adam moments: host vectors updated in place by [`FusedStep`] where the model's kernels run
-/// ([`model::ops::supports`]), tensors updated by tensor ops elsewhere.
-enum Moments {
-    Host { m: Vec<f32>, v: Vec<f32> },
-    Device { m: Tensor, v: Tensor },
+/// Where the Adam moments live and how the update runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateForm {
+    /// Host vectors per parameter, updated in place by one fused parallel loop ([`FusedStep`]):
+    /// where the model's kernels run ([`model::ops::supports`]).
+    Host,
+    /// Two flat device buffers (parameters with and without weight decay), updated by a handful
+    /// of tensor ops over the whole buffer: every other device.
+    Flat,
 }
 
-/// One optimised parameter.
+/// One optimised parameter (with its moments in the host form).
 struct Slot {
     name: String,
     var: Var,
     decay: bool,
-    moments: Moments,
+    host: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The flat form's state of one weight-decay group: the slots it holds, in order, and their
+/// moments laid end to end.
+struct FlatGroup {
+    decay: bool,
+    slots: Vec<usize>,
+    m: Tensor,
+    v: Tensor,
 }
 
 /// The fused AdamW update over a parameter (in place) and its gradient, on the CPU: one pass, no
@@ -52,6 +65,8 @@ struct FusedStep<'a> {
     c2: f32,
     eps: f32,
     decay: f32,
+    /// The clip factor, applied to each gradient element as it is read.
+    scale: f32,
 }
 
 impl InplaceOp2 for FusedStep<'_> {
@@ -85,8 +100,8 @@ impl InplaceOp2 for FusedStep<'_> {
                 m.len()
             );
         }
-        let (lr, b1, b2, c1, c2, eps, decay) = (
-            self.lr, self.b1, self.b2, self.c1, self.c2, self.eps, self.decay,
+        let (lr, b1, b2, c1, c2, eps, decay, scale) = (
+            self.lr, self.b1, self.b2, self.c1, self.c2, self.eps, self.decay, self.scale,
         );
         const CHUNK: usize = 1 << 15;
         p.par_chunks_mut(CHUNK)
@@ -95,7 +110,7 @@ impl InplaceOp2 for FusedStep<'_> {
             .zip(v.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| {
                 for i in 0..p.len() {
-                    let gi = g[i];
+                    let gi = g[i] * scale;
                     m[i] = b1 * m[i] + (1.0 - b1) * gi;
                     v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                     let update = (m[i] / c1) / ((v[i] / c2).sqrt() + eps);
@@ -110,6 +125,8 @@ impl InplaceOp2 for FusedStep<'_> {
 pub struct AdamW {
     cfg: AdamWConfig,
     slots: Vec<Slot>,
+    /// The flat form's groups (empty in the host form).
+    flat: Vec<FlatGroup>,
     /// Steps taken (bias correction uses t + 1 for the next step).
     pub t: u64,
 }
@@ -122,30 +139,64 @@ pub fn decays(shape: &candle_core::Shape) -> bool {
 }
 
 impl AdamW {
-    /// An optimizer over `params` (sorted by name for a stable order).
+    /// An optimizer over `params` (sorted by name for a stable order), its state in the form the
+    /// device calls for ([`StateForm::Host`] where the model's kernels run, else flat).
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
-        let slots = params
+        let host = params
+            .first()
+            .is_none_or(|(_, v)| model::ops::supports(v.device(), v.dtype()));
+        let form = if host {
+            StateForm::Host
+        } else {
+            StateForm::Flat
+        };
+        Self::with_form(params, cfg, form)
+    }
+
+    /// An optimizer whose state takes `form`.
+    pub fn with_form(
+        params: Vec<(String, Var)>,
+        cfg: AdamWConfig,
+        form: StateForm,
+    ) -> Result<Self> {
+        let slots: Vec<Slot> = params
             .into_iter()
             .map(|(name, var)| {
-                let moments = if model::ops::supports(var.device(), var.dtype()) {
-                    let n = var.elem_count();
-                    Moments::Host {
-                        m: vec![0.0; n],
-                        v: vec![0.0; n],
-                    }
-                } else {
-                    let z = var.as_tensor().zeros_like()?;
-                    Moments::Device { m: z.clone(), v: z }
-                };
-                Ok(Slot {
+                let n = var.elem_count();
+                Slot {
                     decay: decays(var.shape()),
                     name,
-                    moments,
+                    host: (form == StateForm::Host).then(|| (vec![0.0; n], vec![0.0; n])),
                     var,
-                })
+                }
             })
-            .collect::<Result<_>>()?;
-        Ok(AdamW { cfg, slots, t: 0 })
+            .collect();
+        let mut flat = Vec::new();
+        if form == StateForm::Flat {
+            for decay in [true, false] {
+                let members: Vec<usize> = (0..slots.len())
+                    .filter(|&i| slots[i].decay == decay)
+                    .collect();
+                let Some(&first) = members.first() else {
+                    continue;
+                };
+                let n: usize = members.iter().map(|&i| slots[i].var.elem_count()).sum();
+                let v = &slots[first].var;
+                let zeros = Tensor::zeros(n, v.dtype(), v.device())?;
+                flat.push(FlatGroup {
+                    decay,
+                    slots: members,
+                    m: zeros.clone(),
+                    v: zeros,
+                });
+            }
+        }
+        Ok(AdamW {
+            cfg,
+            slots,
+            flat,
+            t: 0,
+        })
     }
 
     /// Parameter names in optimisation order.
@@ -160,54 +211,104 @@ impl AdamW {
 
     /// Applies one update with gradients `grads` (aligned with [`AdamW::vars`]) at learning rate `lr`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+        self.step_scaled(grads, None, lr)
+    }
+
+    /// [`AdamW::step`] with the gradients multiplied by `scale` (a scalar tensor on their device:
+    /// the clip factor) inside the update.
+    pub fn step_scaled(&mut self, grads: &[Tensor], scale: Option<&Tensor>, lr: f64) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         let decay = 1.0 - self.cfg.weight_decay * lr / self.cfg.peak_lr;
-        for (slot, g) in self.slots.iter_mut().zip(grads) {
-            let decay = if slot.decay { decay } else { 1.0 };
-            match &mut slot.moments {
-                Moments::Host { m, v } => {
-                    let op = FusedStep {
-                        m: RefCell::new(m),
-                        v: RefCell::new(v),
-                        lr: lr as f32,
-                        b1: b1 as f32,
-                        b2: b2 as f32,
-                        c1: c1 as f32,
-                        c2: c2 as f32,
-                        eps: self.cfg.eps as f32,
-                        decay: decay as f32,
-                    };
-                    slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
-                }
-                Moments::Device { m, v } => {
-                    *m = ((&*m * b1)? + (g * (1.0 - b1))?)?;
-                    *v = ((&*v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-                    let update = ((&*m / c1)? / ((&*v / c2)?.sqrt()? + self.cfg.eps)?)?;
-                    let p = (slot.var.as_tensor() * decay)?;
-                    slot.var.set(&(p - (update * lr)?)?)?;
-                }
+        for group in &mut self.flat {
+            // Gradients and parameters end to end; the update in ~16 ops over the whole buffer.
+            let cat = |f: &dyn Fn(usize) -> Result<Tensor>| -> Result<Tensor> {
+                let parts = group
+                    .slots
+                    .iter()
+                    .map(|&i| f(i)?.flatten_all())
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)
+            };
+            let mut g = cat(&|i| Ok(grads[i].clone()))?;
+            if let Some(s) = scale {
+                g = g.broadcast_mul(&s.to_dtype(g.dtype())?)?;
+            }
+            let p = cat(&|i| Ok(self.slots[i].var.as_tensor().clone()))?;
+            group.m = ((&group.m * b1)? + (&g * (1.0 - b1))?)?;
+            group.v = ((&group.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&group.m / c1)? / ((&group.v / c2)?.sqrt()? + self.cfg.eps)?)?;
+            let d = if group.decay { decay } else { 1.0 };
+            let p = ((p * d)? - (update * lr)?)?;
+            let mut offset = 0;
+            for &i in &group.slots {
+                let var = &self.slots[i].var;
+                let n = var.elem_count();
+                var.set(&p.narrow(0, offset, n)?.reshape(var.shape())?)?;
+                offset += n;
             }
         }
+        // The host form runs on the CPU: its scale is a CPU scalar (nothing crosses a bus).
+        let host_scale = match (scale, self.flat.is_empty()) {
+            (Some(s), true) => s.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?,
+            _ => 1.0,
+        };
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some((m, v)) = &mut slot.host else {
+                continue;
+            };
+            let decay = if slot.decay { decay } else { 1.0 };
+            let op = FusedStep {
+                m: RefCell::new(m),
+                v: RefCell::new(v),
+                lr: lr as f32,
+                b1: b1 as f32,
+                b2: b2 as f32,
+                c1: c1 as f32,
+                c2: c2 as f32,
+                eps: self.cfg.eps as f32,
+                decay: decay as f32,
+                scale: host_scale,
+            };
+            slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+        }
         Ok(())
+    }
+
+    /// Slot `i`'s moments as tensors of its shape (views into the flat buffers in that form).
+    fn moments_of(&self, i: usize) -> Result<(Tensor, Tensor)> {
+        let s = &self.slots[i];
+        if let Some((m, v)) = &s.host {
+            let dev = candle_core::Device::Cpu;
+            return Ok((
+                Tensor::from_slice(m, s.var.shape(), &dev)?,
+                Tensor::from_slice(v, s.var.shape(), &dev)?,
+            ));
+        }
+        for g in &self.flat {
+            let mut offset = 0;
+            for &j in &g.slots {
+                let n = self.slots[j].var.elem_count();
+                if j == i {
+                    let shape = s.var.shape();
+                    return Ok((
+                        g.m.narrow(0, offset, n)?.reshape(shape)?,
+                        g.v.narrow(0, offset, n)?.reshape(shape)?,
+                    ));
+                }
+                offset += n;
+            }
+        }
+        candle_core::bail!("no optimizer state for {}", s.name)
     }
 
     /// Moments for checkpoints: `m.NAME`, `v.NAME`.
     pub fn state_tensors(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
-        for s in &self.slots {
-            let (m, v) = match &s.moments {
-                Moments::Host { m, v } => {
-                    let shape = s.var.shape();
-                    (
-                        Tensor::from_slice(m, shape, &candle_core::Device::Cpu).expect("shape"),
-                        Tensor::from_slice(v, shape, &candle_core::Device::Cpu).expect("shape"),
-                    )
-                }
-                Moments::Device { m, v } => (m.clone(), v.clone()),
-            };
+        for (i, s) in self.slots.iter().enumerate() {
+            let (m, v) = self.moments_of(i).expect("every slot has moments");
             out.insert(format!("m.{}", s.name), m);
             out.insert(format!("v.{}", s.name), v);
         }
@@ -216,14 +317,15 @@ impl AdamW {
 
     /// Restores moments saved by [`AdamW::state_tensors`] and the step count.
     pub fn load_state(&mut self, mut tensors: HashMap<String, Tensor>, t: u64) -> Result<()> {
-        for s in &mut self.slots {
-            let take = |tensors: &mut HashMap<String, Tensor>, k: String| {
+        let mut loaded = Vec::with_capacity(self.slots.len());
+        for s in &self.slots {
+            let mut take = |k: String| {
                 tensors
                     .remove(&k)
                     .ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k}")))
             };
-            let m = take(&mut tensors, format!("m.{}", s.name))?;
-            let v = take(&mut tensors, format!("v.{}", s.name))?;
+            let m = take(format!("m.{}", s.name))?;
+            let v = take(format!("v.{}", s.name))?;
             if m.dims() != s.var.dims() || v.dims() != s.var.dims() {
                 candle_core::bail!(
                     "optimizer state for {}: shape {:?}, expected {:?}",
@@ -232,56 +334,90 @@ impl AdamW {
                     s.var.dims()
                 );
             }
-            s.moments = match &s.moments {
-                Moments::Host { .. } => Moments::Host {
-                    m: m.flatten_all()?.to_vec1()?,
-                    v: v.flatten_all()?.to_vec1()?,
-                },
-                Moments::Device { .. } => Moments::Device {
-                    m: m.to_device(s.var.device())?,
-                    v: v.to_device(s.var.device())?,
-                },
+            loaded.push((m, v));
+        }
+        for (s, (m, v)) in self.slots.iter_mut().zip(&loaded) {
+            if s.host.is_some() {
+                s.host = Some((m.flatten_all()?.to_vec1()?, v.flatten_all()?.to_vec1()?));
+            }
+        }
+        for g in &mut self.flat {
+            let device = g.m.device().clone();
+            let cat = |pick: fn(&(Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+                let parts = g
+                    .slots
+                    .iter()
+                    .map(|&i| pick(&loaded[i]).flatten_all()?.to_device(&device))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)
             };
+            (g.m, g.v) = (cat(|l| &l.0)?, cat(|l| &l.1)?);
         }
         self.t = t;
         Ok(())
     }
 }
 
-/// Sum of squares of `g` accumulated in f64: an f32 sum over the millions of (mostly zero) entries
-/// of an embedding gradient is off by up to ~1e-3 relative.
-fn sum_of_squares(g: &Tensor) -> Result<f64> {
-    if model::ops::supports(g.device(), g.dtype()) {
-        let (storage, layout) = g.storage_and_layout();
-        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
-            (&*storage, layout.contiguous_offsets())
-        {
-            return Ok(v[a..b]
-                .par_chunks(1 << 16)
-                .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-                .collect::<Vec<f64>>()
-                .into_iter()
-                .sum());
-        }
+/// Sum of squares of `g` accumulated in f64 on the host, for the CPU kernels' path: an f32 sum
+/// over the millions of (mostly zero) entries of an embedding gradient is off by up to ~1e-3
+/// relative. `None` where the fused kernels do not run.
+fn host_sum_of_squares(g: &Tensor) -> Option<f64> {
+    if !model::ops::supports(g.device(), g.dtype()) {
+        return None;
     }
-    g.to_dtype(candle_core::DType::F64)?
-        .sqr()?
-        .sum_all()?
-        .to_scalar::<f64>()
+    let (storage, layout) = g.storage_and_layout();
+    let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+        (&*storage, layout.contiguous_offsets())
+    else {
+        return None;
+    };
+    Some(
+        v[a..b]
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .collect::<Vec<f64>>()
+            .into_iter()
+            .sum(),
+    )
 }
 
-/// Global L2 norm of `grads` (accumulated in f64); scales them in place to at most `max_norm` (if
-/// positive). Returns the norm before clipping.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let mut sq = 0f64;
-    for g in grads.iter() {
-        sq += sum_of_squares(g)?;
+/// Global L2 norm of `grads`, accumulated in f64, as an f64 scalar on their device (nothing is
+/// read back).
+pub fn global_norm(grads: &[Tensor]) -> Result<Tensor> {
+    let device = grads
+        .first()
+        .map(|g| g.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
+    let host: Option<Vec<f64>> = grads.iter().map(host_sum_of_squares).collect();
+    if let Some(sums) = host {
+        // The CPU kernels' path: the tensors live on the host already.
+        let sq: f64 = sums.into_iter().sum();
+        return Tensor::new(sq.sqrt(), &device);
     }
-    let norm = sq.sqrt();
-    if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
+    let squares = grads
+        .iter()
+        .map(|g| g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&squares, 0)?.sum_all()?.sqrt()
+}
+
+/// The factor that scales gradients of global norm `norm` (an f64 scalar tensor) to at most
+/// `max_norm`: `max_norm / (norm + 1e-6)` where the norm exceeds it, else 1; computed on the
+/// device.
+pub fn clip_scale(norm: &Tensor, max_norm: f64) -> Result<Tensor> {
+    let max = Tensor::full(max_norm, (), norm.device())?;
+    let ratio = max.div(&(norm + 1e-6)?)?;
+    norm.gt(&max)?.where_cond(&ratio, &norm.ones_like()?)
+}
+
+/// Scales `grads` in place to a global L2 norm of at most `max_norm` (if positive). Returns the
+/// norm before clipping, an f64 scalar on the gradients' device.
+pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<Tensor> {
+    let norm = global_norm(grads)?;
+    if max_norm > 0.0 {
+        let scale = clip_scale(&norm, max_norm)?.to_dtype(candle_core::DType::F32)?;
         for g in grads.iter_mut() {
-            *g = (&*g * scale)?;
+            *g = g.broadcast_mul(&scale.to_dtype(g.dtype())?)?;
         }
     }
     Ok(norm)
@@ -292,9 +428,14 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Two steps against values computed by hand from the update rule above.
+    /// Two steps against values computed by hand from the update rule above, in both forms.
     #[test]
     fn adamw_matches_hand_computed_updates() {
+        hand_computed_updates(StateForm::Host);
+        hand_computed_updates(StateForm::Flat);
+    }
+
+    fn hand_computed_updates(form: StateForm) {
         let dev = Device::Cpu;
         // A matrix (decayed) and a vector (not).
         let w = Var::from_vec(vec![1.0f32, -2.0], (1, 2), &dev).unwrap();
@@ -306,12 +447,13 @@ mod tests {
             eps: 1e-6,
             weight_decay: 0.01,
         };
-        let mut opt = AdamW::new(
+        let mut opt = AdamW::with_form(
             vec![
                 ("layer.bias".into(), b.clone()),
                 ("layer.weight".into(), w.clone()),
             ],
             cfg,
+            form,
         )
         .unwrap();
         let gw = Tensor::new(&[[0.5f32, -1.0]], &dev).unwrap();
@@ -363,11 +505,17 @@ mod tests {
         let n = 4_000_000;
         let x = 0.001f32;
         let mut g = vec![Tensor::full(x, n, &dev).unwrap()];
-        let norm = clip_grad_norm(&mut g, 0.0).unwrap();
+        let norm = clip_grad_norm(&mut g, 0.0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         let exact = (n as f64 * (x as f64) * (x as f64)).sqrt();
         assert!((norm - exact).abs() < 1e-9 * exact, "{norm} vs {exact}");
         let strided = Tensor::full(x, (2000, 2000), &dev).unwrap().t().unwrap();
-        let norm = clip_grad_norm(&mut [strided], 0.0).unwrap();
+        let norm = clip_grad_norm(&mut [strided], 0.0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((norm - exact).abs() < 1e-9 * exact, "{norm} vs {exact}");
     }
 
@@ -379,9 +527,13 @@ mod tests {
             Tensor::new(&[4.0f32], &dev).unwrap(),
         ];
         let norm = clip_grad_norm(&mut g, 1.0).unwrap();
-        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((norm.to_scalar::<f64>().unwrap() - 5.0).abs() < 1e-6);
         let a = g[0].to_vec1::<f32>().unwrap()[0];
         assert!((a - 0.6).abs() < 1e-5, "{a}");
+        // Under the limit nothing changes, bit for bit.
+        let mut small = vec![Tensor::new(&[0.3f32, -0.4], &dev).unwrap()];
+        clip_grad_norm(&mut small, 1.0).unwrap();
+        assert_eq!(small[0].to_vec1::<f32>().unwrap(), [0.3, -0.4]);
     }
 
     /// Weight decay by rank picks, in both architectures, exactly the parameters that are neither
@@ -399,5 +551,85 @@ mod tests {
                 assert_eq!(decays(var.shape()), by_name, "{arch:?} {name}");
             }
         }
+    }
+
+    fn three_params(seed: u64) -> Vec<(String, Var)> {
+        let v = |shape: &[usize], s: u64| {
+            let n: usize = shape.iter().product();
+            Var::from_vec(
+                model::params::normal_samples(n, 1.0, s),
+                shape,
+                &Device::Cpu,
+            )
+            .unwrap()
+        };
+        vec![
+            ("a.bias".into(), v(&[5], seed)),
+            ("a.weight".into(), v(&[5, 3], seed + 1)),
+            ("b.weight".into(), v(&[2, 7], seed + 2)),
+        ]
+    }
+
+    fn values(params: &[(String, Var)]) -> Vec<f32> {
+        params
+            .iter()
+            .flat_map(|(_, v)| {
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// The flat form (the device path: two buffers, the clip factor inside the update) takes the
+    /// host form's steps, clipped and not, decayed and not; its checkpointed moments resume it
+    /// exactly.
+    #[test]
+    fn flat_state_steps_like_the_host_form_and_resumes() {
+        let cfg = AdamWConfig {
+            peak_lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        let (host_p, flat_p) = (three_params(1), three_params(1));
+        let mut host = AdamW::with_form(host_p.clone(), cfg, StateForm::Host).unwrap();
+        let mut flat = AdamW::with_form(flat_p.clone(), cfg, StateForm::Flat).unwrap();
+        let grads = |step: u64| -> Vec<Tensor> {
+            three_params(10 * step + 5)
+                .iter()
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect()
+        };
+        for step in 0..3u64 {
+            let g = grads(step);
+            let norm = global_norm(&g).unwrap();
+            // Step 1 clips (norm ~ 5 > 2), the others do not (limit 100).
+            let limit = if step == 1 { 2.0 } else { 100.0 };
+            let scale = clip_scale(&norm, limit).unwrap();
+            host.step_scaled(&g, Some(&scale), 0.01).unwrap();
+            flat.step_scaled(&g, Some(&scale), 0.01).unwrap();
+            let (h, f) = (values(&host_p), values(&flat_p));
+            let d = h
+                .iter()
+                .zip(&f)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-6, "step {step}: {d}");
+        }
+        // A fresh flat optimizer loaded from the saved moments takes the same next step.
+        let resumed_p = three_params(1);
+        for ((_, a), (_, b)) in resumed_p.iter().zip(&flat_p) {
+            a.set(b.as_tensor()).unwrap();
+        }
+        let mut resumed = AdamW::with_form(resumed_p.clone(), cfg, StateForm::Flat).unwrap();
+        resumed.load_state(flat.state_tensors(), flat.t).unwrap();
+        let g = grads(9);
+        flat.step(&g, 0.005).unwrap();
+        resumed.step(&g, 0.005).unwrap();
+        assert_eq!(values(&flat_p), values(&resumed_p));
     }
 }

@@ -13,9 +13,32 @@ pub struct RuntimeArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// The ops' implementation: fused (this project's kernels where the device has them: the
+    /// CPU's) or composed (candle's tensor ops everywhere: the path a device without kernels
+    /// runs, to compare or to check a GPU step's transfers on a CPU).
+    #[arg(long, default_value = "fused", value_parser = parse_kernels)]
+    #[serde(default = "default_kernels")]
+    pub kernels: model::ops::Kernels,
+}
+
+fn parse_kernels(s: &str) -> Result<model::ops::Kernels, String> {
+    match s {
+        "fused" => Ok(model::ops::Kernels::Fused),
+        "composed" => Ok(model::ops::Kernels::Composed),
+        other => Err(format!("unknown kernels {other:?}: fused or composed")),
+    }
+}
+
+fn default_kernels() -> model::ops::Kernels {
+    model::ops::Kernels::Fused
 }
 
 impl RuntimeArgs {
+    /// Applies `--kernels` to the process (before any model is built).
+    pub fn apply_kernels(&self) {
+        model::ops::set_kernels(self.kernels);
+    }
+
     /// The device `--device` names.
     pub fn device(&self) -> anyhow::Result<candle_core::Device> {
         crate::device::parse(&self.device, 0)

@@ -5,61 +5,70 @@
 //! 2. [`TrainStep::reduce`]: gradients summed across data-parallel ranks by a [`Collective`]
 //!    ([`crate::dist::SingleProcess`], the identity, in one process), which makes them the
 //!    gradient of the mean loss over the global batch;
-//! 3. [`TrainStep::update`]: global-norm clipping, a stop on a non-finite norm, AdamW at the
-//!    step's learning rate.
+//! 3. [`TrainStep::update`]: global-norm clipping, AdamW at the step's learning rate.
 //!
-//! The dropout stream of a micro-batch is [`dropout_for`]: keyed by the seed and the
+//! Nothing in a step is read back to the host: the loss and the gradient norm stay device
+//! scalars ([`StepStats`]), the clip scale is computed and applied on the device, and the caller
+//! reads the numbers when it logs ([`StepStats::read`]), where a non-finite value is caught
+//! ([`Diverged`]).
+//!
+//! The dropout of a micro-batch is [`model::ops::Dropout`], keyed by the seed and the
 //! micro-batch's key (its index in the global batch, never a per-rank counter), so a resumed run
 //! and a run at another world size draw the same masks.
 
 use crate::dist::Collective;
-use crate::optim::{clip_grad_norm, AdamW};
+use crate::optim::{clip_scale, global_norm, AdamW};
+use crate::profile::PhaseTimes;
 use anyhow::Result;
-use candle_core::Tensor;
-use model::ops::Dropout;
-use rand_core::SeedableRng;
-use rand_xoshiro::Xoshiro256PlusPlus;
-use shared::seed::seed_of;
+use candle_core::{Device, Tensor};
 use std::rc::Rc;
+use std::time::Instant;
 
-/// Domain tag of dropout streams.
-const DROPOUT_TAG: u64 = 0x0064_726f_706f;
-
-/// Seeded dropout with probability `p` for the micro-batch identified by `key` (e.g. step and
-/// micro-batch index) within run seed `seed`.
-pub fn dropout_for(seed: u64, key: &[u64], p: f64) -> Dropout {
-    let mut parts = Vec::with_capacity(key.len() + 2);
-    parts.extend([seed, DROPOUT_TAG]);
-    parts.extend_from_slice(key);
-    Dropout::new(Xoshiro256PlusPlus::seed_from_u64(seed_of(&parts)), p)
-}
-
-/// Why a step stopped: a value that is not finite. Callers name the step and what is kept.
+/// Why a run stopped: a value that is not finite. Callers name the step and what is kept.
 #[derive(Debug, thiserror::Error)]
 pub enum Diverged {
-    /// A micro-batch's loss.
-    #[error("loss is {value} (micro-batch {micro})")]
-    Loss {
-        /// Micro-batch index within the step.
-        micro: usize,
-        /// The loss.
-        value: f64,
-    },
+    /// The step's loss.
+    #[error("loss is {0}")]
+    Loss(f64),
     /// The gradient norm after `reduce`.
     #[error("gradient norm is {0}")]
     GradNorm(f64),
 }
 
-/// What a step measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// What a step measured, on the device.
+#[derive(Debug, Clone)]
 pub struct StepStats {
     /// This rank's sum over its micro-batches of loss / micro-batches over all ranks (summed over
-    /// ranks, the mean loss of the global batch).
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
+    /// ranks, the mean loss of the global batch): an f32 scalar.
+    pub loss: Tensor,
+    /// Global gradient norm before clipping: an f64 scalar.
+    pub grad_norm: Tensor,
     /// Seconds spent summing gradients across ranks.
     pub sync_sec: f64,
+    /// The phases' times, when profiling ([`TrainStep::profile_on`]).
+    pub phases: Option<PhaseTimes>,
+}
+
+impl StepStats {
+    /// (loss, gradient norm) on the host: two counted reads ([`model::transfer::read`]); a
+    /// non-finite value is a [`Diverged`] error.
+    pub fn read(&self) -> Result<(f64, f64)> {
+        let loss = model::transfer::read::<f64>(&self.loss)?[0];
+        let norm = model::transfer::read::<f64>(&self.grad_norm)?[0];
+        check_finite(loss, norm)?;
+        Ok((loss, norm))
+    }
+}
+
+/// A [`Diverged`] error when `loss` or `grad_norm` is not finite.
+pub fn check_finite(loss: f64, grad_norm: f64) -> Result<(), Diverged> {
+    if !loss.is_finite() {
+        return Err(Diverged::Loss(loss));
+    }
+    if !grad_norm.is_finite() {
+        return Err(Diverged::GradNorm(grad_norm));
+    }
+    Ok(())
 }
 
 /// The optimizer with its gradient buffers, clipping and gradient sync.
@@ -68,6 +77,8 @@ pub struct TrainStep {
     clip: f64,
     comm: Rc<dyn Collective>,
     grads: Vec<Option<Tensor>>,
+    /// When profiling: the device to sync at each phase's end, and the phases so far.
+    profile: Option<(Device, PhaseTimes)>,
 }
 
 impl TrainStep {
@@ -80,7 +91,27 @@ impl TrainStep {
             clip,
             comm,
             grads: vec![None; n],
+            profile: None,
         }
+    }
+
+    /// Times each phase of the following steps, syncing `device` at each phase's end.
+    pub fn profile_on(&mut self, device: &Device) {
+        self.profile = Some((device.clone(), PhaseTimes::default()));
+    }
+
+    /// Ends a phase that started at `since`: syncs the device and adds the seconds to `field`
+    /// (nothing when not profiling). Returns the next phase's start.
+    fn phase_end(
+        &mut self,
+        since: Instant,
+        field: fn(&mut PhaseTimes) -> &mut f64,
+    ) -> Result<Instant> {
+        if let Some((device, times)) = &mut self.profile {
+            device.synchronize()?;
+            *field(times) += since.elapsed().as_secs_f64();
+        }
+        Ok(Instant::now())
     }
 
     /// The optimizer (moments and step count, for checkpoints).
@@ -96,22 +127,23 @@ impl TrainStep {
     /// Stage 1: runs `forward(m)` for this rank's micro-batches `m = 0..micro_batches` (each
     /// returns its mean loss, differentiable), divides each loss by the micro-batches of all ranks
     /// (`micro_batches` × world size), back-propagates and accumulates the gradients; returns the
-    /// sum of the divided losses. A non-finite loss stops with [`Diverged::Loss`].
-    pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<f64>
+    /// sum of the divided losses, a device scalar.
+    pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<Tensor>
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
-        let mut total = 0.0;
+        let mut total: Option<Tensor> = None;
         let all_micro_batches = (micro_batches * self.comm.world_size()) as f64;
         for micro in 0..micro_batches {
+            let t = Instant::now();
             let loss = (forward(micro)? / all_micro_batches)?;
-            let value = loss.to_scalar::<f32>()? as f64;
-            if !value.is_finite() {
-                self.grads.iter_mut().for_each(|g| *g = None);
-                return Err(Diverged::Loss { micro, value }.into());
-            }
-            total += value;
+            let t = self.phase_end(t, |p| &mut p.forward_sec)?;
             let g = loss.backward()?;
+            let loss = loss.detach();
+            total = Some(match total {
+                Some(t) => (t + loss)?,
+                None => loss,
+            });
             for (acc, var) in self.grads.iter_mut().zip(self.opt.vars()) {
                 if let Some(gv) = g.get(var.as_tensor()) {
                     *acc = Some(match acc.take() {
@@ -120,8 +152,9 @@ impl TrainStep {
                     });
                 }
             }
+            self.phase_end(t, |p| &mut p.backward_sec)?;
         }
-        Ok(total)
+        total.ok_or_else(|| anyhow::anyhow!("a step of no micro-batches"))
     }
 
     /// Stage 2: the accumulated gradients (zeros for variables the loss did not reach), summed
@@ -141,15 +174,16 @@ impl TrainStep {
         Ok(grads)
     }
 
-    /// Stage 3: clips `grads` to the global norm, stops on a non-finite norm
-    /// ([`Diverged::GradNorm`]), and applies AdamW at learning rate `lr`. Returns the norm before
-    /// clipping.
-    pub fn update(&mut self, mut grads: Vec<Tensor>, lr: f64) -> Result<f64> {
-        let grad_norm = clip_grad_norm(&mut grads, self.clip)?;
-        if !grad_norm.is_finite() {
-            return Err(Diverged::GradNorm(grad_norm).into());
-        }
-        self.opt.step(&grads, lr)?;
+    /// Stage 3: the global norm of `grads` and the clip factor, on the device, and AdamW at
+    /// learning rate `lr` with the factor applied inside the update. Returns the norm before
+    /// clipping, a device scalar.
+    pub fn update(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<Tensor> {
+        let grad_norm = global_norm(&grads)?;
+        let scale = match self.clip > 0.0 {
+            true => Some(clip_scale(&grad_norm, self.clip)?),
+            false => None,
+        };
+        self.opt.step_scaled(&grads, scale.as_ref(), lr)?;
         Ok(grad_norm)
     }
 
@@ -158,15 +192,21 @@ impl TrainStep {
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
+        if let Some((_, times)) = &mut self.profile {
+            *times = PhaseTimes::default();
+        }
         let loss = self.forward_backward(micro_batches, forward)?;
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let grads = self.reduce()?;
         let sync_sec = t.elapsed().as_secs_f64();
+        let t = self.phase_end(t, |p| &mut p.all_reduce_sec)?;
         let grad_norm = self.update(grads, lr)?;
+        self.phase_end(t, |p| &mut p.optimizer_sec)?;
         Ok(StepStats {
             loss,
             grad_norm,
             sync_sec,
+            phases: self.profile.as_ref().map(|(_, times)| *times),
         })
     }
 }

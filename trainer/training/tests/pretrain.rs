@@ -146,14 +146,14 @@ fn a_tiny_model_overfits_a_fixed_batch() {
     .unwrap();
     let inp = inputs(&dev, 50);
     let first = model
-        .mlm_loss(&inp, &mut None)
+        .mlm_loss(&inp, None)
         .unwrap()
         .loss
         .to_scalar::<f32>()
         .unwrap();
     let mut last = first;
     for _ in 0..100 {
-        let loss = model.mlm_loss(&inp, &mut None).unwrap().loss;
+        let loss = model.mlm_loss(&inp, None).unwrap().loss;
         last = loss.to_scalar::<f32>().unwrap();
         let g = loss.backward().unwrap();
         let grads: Vec<Tensor> = opt

@@ -18,7 +18,7 @@ pub fn predict(
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(batch.max(1)) {
         let b = PairBatch::new(chunk, pad_id, device)?;
-        let logits = model.forward(&b, &mut None)?.to_dtype(DType::F32)?;
+        let logits = model.forward(&b, None)?.to_dtype(DType::F32)?;
         out.extend(logits.to_vec2::<f32>()?);
     }
     Ok(out)

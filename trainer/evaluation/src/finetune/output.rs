@@ -55,7 +55,7 @@ pub fn save_model(trained: &Trained, start: &Pretrained, task: Task, dir: &Path)
         ),
         (
             "logits".to_string(),
-            trained.model.forward(&batch, &mut None)?.squeeze(0)?,
+            trained.model.forward(&batch, None)?.squeeze(0)?,
         ),
     ]);
     shared::atomic::write_dir(dir, |tmp| -> Result<()> {

@@ -6,6 +6,7 @@ use crate::tasks::{Hyper, Label, Task};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use indicatif::ProgressBar;
+use model::ops::Dropout;
 use model::ParamStore;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -15,7 +16,7 @@ use std::time::Instant;
 use training::dist::SingleProcess;
 use training::optim::{AdamW, AdamWConfig};
 use training::saved_model::Pretrained;
-use training::step::{dropout_for, Diverged, TrainStep};
+use training::step::{Diverged, TrainStep};
 
 /// Seed tag of the per-epoch example order.
 const SHUFFLE_TAG: u64 = 0x5348_5546;
@@ -143,13 +144,14 @@ pub fn train_seed(
             let labels: Vec<Label> = idx.iter().map(|&i| data.train[i].1).collect();
             let batch = PairBatch::new(&items, pad, device)?;
             let stats = train_step.run(1, sched.lr(step), |_| {
-                let mut dropout = Some(dropout_for(seed, &[step], start.config.dropout));
-                let out = model.forward(&batch, &mut dropout)?;
+                let dropout = Dropout::new(seed, &[step], start.config.dropout);
+                let out = model.forward(&batch, Some(&dropout))?;
                 loss_of(task, &out, &labels, device)
             });
-            let value = match stats {
+            // Fine-tuning steps are small: each one's loss is read (and checked) at once.
+            let value = match stats.and_then(|s| s.read()) {
                 Err(e) if e.is::<Diverged>() => bail!("{task} seed {seed}: {e} at step {step}"),
-                other => other?.loss,
+                other => other?.0,
             };
             loss_sum += value;
             batches += 1;

@@ -7,19 +7,26 @@
 //! single-threaded through `gemm` on strided views of the fused `[B, L, 3H]` projections, and the
 //! context is written straight into `[B, L, H]`; nothing is transposed or copied.
 
-use super::{matmul_in, softmax_last_dim, supports};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use super::{matmul_in, softmax_last_dim, supports, DropoutMask};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
 /// Which keys each query may see, besides the additive key bias: all of them by default.
+///
+/// The rule lives on the device: per-token segment ids uploaded once with the batch, expanded by
+/// tensor ops into the `[B, 1, L, L]` additive mask once per rule and batch (the first layer of
+/// each type asks, later layers reuse it); the window is a cached `[L, L]` table.
 #[derive(Clone, Debug, Default)]
 pub struct Visibility {
     /// Keys at most this many positions from the query (ModernBERT's local layers: 64).
     pub radius: Option<usize>,
-    /// Per-token segment (document) ids `[B·L]`: a query sees only the keys of its own segment.
-    pub segments: Option<Arc<Vec<u32>>>,
+    /// Per-token segment (document) ids `[B, L]` u32 on the device: a query sees only the keys
+    /// of its own segment.
+    pub segments: Option<Tensor>,
+    /// The expanded mask, once built.
+    dense: std::sync::OnceLock<Option<Tensor>>,
 }
 
 impl Visibility {
@@ -28,12 +35,88 @@ impl Visibility {
         Visibility::default()
     }
 
-    /// This rule with keys limited to `radius` positions either side (`None`: no limit).
-    pub fn with_radius(&self, radius: Option<usize>) -> Self {
+    /// Keys limited to `radius` positions either side (`None`: no limit) and to the segment
+    /// of the query (`segments` `[B, L]`; `None`: one per row).
+    pub fn new(radius: Option<usize>, segments: Option<Tensor>) -> Self {
         Visibility {
             radius,
-            segments: self.segments.clone(),
+            segments,
+            dense: Default::default(),
         }
+    }
+
+    /// This rule with keys limited to `radius` positions either side (`None`: no limit).
+    pub fn with_radius(&self, radius: Option<usize>) -> Self {
+        Visibility::new(radius, self.segments.clone())
+    }
+
+    /// The rule as an additive `[B, 1, L, L]` (or `[1, 1, L, L]` for a window alone) mask of 0 and
+    /// -∞, `None` when every key is visible; built on the device the first time it is asked for.
+    fn dense(&self, batch: usize, len: usize, device: &Device) -> Result<Option<Tensor>> {
+        if let Some(d) = self.dense.get() {
+            return Ok(d.clone());
+        }
+        let d = self.expand(batch, len, device)?;
+        let _ = self.dense.set(d.clone());
+        Ok(d)
+    }
+
+    fn expand(&self, batch: usize, len: usize, device: &Device) -> Result<Option<Tensor>> {
+        let window = match self.radius {
+            Some(r) => Some(window_bias(len, r, device)?),
+            None => None,
+        };
+        let Some(s) = &self.segments else {
+            return window.map(|w| w.reshape((1, 1, len, len))).transpose();
+        };
+        if s.dims() != [batch, len] {
+            candle_core::bail!("attention: segment ids {:?} for {batch}×{len}", s.dims());
+        }
+        let same = s
+            .reshape((batch, len, 1))?
+            .broadcast_eq(&s.reshape((batch, 1, len))?)?;
+        let zero = Tensor::zeros((), DType::F32, device)?.broadcast_as((batch, len, len))?;
+        let hidden = zero.affine(1.0, f64::NEG_INFINITY)?;
+        let bias = same.where_cond(&zero, &hidden)?;
+        let bias = match window {
+            Some(w) => bias.broadcast_add(&w)?,
+            None => bias,
+        };
+        Ok(Some(bias.reshape((batch, 1, len, len))?))
+    }
+}
+
+/// The window rule as an additive `[L, L]` table (0 within `radius` of the diagonal, -∞
+/// beyond), cached per (len, radius, device).
+fn window_bias(len: usize, radius: usize, device: &Device) -> Result<Tensor> {
+    super::tables::cached(&format!("window-{len}-{radius}"), device, || {
+        let table: Vec<f32> = (0..len * len)
+            .map(|k| match (k / len).abs_diff(k % len) <= radius {
+                true => 0.0,
+                false => f32::NEG_INFINITY,
+            })
+            .collect();
+        crate::transfer::upload(table, (len, len), device)
+    })
+}
+
+/// The CPU kernel's form of a rule: host segment ids and the window.
+#[derive(Clone, Debug, Default)]
+struct HostVisibility {
+    radius: Option<usize>,
+    segments: Option<Arc<Vec<u32>>>,
+}
+
+impl HostVisibility {
+    /// The rule of `v` on the host (its segments are a CPU tensor: nothing crosses).
+    fn of(v: &Visibility) -> Result<Self> {
+        Ok(HostVisibility {
+            radius: v.radius,
+            segments: match &v.segments {
+                Some(s) => Some(Arc::new(s.flatten_all()?.to_vec1::<u32>()?)),
+                None => None,
+            },
+        })
     }
 
     fn restricts(&self) -> bool {
@@ -58,48 +141,27 @@ impl Visibility {
             }
         }
     }
-
-    /// The rule as an additive `[B, 1, L, L]` mask (0 or -∞), `None` when every key is visible.
-    fn dense(
-        &self,
-        batch: usize,
-        len: usize,
-        device: &candle_core::Device,
-    ) -> Result<Option<Tensor>> {
-        if !self.restricts() {
-            return Ok(None);
-        }
-        if let Some(s) = &self.segments {
-            if s.len() != batch * len {
-                candle_core::bail!("attention: {} segment ids for {batch}×{len}", s.len());
-            }
-        }
-        let mut mask = vec![0f32; batch * len * len];
-        for (row, m) in mask.chunks_mut(len).enumerate() {
-            let (b, i) = (row / len, row % len);
-            self.hide(b, len, i, m);
-        }
-        Ok(Some(Tensor::from_vec(mask, (batch, 1, len, len), device)?))
-    }
 }
 
 /// Multi-head self-attention: `qkv` `[B, L, 3H]` holds the query, key and value projections
 /// (H columns each, `heads` heads per block); `key_bias` `[B, L]` is added to every query's scores
 /// (0 for tokens, -10000 for padding); `visible` limits the keys each query sees (a window,
-/// documents; hidden keys get probability 0); `dropout` holds factors for the `[B, heads, L, L]`
-/// probabilities (see [`super::Dropout::factors`]); the two products run in `compute` (see
+/// documents; hidden keys get probability 0); `dropout` masks the `[B, heads, L, L]`
+/// probabilities (element index in that shape); the two products run in `compute` (see
 /// [`matmul_in`]). Returns the context `[B, L, H]`.
 pub fn attention(
     qkv: &Tensor,
     heads: usize,
     key_bias: &Tensor,
     visible: &Visibility,
-    dropout: Option<Vec<f32>>,
+    dropout: Option<DropoutMask>,
     compute: DType,
 ) -> Result<Tensor> {
     // The kernel runs its products in f32, so it serves only an f32 `compute`.
     if supports(qkv.device(), qkv.dtype()) && compute == DType::F32 {
+        // CPU tensors: nothing crosses a bus.
         let bias = key_bias.flatten_all()?.to_vec1::<f32>()?;
+        let visible = HostVisibility::of(visible)?;
         if let Some(s) = &visible.segments {
             if s.len() != bias.len() {
                 candle_core::bail!(
@@ -109,7 +171,7 @@ pub fn attention(
                 );
             }
         }
-        let op = FusedAttention::new(heads, bias, visible.clone(), dropout);
+        let op = FusedAttention::new(heads, bias, visible, dropout);
         return qkv.contiguous()?.apply_op1(op);
     }
     attention_composed(qkv, heads, key_bias, visible, dropout, compute)
@@ -121,7 +183,7 @@ pub fn attention_composed(
     heads: usize,
     key_bias: &Tensor,
     visible: &Visibility,
-    dropout: Option<Vec<f32>>,
+    dropout: Option<DropoutMask>,
     compute: DType,
 ) -> Result<Tensor> {
     let (b, l, three_h) = qkv.dims3()?;
@@ -142,8 +204,8 @@ pub fn attention_composed(
         None => scores,
     };
     let mut probs = softmax_last_dim(&scores)?;
-    if let Some(f) = dropout {
-        probs = probs.mul(&Tensor::from_vec(f, probs.shape(), probs.device())?)?;
+    if let Some(mask) = dropout {
+        probs = mask.apply(&probs)?;
     }
     matmul_in(&probs, &v, compute)?
         .transpose(1, 2)?
@@ -158,26 +220,26 @@ struct FusedAttention {
     /// `[B · L]` additive bias on the keys (0 for tokens, large negative for padding).
     key_bias: Arc<Vec<f32>>,
     /// Keys each query may see.
-    visible: Visibility,
-    /// `[B · heads · L · L]` dropout factors on the probabilities (0 or 1/(1−p)); `None` = none.
-    dropout: Option<Arc<Vec<f32>>>,
+    visible: HostVisibility,
+    /// The dropout mask of the `[B · heads · L · L]` probabilities; `None` = none.
+    dropout: Option<DropoutMask>,
     /// Softmax probabilities `[B · heads · L · L]` (before dropout), kept for the backward.
     probs: Mutex<Option<Arc<Vec<f32>>>>,
 }
 
 impl FusedAttention {
-    /// The op for `heads` heads, key bias `[B·L]` and optional dropout factors.
+    /// The op for `heads` heads, key bias `[B·L]` and an optional dropout mask.
     fn new(
         heads: usize,
         key_bias: Vec<f32>,
-        visible: Visibility,
-        dropout: Option<Vec<f32>>,
+        visible: HostVisibility,
+        dropout: Option<DropoutMask>,
     ) -> Self {
         FusedAttention {
             heads,
             key_bias: Arc::new(key_bias),
             visible,
-            dropout: dropout.map(Arc::new),
+            dropout,
             probs: Mutex::new(None),
         }
     }
@@ -232,9 +294,16 @@ impl Dims {
     }
 }
 
-/// Task `task`'s `[L, L]` block of the dropout factors, if any.
-fn task_factors(dropout: &Option<Arc<Vec<f32>>>, task: usize, lsq: usize) -> Option<&[f32]> {
-    dropout.as_ref().map(|m| &m[task * lsq..(task + 1) * lsq])
+/// Task `task`'s `[L, L]` block of the dropout factors, if any, drawn into `buf` (elements
+/// `task · L² ..` of the probabilities).
+fn task_factors<'a>(
+    dropout: &Option<DropoutMask>,
+    task: usize,
+    buf: &'a mut [f32],
+) -> Option<&'a [f32]> {
+    let mask = dropout.as_ref()?;
+    mask.fill_factors((task * buf.len()) as u64, buf);
+    Some(buf)
 }
 
 /// The probabilities after dropout: `p` itself without factors, else `p ⊙ factors` in `scratch`.
@@ -337,19 +406,14 @@ impl CustomOp1 for FusedAttention {
                 d.batch
             );
         }
-        if let Some(m) = &self.dropout {
-            if m.len() != d.tasks() * lsq {
-                candle_core::bail!("attention: dropout factors of {} elements", m.len());
-            }
-        }
         let mut ctx = vec![0f32; d.batch * len * d.hidden];
         let mut probs = vec![0f32; d.tasks() * lsq];
         let out = SharedMut(ctx.as_mut_ptr());
         let rs = 3 * d.hidden as isize;
         let scale = d.scale();
         probs.par_chunks_mut(lsq).enumerate().for_each_init(
-            || vec![0f32; lsq],
-            |scratch, (task, p)| {
+            || (vec![0f32; lsq], vec![0f32; lsq]),
+            |(scratch, factors), (task, p)| {
                 let (b, h) = (task / d.heads, task % d.heads);
                 let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
                 let k = View(qkv[d.qkv_offset(b, h, 1)..].as_ptr(), rs, 1);
@@ -375,7 +439,7 @@ impl CustomOp1 for FusedAttention {
                     }
                 }
                 super::vmath::softmax_rows(p, len);
-                let weights = dropped(p, task_factors(&self.dropout, task, lsq), scratch);
+                let weights = dropped(p, task_factors(&self.dropout, task, factors), scratch);
                 let dst = out.at(d.ctx_offset(b, h));
                 // SAFETY: this task alone writes rows of sequence b, columns of head h of `ctx`.
                 unsafe {
@@ -407,7 +471,7 @@ impl CustomOp1 for FusedAttention {
         };
         let back = FusedAttentionBackward {
             heads: self.heads,
-            dropout: self.dropout.clone(),
+            dropout: self.dropout,
             probs,
         };
         Ok(Some(
@@ -420,7 +484,7 @@ impl CustomOp1 for FusedAttention {
 /// Inputs (qkv `[B, L, 3H]`, d context `[B, L, H]`) → d qkv `[B, L, 3H]`.
 struct FusedAttentionBackward {
     heads: usize,
-    dropout: Option<Arc<Vec<f32>>>,
+    dropout: Option<DropoutMask>,
     probs: Arc<Vec<f32>>,
 }
 
@@ -449,8 +513,8 @@ impl CustomOp2 for FusedAttentionBackward {
         let rs = 3 * d.hidden as isize;
         let scale = d.scale();
         (0..d.tasks()).into_par_iter().for_each_init(
-            || (vec![0f32; lsq], vec![0f32; lsq]),
-            |(scratch, ds), task| {
+            || (vec![0f32; lsq], vec![0f32; lsq], vec![0f32; lsq]),
+            |(scratch, ds, factors), task| {
                 let (b, h) = (task / d.heads, task % d.heads);
                 let p = &self.probs[task * lsq..(task + 1) * lsq];
                 let q = View(qkv[d.qkv_offset(b, h, 0)..].as_ptr(), rs, 1);
@@ -462,7 +526,7 @@ impl CustomOp2 for FusedAttentionBackward {
                     out.at(d.qkv_offset(b, h, 1)),
                     out.at(d.qkv_offset(b, h, 2)),
                 );
-                let mask = task_factors(&self.dropout, task, lsq);
+                let mask = task_factors(&self.dropout, task, factors);
                 let weights = dropped(p, mask, scratch);
                 // SAFETY: views address len×head_dim elements of `qkv`/`dctx` or len×len scratch;
                 // this task alone writes rows of sequence b, columns of head h of each block.
@@ -510,10 +574,9 @@ impl CustomOp2 for FusedAttentionBackward {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{assert_same_op, max_abs_diff, tensor, var};
-    use super::super::Dropout;
+    use super::super::{Dropout, Site};
     use super::*;
     use candle_core::Device;
-    use rand_core::SeedableRng;
 
     /// The kernel equals the composed attention, forward and backward, with padded keys and with
     /// and without dropout factors.
@@ -528,23 +591,15 @@ mod tests {
         let probe = tensor(&[b, l, h], 1.0, 42);
         let grads = |y: &Tensor| (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         for p in [0.0, 0.3] {
-            let mut dropout = Dropout::new(rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(5), p);
-            let factors = dropout.factors(b * heads * l * l);
+            let mask = Dropout::new(5, &[0], p).mask(0, Site::AttentionProbs);
+            let factors = (p > 0.0).then_some(mask);
             if p > 0.0 {
-                let f = factors.as_ref().unwrap();
+                let f = mask.factors(0, b * heads * l * l);
                 assert!(f.contains(&0.0) && f.iter().any(|&v| v > 1.0));
             }
             let f32 = DType::F32;
             let all = Visibility::all();
-            let yf = attention(
-                qkv.as_tensor(),
-                heads,
-                &key_bias,
-                &all,
-                factors.clone(),
-                f32,
-            )
-            .unwrap();
+            let yf = attention(qkv.as_tensor(), heads, &key_bias, &all, factors, f32).unwrap();
             let yc =
                 attention_composed(qkv.as_tensor(), heads, &key_bias, &all, factors, f32).unwrap();
             assert_eq!(yf.dims(), &[b, l, h]);
@@ -579,20 +634,16 @@ mod tests {
         let (b, l, h, heads) = (2usize, 9usize, 8usize, 2usize);
         let qkv = var(&[b, l, 3 * h], 1.0, 51);
         let key_bias = Tensor::zeros((b, l), DType::F32, &Device::Cpu).unwrap();
-        let segments = Arc::new(vec![0, 0, 0, 0, 1, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 5, 6, 6]);
+        let segments = Tensor::from_vec(
+            vec![0u32, 0, 0, 0, 1, 1, 1, 1, 1, 5, 5, 5, 5, 5, 5, 5, 6, 6],
+            (b, l),
+            &Device::Cpu,
+        )
+        .unwrap();
         let rules = [
-            Visibility {
-                radius: Some(2),
-                segments: None,
-            },
-            Visibility {
-                radius: None,
-                segments: Some(segments.clone()),
-            },
-            Visibility {
-                radius: Some(1),
-                segments: Some(segments.clone()),
-            },
+            Visibility::new(Some(2), None),
+            Visibility::new(None, Some(segments.clone())),
+            Visibility::new(Some(1), Some(segments.clone())),
         ];
         for rule in &rules {
             assert_same_op(

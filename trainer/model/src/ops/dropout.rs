@@ -1,77 +1,295 @@
-//! Seeded inverted dropout.
+//! Inverted dropout from a counter-based generator: the mask of element `i` is a pure function of
+//! (seed, step, micro-batch, layer, site) and `i`, drawn where the tensor lives.
+//!
+//! A micro-batch's [`Dropout`] holds the key of (seed, step, micro-batch); [`Dropout::mask`] adds
+//! (layer, [`Site`]) and gives the [`DropoutMask`] of one call. Its bits are Philox4x32-10
+//! ([`shared::philox`]) word `i` for element `i`: the CPU kernel here and the CUDA kernel in
+//! `kernels/dropout.cu` draw the same words, so no mask is ever uploaded, a resumed run draws the
+//! same masks, and the backward regenerates the mask instead of storing it (the op's backward is
+//! the op itself applied to the incoming gradient).
 
-use candle_core::{Result, Tensor};
-use rand_core::Rng;
-use rand_xoshiro::Xoshiro256PlusPlus;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use shared::philox::PhiloxStream;
+use shared::seed::seed_of;
 
-/// Seeded inverted dropout: masks come from a counter-based stream so runs are reproducible.
+/// Where in the model a mask is drawn; with the layer index, it separates the masks of one
+/// micro-batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// After the embeddings' norm (layer 0).
+    Embeddings = 1,
+    /// On the attention probabilities `[B, heads, L, L]`.
+    AttentionProbs = 2,
+    /// On the attention block's output projection.
+    AttentionOutput = 3,
+    /// On the feed-forward block (BERT: its output; ModernBERT: the gated activation).
+    FeedForward = 4,
+    /// On a classifier's pooled input (fine-tuning heads).
+    Classifier = 5,
+}
+
+/// Domain tag of dropout keys.
+const DROPOUT_TAG: u64 = 0x0064_726f_706f;
+
+/// The dropout of one micro-batch: probability `p` and the key of (seed, step, micro-batch).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Dropout {
-    rng: Xoshiro256PlusPlus,
+    key: u64,
     p: f64,
 }
 
 impl Dropout {
-    /// Dropout with probability `p` drawing from `rng`.
-    pub fn new(rng: Xoshiro256PlusPlus, p: f64) -> Self {
-        Dropout { rng, p }
-    }
-
-    /// Zeroes each element with probability p and scales the rest by 1/(1-p).
-    pub fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        match self.factors(x.elem_count()) {
-            Some(f) => x.mul(&Tensor::from_vec(f, x.shape(), x.device())?),
-            None => Ok(x.clone()),
+    /// Dropout with probability `p` for the micro-batch identified by `key` (e.g. step and
+    /// micro-batch index in the global batch) within run seed `seed`.
+    pub fn new(seed: u64, key: &[u64], p: f64) -> Self {
+        let mut parts = Vec::with_capacity(key.len() + 2);
+        parts.extend([seed, DROPOUT_TAG]);
+        parts.extend_from_slice(key);
+        Dropout {
+            key: seed_of(&parts),
+            p,
         }
     }
 
-    /// The next `n` factors (0 with probability p, else 1/(1-p)) that [`Dropout::apply`] would
-    /// multiply by; `None` when p = 0 (nothing is drawn).
-    pub fn factors(&mut self, n: usize) -> Option<Vec<f32>> {
-        if self.p <= 0.0 {
-            return None;
+    /// The drop probability.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// The mask of layer `layer`'s `site`.
+    pub fn mask(&self, layer: usize, site: Site) -> DropoutMask {
+        DropoutMask {
+            key: seed_of(&[self.key, layer as u64, site as u64]),
+            p: self.p,
         }
-        let threshold = (self.p * 4_294_967_296.0) as u64;
-        let keep = (1.0 / (1.0 - self.p)) as f32;
-        let mut mask = Vec::with_capacity(n);
-        while mask.len() < n {
-            let bits = self.rng.next_u64();
-            for half in [bits & 0xffff_ffff, bits >> 32] {
-                if mask.len() < n {
-                    mask.push(if half < threshold { 0.0 } else { keep });
-                }
-            }
-        }
-        Some(mask)
     }
 }
 
-/// `x` through `dropout` when training (`Some`), unchanged when evaluating (`None`).
-pub fn maybe_dropout(x: Tensor, dropout: &mut Option<Dropout>) -> Result<Tensor> {
+/// One call's mask: element `i` is dropped when Philox word `i` under `key` falls below `p · 2³²`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DropoutMask {
+    /// The Philox key.
+    pub key: u64,
+    /// The drop probability.
+    pub p: f64,
+}
+
+impl DropoutMask {
+    /// `x` with each element zeroed with probability p and the rest scaled by 1/(1−p), drawn on
+    /// `x`'s device (differentiable: the backward applies the same mask).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        x.contiguous()?.apply_op1(PhiloxDropout(*self))
+    }
+
+    /// The factors (0 or 1/(1−p)) of elements `first .. first + n`, computed on the host: the
+    /// reference the kernels are tested against, and what the CPU attention kernel multiplies by.
+    pub fn factors(&self, first: u64, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        self.fill_factors(first, &mut out);
+        out
+    }
+
+    /// [`DropoutMask::factors`] into `out`.
+    pub fn fill_factors(&self, first: u64, out: &mut [f32]) {
+        PhiloxStream::new(self.key).dropout_factors(self.p, first, out);
+    }
+
+    /// (threshold, keep factor): a word below the threshold drops, kept values are multiplied by
+    /// the factor (in f32, then rounded to the tensor's dtype).
+    pub(crate) fn threshold_and_keep(&self) -> (u32, f32) {
+        let threshold = (self.p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
+        (threshold, (1.0 / (1.0 - self.p)) as f32)
+    }
+}
+
+/// `x` through `dropout`'s mask at (`layer`, `site`) when training (`Some`), unchanged when
+/// evaluating (`None`).
+pub fn maybe_dropout(
+    x: Tensor,
+    dropout: Option<&Dropout>,
+    layer: usize,
+    site: Site,
+) -> Result<Tensor> {
     match dropout {
-        Some(d) => d.apply(&x),
+        Some(d) => d.mask(layer, site).apply(&x),
         None => Ok(x),
     }
+}
+
+/// The op: `x ⊙ factors(key)` over contiguous `x`, element `i` taking word `i`.
+struct PhiloxDropout(DropoutMask);
+
+/// Elements per rayon task (a multiple of 4: each Philox block serves four elements).
+const CHUNK: usize = 1 << 14;
+
+/// `y[i] = x[i] · factor(i)`, the arithmetic in f32 and rounded back through `to`/`from`.
+fn drop_slice<T: Copy + Send + Sync>(
+    x: &[T],
+    mask: &DropoutMask,
+    to_f32: impl Fn(T) -> f32 + Sync,
+    from_f32: impl Fn(f32) -> T + Sync,
+) -> Vec<T> {
+    let stream = PhiloxStream::new(mask.key);
+    let (threshold, keep) = mask.threshold_and_keep();
+    let mut y = x.to_vec();
+    y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ys)| {
+        let first = (c * CHUNK) as u64;
+        for (j, quad) in ys.chunks_mut(4).enumerate() {
+            let words = stream.block(first / 4 + j as u64);
+            for (y, w) in quad.iter_mut().zip(words) {
+                let factor = if w < threshold { 0.0 } else { keep };
+                *y = from_f32(to_f32(*y) * factor);
+            }
+        }
+    });
+    y
+}
+
+impl CustomOp1 for PhiloxDropout {
+    fn name(&self) -> &'static str {
+        "philox-dropout"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("dropout: contiguous input only")
+        };
+        let m = &self.0;
+        let out = match s {
+            CpuStorage::F32(x) => CpuStorage::F32(drop_slice(&x[a..b], m, |v| v, |v| v)),
+            CpuStorage::BF16(x) => CpuStorage::BF16(drop_slice(
+                &x[a..b],
+                m,
+                half::bf16::to_f32,
+                half::bf16::from_f32,
+            )),
+            CpuStorage::F16(x) => CpuStorage::F16(drop_slice(
+                &x[a..b],
+                m,
+                half::f16::to_f32,
+                half::f16::from_f32,
+            )),
+            _ => candle_core::bail!("dropout: no CPU kernel for this dtype"),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::dropout(s, l, &self.0)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1(PhiloxDropout(self.0))?))
+    }
+}
+
+/// The dtypes the kernels serve.
+pub fn dropout_supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand_core::SeedableRng;
+    use candle_core::{Device, Var};
+
+    fn mask(p: f64) -> DropoutMask {
+        Dropout::new(3, &[7, 1], p).mask(2, Site::FeedForward)
+    }
 
     /// The kept fraction is within 5 standard deviations of 1 − p, kept values are 1/(1−p), and
-    /// the same seed gives the same factors.
+    /// the same key gives the same factors.
     #[test]
-    fn factors_drop_at_rate_p_and_repeat_with_the_seed() {
+    fn factors_drop_at_rate_p_and_repeat_with_the_key() {
         let n = 100_000;
-        let draw = || Dropout::new(Xoshiro256PlusPlus::seed_from_u64(3), 0.1).factors(n);
-        let f = draw().unwrap();
-        assert_eq!(f, draw().unwrap());
+        let f = mask(0.1).factors(0, n);
+        assert_eq!(f, mask(0.1).factors(0, n));
         let kept = f.iter().filter(|&&v| v != 0.0).count() as f64;
         let sd = (n as f64 * 0.1 * 0.9).sqrt();
         assert!((kept - 0.9 * n as f64).abs() < 5.0 * sd, "kept {kept}");
         assert!(f.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
-        assert!(Dropout::new(Xoshiro256PlusPlus::seed_from_u64(3), 0.0)
-            .factors(10)
-            .is_none());
+    }
+
+    /// Hand-picked coordinates: element `i`'s factor comes from Philox word `i` under the key of
+    /// seed_of(seed_of(seed, tag, step, micro), layer, site), computed here from the published
+    /// block function, not from the stream.
+    #[test]
+    fn element_i_takes_philox_word_i_of_the_site_key() {
+        let m = mask(0.5);
+        let key = seed_of(&[
+            seed_of(&[3, DROPOUT_TAG, 7, 1]),
+            2,
+            Site::FeedForward as u64,
+        ]);
+        assert_eq!(m.key, key);
+        let f = m.factors(0, 4_000);
+        for i in [0usize, 1, 3, 4, 1_234, 3_999] {
+            let block = shared::philox::philox4x32_10(
+                [(i / 4) as u32, 0, 0, 0],
+                [key as u32, (key >> 32) as u32],
+            );
+            let dropped = block[i % 4] < (1u32 << 31);
+            assert_eq!(f[i] == 0.0, dropped, "element {i}");
+        }
+        // Layers, sites, steps and micro-batches have their own masks.
+        let other = [
+            Dropout::new(3, &[7, 1], 0.5).mask(3, Site::FeedForward),
+            Dropout::new(3, &[7, 1], 0.5).mask(2, Site::AttentionOutput),
+            Dropout::new(3, &[8, 1], 0.5).mask(2, Site::FeedForward),
+            Dropout::new(3, &[7, 2], 0.5).mask(2, Site::FeedForward),
+            Dropout::new(4, &[7, 1], 0.5).mask(2, Site::FeedForward),
+        ];
+        for o in other {
+            assert_ne!(o.factors(0, 64), f[..64], "{o:?}");
+        }
+    }
+
+    /// The op multiplies by the host factors (f32 exactly; bf16 as f32 products rounded once),
+    /// whatever the chunking, and its gradient is the same mask: forward and backward agree.
+    #[test]
+    fn op_equals_host_factors_and_backward_uses_the_same_mask() {
+        let n = 3 * CHUNK + 5;
+        let m = mask(0.3);
+        let x = Var::from_vec(
+            (0..n).map(|i| 1.0 + (i % 13) as f32).collect::<Vec<_>>(),
+            n,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let y = m.apply(x.as_tensor()).unwrap();
+        let expect: Vec<f32> = m
+            .factors(0, n)
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (1.0 + (i % 13) as f32) * f)
+            .collect();
+        assert_eq!(y.to_vec1::<f32>().unwrap(), expect);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let g = g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(g, m.factors(0, n));
+        let xb = x.as_tensor().to_dtype(DType::BF16).unwrap();
+        let yb = m.apply(&xb).unwrap().to_dtype(DType::F32).unwrap();
+        let expect_b: Vec<f32> = expect
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(yb.to_vec1::<f32>().unwrap(), expect_b);
+        assert!(
+            mask(0.0)
+                .apply(x.as_tensor())
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+                == 1.0
+        );
     }
 }

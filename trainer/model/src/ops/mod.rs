@@ -12,6 +12,8 @@
 mod attention;
 mod bias;
 mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod dropout;
 mod geglu;
 mod gelu;
@@ -20,12 +22,13 @@ mod matmul;
 mod rotary;
 mod rows;
 mod softmax;
+pub mod tables;
 pub mod vmath;
 
 pub use attention::{attention, attention_composed, Visibility};
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_and_correct;
-pub use dropout::{maybe_dropout, Dropout};
+pub use dropout::{dropout_supports, maybe_dropout, Dropout, DropoutMask, Site};
 pub use geglu::{geglu, geglu_composed};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_composed};
@@ -34,12 +37,41 @@ pub use rotary::{rotary, rotary_composed, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 
 use candle_core::{DType, Device};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Which implementation the ops run where this crate has a kernel for the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// This crate's kernels where [`supports`] says so (the default).
+    Fused,
+    /// The composed candle ops everywhere: what a device without this crate's kernels runs, so a
+    /// CPU run with it follows a GPU step's path (and its transfers) exactly.
+    Composed,
+}
+
+static COMPOSED: AtomicBool = AtomicBool::new(false);
+
+/// Chooses the ops' implementation for the process (set it before building a model: the
+/// optimizer picks its state's form from it).
+pub fn set_kernels(k: Kernels) {
+    COMPOSED.store(k == Kernels::Composed, Ordering::SeqCst);
+}
+
+/// The implementation chosen by [`set_kernels`].
+pub fn kernels() -> Kernels {
+    match COMPOSED.load(Ordering::SeqCst) {
+        true => Kernels::Composed,
+        false => Kernels::Fused,
+    }
+}
 
 /// Whether this crate's own kernels handle tensors of `dtype` on `device`: f32 on the CPU (inputs
-/// are made contiguous first). Everything else takes the composed path. The fused AdamW update
-/// follows the same rule.
+/// are made contiguous first), unless [`Kernels::Composed`] was chosen. Everything else takes the
+/// composed path. The fused AdamW update follows the same rule. (Dropout always runs its own
+/// kernel: the CPU's, or the CUDA one with the `cuda` feature.)
 pub fn supports(device: &Device, dtype: DType) -> bool {
-    device.is_cpu() && dtype == DType::F32
+    device.is_cpu() && dtype == DType::F32 && kernels() == Kernels::Fused
 }
 
 /// Helpers for the ops' tests.

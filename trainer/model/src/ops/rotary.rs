@@ -8,59 +8,123 @@
 
 use super::rows::f32_rows;
 use super::supports;
+use super::tables;
+use crate::transfer::upload;
 use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-/// The cosines and sines of one rotary setting at given token positions: `[T, dh/2]` each, one
-/// row per token (`T` = B·L, in the batch's row-major order).
+/// Host cosines and sines, shared by a kernel's forward and backward.
+type HostTables = (Arc<Vec<f32>>, Arc<Vec<f32>>);
+
+/// The cosines and sines of one rotary setting at given token positions: `[T, dh/2]` each on the
+/// device, one row per token (`T` = B·L, in the batch's row-major order).
 #[derive(Clone)]
 pub struct RotaryTables {
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
+    cos: Tensor,
+    sin: Tensor,
     half: usize,
+    /// The tables on the host, for the CPU kernel (made once, on first use).
+    host: OnceLock<HostTables>,
+}
+
+/// `inv_freq = 1 / θ^(2i/dh)` in f32, as transformers computes it.
+fn inverse_frequencies(head_dim: usize, theta: f64) -> Result<Vec<f32>> {
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        candle_core::bail!("rotary embeddings need an even head size, got {head_dim}");
+    }
+    Ok((0..head_dim / 2)
+        .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+        .collect())
+}
+
+/// cos and sin of `position · inv_freq` (rounded to f32, as transformers does) for each position.
+fn host_tables(positions: impl Iterator<Item = u32>, inv_freq: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for &f in inv_freq {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    (cos, sin)
 }
 
 impl RotaryTables {
     /// Tables for tokens at `positions` (one per token), heads of `head_dim` columns and base
-    /// `theta`, computed in f32 as transformers does (`inv_freq = 1 / θ^(2i/dh)`, angle =
-    /// position · inv_freq, both rounded to f32).
-    pub fn new(positions: &[u32], head_dim: usize, theta: f64) -> Result<Self> {
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            candle_core::bail!("rotary embeddings need an even head size, got {head_dim}");
-        }
-        let half = head_dim / 2;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(positions.len() * half);
-        let mut sin = Vec::with_capacity(positions.len() * half);
-        for &p in positions {
-            for &f in &inv_freq {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
-        Ok(RotaryTables {
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
+    /// `theta`, built on the host and uploaded (tests and one-off use; the models use
+    /// [`RotaryTables::at`]).
+    pub fn new(positions: &[u32], head_dim: usize, theta: f64, device: &Device) -> Result<Self> {
+        let inv_freq = inverse_frequencies(head_dim, theta)?;
+        let half = inv_freq.len();
+        let (cos, sin) = host_tables(positions.iter().copied(), &inv_freq);
+        let t = positions.len();
+        Ok(Self::of(
+            upload(cos, (t, half), device)?,
+            upload(sin, (t, half), device)?,
             half,
-        })
+        ))
+    }
+
+    fn of(cos: Tensor, sin: Tensor, half: usize) -> Self {
+        RotaryTables {
+            cos,
+            sin,
+            half,
+            host: OnceLock::new(),
+        }
+    }
+
+    /// Tables for `rows` rows of `len` tokens at `positions` (`[B, L]` u32 on `device`; `None`:
+    /// 0..L in every row), taken by device ops from the table of positions 0..L, which is built
+    /// once per (head size, θ, L, device) and cached: nothing is built on the host per batch.
+    pub fn at(
+        positions: Option<&Tensor>,
+        rows: usize,
+        len: usize,
+        head_dim: usize,
+        theta: f64,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv_freq = inverse_frequencies(head_dim, theta)?;
+        let half = inv_freq.len();
+        let table = |which: &str, cosines: bool| {
+            let name = format!("rotary-{which}-{head_dim}-{:x}-{len}", theta.to_bits());
+            tables::cached(&name, device, || {
+                let (cos, sin) = host_tables(0..len as u32, &inv_freq);
+                upload(if cosines { cos } else { sin }, (len, half), device)
+            })
+        };
+        let (cos, sin) = (table("cos", true)?, table("sin", false)?);
+        let spread = |t: Tensor| -> Result<Tensor> {
+            match positions {
+                Some(p) => t.index_select(&p.flatten_all()?, 0),
+                None => t
+                    .unsqueeze(0)?
+                    .broadcast_as((rows, len, half))?
+                    .reshape((rows * len, half)),
+            }
+        };
+        Ok(Self::of(spread(cos)?, spread(sin)?, half))
     }
 
     /// Tokens covered.
     pub fn tokens(&self) -> usize {
-        self.cos.len() / self.half.max(1)
+        self.cos.dim(0).unwrap_or(0)
     }
 
-    /// The tables as `[T, dh/2]` tensors on `device` (for the composed path).
-    fn tensors(&self, device: &Device) -> Result<(Tensor, Tensor)> {
-        let t = self.tokens();
-        Ok((
-            Tensor::from_slice(&self.cos, (t, self.half), device)?,
-            Tensor::from_slice(&self.sin, (t, self.half), device)?,
-        ))
+    /// The tables on the host (CPU tensors: nothing crosses a bus).
+    fn host(&self) -> Result<HostTables> {
+        if let Some(h) = self.host.get() {
+            return Ok(h.clone());
+        }
+        let h = (
+            Arc::new(self.cos.flatten_all()?.to_vec1::<f32>()?),
+            Arc::new(self.sin.flatten_all()?.to_vec1::<f32>()?),
+        );
+        let _ = self.host.set(h.clone());
+        Ok(h)
     }
 }
 
@@ -69,10 +133,11 @@ impl RotaryTables {
 pub fn rotary(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
     check(qkv, heads, tables)?;
     if supports(qkv.device(), qkv.dtype()) {
+        let (cos, sin) = tables.host()?;
         let op = Rotary {
             heads,
-            cos: tables.cos.clone(),
-            sin: tables.sin.clone(),
+            cos,
+            sin,
             inverse: false,
         };
         return qkv.contiguous()?.apply_op1(op);
@@ -101,8 +166,10 @@ pub fn rotary_composed(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Res
     let (b, l, three_h) = qkv.dims3()?;
     let h = three_h / 3;
     let (dh, half) = (h / heads, tables.half);
-    let (cos, sin) = tables.tensors(qkv.device())?;
-    let (cos, sin) = (cos.reshape((b, l, 1, half))?, sin.reshape((b, l, 1, half))?);
+    let (cos, sin) = (
+        tables.cos.reshape((b, l, 1, half))?,
+        tables.sin.reshape((b, l, 1, half))?,
+    );
     let rotate = |block: usize| -> Result<Tensor> {
         let x = qkv.narrow(2, block * h, h)?.reshape((b, l, heads, dh))?;
         let (x1, x2) = (x.narrow(3, 0, half)?, x.narrow(3, half, half)?);
@@ -175,7 +242,7 @@ mod tests {
         let (b, l, heads, dh) = (2usize, 5usize, 3usize, 8usize);
         let qkv = var(&[b, l, 3 * heads * dh], 1.0, 3);
         let positions = [0, 1, 2, 0, 1, 7, 8, 9, 10, 11];
-        let tables = RotaryTables::new(&positions, dh, 10_000.0).unwrap();
+        let tables = RotaryTables::new(&positions, dh, 10_000.0, &Device::Cpu).unwrap();
         assert_same_op(
             || rotary(qkv.as_tensor(), heads, &tables).unwrap(),
             || rotary_composed(qkv.as_tensor(), heads, &tables).unwrap(),
@@ -186,7 +253,7 @@ mod tests {
 
     #[test]
     fn kernel_gradient_matches_finite_differences() {
-        let tables = RotaryTables::new(&[0, 5, 1, 2], 4, 10_000.0).unwrap();
+        let tables = RotaryTables::new(&[0, 5, 1, 2], 4, 10_000.0, &Device::Cpu).unwrap();
         assert_finite_differences(&[2, 2, 3 * 2 * 4], 1.0, 4, |x| {
             rotary(x, 2, &tables).unwrap()
         });
@@ -198,7 +265,7 @@ mod tests {
     fn rotation_by_hand() {
         let row: Vec<f32> = (1..=12).map(|v| v as f32).collect(); // q 1..4, k 5..8, v 9..12
         let qkv = Tensor::from_vec([row.clone(), row].concat(), (1, 2, 12), &Device::Cpu).unwrap();
-        let tables = RotaryTables::new(&[0, 2], 4, 100.0).unwrap();
+        let tables = RotaryTables::new(&[0, 2], 4, 100.0, &Device::Cpu).unwrap();
         let y = rotary(&qkv, 1, &tables).unwrap().to_vec3::<f32>().unwrap();
         assert_eq!(y[0][0], (1..=12).map(|v| v as f32).collect::<Vec<_>>());
         let rot = |a: f32, b: f32, t: f32| (a * t.cos() - b * t.sin(), b * t.cos() + a * t.sin());
@@ -216,12 +283,14 @@ mod tests {
     #[test]
     fn rotation_is_orthogonal() {
         let qkv = var(&[1, 6, 3 * 2 * 6], 1.0, 8);
-        let tables = RotaryTables::new(&[3, 90, 4000, 1, 0, 65535], 6, 160_000.0).unwrap();
+        let tables =
+            RotaryTables::new(&[3, 90, 4000, 1, 0, 65535], 6, 160_000.0, &Device::Cpu).unwrap();
         let y = rotary(qkv.as_tensor(), 2, &tables).unwrap();
+        let (cos, sin) = tables.host().unwrap();
         let back = Rotary {
             heads: 2,
-            cos: tables.cos.clone(),
-            sin: tables.sin.clone(),
+            cos,
+            sin,
             inverse: true,
         };
         let z = y.apply_op1_no_bwd(&back).unwrap();
@@ -236,5 +305,21 @@ mod tests {
                 .unwrap()
         };
         assert!((n(&y) - n(qkv.as_tensor())).abs() < 1e-3 * n(&y));
+    }
+
+    /// The cached tables taken by device ops equal the host-built ones bit for bit, in the
+    /// default layout and at packed positions.
+    #[test]
+    fn cached_tables_equal_host_tables() {
+        let dev = Device::Cpu;
+        let (rows, len, dh, theta) = (2usize, 5usize, 8usize, 160_000.0);
+        let packed = [0u32, 1, 2, 0, 1, 0, 1, 2, 3, 4];
+        let default: Vec<u32> = (0..rows * len).map(|t| (t % len) as u32).collect();
+        let p = Tensor::from_slice(&packed, (rows, len), &dev).unwrap();
+        for (positions, host) in [(None, &default[..]), (Some(&p), &packed[..])] {
+            let cached = RotaryTables::at(positions, rows, len, dh, theta, &dev).unwrap();
+            let built = RotaryTables::new(host, dh, theta, &dev).unwrap();
+            assert_eq!(cached.host().unwrap(), built.host().unwrap());
+        }
     }
 }

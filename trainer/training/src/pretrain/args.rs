@@ -112,6 +112,18 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(default)]
     pub verify_shards: bool,
+    /// Read the steps' loss, accuracy and gradient norm back from the device every N steps, in
+    /// one transfer (metrics.jsonl still gets one row per step; a non-finite loss stops the run
+    /// at that read, naming its step). Checkpoints and evaluations read first.
+    #[arg(long, default_value_t = 10)]
+    #[serde(default = "default_log_every")]
+    pub log_every: u64,
+    /// Time each step's phases (data wait, forward and backward, all-reduce, optimizer) with a
+    /// device sync at each boundary, and count its host↔device transfers: per step in
+    /// profile.jsonl, totals printed and in summary.json. The syncs slow a GPU step a little.
+    #[arg(long)]
+    #[serde(default)]
+    pub profile: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub runtime: RuntimeArgs,
@@ -217,4 +229,8 @@ fn parse_lr_decay(s: &str) -> std::result::Result<LrDecay, String> {
 /// `--arch`'s parser.
 fn parse_arch(s: &str) -> std::result::Result<model::Arch, String> {
     model::Arch::parse(s)
+}
+
+fn default_log_every() -> u64 {
+    10
 }

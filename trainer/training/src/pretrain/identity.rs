@@ -87,6 +87,9 @@ pub struct ResumeFree {
     pub prefetch: usize,
     pub device: String,
     pub quiet: bool,
+    pub kernels: model::ops::Kernels,
+    pub log_every: u64,
+    pub profile: bool,
 }
 
 impl TrainArgs {
@@ -123,6 +126,8 @@ impl TrainArgs {
             eval_batch,
             check_every,
             verify_shards,
+            log_every,
+            profile,
             runtime,
         } = self.clone();
         let DataArgs {
@@ -152,7 +157,11 @@ impl TrainArgs {
             cache_bytes,
             phases,
         } = config;
-        let RuntimeArgs { device, quiet } = runtime;
+        let RuntimeArgs {
+            device,
+            quiet,
+            kernels,
+        } = runtime;
         let identity = RunIdentity {
             shards,
             mix: mix.map(|m| m.to_string()),
@@ -208,6 +217,9 @@ impl TrainArgs {
             prefetch,
             device,
             quiet,
+            kernels,
+            log_every,
+            profile,
         };
         (identity, free)
     }
@@ -514,6 +526,9 @@ mod tests {
             "prefetch",
             "device",
             "quiet",
+            "kernels",
+            "log_every",
+            "profile",
         ];
         let (got_identity, got_free) = all_flags_set().split();
         let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();

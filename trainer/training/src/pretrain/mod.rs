@@ -55,6 +55,9 @@ pub struct Summary {
     /// reads that waited for the network, evictions, peak size).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard_cache: Option<shared::store::CacheStats>,
+    /// With `--profile`: mean phase times and the transfers of a steady step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::profile::ProfileSummary>,
 }
 
 /// Trains as configured, as one rank of `comm`'s job (every rank runs this with the same

@@ -11,10 +11,12 @@ use crate::device;
 use crate::dist::{self, Collective};
 use crate::held_out::Evaluator;
 use crate::metrics_log::{MetricsLog, Record};
-use crate::step::{dropout_for, Diverged, StepStats};
+use crate::profile::{Event, Profiler};
+use crate::step::{check_finite, Diverged};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
+use model::ops::Dropout;
 use model::MaskedLm;
 use model::{MlmInputs, ParamStore};
 use shared::atomic::write_file;
@@ -25,19 +27,19 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// One step's global numbers (summed over ranks).
-#[derive(Debug, Clone, Copy)]
+/// One step's global numbers (summed over ranks): those known on the host now, and the loss,
+/// accuracy and gradient norm as device scalars, read at the next [`Run::flush`].
+#[derive(Debug, Clone)]
 pub struct StepResult {
     /// Learning rate of the step.
     pub lr: f64,
     /// Masking rate of the step's batch.
     pub mask_rate: f64,
-    /// Mean loss over the global batch.
-    pub loss: f64,
-    /// Share of masked tokens predicted correctly.
-    pub accuracy: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
+    /// `[loss, correct predictions, gradient norm]` f64 on the device: the mean loss over the
+    /// global batch, masked tokens predicted correctly, the norm before clipping.
+    pub on_device: Tensor,
+    /// Masked tokens in the global batch.
+    pub predicted: u64,
     /// Non-padding tokens in the global batch.
     pub tokens: u64,
     /// Wall time of the step.
@@ -71,6 +73,10 @@ pub struct Run<'a> {
     waited_at_start: Duration,
     tokens_total: u64,
     last_loss: f64,
+    /// Steps logged but not yet read back and written (`--log-every`).
+    pending: Vec<(u64, StepResult)>,
+    /// `--profile`: phase times and transfers per step.
+    profiler: Option<Profiler>,
     final_eval: Option<(f64, f64)>,
     final_eval_by_source: std::collections::BTreeMap<String, crate::held_out::Score>,
     last_checkpoint: Option<PathBuf>,
@@ -115,6 +121,13 @@ impl<'a> Run<'a> {
             loader_cfg,
         )?;
         let bar = progress_bar(args.runtime.quiet || !env.writer, args.steps(), start);
+        let profiler = args
+            .profile
+            .then(|| Profiler::new(env.writer.then(|| out.join("profile.jsonl"))));
+        let mut model = model;
+        if args.profile {
+            model.train_step.profile_on(&env.device);
+        }
         Ok(Run {
             args,
             out,
@@ -138,6 +151,8 @@ impl<'a> Run<'a> {
             started: Instant::now(),
             tokens_total: 0,
             last_loss: f64::NAN,
+            pending: Vec::new(),
+            profiler,
             final_eval: None,
             final_eval_by_source: Default::default(),
             last_checkpoint: None,
@@ -148,6 +163,9 @@ impl<'a> Run<'a> {
     /// over ranks, clipped AdamW at the scheduled lr; then the step's numbers (and whether any
     /// rank was interrupted) summed over ranks in one collective.
     pub fn step(&mut self, step: u64, interrupted: &AtomicBool) -> Result<StepResult> {
+        if let Some(p) = &mut self.profiler {
+            p.begin(step);
+        }
         let started = Instant::now();
         let wait_before = self.loader.waited();
         let lr = self.lr_schedule.lr(step);
@@ -163,7 +181,7 @@ impl<'a> Run<'a> {
             &self.model.bert,
             self.model.cfg.dropout,
         );
-        let (mut correct, mut predicted, mut tokens, mut rate) = (0usize, 0usize, 0u64, 0f64);
+        let (mut correct, mut predicted, mut tokens, mut rate) = (None, 0usize, 0u64, 0f64);
         let stats = self.model.train_step.run(accum, lr, |micro| {
             let mb = loader.next().context("data loader stopped early")??;
             debug_assert_eq!((mb.batch.step, mb.micro), (step, micro));
@@ -174,76 +192,114 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|&m| m as u64)
                 .sum::<u64>();
+            predicted += mb.batch.masked_labels.len();
             let inputs = MlmInputs::from_batch(&mb.batch, device)?;
             // Keyed by the micro-batch's index in the global batch: the same masks at any world size.
             let global_micro = (rank * accum + micro) as u64;
-            let mut dropout = Some(dropout_for(seed, &[step, global_micro], dropout));
-            let out = bert.mlm_loss(&inputs, &mut dropout)?;
-            correct += out.correct;
-            predicted += out.predicted;
+            let dropout = Dropout::new(seed, &[step, global_micro], dropout);
+            let out = bert.mlm_loss(&inputs, Some(&dropout))?;
+            correct = Some(match correct.take() {
+                Some(c) => (c + out.correct)?,
+                None => out.correct,
+            });
+            if shared::faults::nan_at_step() == Some(step) {
+                return Ok((out.loss * f64::NAN)?);
+            }
             Ok(out.loss)
-        });
-        let stats = self.stop_on_divergence(stats, step)?;
-        let mut sums = [
-            stats.loss,
-            correct as f64,
+        })?;
+        let correct = correct.context("a step of no micro-batches")?;
+        let data_wait_sec = (self.loader.waited() - wait_before).as_secs_f64();
+        if let (Some(p), Some(mut phases)) = (&mut self.profiler, stats.phases) {
+            phases.forward_sec = (phases.forward_sec - data_wait_sec).max(0.0);
+            p.phases(data_wait_sec, phases);
+        }
+        let sums_started = Instant::now();
+        let mut sums = [Tensor::stack(&[stats.loss, correct], 0)?];
+        self.env.comm.sum_tensors(&mut sums)?;
+        let on_device = Tensor::cat(
+            &[
+                sums[0].to_dtype(candle_core::DType::F64)?,
+                stats.grad_norm.reshape(1)?,
+            ],
+            0,
+        )?;
+        let mut host_sums = [
             predicted as f64,
             tokens as f64,
             interrupted.load(Ordering::SeqCst) as u8 as f64,
         ];
-        let sums_started = Instant::now();
-        self.env.comm.sum_f64(&mut sums)?;
-        let [loss, correct, predicted, tokens, stops] = sums;
+        self.env.comm.sum_f64(&mut host_sums)?;
+        let [predicted, tokens, stops] = host_sums;
         Ok(StepResult {
             lr,
             mask_rate: rate,
-            loss,
-            accuracy: correct / predicted.max(1.0),
-            grad_norm: stats.grad_norm,
+            on_device,
+            predicted: predicted as u64,
             tokens: tokens as u64,
             seconds: started.elapsed().as_secs_f64(),
-            data_wait_sec: (self.loader.waited() - wait_before).as_secs_f64(),
+            data_wait_sec,
             sync_sec: stats.sync_sec + sums_started.elapsed().as_secs_f64(),
             stop_requested: stops > 0.0,
         })
     }
 
-    /// A diverged step (non-finite loss or gradient norm) stops the run, naming the last good
-    /// checkpoint to resume from.
-    fn stop_on_divergence(&self, stats: Result<StepStats>, step: u64) -> Result<StepStats> {
-        match stats {
-            Err(e) if e.is::<Diverged>() => {
-                let last = checkpoint::list(&self.out)?
-                    .pop()
-                    .map(|(s, p)| format!("{} (step {s})", p.display()))
-                    .unwrap_or_else(|| "none".into());
-                bail!("{e} at step {step}; stopping. Last good checkpoint: {last}");
-            }
-            other => other,
-        }
+    /// A diverged step (non-finite loss or gradient norm) stops the run, naming the step and
+    /// the last good checkpoint to resume from.
+    fn stopped_at(&self, e: Diverged, step: u64) -> anyhow::Error {
+        let last = checkpoint::list(&self.out)
+            .ok()
+            .and_then(|mut l| l.pop())
+            .map(|(s, p)| format!("{} (step {s})", p.display()))
+            .unwrap_or_else(|| "none".into());
+        anyhow::anyhow!("{e} at step {step}; stopping. Last good checkpoint: {last}")
     }
 
-    /// Appends the step's metrics record and advances the progress bar.
+    /// Keeps the step's numbers for the metrics log and advances the progress bar; reads them
+    /// back every `--log-every` steps (and when the run stops), see [`Run::flush`].
     pub fn log(&mut self, step: u64, r: &StepResult) -> Result<()> {
-        self.tokens_total += r.tokens;
-        self.last_loss = r.loss;
-        let tokens_per_sec = r.tokens as f64 / r.seconds;
-        self.log.write(&Record::Train {
-            step,
-            lr: r.lr,
-            mask_rate: r.mask_rate,
-            loss: r.loss,
-            accuracy: r.accuracy,
-            grad_norm: r.grad_norm,
-            tokens_per_sec,
-            data_wait_sec: r.data_wait_sec,
-            sync_sec: (self.env.comm.world_size() > 1).then_some(r.sync_sec),
-        })?;
-        self.bar.set_message(format!(
-            "loss {:.4} acc {:.3} rate {:.3} lr {:.2e} {tokens_per_sec:.0} tok/s",
-            r.loss, r.accuracy, r.mask_rate, r.lr
-        ));
+        self.pending.push((step, r.clone()));
         self.bar.inc(1);
+        if every(self.args.log_every.max(1), step + 1) || r.stop_requested {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the pending steps' device numbers in one transfer, stops at the first non-finite
+    /// loss or gradient norm (naming its step), and writes one metrics record per step.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        if let Some(p) = &mut self.profiler {
+            p.mark(Event::ReadBack);
+        }
+        let rows: Vec<Tensor> = pending.iter().map(|(_, r)| r.on_device.clone()).collect();
+        let values = model::transfer::read::<f64>(&Tensor::stack(&rows, 0)?)?;
+        for ((step, r), v) in pending.iter().zip(values.chunks(3)) {
+            let (loss, correct, grad_norm) = (v[0], v[1], v[2]);
+            check_finite(loss, grad_norm).map_err(|e| self.stopped_at(e, *step))?;
+            self.tokens_total += r.tokens;
+            self.last_loss = loss;
+            let tokens_per_sec = r.tokens as f64 / r.seconds;
+            let accuracy = correct / (r.predicted as f64).max(1.0);
+            self.log.write(&Record::Train {
+                step: *step,
+                lr: r.lr,
+                mask_rate: r.mask_rate,
+                loss,
+                accuracy,
+                grad_norm,
+                tokens_per_sec,
+                data_wait_sec: r.data_wait_sec,
+                sync_sec: (self.env.comm.world_size() > 1).then_some(r.sync_sec),
+            })?;
+            self.bar.set_message(format!(
+                "loss {loss:.4} acc {accuracy:.3} rate {:.3} lr {:.2e} {tokens_per_sec:.0} tok/s",
+                r.mask_rate, r.lr
+            ));
+        }
         Ok(())
     }
 
@@ -254,9 +310,13 @@ impl<'a> Run<'a> {
 
     /// Held-out loss and accuracy at a fixed rate, logged and printed.
     pub fn evaluate(&mut self, step: u64) -> Result<()> {
+        self.flush()?;
         let Some(evaluator) = &self.evaluator else {
             return Ok(());
         };
+        if let Some(p) = &mut self.profiler {
+            p.mark(Event::Evaluated);
+        }
         let eval = evaluator.evaluate(&self.model.bert, &self.env.device, &*self.env.comm)?;
         let (loss, accuracy) = (eval.pooled.loss, eval.pooled.accuracy);
         let per_source: Vec<String> = eval
@@ -297,6 +357,12 @@ impl<'a> Run<'a> {
     /// Saves weights, optimizer state and the run's identity (rank 0; every rank holds the same
     /// parameters, checked every `--check-every` steps).
     pub fn checkpoint(&mut self, step: u64) -> Result<()> {
+        // Every rank reads (a divergence stops them all), before anything is saved.
+        self.flush()?;
+        if let Some(p) = &mut self.profiler {
+            p.mark(Event::Checkpointed);
+            p.save()?;
+        }
         if !self.env.writer {
             return Ok(());
         }
@@ -340,8 +406,16 @@ impl<'a> Run<'a> {
     }
 
     /// Stops the loader and writes `summary.json` (rank 0) after `steps` steps.
-    pub fn finish(self, steps: u64) -> Result<Summary> {
+    pub fn finish(mut self, steps: u64) -> Result<Summary> {
+        self.flush()?;
         self.bar.finish_and_clear();
+        let profile = match self.profiler.take() {
+            Some(p) => Some(p.finish()?),
+            None => None,
+        };
+        if let (Some(p), true) = (&profile, self.env.writer) {
+            eprintln!("{p}");
+        }
         let waited = (self.loader.waited() - self.waited_at_start).as_secs_f64();
         drop(self.loader);
         let seconds = self.started.elapsed().as_secs_f64();
@@ -361,6 +435,7 @@ impl<'a> Run<'a> {
                 .map(|(name, e)| (name.clone(), e))
                 .collect(),
             shard_cache: self.sampler.shard_cache().map(|c| c.stats()),
+            profile,
         };
         if self.env.writer {
             write_file(

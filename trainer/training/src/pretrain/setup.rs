@@ -36,6 +36,7 @@ impl Environment {
     /// run directory on the writing rank and reports the rank's place in a multi-process job.
     pub fn new(args: &TrainArgs, out: &Path, comm: Rc<dyn Collective>) -> Result<Self> {
         let writer = dist::is_writer(&*comm);
+        args.runtime.apply_kernels();
         let device = args.runtime.device_for_rank(comm.local_rank())?;
         let comm = comm.for_device(&device)?;
         let _lock = if writer {
