@@ -22,16 +22,20 @@
 #   env          GPU, driver, python, torch and transformers versions
 #   wheel        pip install --no-index the maskrate wheel into a private directory, import it
 #   shards       (checkout only) preprocess the bundled sample with the wheel's `maskrate preprocess`
+#   device-check `trainer device-check`: Philox4x32-10's known answers on the device, and the
+#                device's dropout masks equal to the CPU kernel's bit for bit (f32, bf16, f16)
+#   candle-throughput  candle BERT-base and ModernBERT-base bf16 at 256 x 128 (BERT also with
+#                --dropout 0) and pack-docs at 64 x 512, each with --profile: tokens/s, MFU on the
+#                FLOPs executed (peak by the GPU's exact name), phases, transfers, peak memory
+#   torch-route  transformers' BertForMaskedLM and ModernBertForMaskedLM (bf16, SDPA) fed by
+#                maskrate.torch.MaskedDataset through a DataLoader, the same shapes: the yardstick
 #   candle-cpu   tiny BERT, fp32, on the CPU (the reference curve)
 #   candle-cuda  the same on cuda:0 (loss curves within 2e-3), then bf16 (final loss within 2%)
-#   candle-base  BERT-base bf16, sequences of 128: tokens/s, MFU, peak GPU memory
-#   candle-modernbert  ModernBERT-base bf16, sequences of 128: tokens/s
-#   torch-route  transformers' BertForMaskedLM and ModernBertForMaskedLM (bf16, SDPA) fed by
-#                maskrate.torch.MaskedDataset through a DataLoader: tokens/s, MFU, data-wait share
 #   sweep        constant 0.15, constant 0.3, linear/cosine 0.3 -> 0.15, linear 0.15 -> 0.3 on BERT
 #                `small`, several seeds, one token budget per run, held-out loss at 15% (PyTorch
-#                route: scripts/gpu_check.py sweep), REPORT.md
-# Results: DIR/gpu-check.json (every section: env, steps, candle, torch_route, sweep) and
+#                route: scripts/gpu_check.py sweep), each model fine-tuned on the GLUE tasks
+#                (`trainer glue` on the device), passes over the corpus, REPORT.md
+# Results: DIR/gpu-check.json (every section: env, steps, device_check, candle, torch_route, sweep) and
 # DIR/gpu-check.md, plus DIR/REPORT.md (the sweep) and DIR/logs.tar.gz (every step's log).
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -72,6 +76,13 @@ build() {
     local corpus="$repo/../shared/data/wiki/en"
     [ -d "$corpus" ] || corpus="$repo/data/c4-sample"
     "$CARGO_TARGET_DIR/release/preprocess" "$corpus" --out "$stage/shards" --quiet
+    # The GLUE tasks the sweep fine-tunes on (../shared/data/glue, else the bundled fixtures).
+    local glue="$repo/../shared/data/glue"
+    [ -d "$glue" ] || glue="$repo/data/glue"
+    mkdir -p "$stage/glue"
+    for t in CoLA SST-2 MRPC STS-B RTE; do
+        if [ -d "$glue/$t" ]; then cp -r "$glue/$t" "$stage/glue/"; fi
+    done
     cp "$repo/scripts/gpu-check.sh" "$repo/scripts/gpu_check.py" "$repo/bench/hf_train_step.py" "$stage/"
     set +e
     pack "$stage" "$bundle" || exit 1
@@ -95,11 +106,13 @@ check() {
     out="$(cd "$out" && pwd)"
     local start=$SECONDS python="${PYTHON:-python3}" trainer shards repo=""
     # The bundle's binary, wheel and shards, or a checkout's (TRAINER and --wheel override).
+    local glue
     if [ -d "$here/wheel" ]; then
-        trainer="${TRAINER:-$here/bin/trainer}"; shards="$here/shards"
+        trainer="${TRAINER:-$here/bin/trainer}"; shards="$here/shards"; glue="$here/glue"
         wheel="${wheel:-$(ls "$here"/wheel/*.whl | head -1)}"
     else
         repo="$(cd "$here/.." && pwd)"
+        glue="$repo/data/glue"
         trainer="${TRAINER:-$repo/target/release/trainer}"
         wheel="${wheel:-$(ls "$repo"/dist/maskrate-*.whl 2>/dev/null | head -1)}"
         shards=""
@@ -182,39 +195,44 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
     fi
     local steps=20
     [ "$cpu_only" = 1 ] && steps=4
+    local device=cuda:0
+    [ "$cpu_only" = 1 ] && device=cpu
+    step device-check 60 "$trainer" device-check --device "$device" --json "$work/device_check.json"
     local tiny="--shards $shards --model tiny --seq-len 64 --batch-size 32 --micro-batch 32 --steps $steps --eval-every 0 --eval-sequences 32 --save-every 1000 --quiet --seed 0"
-    step candle-cpu 60 "$trainer" $tiny --device cpu --precision fp32 --out "$work/cpu"
     if [ "$cpu_only" = 0 ]; then
-        step candle-cuda 90 bash -c "'$trainer' $tiny --device cuda:0 --precision fp32 --out '$work/cuda' && '$trainer' $tiny --device cuda:0 --precision bf16 --out '$work/bf16'"
+        # The throughput table first: candle at the PyTorch route's shapes, then the route itself.
         (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 >> "$work/mem.txt" 2>/dev/null; sleep 0.5; done) &
         local sampler=$!
-        step candle-base 90 "$trainer" --shards "$shards" --model base --seq-len 128 --layout pack \
-            --batch-size 64 --micro-batch 64 --steps 12 --eval-every 0 --eval-sequences 8 \
-            --save-every 1000 --quiet --device cuda:0 --precision bf16 --out "$work/base"
+        local common="--shards $shards --model base --steps 8 --eval-every 0 --eval-sequences 8 --save-every 1000 --quiet --device cuda:0 --precision bf16 --profile --log-every 4"
+        step candle-throughput 300 bash -c "
+            '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/bert-base';
+            '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --dropout 0 --out '$work/bert-base-dropout0';
+            '$trainer' $common --arch modernbert --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/modernbert-base';
+            '$trainer' $common --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/bert-base-pack512';
+            '$trainer' $common --arch modernbert --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/modernbert-base-pack512'"
         kill "$sampler" 2>/dev/null
-        step candle-modernbert 90 "$trainer" --shards "$shards" --arch modernbert --model base \
-            --seq-len 128 --layout pack --batch-size 64 --micro-batch 64 --steps 12 --eval-every 0 \
-            --eval-sequences 8 --save-every 1000 --quiet --device cuda:0 --precision bf16 \
-            --out "$work/modernbert"
         step torch-route 120 "$python" "$here/gpu_check.py" throughput --shards "$shards" \
             --size base --rows 256 --steps 30 --warmup 5 --workers 4 --json "$work/torch_route.json"
+        step candle-cpu 60 "$trainer" $tiny --device cpu --precision fp32 --out "$work/cpu"
+        step candle-cuda 90 bash -c "'$trainer' $tiny --device cuda:0 --precision fp32 --out '$work/cuda' && '$trainer' $tiny --device cuda:0 --precision bf16 --out '$work/bf16'"
         local left=$((budget - (SECONDS - start) - 40))
         [ "$left" -gt 360 ] && left=360
         if [ "$left" -lt 60 ]; then
-            skip sweep "only ${left} s of the budget left"
+            skip sweep "only ${left} s of the budget left (run it alone: --steps sweep)"
         else
             step sweep $((left + 60)) "$python" "$here/gpu_check.py" sweep --shards "$shards" \
                 --size small --rows 256 --seq-len 128 --steps 800 --seeds 3 --workers 2 \
-                --lr 5e-4 --budget-s "$left" --out "$work/sweep"
+                --lr 5e-4 --budget-s "$left" --glue "$glue" --trainer "$trainer" --out "$work/sweep"
         fi
     else
-        skip candle-cuda "--cpu-only"
-        skip candle-base "--cpu-only"
-        skip candle-modernbert "--cpu-only"
+        skip candle-throughput "--cpu-only"
         step torch-route 180 "$python" "$here/gpu_check.py" throughput --shards "$shards" --cpu-only \
             --size tiny --rows 8 --seq-len 64 --steps 3 --warmup 1 --workers 2 --json "$work/torch_route.json"
+        step candle-cpu 60 "$trainer" $tiny --device cpu --precision fp32 --out "$work/cpu"
+        skip candle-cuda "--cpu-only"
         step sweep 300 "$python" "$here/gpu_check.py" sweep --shards "$shards" --cpu-only --size tiny \
-            --rows 8 --seq-len 64 --steps 4 --seeds 1 --workers 0 --budget-s 240 --out "$work/sweep"
+            --rows 8 --seq-len 64 --steps 4 --seeds 1 --workers 0 --budget-s 240 --glue "$glue" \
+            --trainer "$trainer" --glue-max-train 32 --glue-epochs 1 --out "$work/sweep"
     fi
     "$python" "$here/gpu_check.py" summarize --work "$work" --json "$out/gpu-check.json" \
         --markdown "$out/gpu-check.md"
@@ -228,5 +246,5 @@ case "${1:-}" in
     build) shift; build "$@" ;;
     check) shift; check "$@" ;;
     pack) shift; pack "$@" ;;
-    *) sed -n '2,34p' "$0"; exit 2 ;;
+    *) sed -n '2,38p' "$0"; exit 2 ;;
 esac

@@ -28,8 +28,32 @@ import sys
 import time
 
 SCHEDULES = ["constant:0.15", "constant:0.3", "linear:0.3:0.15", "cosine:0.3:0.15", "linear:0.15:0.3"]
-# Dense bf16 peaks (TFLOP/s) by GPU name, for MFU.
-PEAK_TFLOPS = {"H100": 989, "H200": 989, "GH200": 989, "A100": 312, "L40S": 362, "A10": 125, "B200": 2250}
+# Dense bf16 peaks (TFLOP/s) by the GPU's exact name (torch.cuda.get_device_name), most specific
+# first: an H100 PCIe (756) or NVL (835) is not an SXM H100 (989); NVIDIA's datasheets.
+PEAK_TFLOPS = [
+    ("H100 PCIe", 756), ("H100 NVL", 835), ("H100", 989), ("GH200", 989), ("H200", 989),
+    ("A100", 312), ("L40S", 362), ("A10", 125), ("B200", 2250),
+]
+
+
+def peak_tflops(gpu: str) -> int | None:
+    """The dense bf16 peak of the GPU named `gpu` ("NVIDIA H100 80GB HBM3" is an SXM H100), None
+    for a GPU not in the table (no MFU is claimed then)."""
+    return next((v for k, v in PEAK_TFLOPS if k in gpu), None)
+
+
+def executed_flops_per_token(arch: str, layers: int, hidden: int, inter: int, vocab: int,
+                             seq_len: int, mask_rate: float) -> float:
+    """Training FLOPs (forward + backward = 3 x forward, 2 per multiply-add) a token executes:
+    the encoder's matrix products (BERT: Q, K, V, O and two feed-forward matrices per layer;
+    ModernBERT: the same with a gated, three-matrix feed-forward), attention's scores and values
+    (12 L d s), and the MLM head (transform + decoder) on the masked rows only, a `mask_rate`
+    share of the tokens. Charging the decoder to every token counts 22% more for BERT-base at 128
+    (668 M against 545 M), overstating its MFU."""
+    ffn = (2 if arch == "bert" else 3) * hidden * inter
+    encoder = layers * (4 * hidden * hidden + ffn)
+    head = hidden * hidden + hidden * vocab
+    return 6 * encoder + 12 * layers * hidden * seq_len + 6 * mask_rate * head
 
 
 def model_shape(arch: str, size: str) -> tuple[int, int, int, int]:
@@ -51,8 +75,7 @@ def device_and_peak(cpu_only: bool):
     if cpu_only or not torch.cuda.is_available():
         return torch.device("cpu"), None, "cpu"
     name = torch.cuda.get_device_name(0)
-    peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    return torch.device("cuda:0"), peak, name
+    return torch.device("cuda:0"), peak_tflops(name), name
 
 
 def build_model(arch: str, size: str, vocab: int, seed: int):
@@ -72,16 +95,6 @@ def build_model(arch: str, size: str, vocab: int, seed: int):
                                         pad_token_id=0, bos_token_id=101, eos_token_id=102,
                                         cls_token_id=101, sep_token_id=102, attn_implementation="sdpa")
     return transformers.ModernBertForMaskedLM(cfg), layers, hidden
-
-
-def matmul_params(model) -> int:
-    """Weights of every linear layer and the tied decoder (2-D parameters, embeddings counted once
-    as the decoder): 6 x this per token is the training FLOPs of the matrix products."""
-    n = 0
-    for name, p in model.named_parameters():
-        if p.dim() == 2 and "position_embeddings" not in name and "token_type" not in name:
-            n += p.numel()
-    return n
 
 
 def masked_loss(model, arch, item):
@@ -182,7 +195,8 @@ def cmd_throughput(a):
         losses, times, waits = train_loop(model, arch, loader, dev, steps, lambda s: 1e-4, bf16)
         times, waits = times[a.warmup:], waits[a.warmup:]
         tps = a.rows * a.seq_len * len(times) / sum(times)
-        flops_per_token = 6 * matmul_params(model) + 12 * layers * hidden * a.seq_len
+        _, _, _, inter = model_shape(arch, a.size)
+        flops_per_token = executed_flops_per_token(arch, layers, hidden, inter, vocab, a.seq_len, 0.15)
         row = {"arch": arch, "size": a.size, "rows": a.rows, "seq_len": a.seq_len, "device": gpu,
                "bf16": bf16, "steps_timed": len(times), "tokens_per_sec": tps,
                "mfu": tps * flops_per_token / (peak * 1e12) if peak else None,
@@ -238,8 +252,41 @@ def cmd_run(a):
               "realised_rates": [(s, *realised[s]) for s in sorted({0, (done - 1) // 2, done - 1})],
               "train_seconds": train_s, "tokens_per_sec": done * a.rows * a.seq_len / train_s,
               "data_wait_share": sum(waits) / sum(times)}
+    if a.glue:
+        result["glue"] = glue_scores(model, a, dev)
     json.dump(result, open(a.json, "w"), indent=1)
     log(json.dumps(result))
+
+
+# The GLUE tasks the sweep fine-tunes on (those in ../shared/data/glue; the paper's fine-tuning
+# hyper-parameters per task are `trainer glue`'s).
+GLUE_TASKS = ["CoLA", "SST-2", "MRPC", "STS-B", "RTE"]
+# `trainer glue`'s JSON names tasks by its enum; the report by their directories.
+GLUE_NAMES = {"CoLA": "CoLA", "Sst2": "SST-2", "Mrpc": "MRPC", "Stsb": "STS-B", "Rte": "RTE"}
+
+
+def glue_scores(model, a, dev):
+    """Fine-tunes the run's model on each GLUE task with `trainer glue` (the one GLUE
+    implementation: data, the paper's per-task learning rates, epochs and batch sizes, metrics),
+    from the model saved in transformers' format with the shards' tokenizer; training examples
+    capped at --glue-max-train and epochs at --glue-epochs to fit the time. Returns the dev score
+    (0-100) per task and their average."""
+    import shutil
+
+    base = a.json[:-len(".json")]
+    hf_dir, out = base + "-hf", base + "-glue"
+    model.save_pretrained(hf_dir, safe_serialization=True)
+    shutil.copy(os.path.join(a.shards, "tokenizer.json"), hf_dir)
+    tasks = [t for t in GLUE_TASKS if os.path.exists(os.path.join(a.glue, t, "train.tsv"))]
+    cmd = [a.trainer, "glue", "--checkpoint", hf_dir, "--data", a.glue, "--tasks", ",".join(tasks),
+           "--no-mnli-init", "--max-train", str(a.glue_max_train), "--epochs", str(a.glue_epochs),
+           "--device", "cpu" if a.cpu_only or dev.type != "cuda" else "cuda:0", "--quiet", "--out", out]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    report = json.load(open(os.path.join(out, "glue.json")))
+    scores = {GLUE_NAMES.get(t["task"], t["task"]): 100 * t["score"] for t in report["tasks"]}
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    return {"average": report["average"], "tasks": scores, "max_train": a.glue_max_train,
+            "epochs": a.glue_epochs, "seconds": report["seconds"]}
 
 
 def cmd_sweep(a):
@@ -263,6 +310,9 @@ def cmd_sweep(a):
                    "--seed", str(seed), "--steps", str(a.steps), "--rows", str(a.rows),
                    "--seq-len", str(a.seq_len), "--arch", a.arch, "--size", a.size, "--lr", str(a.lr),
                    "--workers", str(a.workers), "--deadline", str(deadline), "--json", out] + (["--cpu-only"] if a.cpu_only else [])
+            if a.glue:
+                cmd += ["--glue", a.glue, "--trainer", a.trainer, "--glue-max-train", str(a.glue_max_train),
+                        "--glue-epochs", str(a.glue_epochs)]
             logf = open(os.path.join(a.out, name + ".log"), "w")
             procs.append((spec, seed, out, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)))
         for spec, seed_, out, p in procs:
@@ -273,8 +323,13 @@ def cmd_sweep(a):
                 failed.append({"schedule": spec, "seed": seed_, "rc": rc})
         last_wave = time.perf_counter() - t
         log(f"sweep: seed {seed} done in {last_wave:.0f} s")
+    import maskrate
+
+    corpus_tokens = maskrate.Shards(a.shards).num_tokens
     summary = {"arch": a.arch, "size": a.size, "steps": a.steps, "rows": a.rows, "seq_len": a.seq_len,
                "tokens_per_run": a.steps * a.rows * a.seq_len, "lr": a.lr, "route": "pytorch",
+               "corpus_tokens": corpus_tokens,
+               "passes_over_corpus": a.steps * a.rows * a.seq_len / max(corpus_tokens, 1),
                "wall_seconds": time.perf_counter() - start, "runs": runs, "failed": failed,
                "table": sweep_table(runs, schedules)}
     json.dump(summary, open(os.path.join(a.out, "sweep.json"), "w"), indent=1)
@@ -288,10 +343,16 @@ def cmd_sweep(a):
 def sweep_table(runs, schedules):
     rows = []
     for spec in schedules:
-        losses = [r["held_out_loss"] for r in runs if r["schedule"] == spec and not r["truncated"]]
+        done = [r for r in runs if r["schedule"] == spec and not r["truncated"]]
+        losses = [r["held_out_loss"] for r in done]
         if losses:
+            glue = [r["glue"]["average"] for r in done if r.get("glue")]
             rows.append({"schedule": spec, "seeds": len(losses), "held_out_loss_mean": statistics.fmean(losses),
-                         "held_out_loss_std": statistics.stdev(losses) if len(losses) > 1 else None})
+                         "held_out_loss_std": statistics.stdev(losses) if len(losses) > 1 else None,
+                         "glue_mean": statistics.fmean(glue) if glue else None,
+                         "glue_std": statistics.stdev(glue) if len(glue) > 1 else None,
+                         "glue_tasks": {t: statistics.fmean(r["glue"]["tasks"][t] for r in done if r.get("glue"))
+                                        for t in (done[0].get("glue") or {}).get("tasks", {})}})
     base = next((r for r in rows if r["schedule"] == "constant:0.15"), None)
     for r in rows:
         r["vs_constant_0.15"] = r["held_out_loss_mean"] - base["held_out_loss_mean"] if base else None
@@ -303,12 +364,28 @@ def sweep_report(s):
              f"{s['arch']} `{s['size']}`, {s['steps']} steps of {s['rows']} x {s['seq_len']} tokens "
              f"({s['tokens_per_run'] / 1e6:.1f} M tokens per run), peak lr {s['lr']}, AdamW, bf16 on a GPU; "
              f"held-out MLM loss at a constant 15% on maskrate's held-out batches. "
-             f"Wall time {s['wall_seconds']:.0f} s.", "",
-             "| schedule | seeds | held-out loss (mean) | std | vs constant 0.15 |", "|---|---|---|---|---|"]
+             f"Each run read {s.get('passes_over_corpus', float('nan')):.3g} passes over a corpus of "
+             f"{s.get('corpus_tokens', 0) / 1e6:.2f} M tokens. Wall time {s['wall_seconds']:.0f} s.", ""]
+    glue = any(r.get("glue_mean") is not None for r in s["table"])
+    if glue:
+        first = next(r for r in s["table"] if r.get("glue_mean") is not None)
+        tasks = [t for t in GLUE_TASKS if t in first["glue_tasks"]]
+        lines += ["GLUE dev scores (0-100): each run's model fine-tuned by `trainer glue` on the tasks "
+                  "present, the paper's per-task settings with training examples and epochs capped "
+                  "(see each run's `glue`), no MNLI start.", ""]
+        lines += ["| schedule | seeds | held-out loss (mean) | std | vs constant 0.15 | GLUE avg | "
+                  + " | ".join(tasks) + " |", "|---|---|---|---|---|---|" + "---|" * len(tasks)]
+    else:
+        lines += ["| schedule | seeds | held-out loss (mean) | std | vs constant 0.15 |", "|---|---|---|---|---|"]
     for r in s["table"]:
         std = f"{r['held_out_loss_std']:.4f}" if r["held_out_loss_std"] is not None else "-"
         d = f"{r['vs_constant_0.15']:+.4f}" if r["vs_constant_0.15"] is not None else "-"
-        lines.append(f"| `{r['schedule']}` | {r['seeds']} | {r['held_out_loss_mean']:.4f} | {std} | {d} |")
+        row = f"| `{r['schedule']}` | {r['seeds']} | {r['held_out_loss_mean']:.4f} | {std} | {d} |"
+        if glue:
+            g = r.get("glue_mean")
+            row += (f" {g:.2f} |" if g is not None else " - |") + "".join(
+                f" {r['glue_tasks'].get(t, float('nan')):.1f} |" for t in tasks)
+        lines.append(row)
     cut = [r for r in s["runs"] if r["truncated"]]
     if cut:
         lines += ["", "Stopped by the time budget (not in the table): " + ", ".join(
@@ -316,6 +393,46 @@ def sweep_report(s):
     if s["failed"]:
         lines += ["", "Failed runs: " + ", ".join(f"{f['schedule']} seed {f['seed']} (rc {f['rc']})" for f in s["failed"])]
     return "\n".join(lines) + "\n"
+
+
+# The candle throughput runs gpu-check.sh makes: (run directory, arch, preset, rows, seq_len).
+THROUGHPUT_RUNS = [
+    ("bert-base", "bert", "base", 256, 128),
+    ("bert-base-dropout0", "bert", "base", 256, 128),
+    ("modernbert-base", "modernbert", "base", 256, 128),
+    ("bert-base-pack512", "bert", "base", 64, 512),
+    ("modernbert-base-pack512", "modernbert", "base", 64, 512),
+]
+
+
+def candle_throughput(work, gpu):
+    """Each throughput run's tokens/s (mean over the steps after the first two), MFU on the FLOPs
+    it executed (the masked share of the head from its metrics' mask rates, the peak by the GPU's
+    exact name) and `--profile`'s phases; runs that left no metrics are left out."""
+    peak, out = peak_tflops(gpu), []
+    for run, arch, size, rows, seq in THROUGHPUT_RUNS:
+        path = os.path.join(work, run, "metrics.jsonl")
+        if not os.path.exists(path):
+            continue
+        train = [r for r in map(json.loads, open(path)) if r.get("kind") == "train"]
+        if len(train) <= 2:
+            continue
+        timed = train[2:]
+        tps = statistics.fmean(r["tokens_per_sec"] for r in timed)
+        rate = statistics.fmean(r.get("mask_rate", 0.15) for r in timed)
+        layers, hidden, _, inter = model_shape(arch, size)
+        flops = executed_flops_per_token(arch, layers, hidden, inter, 30522, seq, rate)
+        row = {"run": run, "arch": arch, "rows": rows, "seq_len": seq, "tokens_per_sec": tps,
+               "flops_per_token": flops, "peak_tflops": peak,
+               "mfu": tps * flops / (peak * 1e12) if peak else None}
+        summary_path = os.path.join(work, run, "summary.json")
+        profile = json.load(open(summary_path)).get("profile") if os.path.exists(summary_path) else None
+        if profile:
+            row["phases_ms"] = {k: 1e3 * profile[f"{k}_sec"]
+                                for k in ("forward", "backward", "all_reduce", "optimizer")}
+            row["phases_ms"].update(uploads=profile["steady_uploads"], reads=profile["steady_reads"])
+        out.append(row)
+    return out
 
 
 def candle_results(work, gpu):
@@ -326,9 +443,8 @@ def candle_results(work, gpu):
         if not os.path.exists(path):
             return None
         return [r for r in map(json.loads, open(path)) if r.get("kind") == "train"]
-    cpu, cuda, bf16, base = metrics("cpu"), metrics("cuda"), metrics("bf16"), metrics("base")
-    modern = metrics("modernbert")
-    if not any((cpu, cuda, bf16, base, modern)):
+    cpu, cuda, bf16 = metrics("cpu"), metrics("cuda"), metrics("bf16")
+    if not any((cpu, cuda, bf16)) and not candle_throughput(work, gpu):
         return None
     rows, result = [], {}
     if cpu:
@@ -345,25 +461,26 @@ def candle_results(work, gpu):
         result["bf16_vs_fp32_final_rel_diff"] = d
         rows.append(("candle tiny bf16 vs fp32 CUDA, final loss rel. difference", f"{d:.2e}",
                      "PASS" if d <= 0.02 else "FAIL"))
-    if base and len(base) > 2:
-        tps = statistics.fmean(r["tokens_per_sec"] for r in base[2:])
-        layers, hidden, seq, vocab = 12, 768, 128, 30522
-        n = layers * 12 * hidden * hidden + hidden * hidden + hidden * vocab
-        flops = 6 * n + 12 * layers * hidden * seq
-        peak = next((v for k, v in PEAK_TFLOPS.items() if k in gpu), None)
-        mem_path = os.path.join(work, "mem.txt")
-        mem = [int(x) for x in open(mem_path).read().split() if x.isdigit()] if os.path.exists(mem_path) else []
-        result.update(base_tokens_per_sec=tps, base_mfu=tps * flops / (peak * 1e12) if peak else None,
-                      base_peak_memory_mib=max(mem) if mem else None)
-        rows.append(("candle BERT-base bf16 tokens/s (64x128, pack)", f"{tps:.0f}", ""))
-        if peak:
-            rows.append((f"candle BERT-base MFU (peak {peak} TFLOP/s)", f"{100 * result['base_mfu']:.1f}%", ""))
-        if mem:
-            rows.append(("candle BERT-base peak GPU memory (nvidia-smi)", f"{max(mem)} MiB", ""))
-    if modern and len(modern) > 2:
-        tps = statistics.fmean(r["tokens_per_sec"] for r in modern[2:])
-        result["modernbert_base_tokens_per_sec"] = tps
-        rows.append(("candle ModernBERT-base bf16 tokens/s (64x128, pack)", f"{tps:.0f}", ""))
+    throughput = candle_throughput(work, gpu)
+    if throughput:
+        result["throughput"] = throughput
+        for t in throughput:
+            mfu = f", MFU {100 * t['mfu']:.1f}% of {t['peak_tflops']}" if t.get("mfu") else ""
+            phases = t.get("phases_ms")
+            ms = (" (ms/step: fwd {forward:.0f}, bwd {backward:.0f}, reduce {all_reduce:.0f}, "
+                  "opt {optimizer:.0f}; {uploads:.0f} uploads, {reads} reads)").format(**phases) if phases else ""
+            rows.append((f"candle {t['run']} bf16 tokens/s", f"{t['tokens_per_sec']:.0f}{mfu}{ms}", ""))
+        base = next((t for t in throughput if t["run"] == "bert-base"), None)
+        if base:
+            result.update(base_tokens_per_sec=base["tokens_per_sec"], base_mfu=base.get("mfu"))
+        modern = next((t for t in throughput if t["run"] == "modernbert-base"), None)
+        if modern:
+            result["modernbert_base_tokens_per_sec"] = modern["tokens_per_sec"]
+    mem_path = os.path.join(work, "mem.txt")
+    mem = [int(x) for x in open(mem_path).read().split() if x.isdigit()] if os.path.exists(mem_path) else []
+    if mem:
+        result["peak_memory_mib"] = max(mem)
+        rows.append(("candle throughput runs' peak GPU memory (nvidia-smi)", f"{max(mem)} MiB", ""))
     result["rows"] = rows
     return result
 
@@ -379,12 +496,16 @@ def cmd_summarize(a):
     candle = candle_results(a.work, env.get("gpu", ""))
     torch_route = load("torch_route.json")
     sweep = load(os.path.join("sweep", "sweep.json"))
-    result = {"env": env, "steps": steps, "candle": candle, "torch_route": torch_route, "sweep": sweep}
+    device_check = load("device_check.json")
+    result = {"env": env, "steps": steps, "device_check": device_check, "candle": candle,
+              "torch_route": torch_route, "sweep": sweep}
     json.dump(result, open(a.json, "w"), indent=1)
     md = [f"# gpu-check: {env.get('gpu', '?')}", "", "| step | status | seconds | note |", "|---|---|---|---|"]
     for s in steps:
         md.append(f"| {s['step']} | {s['status']} | {s['seconds']:.0f} | {s.get('note', '')} |")
     md += ["", "| check | value | verdict |", "|---|---|---|"]
+    for c in (device_check or {}).get("checks", []):
+        md.append(f"| device {c['name']} | {c['detail']} | {'PASS' if c['pass'] else 'FAIL'} |")
     for row in (candle or {}).get("rows", []):
         md.append("| " + " | ".join(row) + " |")
     for r in torch_route or []:
@@ -418,6 +539,11 @@ def main():
         else:
             q.add_argument("--steps", type=int, default=600)
             q.add_argument("--lr", type=float, default=1e-3)
+            q.add_argument("--glue", help="GLUE data directory: fine-tune each run's model on its tasks")
+            q.add_argument("--trainer", help="the trainer binary that fine-tunes (`trainer glue`)")
+            q.add_argument("--glue-max-train", type=int, default=2000,
+                           help="training examples per task (the paper's epochs, scaled to the time)")
+            q.add_argument("--glue-epochs", type=int, default=3)
         if name == "run":
             q.add_argument("--schedule", required=True)
             q.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ import maskrate
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
-SECTIONS = {"env", "steps", "candle", "torch_route", "sweep"}
+SECTIONS = {"env", "steps", "device_check", "candle", "torch_route", "sweep"}
 
 
 def wheel() -> Path:
@@ -49,10 +49,14 @@ def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
     r, result = check(tmp_path, trainer_bin)
     assert SECTIONS <= set(result), result.keys()
     assert statuses(result) == {
-        "env": "ok", "wheel": "ok", "shards": "ok", "candle-cpu": "ok", "candle-cuda": "skipped",
-        "candle-base": "skipped", "candle-modernbert": "skipped", "torch-route": "ok", "sweep": "ok",
+        "env": "ok", "wheel": "ok", "shards": "ok", "device-check": "ok", "candle-throughput": "skipped",
+        "torch-route": "ok", "candle-cpu": "ok", "candle-cuda": "skipped", "sweep": "ok",
     }, r.stdout[-3000:]
     assert result["env"]["cpu_only"] is True
+    # The device check ran every check (here the CPU against itself) and passed them.
+    checks = result["device_check"]["checks"]
+    assert len(checks) == 7 and all(c["pass"] for c in checks), checks
+    assert checks[0]["name"] == "Philox4x32-10 known answers"
     # The candle run trained the untrained tiny model it names: 4 finite losses, the first at
     # the uniform prediction's ln(30522) = 10.33 (init σ = 0.02 moves it by < 0.1).
     cpu_losses = result["candle"]["cpu_losses"]
@@ -83,10 +87,41 @@ def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
     first = lambda name: by_name[name]["realised_rates"][0]
     assert first("constant:0.3")[1] / first("constant:0.3")[2] > first("constant:0.15")[1] / first("constant:0.15")[2]
     assert len(sweep["table"]) == 5 and not sweep["failed"]
+    # Every run's model was fine-tuned on the five GLUE tasks by `trainer glue`; scores in 0-100.
+    for run in sweep["runs"]:
+        assert set(run["glue"]["tasks"]) == {"CoLA", "SST-2", "MRPC", "STS-B", "RTE"}, run["glue"]
+        assert all(-100 <= v <= 100 for v in run["glue"]["tasks"].values()), run["glue"]
+    assert sweep["passes_over_corpus"] == pytest.approx(4 * 8 * 64 / sweep["corpus_tokens"])
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "`cosine:0.3:0.15`" in report
+    assert "| GLUE avg | CoLA | SST-2 | MRPC | STS-B | RTE |" in report, report
+    assert "passes over a corpus of" in report
     markdown = (tmp_path / "out" / "gpu-check.md").read_text()
     assert "| candle-cpu | ok |" in markdown and "PyTorch route modernbert" in markdown
+    assert "| device dropout BF16 n=1000003 p=0.1 | 0 of 1000003 values differ" in markdown
+
+
+def test_mfu_counts_the_flops_executed_against_the_exact_gpu_peak():
+    """BERT-base at 128 tokens executes ~545 M FLOPs per token with the head on 15% of rows
+    (../shared/notes/gpu-training.md); charging the decoder to every token gives ~668 M, 18% more.
+    Hand count: 6 x 12 x (4 d^2 + 2 d i) + 12 x 12 d s + 6 x 0.15 (d^2 + d V), d = 768, i = 3072."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import gpu_check
+
+    executed = gpu_check.executed_flops_per_token("bert", 12, 768, 3072, 30522, 128, 0.15)
+    assert executed == 6 * 12 * 7_077_888 + 14_155_776 + 0.9 * 24_030_720
+    assert round(executed / 1e6) == 545
+    every_token = gpu_check.executed_flops_per_token("bert", 12, 768, 3072, 30522, 128, 1.0)
+    assert round(every_token / 1e6) == 668 and every_token / executed == pytest.approx(1.225, abs=0.005)
+    # ModernBERT's gated feed-forward has three matrices.
+    modern = gpu_check.executed_flops_per_token("modernbert", 22, 768, 1152, 50368, 128, 0.0)
+    assert modern == 6 * 22 * (4 * 768**2 + 3 * 768 * 1152) + 12 * 22 * 768 * 128
+    peaks = {name: gpu_check.peak_tflops(name) for name in [
+        "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200",
+        "NVIDIA GH200 480GB", "NVIDIA A100-SXM4-80GB", "Tesla T4"]}
+    assert peaks == {"NVIDIA H100 80GB HBM3": 989, "NVIDIA H100 PCIe": 756, "NVIDIA H100 NVL": 835,
+                     "NVIDIA H200": 989, "NVIDIA GH200 480GB": 989, "NVIDIA A100-SXM4-80GB": 312,
+                     "Tesla T4": None}
 
 
 def test_a_failing_step_is_reported_and_the_later_steps_still_run(tmp_path):
