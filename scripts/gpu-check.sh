@@ -72,6 +72,8 @@ build() {
     mkdir -p "$stage/bin" "$stage/wheel"
     cp "$CARGO_TARGET_DIR/release/trainer" "$stage/bin/trainer"
     strip "$stage/bin/trainer"
+    # The kernel-launch counter --profile reads (preloaded into the throughput runs).
+    cc -O2 -shared -fPIC -o "$stage/bin/liblaunchcount.so" "$repo/scripts/launch-counter.c" -ldl
     cp "$wheel" "$stage/wheel/"
     local corpus="$repo/../shared/data/wiki/en"
     [ -d "$corpus" ] || corpus="$repo/data/c4-sample"
@@ -204,7 +206,10 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
         (while true; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -i 0 >> "$work/mem.txt" 2>/dev/null; sleep 0.5; done) &
         local sampler=$!
         local common="--shards $shards --model base --steps 8 --eval-every 0 --eval-sequences 8 --save-every 1000 --quiet --device cuda:0 --precision bf16 --profile --log-every 4"
-        step candle-throughput 300 bash -c "
+        local counter
+        counter="$(dirname "$trainer")/liblaunchcount.so"
+        [ -f "$counter" ] || counter=""
+        step candle-throughput 300 env ${counter:+LD_PRELOAD="$counter"} bash -c "
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/bert-base';
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --dropout 0 --out '$work/bert-base-dropout0';
             '$trainer' $common --arch modernbert --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/modernbert-base';

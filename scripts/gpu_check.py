@@ -431,6 +431,7 @@ def candle_throughput(work, gpu):
             row["phases_ms"] = {k: 1e3 * profile[f"{k}_sec"]
                                 for k in ("forward", "backward", "all_reduce", "optimizer")}
             row["phases_ms"].update(uploads=profile["steady_uploads"], reads=profile["steady_reads"])
+            row["launches_per_step"] = profile.get("steady_launches")
         out.append(row)
     return out
 
@@ -469,7 +470,8 @@ def candle_results(work, gpu):
             phases = t.get("phases_ms")
             ms = (" (ms/step: fwd {forward:.0f}, bwd {backward:.0f}, reduce {all_reduce:.0f}, "
                   "opt {optimizer:.0f}; {uploads:.0f} uploads, {reads} reads)").format(**phases) if phases else ""
-            rows.append((f"candle {t['run']} bf16 tokens/s", f"{t['tokens_per_sec']:.0f}{mfu}{ms}", ""))
+            launches = f", {t['launches_per_step']:.0f} launches/step" if t.get("launches_per_step") else ""
+            rows.append((f"candle {t['run']} bf16 tokens/s", f"{t['tokens_per_sec']:.0f}{mfu}{ms}{launches}", ""))
         base = next((t for t in throughput if t["run"] == "bert-base"), None)
         if base:
             result.update(base_tokens_per_sec=base["tokens_per_sec"], base_mfu=base.get("mfu"))

@@ -175,3 +175,27 @@ def test_candle_results_pass_and_fail_at_their_thresholds(tmp_path):
     assert list(good.values()) == ["PASS", "PASS"], good
     bad = verdicts(1e-2, 0.05)
     assert list(bad.values()) == ["FAIL", "FAIL"], bad
+
+
+def test_throughput_rows_report_tokens_mfu_phases_and_launches(tmp_path):
+    """A throughput run's row from made-up metrics and --profile summary: tokens/s averaged after
+    the first two steps, MFU from the executed FLOPs at the runs' mean masking rate against the
+    H100 SXM peak, the phases in ms and the launch count."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    import gpu_check
+
+    run = tmp_path / "bert-base"
+    run.mkdir()
+    rows = [{"kind": "train", "step": i, "loss": 9.0, "tokens_per_sec": tps, "mask_rate": 0.15}
+            for i, tps in enumerate([1.0, 2.0, 100_000.0, 300_000.0])]
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n")
+    profile = {"forward_sec": 0.05, "backward_sec": 0.1, "all_reduce_sec": 0.0, "optimizer_sec": 0.01,
+               "steady_uploads": 4.0, "steady_reads": 0, "steady_launches": 2345.0}
+    (run / "summary.json").write_text(json.dumps({"profile": profile}))
+    [row] = gpu_check.candle_throughput(str(tmp_path), "NVIDIA H100 80GB HBM3")
+    flops = gpu_check.executed_flops_per_token("bert", 12, 768, 3072, 30522, 128, 0.15)
+    assert row["tokens_per_sec"] == 200_000.0
+    assert row["mfu"] == pytest.approx(200_000.0 * flops / 989e12)
+    assert row["phases_ms"]["backward"] == pytest.approx(100.0) and row["launches_per_step"] == 2345.0
+    text = dict((label, value) for label, value, _ in gpu_check.candle_results(str(tmp_path), "NVIDIA H100 80GB HBM3")["rows"])
+    assert "2345 launches/step" in text["candle bert-base bf16 tokens/s"], text

@@ -92,8 +92,19 @@ impl PhiloxStream {
     pub fn dropout_factors(&self, p: f64, first: u64, out: &mut [f32]) {
         let threshold = (p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
         let keep = (1.0 / (1.0 - p)) as f32;
-        for (i, o) in (first..).zip(out.iter_mut()) {
-            *o = if self.word(i) < threshold { 0.0 } else { keep };
+        // One block per four elements: the first block may start mid-way (at `first mod 4`).
+        let mut i = first;
+        let mut rest = &mut out[..];
+        while !rest.is_empty() {
+            let lane = (i % 4) as usize;
+            let take = (4 - lane).min(rest.len());
+            let words = self.block(i / 4);
+            let (head, tail) = rest.split_at_mut(take);
+            for (o, &w) in head.iter_mut().zip(&words[lane..lane + take]) {
+                *o = if w < threshold { 0.0 } else { keep };
+            }
+            i += take as u64;
+            rest = tail;
         }
     }
 }

@@ -15,7 +15,8 @@ use std::process::Command;
 use training::metrics_log::{read, Record};
 use training::profile::ProfileRow;
 
-/// The data flags of a run of `steps` steps: 8 rows of 32 tokens, laid out by `layout`.
+/// The data flags of a run of `steps` steps: `common::tiny_flags`' 8 rows of 32 tokens (and its
+/// held-out share), laid out by `layout`; what `inspect-batch` takes.
 fn data_flags(shards: &Path, layout: &str, steps: u64) -> Vec<String> {
     let mut v: Vec<String> = [
         "--seq-len",
@@ -37,36 +38,26 @@ fn data_flags(shards: &Path, layout: &str, steps: u64) -> Vec<String> {
     v
 }
 
-/// Flags of a training run: a 2-layer tiny model with dropout, micro-batches of 4, evaluated and
-/// saved at the end.
+/// Flags of a training run: the tests' tiny model (2 layers) with dropout, micro-batches of 4,
+/// evaluated and saved at the end, on `data_flags`' data (the same rows and lengths).
 fn flags(shards: &Path, arch: &str, layout: &str, steps: u64) -> Vec<String> {
-    let mut v = data_flags(shards, layout, steps);
+    let mut v = common::tiny_flags();
     v.extend(
         [
             "--arch",
             arch,
-            "--model",
-            "tiny",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--layers",
-            "2",
+            "--layout",
+            layout,
             "--dropout",
             "0.1",
             "--micro-batch",
             "4",
-            "--eval-every",
-            "0",
-            "--save-every",
-            "10",
-            "--quiet",
         ]
         .map(String::from),
     );
+    v.extend(["--eval-every", "0", "--save-every", "10"].map(String::from));
+    v.extend(["--steps".into(), steps.to_string()]);
+    v.extend(["--shards".into(), shards.display().to_string()]);
     v
 }
 
@@ -250,4 +241,46 @@ fn reading_every_tenth_step_changes_nothing_and_a_nan_is_caught_at_its_step() {
         .collect();
     assert_eq!(logged, (0..7).collect::<Vec<_>>());
     assert!(training::checkpoint::list(nan.path()).unwrap().is_empty());
+}
+
+/// `--profile` reads the preloaded launch counter (`scripts/launch-counter.c`, what the GPU
+/// bundle preloads) at each step's boundaries: with it, every row has a count (0 on a CPU, where
+/// nothing launches); without it, none.
+#[test]
+fn the_profile_reads_a_preloaded_launch_counter() {
+    let (_keep, shards) = sample_shards();
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("liblaunchcount.so");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/launch-counter.c");
+    let cc = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    for preload in [true, false] {
+        let run = dir.path().join(format!("run-{preload}"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_trainer"));
+        cmd.args(flags(&shards, "bert", "truncate", 3))
+            .args(["--profile", "--out"])
+            .arg(&run);
+        if preload {
+            cmd.env("LD_PRELOAD", &lib);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let launches: Vec<Option<u64>> = profile(&run).iter().map(|r| r.launches).collect();
+        let want = if preload { Some(0) } else { None };
+        assert_eq!(launches, vec![want; 3]);
+    }
 }

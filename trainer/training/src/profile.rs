@@ -4,7 +4,8 @@
 //! device sync at each boundary ([`PhaseTimes`], measured by [`crate::step::TrainStep`]), and the
 //! [`model::transfer`] ledger is read at each step's start, so a row counts every crossing from
 //! one step's start to the next: the step itself plus its logging read, evaluation or checkpoint
-//! (flagged in the row). Rows go to `profile.jsonl` (rewritten whole, atomically, at each
+//! (flagged in the row), and, where `scripts/launch-counter.c` is preloaded, the CUDA kernel
+//! launches over the same span ([`kernel_launches`]). Rows go to `profile.jsonl` (rewritten whole, atomically, at each
 //! checkpoint and at the end); [`ProfileSummary`] goes into `summary.json` and is printed.
 
 use anyhow::Result;
@@ -44,6 +45,9 @@ pub struct ProfileRow {
     pub evaluated: bool,
     /// Whether a checkpoint was saved after this step.
     pub checkpointed: bool,
+    /// CUDA kernel launches from this step's start to the next one's, where a launch counter is
+    /// preloaded (`scripts/launch-counter.c`); `None` without one.
+    pub launches: Option<u64>,
 }
 
 impl ProfileRow {
@@ -72,6 +76,8 @@ pub struct ProfileSummary {
     pub steady_reads: u64,
     /// Reads in all profiled steps (logging, evaluation, checkpoints).
     pub reads: u64,
+    /// Mean CUDA kernel launches per steady step, where a launch counter is preloaded.
+    pub steady_launches: Option<f64>,
 }
 
 /// A run's profiler: rows in memory, written at checkpoints and at the end.
@@ -79,6 +85,22 @@ pub struct Profiler {
     path: Option<PathBuf>,
     rows: Vec<ProfileRow>,
     at_step_start: Ledger,
+    launches_at_step_start: Option<u64>,
+}
+
+/// The preloaded launch counter's total (`maskrate_kernel_launches`), if one is loaded.
+pub fn kernel_launches() -> Option<u64> {
+    static COUNTER: std::sync::OnceLock<Option<extern "C" fn() -> u64>> =
+        std::sync::OnceLock::new();
+    let counter = COUNTER.get_or_init(|| {
+        let name = c"maskrate_kernel_launches";
+        // SAFETY: dlsym with a NUL-terminated name; the symbol, when present, is the counter's
+        // `uint64_t (void)` function.
+        let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+        (!f.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn() -> u64>(f) })
+    });
+    counter.map(|f| f())
 }
 
 /// Something that happened after a step.
@@ -99,6 +121,7 @@ impl Profiler {
             path,
             rows: Vec::new(),
             at_step_start: ledger(),
+            launches_at_step_start: kernel_launches(),
         }
     }
 
@@ -141,6 +164,13 @@ impl Profiler {
             t.read_bytes += d.read_bytes;
         }
         self.at_step_start = now;
+        let launches = kernel_launches();
+        if let (Some(r), Some(now), Some(then)) =
+            (self.rows.last_mut(), launches, self.launches_at_step_start)
+        {
+            r.launches = Some(r.launches.unwrap_or(0) + now - then);
+        }
+        self.launches_at_step_start = launches;
     }
 
     /// Writes `profile.jsonl` as it stands (all rows, the current one's transfers so far).
@@ -193,6 +223,11 @@ pub fn summarise(rows: &[ProfileRow]) -> ProfileSummary {
             / m,
         steady_reads: steady.iter().map(|r| r.transfers.reads).sum(),
         reads: rows.iter().map(|r| r.transfers.reads).sum(),
+        steady_launches: steady
+            .iter()
+            .map(|r| r.launches.map(|l| l as f64))
+            .sum::<Option<f64>>()
+            .map(|l| l / m),
     }
 }
 
@@ -202,7 +237,7 @@ impl std::fmt::Display for ProfileSummary {
         write!(
             f,
             "profile over {} steps (ms per step): data wait {:.1}, forward {:.1}, backward {:.1}, \
-             all-reduce {:.1}, optimizer {:.1}; steady step: {:.1} uploads ({:.0} bytes), {} reads",
+             all-reduce {:.1}, optimizer {:.1}; steady step: {:.1} uploads ({:.0} bytes), {} reads{}",
             self.steps,
             1e3 * self.data_wait_sec,
             1e3 * p.forward_sec,
@@ -211,7 +246,11 @@ impl std::fmt::Display for ProfileSummary {
             1e3 * p.optimizer_sec,
             self.steady_uploads,
             self.steady_upload_bytes,
-            self.steady_reads
+            self.steady_reads,
+            match self.steady_launches {
+                Some(l) => format!(", {l:.0} kernel launches"),
+                None => String::new(),
+            }
         )
     }
 }

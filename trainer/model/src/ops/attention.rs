@@ -157,6 +157,7 @@ pub fn attention(
     dropout: Option<DropoutMask>,
     compute: DType,
 ) -> Result<Tensor> {
+    let dropout = dropout.filter(|m| m.p > 0.0);
     // The kernel runs its products in f32, so it serves only an f32 `compute`.
     if supports(qkv.device(), qkv.dtype()) && compute == DType::F32 {
         // CPU tensors: nothing crosses a bus.

@@ -14,7 +14,8 @@ pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Te
             .contiguous()?
             .apply_op2(&labels.contiguous()?, CrossEntropyRows)?;
         let loss = rows.narrow(1, 0, 1)?.mean_all()?;
-        let correct = rows.narrow(1, 1, 1)?.sum_all()?;
+        // Detached: the count must not keep the forward graph (logits and all) alive.
+        let correct = rows.narrow(1, 1, 1)?.sum_all()?.detach();
         return Ok((loss, correct));
     }
     let loss = candle_nn::loss::cross_entropy(logits, labels)?;
@@ -22,7 +23,8 @@ pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Te
         .argmax(D::Minus1)?
         .eq(labels)?
         .to_dtype(candle_core::DType::F32)?
-        .sum_all()?;
+        .sum_all()?
+        .detach();
     Ok((loss, correct))
 }
 
