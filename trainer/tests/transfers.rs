@@ -284,3 +284,40 @@ fn the_profile_reads_a_preloaded_launch_counter() {
         assert_eq!(launches, vec![want; 3]);
     }
 }
+
+/// The step's own files (the loop, the step, the MLM task, both models, their layers) move
+/// nothing between host and device except through `model::transfer`: no tensor built from host
+/// data and no tensor read back outside their tests. (The ops' CPU kernels read their CPU inputs,
+/// which crosses no bus; the dynamic test above covers what they are called with.)
+#[test]
+fn the_step_path_crosses_only_through_the_ledger() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = [
+        "training/src/step.rs",
+        "training/src/pretrain/run.rs",
+        "model/src/mlm.rs",
+        "model/src/bert.rs",
+        "model/src/modernbert.rs",
+        "model/src/layers.rs",
+        "model/src/encoder.rs",
+    ];
+    let crossings = [
+        "to_scalar",
+        "to_vec1",
+        "to_vec2",
+        "to_vec3",
+        "from_vec",
+        "from_slice",
+        "Tensor::new(",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for c in crossings {
+            assert!(
+                !code.contains(c),
+                "{file} calls {c} outside model::transfer"
+            );
+        }
+    }
+}
