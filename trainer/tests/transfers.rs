@@ -18,16 +18,7 @@ use training::profile::ProfileRow;
 /// The data flags of a run of `steps` steps: `common::tiny_flags`' 8 rows of 32 tokens (and its
 /// held-out share), laid out by `layout`; what `inspect-batch` takes.
 fn data_flags(shards: &Path, layout: &str, steps: u64) -> Vec<String> {
-    let mut v: Vec<String> = [
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "8",
-        "--eval-sequences",
-        "8",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut v = common::tiny_data_flags();
     v.extend([
         "--layout".into(),
         layout.into(),

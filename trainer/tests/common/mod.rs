@@ -9,7 +9,7 @@ use training::metrics_log::{read, Record};
 /// Flags of a tiny, quick training run (2 layers of width 32, sequences of 32, batches of 8,
 /// 8 held-out sequences, no progress output); tests add steps, saving and evaluation.
 pub fn tiny_flags() -> Vec<String> {
-    [
+    let mut v: Vec<String> = [
         "--model",
         "tiny",
         "--hidden",
@@ -18,13 +18,24 @@ pub fn tiny_flags() -> Vec<String> {
         "2",
         "--intermediate",
         "64",
+    ]
+    .map(String::from)
+    .to_vec();
+    v.extend(tiny_data_flags());
+    v.push("--quiet".into());
+    v
+}
+
+/// The data part of [`tiny_flags`] (sequences of 32, batches of 8, 8 held-out sequences): what
+/// `inspect-batch` takes to show the same batches.
+pub fn tiny_data_flags() -> Vec<String> {
+    [
         "--seq-len",
         "32",
         "--batch-size",
         "8",
         "--eval-sequences",
         "8",
-        "--quiet",
     ]
     .map(String::from)
     .to_vec()

@@ -410,23 +410,23 @@ pub fn clip_scale(norm: &Tensor, max_norm: f64) -> Result<Tensor> {
     norm.gt(&max)?.where_cond(&ratio, &norm.ones_like()?)
 }
 
-/// Scales `grads` in place to a global L2 norm of at most `max_norm` (if positive). Returns the
-/// norm before clipping, an f64 scalar on the gradients' device.
-pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<Tensor> {
-    let norm = global_norm(grads)?;
-    if max_norm > 0.0 {
-        let scale = clip_scale(&norm, max_norm)?.to_dtype(candle_core::DType::F32)?;
-        for g in grads.iter_mut() {
-            *g = g.broadcast_mul(&scale.to_dtype(g.dtype())?)?;
-        }
-    }
-    Ok(norm)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Scales `grads` in place to a global L2 norm of at most `max_norm` (if positive). Returns the
+    /// norm before clipping, an f64 scalar on the gradients' device.
+    fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<Tensor> {
+        let norm = global_norm(grads)?;
+        if max_norm > 0.0 {
+            let scale = clip_scale(&norm, max_norm)?.to_dtype(candle_core::DType::F32)?;
+            for g in grads.iter_mut() {
+                *g = g.broadcast_mul(&scale.to_dtype(g.dtype())?)?;
+            }
+        }
+        Ok(norm)
+    }
 
     /// Two steps against values computed by hand from the update rule above, in both forms.
     #[test]

@@ -8,7 +8,7 @@
 //! same masks, and the backward regenerates the mask instead of storing it (the op's backward is
 //! the op itself applied to the incoming gradient).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use shared::philox::PhiloxStream;
 use shared::seed::seed_of;
@@ -192,15 +192,10 @@ impl CustomOp1 for PhiloxDropout {
     }
 }
 
-/// The dtypes the kernels serve.
-pub fn dropout_supports(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::BF16 | DType::F16)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     fn mask(p: f64) -> DropoutMask {
         Dropout::new(3, &[7, 1], p).mask(2, Site::FeedForward)

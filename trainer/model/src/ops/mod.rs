@@ -28,7 +28,7 @@ pub mod vmath;
 pub use attention::{attention, attention_composed, Visibility};
 pub use bias::add_bias;
 pub use cross_entropy::cross_entropy_and_correct;
-pub use dropout::{dropout_supports, maybe_dropout, Dropout, DropoutMask, Site};
+pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
 pub use geglu::{geglu, geglu_composed};
 pub use gelu::gelu;
 pub use layer_norm::{layer_norm, layer_norm_composed};
