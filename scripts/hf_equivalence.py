@@ -192,10 +192,15 @@ for step in range(steps):
         g["lr"] = lrs[step]
     accum = ids_all.shape[0] // micro
     loss_sum = 0.0
+    # maskrate's normalisation (shared::sampler::loss, --loss-norm masked): every micro-batch's
+    # summed cross-entropy divided by the predicted tokens of the whole step.
+    predicted = int((labels_all >= 0).sum())
     for k in range(accum):
         sl = slice(k * micro, (k + 1) * micro)
-        out = model(input_ids=ids_all[sl], labels=labels_all[sl], **inputs_of(batches, step, sl))
-        loss = out.loss / accum
+        logits = model(input_ids=ids_all[sl], **inputs_of(batches, step, sl)).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels_all[sl].reshape(-1),
+            ignore_index=-100, reduction="sum") / predicted
         loss.backward()
         loss_sum += loss.item()
     if step == 0 and os.path.exists(os.path.join(args.dump, "grads0.safetensors")) and args.init == "maskrate" \

@@ -10,6 +10,12 @@ Trainer on maskrate shards, one run per masking-rate schedule (by default the pa
     python python/examples/hf_trainer.py --shards sample-shards --out runs/modern \\
         --arch modernbert --layout pack-docs
 
+    # ModernBERT as a masked-diffusion LM: a rate per document drawn one per stratum of the global
+    # batch, all [MASK], the loss weighted by 1/rate and divided by the maskable tokens:
+    python python/examples/hf_trainer.py --shards sample-shards --out runs/mdlm --arch modernbert \\
+        --layout pack-docs --schedule constant:0.5 --rate-dist stratified:0.001:1 --rate-per-document \\
+        --mask-token-fraction 1 --loss-weight inverse-rate --loss-norm token
+
     # the same script on GPUs, one process per GPU:
     torchrun --nproc_per_node 8 python/examples/hf_trainer.py --shards c4-shards --model base \\
         --steps 70000 --batch-size 4096 --per-device-batch 64 --out runs/c4
@@ -73,6 +79,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="default: 0.1 for bert, 0 for modernbert (each one's published configurations, "
                         "as the trainer's --dropout)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate-dist", default="point",
+                   help="each row's masking rate: point (the schedule's), or a distribution as the "
+                        "trainer's --rate-dist, e.g. stratified:0.001:1 (masked diffusion)")
+    p.add_argument("--rate-per-document", action="store_true",
+                   help="with --layout pack-docs: one rate per document")
+    p.add_argument("--mask-token-fraction", type=float, default=0.8,
+                   help="share of masked tokens replaced by [MASK] (1 for masked diffusion; the "
+                        "rest split 1:1 random / kept, as the trainer's defaults)")
+    p.add_argument("--loss-weight", default="none", help="none or inverse-rate[:EPS] (the ELBO weight)")
+    p.add_argument("--loss-norm", choices=["masked", "token", "sequence", "batch"], default="masked",
+                   help="what the step's loss sum is divided by, as the trainer's --loss-norm")
     p.add_argument("--eval-sequences", type=int, default=64)
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers")
@@ -162,6 +179,10 @@ def run(args: argparse.Namespace, schedule: str) -> list[dict]:
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
     )
+    # The trainer's 80/10/10 unless --mask-token-fraction says otherwise (1: all [MASK]).
+    replacement = {} if args.mask_token_fraction == 0.8 else dict(
+        mask_token_fraction=args.mask_token_fraction,
+        random_token_fraction=(1 - args.mask_token_fraction) / 2)
     train = masked_dataset(
         shards,
         targs,
@@ -169,10 +190,15 @@ def run(args: argparse.Namespace, schedule: str) -> list[dict]:
         seq_len=args.seq_len,
         layout=args.layout,
         eval_sequences=args.eval_sequences,
+        rate_dist=args.rate_dist,
+        rate_per_document=args.rate_per_document,
+        loss_weight=args.loss_weight,
+        **replacement,
     )
     model = model_for(args, tok)
     this_run = RecordThisRun()
-    trainer = MaskrateTrainer(model=model, args=targs, train_dataset=train, callbacks=[this_run])
+    trainer = MaskrateTrainer(model=model, args=targs, train_dataset=train, callbacks=[this_run],
+                              loss_norm=args.loss_norm)
     resume = args.resume_from or (args.resume and any(out.glob("checkpoint-*")))
     trainer.train(resume_from_checkpoint=resume or None)
     history = [r for r in trainer.state.log_history if "loss" in r]

@@ -242,6 +242,9 @@ impl MaskedBatches {
         if !written.segment_starts.is_empty() {
             add_packed_fields(py, &out, shape, &written.segment_starts)?;
         }
+        if self.config.weighs_rows() {
+            add_rate_fields(py, &out, shape, &written, self.config.loss_weight)?;
+        }
         Ok((out, written))
     }
 }
@@ -269,8 +272,38 @@ fn add_packed_fields<'py>(
     Ok(())
 }
 
+/// With a rate distribution or a loss weight: `mask_rate` (float64, each row's rate),
+/// `loss_weight` (float32 `(rows, seq_len)`, each predicted token's weight, 0 elsewhere; needs
+/// `labels` among the arrays) and `maskable` (int64, each row's maskable tokens), what
+/// `MaskrateTrainer` weighs and normalises the loss with.
+fn add_rate_fields<'py>(
+    py: Python<'py>,
+    dict: &Bound<'py, PyDict>,
+    shape: [usize; 2],
+    written: &WrittenBatch,
+    weight: shared::sampler::LossWeight,
+) -> PyResult<()> {
+    let rates = shared::sampler::TokenRates {
+        seq_len: shape[1],
+        row_rates: &written.row_rates,
+        segment_starts: &written.segment_starts,
+        segment_rates: &written.segment_rates,
+    };
+    if let Some(labels) = dict.get_item("labels")? {
+        let labels: numpy::PyReadonlyArray2<'_, i64> = labels.extract()?;
+        let labels = labels.as_slice()?;
+        let weights = rates.weights(labels.len(), weight, |i| labels[i] != -100);
+        let array = Array2::from_shape_vec(shape, weights).expect("rows x seq_len");
+        dict.set_item("loss_weight", array.into_pyarray(py))?;
+    }
+    dict.set_item("mask_rate", written.row_rates.clone().into_pyarray(py))?;
+    let maskable: Vec<i64> = written.row_maskable.iter().map(|&m| m as i64).collect();
+    dict.set_item("maskable", maskable.into_pyarray(py))?;
+    Ok(())
+}
+
 /// Every name `fields=` may list.
-const ALL_FIELDS: [&str; 10] = [
+const ALL_FIELDS: [&str; 13] = [
     "input_ids",
     "attention_mask",
     "token_type_ids",
@@ -281,6 +314,9 @@ const ALL_FIELDS: [&str; 10] = [
     "max_length_q",
     "max_length_k",
     "source",
+    "mask_rate",
+    "loss_weight",
+    "maskable",
 ];
 
 /// Keeps only `fields` of `dict` (all when `None`); an unknown name, or one this batch lacks
@@ -299,8 +335,9 @@ fn keep_fields(dict: &Bound<'_, PyDict>, fields: Option<Vec<String>>) -> PyResul
         if !dict.contains(f)? {
             return Err(PyValueError::new_err(format!(
                 "fields: this batch has no {f:?} ({} come with layout=\"pack-docs\"; source with \
-                 with_sources=True)",
-                ALL_FIELDS[4..9].join(", ")
+                 with_sources=True; {} with a rate_dist other than \"point\" or a loss_weight)",
+                ALL_FIELDS[4..9].join(", "),
+                ALL_FIELDS[10..].join(", ")
             )));
         }
     }

@@ -34,6 +34,8 @@ NON_DEFAULT = dict(
     eval_sequences=3,
     order="shard-blocks:1",
     cache_bytes="1MiB",
+    rate_dist="uniform:0.1:[linear:0.2:0.9]",
+    loss_weight="inverse-rate:0.01",
 )
 BUILDER = dict(eval_batch=2, rank=1, world_size=2, threads=1)
 # `min_doc_tokens` applies to the truncate layout only: the pack layout is the second case.
@@ -48,12 +50,15 @@ CASES = [
         "join": ["b@0.2"],
         "phases": [{"steps": 20}, {"seq_len": 48}],
     },
+    # One rate per packed document: pack-docs only.
+    {**PACK, "mix": "a=1,b=1", "layout": "pack-docs", "rate_dist": "stratified:0.001:1",
+     "rate_per_document": True},
 ]
 
 
 def test_the_table_covers_every_config_key():
     keys = set(DATA_CONFIG_KEYS) - {"shards", "steps"} | {"total_steps"}
-    assert set(CASES[0]) | set(CASES[1]) | {"cache_dir"} == keys
+    assert set().union(*CASES) | {"cache_dir"} == keys
 
 
 def named(sample_shards: Path) -> dict[str, list[str]]:
@@ -74,7 +79,7 @@ def assert_same_batches(x: maskrate.MaskedBatches, y: maskrate.MaskedBatches) ->
         np.testing.assert_array_equal(a[k], b[k], err_msg=f"held-out {k}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=["truncate", "pack"])
+@pytest.mark.parametrize("case", CASES, ids=["truncate", "pack", "pack-docs"])
 def test_pickle_round_trips_every_keyword(sample_shards, tmp_path, case):
     kwargs = dict(case, **BUILDER, cache_dir=tmp_path / "cache")
     mb = maskrate.MaskedBatches(named(sample_shards), **kwargs)

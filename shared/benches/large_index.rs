@@ -60,6 +60,8 @@ fn measure(dir: &Path) {
             schedule: "linear:0.3:0.15".parse().unwrap(),
             masking: MaskingConfig::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let build_s = t.elapsed().as_secs_f64();

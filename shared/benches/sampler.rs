@@ -26,6 +26,8 @@ fn bench(c: &mut Criterion) {
             schedule: "constant:0.3".parse().unwrap(),
             masking: MaskingConfig::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         group.throughput(Throughput::Elements((rows * 128) as u64));

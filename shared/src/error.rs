@@ -35,6 +35,9 @@ pub enum Error {
         /// The spec grammar (given by the schedule module, so errors do not depend on it).
         grammar: &'static str,
     },
+    /// A `--rate-dist` spec is malformed (`piece` names the part at fault).
+    #[error("bad rate distribution {spec:?}: {msg}\n{}", crate::rate_dist::GRAMMAR)]
+    RateDist { spec: String, msg: String },
     /// Another process is writing to this directory.
     #[error("{} is in use by {holder}; wait for it to finish or stop it (a killed holder releases it)", dir.display())]
     Locked { dir: PathBuf, holder: String },

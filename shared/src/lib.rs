@@ -11,7 +11,8 @@
 //! 8. [`size`]: the one grammar for sizes in bytes (`1GB` = 10^9, `1GiB` = `1G` = 2^30).
 //! 9. [`philox`]: Philox4x32-10, the counter-based generator for device-side dropout masks.
 //! 10. [`presets`]: each model architecture's named shapes and published defaults.
-//! 11. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
+//! 11. [`rate_dist`]: distributions of masking rates per row, parameters on schedules.
+//! 12. `fixtures` (feature `test-support`): shard sets for tests and benchmarks.
 //!
 //! Invariant: no candle, no tensors. The trainer turns [`sampler::Batch`] into tensors.
 
@@ -25,6 +26,7 @@ pub mod fuzz;
 pub mod lock;
 pub mod philox;
 pub mod presets;
+pub mod rate_dist;
 pub mod sampler;
 pub mod schedule;
 pub mod seed;

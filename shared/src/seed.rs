@@ -9,6 +9,12 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A hash's 53 high bits as a number in [0, 1): a uniform draw keyed like every stream here.
+#[inline]
+pub fn unit_of(hash: u64) -> f64 {
+    (hash >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 /// Hashes a tuple of words (the run seed, a domain tag, then the stream's coordinates) into one seed.
 #[inline]
 pub fn seed_of(words: &[u64]) -> u64 {

@@ -34,6 +34,8 @@ fn millions_of_documents_open_in_constant_memory_and_batch_correctly() {
             schedule: shared::schedule::MaskSchedule::constant(0.0),
             masking: MaskingConfig::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let batch = sampler.global_batch(7).unwrap();

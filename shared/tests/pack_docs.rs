@@ -72,6 +72,8 @@ fn sampler(f: &Fixture, exact: bool, seq_len: usize) -> MaskingSampler {
             ..Default::default()
         },
         order: Default::default(),
+        rate_dist: Default::default(),
+        rate_per_document: false,
     };
     MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&f.tok), cfg).unwrap()
 }

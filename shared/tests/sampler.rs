@@ -30,6 +30,8 @@ fn sampler(
         schedule: schedule.parse().unwrap(),
         masking,
         order: Default::default(),
+        rate_dist: Default::default(),
+        rate_per_document: false,
     };
     MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&f.tok), cfg).unwrap()
 }

@@ -126,6 +126,8 @@ fn a_token_id_outside_the_vocabulary_is_refused_at_read() {
         schedule: shared::schedule::MaskSchedule::constant(0.15),
         masking: MaskingConfig::default(),
         order: Default::default(),
+        rate_dist: Default::default(),
+        rate_per_document: false,
     };
     let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
     let err = sampler.global_batch(0).unwrap_err().to_string();

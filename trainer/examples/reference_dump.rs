@@ -108,7 +108,7 @@ fn main() -> Result<()> {
     if cfg.dropout == 0.0 && t.micro_batch >= t.batch_size() {
         // Step 0's gradients (before clipping), as the trainer computes them.
         let inputs = MlmInputs::from_batch(&steps[0], &Device::Cpu)?;
-        let grads = model.mlm_loss(&inputs, None)?.loss.backward()?;
+        let grads = model.mlm_loss(&inputs, None)?.mean_loss()?.backward()?;
         let by_name: HashMap<String, Tensor> = params
             .named_vars()
             .into_iter()
@@ -117,7 +117,7 @@ fn main() -> Result<()> {
         candle_core::safetensors::save(&by_name, args.dump.join("grads0.safetensors"))?;
     }
     let evaluator =
-        training::held_out::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch)?
+        training::held_out::Evaluator::new(data.held_out, &data.tokenizer, t.eval_batch, 0)?
             .context("no held-out set: pass --eval-sequences")?;
     let eval: Vec<Batch> = evaluator.batches().collect::<shared::Result<_>>()?;
     candle_core::safetensors::save(&stack(&eval)?, args.dump.join("eval.safetensors"))?;

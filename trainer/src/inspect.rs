@@ -280,6 +280,9 @@ fn rate_statistics(args: &InspectBatchArgs, s: &MaskingSampler) -> Result<String
         sched.push((step as f64, b.rate));
         real.push((step as f64, b.realised_rate()));
     }
+    if !args.data.config.rate_dist.is_point() {
+        out += &row_rate_statistics(s, &steps)?;
+    }
     line_chart(
         &args.plot,
         &format!("masking rate: {}", args.data.config.schedule),
@@ -301,18 +304,58 @@ fn rate_statistics(args: &InspectBatchArgs, s: &MaskingSampler) -> Result<String
     Ok(out)
 }
 
+/// `--stats` with a rate distribution: the quantiles of each sampled step's row rates beside
+/// the distribution's own.
+fn row_rate_statistics(s: &MaskingSampler, steps: &[u64]) -> Result<String> {
+    let mut out = format!(
+        "\nrows' rates ({}): drawn / the distribution's\n{:>8} {:>15} {:>15} {:>15} {:>15}\n",
+        s.config().rate_dist,
+        "step",
+        "mean",
+        "p10",
+        "p50",
+        "p90"
+    );
+    for &step in steps {
+        let mut rates = s.global_batch(step)?.row_rates;
+        rates.sort_by(f64::total_cmp);
+        let drawn = |p: f64| rates[((p * rates.len() as f64) as usize).min(rates.len() - 1)];
+        let dist = s.rates_at(step);
+        let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+        let pair = |a: f64, b: f64| format!("{a:.3} / {b:.3}");
+        let _ = writeln!(
+            out,
+            "{step:>8} {:>15} {:>15} {:>15} {:>15}",
+            pair(mean, dist.mean()),
+            pair(drawn(0.1), dist.quantile(0.1)),
+            pair(drawn(0.5), dist.quantile(0.5)),
+            pair(drawn(0.9), dist.quantile(0.9)),
+        );
+    }
+    Ok(out)
+}
+
 /// One step's batch: its rates and its first rows decoded, masked positions marked.
 fn show_batch(args: &InspectBatchArgs, data: &Data) -> Result<String> {
     let s = &data.sampler;
     let mut out = String::new();
     let b = s.global_batch(args.step)?;
     let (m, r, k) = split(&b.counts);
+    let dist = &args.data.config.rate_dist;
+    let rate_words = match dist.is_point() {
+        true => "scheduled rate",
+        false => "mean row rate",
+    };
     let _ = writeln!(
         out,
-        "\nstep {} (epoch {}): scheduled rate {:.4}",
+        "\nstep {} (epoch {}): {rate_words} {:.4}{}",
         args.step,
         epochs_text(s, args.step),
-        b.rate
+        b.rate,
+        match dist.is_point() {
+            true => String::new(),
+            false => format!(" (rows' rates from {dist})"),
+        }
     );
     let _ = writeln!(
         out,
@@ -339,9 +382,13 @@ fn show_batch(args: &InspectBatchArgs, data: &Data) -> Result<String> {
             .iter()
             .filter(|&&l| l != IGNORE_LABEL)
             .count();
+        let rate = match dist.is_point() {
+            true => String::new(),
+            false => format!(", rate {:.3}", b.row_rates[row]),
+        };
         let _ = writeln!(
             out,
-            "\n--- row {row}: sequence {}{from} ({chosen} predicted) ---\n{}",
+            "\n--- row {row}: sequence {}{from} ({chosen} predicted{rate}) ---\n{}",
             b.sequence_ids[row],
             render_row(&data.tokenizer, &b, row, &original)
         );

@@ -4,6 +4,7 @@
 //! - [`sweep`]: many schedules × seeds on one shard set, evaluated alike, and the generated report.
 //! - [`inspect`]: `inspect-batch`, the batch of any step made visible.
 //! - [`device_check`]: `device-check`, the device's kernels against their CPU twins.
+//! - [`sample`]: `sample`, text from a masked-diffusion model by ancestral unmasking.
 //! - [`charts`]: PNG line charts (plotters with a bundled font); [`run_plots`]: the charts of one
 //!   run and the comparison of several (`trainer plot`).
 
@@ -12,4 +13,5 @@ pub mod device_check;
 pub mod inspect;
 pub mod plan;
 pub mod run_plots;
+pub mod sample;
 pub mod sweep;

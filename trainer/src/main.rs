@@ -15,6 +15,10 @@ Examples:
   trainer --config run.toml --steps 100 --out runs/short                    # flags override the file
   trainer --shards shards/ --out runs/linear --resume                       # continue after a stop
   trainer --shards s3://corpora/c4-shards --order shard-blocks:16 --cache-bytes 20G --out runs/s3
+  trainer --shards shards/ --arch modernbert --layout pack-docs --rate-dist stratified:0.001:1 --rate-per-document \
+      --mask-token-fraction 1 --random-token-fraction 0 --loss-weight inverse-rate --loss-norm token --out runs/mdlm
+  trainer --shards shards/ --rate-dist 'uniform:0.001:[linear:0.1:0.8]' --out runs/curriculum   # rates per row
+  trainer sample runs/mdlm --steps 64 --length 64 --prompt 'the city of' --seed 1   # text by unmasking
   trainer plot runs/constant runs/linear --out plots/
   trainer export runs/linear --out hf/linear       # loads with transformers BertForMaskedLM
   trainer glue --checkpoint runs/linear --data ../shared/data/glue --seeds 5   # fine-tune, dev table
@@ -64,6 +68,9 @@ enum Command {
     Glue(evaluation::glue::GlueArgs),
     /// Score BLiMP minimal pairs by pseudo-log-likelihood (zero-shot).
     Blimp(evaluation::blimp::BlimpArgs),
+    /// Print text from a masked-diffusion model: MDLM's ancestral unmasking from all-[MASK]
+    /// (T steps, an optional prompt, a seed).
+    Sample(Box<trainer::sample::SampleArgs>),
     /// Run an experiment (experiments/*.toml): preprocess once, train every schedule x seed,
     /// evaluate, write the report. Resumable; finished parts are skipped.
     Sweep(trainer::sweep::SweepArgs),
@@ -161,6 +168,7 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
             print!("{}", r.markdown());
         }
         Some(Command::Sweep(args)) => trainer::sweep::run_experiment(&args)?,
+        Some(Command::Sample(args)) => print!("{}", trainer::sample::sample(&args)?),
         None => {
             share_cores_between_local_ranks(&*comm);
             let interrupted = Arc::new(AtomicBool::new(false));

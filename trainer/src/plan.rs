@@ -115,10 +115,21 @@ fn summary(recipe: &Recipe) -> String {
             format!("\nsources: {}", parts.join(", "))
         })
         .unwrap_or_default();
+    let rates = match config.rate_dist.is_point() {
+        true => format!("schedule {}", config.schedule),
+        false => format!(
+            "rates per {} from {}",
+            if config.rate_per_document {
+                "document"
+            } else {
+                "row"
+            },
+            config.rate_dist
+        ),
+    };
     format!(
-        "plan of {} steps: schedule {}, batch {} x {} tokens, lr {} ({} decay, warm-up {} steps){sources}\n",
+        "plan of {} steps: {rates}, batch {} x {} tokens, lr {} ({} decay, warm-up {} steps){sources}\n",
         config.steps.max(1),
-        config.schedule,
         config.batch_size,
         config.seq_len,
         t.lr,
@@ -172,10 +183,14 @@ fn phase_lines(recipe: &Recipe) -> String {
 /// and rows at each of `at`.
 fn table(recipe: &Recipe, at: &[u64]) -> String {
     let sampler = recipe.sampler();
+    let band = !recipe.train.data.config.rate_dist.is_point();
     let mut out = format!(
         "\n{:>8} {:>8} {:>10} {:>7} {:>6} {:>14}",
         "step", "rate", "lr", "seq_len", "batch", "tokens so far"
     );
+    if band {
+        let _ = write!(out, " {:>22}", "rows' rate p10/p50/p90");
+    }
     for n in sampler.source_names().iter().filter(|_| recipe.mixed) {
         let _ = write!(out, " {:>16}", format!("{n} w (rows)"));
     }
@@ -184,12 +199,21 @@ fn table(recipe: &Recipe, at: &[u64]) -> String {
         let _ = write!(
             out,
             "{step:>8} {:>8.4} {:>10.3e} {:>7} {:>6} {:>14}",
-            sampler.rate_at(step),
+            sampler.rates_at(step).mean(),
             recipe.lr.lr(step),
             sampler.seq_len_at(step),
             sampler.global_batch_at(step),
             sampler.tokens_before(step + 1)
         );
+        if band {
+            let r = sampler.rates_at(step);
+            let q = |p: f64| r.quantile(p);
+            let _ = write!(
+                out,
+                " {:>22}",
+                format!("{:.3}/{:.3}/{:.3}", q(0.1), q(0.5), q(0.9))
+            );
+        }
         if recipe.mixed {
             for (w, c) in recipe.weights_at(step).iter().zip(sampler.counts_at(step)) {
                 let _ = write!(out, " {:>16}", format!("{w:.3} ({c})"));
@@ -207,10 +231,28 @@ fn plots(recipe: &Recipe, at: &[u64], prefix: &Path) -> Result<Vec<PathBuf>> {
     let curve = |f: &dyn Fn(u64) -> f64| -> Vec<(f64, f64)> {
         at.iter().map(|&s| (s as f64, f(s))).collect()
     };
-    let mut rate = vec![Series {
-        label: format!("masking rate ({})", recipe.train.data.config.schedule),
-        points: curve(&|s| sampler.rate_at(s)),
-    }];
+    let config = &recipe.train.data.config;
+    let mut rate = match config.rate_dist.is_point() {
+        true => vec![Series {
+            label: format!("masking rate ({})", config.schedule),
+            points: curve(&|s| sampler.rate_at(s)),
+        }],
+        // A band: the rows' mean rate and their 10th and 90th percentiles.
+        false => vec![
+            Series {
+                label: format!("mean row rate ({})", config.rate_dist),
+                points: curve(&|s| sampler.rates_at(s).mean()),
+            },
+            Series {
+                label: "10th percentile".into(),
+                points: curve(&|s| sampler.rates_at(s).quantile(0.1)),
+            },
+            Series {
+                label: "90th percentile".into(),
+                points: curve(&|s| sampler.rates_at(s).quantile(0.9)),
+            },
+        ],
+    };
     if recipe.mixed {
         for (i, name) in sampler.source_names().iter().enumerate() {
             rate.push(Series {

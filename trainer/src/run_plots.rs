@@ -1,4 +1,5 @@
-//! Run plots: train loss, eval loss, mask rate and learning rate vs step, for one or many runs.
+//! Run plots: train loss, eval loss, mask rate and learning rate vs step, for one or many runs,
+//! and the held-out ELBO when a run scored it.
 
 use crate::charts::{line_chart, Series};
 use anyhow::Result;
@@ -58,6 +59,20 @@ pub fn compare(runs: &[PathBuf], out_dir: &Path) -> Result<Vec<PathBuf>> {
     for (file, title, y, pick) in CHARTS {
         let path = out_dir.join(file);
         line_chart(&path, title, "step", y, &series(&pick))?;
+        written.push(path);
+    }
+    let elbo = series(&|r| match r {
+        Record::Eval {
+            step,
+            eval_elbo: Some(e),
+            ..
+        } => Some((*step as f64, *e)),
+        _ => None,
+    });
+    if elbo.iter().any(|s| !s.points.is_empty()) {
+        let path = out_dir.join("eval-elbo.png");
+        let title = "held-out ELBO (bound on NLL, nats per token)";
+        line_chart(&path, title, "step", "nats per token", &elbo)?;
         written.push(path);
     }
     Ok(written)

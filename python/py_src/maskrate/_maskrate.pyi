@@ -106,6 +106,12 @@ class MaskedBatches:
     each with ``steps`` (the last may leave it out) and the settings it changes for its stretch
     (``shards`` as ``["NAME=DIR", ...]``, ``mix``, ``mix_by_size``, ``join``, ``schedule`` (over
     the phase), ``seq_len``, ``batch_size``), e.g. ``[{"steps": 900}, {"seq_len": 256}]``.
+    Rates per row: ``rate_dist`` (``"point"``, the default: every row at the schedule's rate;
+    ``"uniform:LO:HI"``, ``"beta:A:B[:LO:HI]"``, ``"truncnorm:MEAN:STD:LO:HI"``,
+    ``"stratified:LO:HI"``; parameters may be ``[schedules]``), ``rate_per_document`` (pack-docs:
+    a rate per document) and ``loss_weight`` (``"none"`` or ``"inverse-rate[:EPS]"``); with a
+    distribution or a weight, items add ``mask_rate`` (per row), ``loss_weight`` (per token) and
+    ``maskable`` (per row), which ``maskrate.hf.MaskrateTrainer`` weighs its loss with.
     The keywords (all but ``shards``, ``eval_batch``, ``rank``, ``world_size``, ``threads``) are
     the keys of the trainer's ``config.toml`` (``DATA_CONFIG_KEYS``), read by the same code."""
 
@@ -127,6 +133,9 @@ class MaskedBatches:
         random_token_fraction: float | None = ...,
         mask_exact: bool | None = ...,
         whole_word: bool | None = ...,
+        rate_dist: str | None = ...,
+        rate_per_document: bool | None = ...,
+        loss_weight: str | None = ...,
         eval_sequences: int | None = ...,
         eval_batch: int = 64,
         rank: int = 0,

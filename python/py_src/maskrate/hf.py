@@ -18,6 +18,12 @@ What it changes in the Trainer, and why:
   ``num_items_in_batch``, so with gradient accumulation or several processes a micro-batch with
   fewer masked tokens would weigh as much as one with more (and the Trainer, which scales the loss
   by the number of processes for models that take loss kwargs, would log it multiplied by them).
+- With a rate distribution (``rate_dist=``) or a loss weight (``loss_weight="inverse-rate"``),
+  items carry ``mask_rate``, ``loss_weight`` and ``maskable``; the loss weighs each masked token
+  by its ``loss_weight`` and divides the step's sum as ``loss_norm`` says (``"masked"``: the
+  step's masked tokens; ``"token"``: its maskable tokens, LLaDA's b x l; ``"sequence"``: its rows,
+  each row's sum over its maskable tokens; ``"batch"``: its rows), maskrate's trainer's
+  ``--loss-norm`` to the letter. The model never sees these three entries.
 - With ``layout="pack-docs"``, attention stays inside each document whatever the model's
   attention implementation: a flash-attention model (``attn_implementation="flash_attention_2"``
   and the like) gets the items as they are and reads ``cu_seq_lens``; any other (sdpa, eager,
@@ -42,12 +48,58 @@ from ._maskrate import LrSchedule
 from .torch import MaskedDataset
 
 __all__ = [
+    "LOSS_NORMS",
     "MaskrateTrainer",
     "StepSyncCallback",
     "document_attention_inputs",
     "lr_schedule_arguments",
     "masked_dataset",
 ]
+
+#: What ``loss_norm`` divides the step's weighted sum by (maskrate's ``--loss-norm``).
+LOSS_NORMS = ("masked", "token", "sequence", "batch")
+
+#: The entries of an item that weigh the loss (with ``rate_dist=`` or ``loss_weight=``); never
+#: passed to the model.
+RATE_KEYS = ("mask_rate", "loss_weight", "maskable")
+
+
+def loss_denominator(batch: dict[str, Any], loss_norm: str) -> torch.Tensor:
+    """One micro-batch's share of the step's denominator under ``loss_norm``."""
+    labels = batch["labels"]
+    if loss_norm == "masked":
+        return labels.ne(-100).sum()
+    if loss_norm == "token":
+        if "maskable" not in batch:
+            raise ValueError(
+                'loss_norm="token" divides by the maskable tokens, which items carry with a '
+                'rate_dist other than "point" or a loss_weight: build the dataset with one'
+            )
+        return torch.as_tensor(batch["maskable"]).sum()
+    return torch.tensor(labels.shape[0])
+
+
+def weighted_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any], loss_norm: str
+) -> torch.Tensor:
+    """The micro-batch's sum of ``loss_weight`` x cross-entropy over its masked tokens (each row's
+    divided by its maskable tokens under ``"sequence"``), before the step's denominator."""
+    per_token = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100,
+        reduction="none",
+    ).reshape(labels.shape)
+    if "loss_weight" in batch:
+        per_token = per_token * torch.as_tensor(batch["loss_weight"], device=per_token.device)
+    if loss_norm == "sequence":
+        if "maskable" not in batch:
+            raise ValueError(
+                'loss_norm="sequence" divides each row by its maskable tokens, which items carry '
+                'with a rate_dist other than "point" or a loss_weight: build the dataset with one'
+            )
+        maskable = torch.as_tensor(batch["maskable"], device=per_token.device)
+        per_token = per_token / maskable.clamp(min=1)[:, None].to(per_token.dtype)
+    return per_token.sum()
+
 
 #: The packed-path entries of a ``layout="pack-docs"`` item that only flash-attention reads.
 VARLEN_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
@@ -153,9 +205,14 @@ class StepSyncCallback(TrainerCallback):
 class MaskrateTrainer(Trainer):
     """A ``Trainer`` whose training data is a :class:`MaskedDataset` (see the module docs)."""
 
-    def __init__(self, *args: Any, train_dataset: MaskedDataset, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, train_dataset: MaskedDataset, loss_norm: str = "masked", **kwargs: Any
+    ) -> None:
         if not isinstance(train_dataset, MaskedDataset):
             raise TypeError("MaskrateTrainer trains on a maskrate.torch.MaskedDataset")
+        if loss_norm not in LOSS_NORMS:
+            raise ValueError(f"loss_norm {loss_norm!r}: one of {', '.join(LOSS_NORMS)}")
+        self.loss_norm = loss_norm
         super().__init__(*args, train_dataset=train_dataset, **kwargs)
         self.args.ignore_data_skip = True
         self.add_callback(StepSyncCallback(train_dataset))
@@ -186,21 +243,34 @@ class MaskrateTrainer(Trainer):
         config = getattr(self.accelerator.unwrap_model(model), "config", None)
         dtype = next(model.parameters()).dtype
         inputs = document_attention_inputs(dict(inputs), config, dtype)
+        weighing = {k: inputs.pop(k) for k in RATE_KEYS if k in inputs}
         if num_items_in_batch is None:
+            if weighing or self.loss_norm != "masked":
+                raise ValueError(
+                    "a weighted or renormalised loss needs the Trainer's num_items_in_batch "
+                    "(a model that takes loss kwargs, or a compute_loss_func)"
+                )
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        inputs = dict(inputs)
         labels = inputs.pop("labels")
         outputs = model(**inputs)
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ) / num_items_in_batch
+        weighing["labels"] = labels
+        loss = weighted_loss_sum(logits, labels, weighing, self.loss_norm) / num_items_in_batch
         if self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> Any:
+        """The step's denominator under ``loss_norm`` (the Trainer's own count of masked tokens
+        for ``"masked"``), summed over processes as the Trainer sums its count."""
+        counted = super()._get_num_items_in_batch(batch_samples, device)
+        if self.loss_norm == "masked" or counted is None:
+            return counted
+        total = sum(loss_denominator(b, self.loss_norm) for b in batch_samples)
+        total = torch.as_tensor(total, device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            total = self.accelerator.gather(total).sum()
+        return total
 
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         """Items are batches (``batch_size=None``); no ``accelerator.prepare``: see module docs."""

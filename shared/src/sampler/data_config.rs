@@ -7,10 +7,11 @@
 use super::batch::PhaseSampler;
 use super::phases::{Phase, PhasePlan};
 use super::{
-    Join, Layout, MaskVocab, MaskingConfig, MaskingSampler, MixRule, MixSpec, Order, SamplerConfig,
-    Sequences, ShardSource, Weight,
+    Join, Layout, LossWeight, MaskVocab, MaskingConfig, MaskingSampler, MixRule, MixSpec, Order,
+    SamplerConfig, Sequences, ShardSource, Weight,
 };
 use crate::error::{Error, Result};
+use crate::rate_dist::RateDist;
 use crate::schedule::MaskSchedule;
 use crate::shard::ShardSet;
 use crate::store::CacheConfig;
@@ -76,6 +77,26 @@ pub struct DataConfig {
     /// Seed of data order and masks.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
     pub seed: u64,
+    /// How each row's masking rate is drawn: point (every row at --schedule's rate), or a
+    /// distribution whose parameters may follow schedules, e.g. uniform:0.001:1,
+    /// stratified:0.001:1, beta:2:5:0.05:0.6, uniform:0.001:[linear:0.1:0.8].
+    #[cfg_attr(feature = "clap", arg(long, value_name = "SPEC", default_value = "point", long_help = crate::rate_dist::GRAMMAR))]
+    #[serde(default, skip_serializing_if = "RateDist::is_point")]
+    pub rate_dist: RateDist,
+    /// With --layout pack-docs: one rate per document (segment) instead of one per row
+    /// (Open-dLLM's per-document ratio).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_per_document: bool,
+    /// Each predicted token's loss weight: none, or inverse-rate[:EPS] (1 / max(rate, EPS), the
+    /// masked-diffusion ELBO's weight; EPS default 0.001). Also the `loss_weight` item of the
+    /// Python package and inspect-batch --json.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "WEIGHT", default_value = "none")
+    )]
+    #[serde(default, skip_serializing_if = "LossWeight::is_none")]
+    pub loss_weight: LossWeight,
     /// Share of chosen tokens replaced by [MASK].
     #[cfg_attr(feature = "clap", arg(long, default_value_t = 0.8))]
     pub mask_token_fraction: f64,
@@ -139,6 +160,9 @@ impl Default for DataConfig {
             layout: Layout::Truncate,
             min_doc_tokens: 1,
             seed: 0,
+            rate_dist: RateDist::Point,
+            rate_per_document: false,
+            loss_weight: LossWeight::None,
             mask_token_fraction: 0.8,
             random_token_fraction: 0.1,
             mask_exact: false,
@@ -222,6 +246,23 @@ impl Data {
             "token_type_ids": rows(vec![0; b.input_ids.len()]),
             "labels": rows(b.labels.iter().map(|&x| x as i64).collect()),
         });
+        if config.weighs_rows() {
+            let rates = super::loss::TokenRates {
+                seq_len: b.seq_len,
+                row_rates: &b.row_rates,
+                segment_starts: &b.segment_starts,
+                segment_rates: &b.segment_rates,
+            };
+            let weights = rates.weights(b.labels.len(), config.loss_weight, |i| {
+                b.labels[i] != super::IGNORE_LABEL
+            });
+            let rows_of = |w: &[f32]| -> Vec<Vec<f32>> {
+                w.chunks(b.seq_len.max(1)).map(<[f32]>::to_vec).collect()
+            };
+            json["mask_rate"] = b.row_rates.clone().into();
+            json["loss_weight"] = rows_of(&weights).into();
+            json["maskable"] = b.row_maskable.clone().into();
+        }
         if !b.segment_starts.is_empty() {
             // pack-docs: transformers' packed inputs, named as the Python items name them.
             let p = super::PackedInputs::of(&b.segment_starts, b.input_ids.len());
@@ -296,6 +337,12 @@ impl DataConfig {
                 None => Error::Config(format!("data settings: {e}")),
             }
         })
+    }
+
+    /// Whether items carry each row's rate and each token's loss weight (`mask_rate`,
+    /// `loss_weight`, `maskable`): with a rate distribution other than `point` or a loss weight.
+    pub fn weighs_rows(&self) -> bool {
+        !self.rate_dist.is_point() || !self.loss_weight.is_none()
     }
 
     /// The masking rules.
@@ -565,6 +612,8 @@ impl DataConfig {
             schedule: self.schedule,
             masking: self.masking(),
             order: self.order,
+            rate_dist: self.rate_dist,
+            rate_per_document: self.rate_per_document,
         }
     }
 
@@ -785,6 +834,9 @@ fn serialized_keys() -> Vec<String> {
         cache_dir: Some("cache".into()),
         cache_bytes: Some(1 << 20),
         phases: vec![serde_json::from_str(r#"{"steps": 1}"#).unwrap()],
+        rate_dist: "uniform:0.1:0.2".parse().unwrap(),
+        rate_per_document: true,
+        loss_weight: "inverse-rate".parse().unwrap(),
         ..DataConfig::default()
     };
     let value = serde_json::to_value(every_field_set).unwrap();

@@ -13,6 +13,8 @@ use crate::schedule::MaskSchedule;
 pub const EVAL_RATE: f64 = 0.15;
 /// The fixed evaluation mask seed.
 pub const EVAL_SEED: u64 = 0x00e7_a15e;
+/// The fixed seed of the held-out ELBO's draws.
+pub const ELBO_SEED: u64 = 0x00e1_b0e1;
 
 /// The held-out sequences in batches of a fixed size, each masked the same way every time.
 pub struct HeldOutBatches {
@@ -32,6 +34,41 @@ impl HeldOutBatches {
             schedule: MaskSchedule::constant(EVAL_RATE),
             masking: MaskingConfig::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
+        };
+        Ok(HeldOutBatches {
+            sampler: MaskingSampler::new(sequences, vocab, cfg)?,
+            batches,
+        })
+    }
+
+    /// The held-out ELBO's draws: `draws` passes over the held-out sequences in batches of
+    /// `batch`, each row masked all-[MASK] at exactly m = round(t·n) of its n maskable tokens (at
+    /// least one), t stratified over each batch (`stratified:0:1`), with a fixed seed: every
+    /// run's ELBO is scored on the same (t, mask) draws.
+    pub fn elbo_draws(
+        sequences: Sequences,
+        vocab: MaskVocab,
+        batch: usize,
+        draws: usize,
+    ) -> Result<Self> {
+        let batch = batch.min(sequences.len() as usize).max(1);
+        let batches = sequences.len() / batch as u64 * draws as u64;
+        let cfg = SamplerConfig {
+            seed: ELBO_SEED,
+            global_batch: batch,
+            total_steps: batches.max(1),
+            schedule: MaskSchedule::constant(EVAL_RATE),
+            masking: MaskingConfig {
+                mask_fraction: 1.0,
+                random_fraction: 0.0,
+                exact: true,
+                whole_word: false,
+            },
+            order: Default::default(),
+            rate_dist: "stratified:0:1".parse().expect("a valid distribution"),
+            rate_per_document: false,
         };
         Ok(HeldOutBatches {
             sampler: MaskingSampler::new(sequences, vocab, cfg)?,

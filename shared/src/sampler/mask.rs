@@ -100,7 +100,7 @@ fn uniform_below<R: Rng>(rng: &mut R, n: u32) -> u32 {
 
 #[inline]
 fn unit<R: Rng>(rng: &mut R) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    crate::seed::unit_of(rng.next_u64())
 }
 
 /// Masks `ids` in place at `rate`, writing originals into `labels` (IGNORE elsewhere) and the

@@ -16,12 +16,15 @@
 //! - [`mixture::Mixture`]: named sources mixed with weights that follow schedules.
 //! - [`phases::Phase`]: a run as phases that change sequence length, batch size, sources, mix
 //!   or schedule for their stretch, typed; [`phases::PhasePlan`], them resolved once.
+//! - [`loss`]: each predicted token's loss coefficient and the step's denominator
+//!   ([`loss::LossWeight`], [`loss::LossNorm`]), one definition for the trainer and Python.
 //! - [`held_out::HeldOutBatches`]: the held-out sequences masked at a fixed 15% and seed.
 
 pub mod batch;
 pub mod data_config;
 pub mod held_out;
 pub mod loader;
+pub mod loss;
 pub mod mask;
 pub mod mixture;
 pub mod order;
@@ -31,12 +34,13 @@ pub mod shard_blocks;
 pub mod source;
 
 pub use batch::{
-    Batch, BatchOut, BatchPlan, IdsOut, MaskingSampler, PhaseSampler, PhaseShape, SamplerConfig,
-    WrittenBatch,
+    rate_of_token, Batch, BatchOut, BatchPlan, IdsOut, MaskingSampler, PhaseSampler, PhaseShape,
+    SamplerConfig, WrittenBatch,
 };
 pub use data_config::{Data, DataConfig};
 pub use held_out::HeldOutBatches;
 pub use loader::{Loader, LoaderConfig, MicroBatch};
+pub use loss::{LossNorm, LossTerms, LossWeight, TokenRates};
 pub use mask::{MaskCounts, MaskVocab, MaskingConfig, IGNORE_LABEL};
 pub use mixture::{Join, MixRule, MixSpec, Mixture, Weight};
 pub use phases::{Phase, PhasePlan, ResolvedPhase};

@@ -130,7 +130,8 @@ impl PackedInputs {
     ];
 }
 
-/// Fixed-length sequences over a shard set.
+/// Fixed-length sequences over a shard set (a clone is another view of the same shards).
+#[derive(Clone)]
 pub struct Sequences {
     shards: Arc<ShardSet>,
     layout: Layout,

@@ -38,5 +38,6 @@ pub fn inputs(dev: &Device, vocab: u32) -> MlmInputs {
         masked_positions: Tensor::from_vec(positions, 5, dev).unwrap(),
         masked_labels: Tensor::from_vec(labels, 5, dev).unwrap(),
         layout: Default::default(),
+        loss_coefficients: None,
     }
 }

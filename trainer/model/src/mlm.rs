@@ -2,7 +2,7 @@
 //! padding, predicted positions and labels, the tokens' layout), its output, and the one MLM loss.
 //! The models own their encoders and heads ([`MaskedLm`]); what is learned from them is here.
 
-use crate::ops::{cross_entropy_and_correct, Dropout};
+use crate::ops::{weighted_cross_entropy_and_correct, Dropout};
 use crate::transfer::upload;
 use candle_core::{Device, Result, Tensor};
 
@@ -68,6 +68,9 @@ pub struct MlmInputs {
     pub masked_labels: Tensor,
     /// Tokens' positions and documents (packed rows); default: 0..L, one document per row.
     pub layout: TokenLayout,
+    /// `[M]` f32 loss coefficient of each predicted token ([`shared::sampler::LossTerms`]);
+    /// `None`: all 1.
+    pub loss_coefficients: Option<Tensor>,
 }
 
 impl MlmInputs {
@@ -82,19 +85,44 @@ impl MlmInputs {
             masked_positions: upload(b.masked_positions.clone(), b.masked_positions.len(), device)?,
             masked_labels: upload(b.masked_labels.clone(), b.masked_labels.len(), device)?,
             layout: TokenLayout::of_segments(&b.segment_starts, rows, len, device)?,
+            loss_coefficients: None,
         })
+    }
+
+    /// These inputs with each predicted token's loss coefficient (one [`upload`], none when the
+    /// coefficients are all 1).
+    pub fn with_coefficients(
+        mut self,
+        coefficients: Option<Vec<f32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        self.loss_coefficients = match coefficients {
+            Some(c) => Some(upload(c.clone(), c.len(), device)?),
+            None => None,
+        };
+        Ok(self)
     }
 }
 
 /// Loss and counts of one forward pass.
 pub struct MlmOutput {
-    /// Mean cross-entropy over predicted positions (scalar tensor, differentiable).
-    pub loss: Tensor,
+    /// `Σᵢ cᵢ·CEᵢ` over the predicted positions, with the inputs' loss coefficients (all 1: the
+    /// plain sum); a differentiable scalar. The trainer divides the step's sum by its
+    /// denominator ([`shared::sampler::loss`]).
+    pub loss_sum: Tensor,
     /// Predicted positions whose arg-max equals the label (f32 scalar on the device: read it
     /// when the count is needed, not every step).
     pub correct: Tensor,
     /// Predicted positions.
     pub predicted: usize,
+}
+
+impl MlmOutput {
+    /// The loss over the predicted positions: `loss_sum` / their count (with all coefficients
+    /// 1, the mean cross-entropy).
+    pub fn mean_loss(&self) -> Result<Tensor> {
+        &self.loss_sum / self.predicted.max(1) as f64
+    }
 }
 
 /// The rows of hidden states `[B, L, H]` at flat positions `positions` (`b·L + l`): `[M, H]`,
@@ -114,15 +142,19 @@ pub trait MaskedLm {
     /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
     fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor>;
 
-    /// Forward pass and MLM loss on one micro-batch, the same for every architecture: the mean
-    /// cross-entropy of the predictions at the masked positions against their labels, with the
-    /// count of correct arg-maxes.
+    /// Forward pass and MLM loss on one micro-batch, the same for every architecture: the
+    /// cross-entropy of the predictions at the masked positions against their labels, weighted
+    /// by the inputs' loss coefficients and summed, with the count of correct arg-maxes.
     fn mlm_loss(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<MlmOutput> {
         let hidden = self.hidden_states(inputs, dropout)?;
         let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
-        let (loss, correct) = cross_entropy_and_correct(&logits, &inputs.masked_labels)?;
+        let (loss_sum, correct) = weighted_cross_entropy_and_correct(
+            &logits,
+            &inputs.masked_labels,
+            inputs.loss_coefficients.as_ref(),
+        )?;
         Ok(MlmOutput {
-            loss,
+            loss_sum,
             correct,
             predicted: inputs.masked_labels.dim(0)?,
         })

@@ -16,7 +16,7 @@ fn every_parameter_receives_a_nonzero_gradient() {
         let model = Bert::new(cfg, &params).unwrap();
         let dropout = Dropout::new(7, &[0], 0.1);
         let out = model.mlm_loss(&inputs(&dev, 50), Some(&dropout)).unwrap();
-        let grads = out.loss.backward().unwrap();
+        let grads = out.mean_loss().unwrap().backward().unwrap();
         let vars = params.named_vars();
         assert_eq!(
             vars.len(),
@@ -55,13 +55,20 @@ fn gradients_match_finite_differences() {
         model
             .mlm_loss(&inp, None)
             .unwrap()
-            .loss
+            .mean_loss()
+            .unwrap()
             .to_dtype(DType::F64)
             .unwrap()
             .to_scalar::<f64>()
             .unwrap()
     };
-    let grads = model.mlm_loss(&inp, None).unwrap().loss.backward().unwrap();
+    let grads = model
+        .mlm_loss(&inp, None)
+        .unwrap()
+        .mean_loss()
+        .unwrap()
+        .backward()
+        .unwrap();
     let mut checked = 0;
     for (name, var) in params.named_vars() {
         let g = grads
@@ -117,7 +124,11 @@ fn bf16_autocast_keeps_f32_parameters_and_gradients() {
     let run = |dtype: DType| {
         let params = ParamStore::new(&dev, 4).with_compute_dtype(dtype);
         let model = Bert::new(cfg, &params).unwrap();
-        let loss = model.mlm_loss(&inputs(&dev, 50), None).unwrap().loss;
+        let loss = model
+            .mlm_loss(&inputs(&dev, 50), None)
+            .unwrap()
+            .mean_loss()
+            .unwrap();
         let grads = loss.backward().unwrap();
         let grads: Vec<(String, Tensor)> = params
             .named_vars()
@@ -179,6 +190,7 @@ fn gradients_are_identical_for_any_thread_count() {
         masked_positions: Tensor::from_vec(positions, n, &dev).unwrap(),
         masked_labels: Tensor::from_vec(labels, n, &dev).unwrap(),
         layout: Default::default(),
+        loss_coefficients: None,
     };
     let grads_with = |threads: usize| -> Vec<Vec<f32>> {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -189,7 +201,11 @@ fn gradients_are_identical_for_any_thread_count() {
             let params = ParamStore::new(&dev, 8);
             let model = Bert::new(tiny(vocab as usize), &params).unwrap();
             let dropout = Dropout::new(3, &[0], 0.1);
-            let loss = model.mlm_loss(&inp, Some(&dropout)).unwrap().loss;
+            let loss = model
+                .mlm_loss(&inp, Some(&dropout))
+                .unwrap()
+                .mean_loss()
+                .unwrap();
             let grads = loss.backward().unwrap();
             params
                 .named_vars()

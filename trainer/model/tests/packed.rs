@@ -32,6 +32,7 @@ fn inputs(ids: Vec<u32>, masked: &[u32]) -> MlmInputs {
         masked_positions: Tensor::from_slice(masked, n, &dev).unwrap(),
         masked_labels: Tensor::from_vec(vec![7u32; n], n, &dev).unwrap(),
         layout: TokenLayout::of_segments(&[0, 5, 12, 15], 2, 12, &dev).unwrap(),
+        loss_coefficients: None,
     }
 }
 
@@ -104,6 +105,7 @@ fn a_document_reads_the_same_at_any_offset() {
             masked_positions: Tensor::from_vec((0..6u32).collect(), 6, &dev).unwrap(),
             masked_labels: Tensor::from_vec(vec![0u32; 6], 6, &dev).unwrap(),
             layout: TokenLayout::default(),
+            loss_coefficients: None,
         };
         let alone = logits(&model, &alone);
         let inp = MlmInputs {
@@ -112,6 +114,7 @@ fn a_document_reads_the_same_at_any_offset() {
             masked_positions: Tensor::from_vec((0..24u32).collect(), 24, &dev).unwrap(),
             masked_labels: Tensor::from_vec(vec![0u32; 24], 24, &dev).unwrap(),
             layout: TokenLayout::of_segments(&[0, 6, 12, 18], 2, 12, &dev).unwrap(),
+            loss_coefficients: None,
         };
         let l = logits(&model, &inp);
         let furthest = |x: &[f32], y: &[f32]| {
@@ -136,7 +139,13 @@ fn every_modernbert_parameter_receives_a_gradient() {
     let model = Encoder::new(cfg, &p).unwrap();
     let ids: Vec<u32> = (0..24u32).map(|i| (i * 5 + 1) % 60).collect();
     let inp = inputs(ids, &[1, 6, 13, 20]);
-    let grads = model.mlm_loss(&inp, None).unwrap().loss.backward().unwrap();
+    let grads = model
+        .mlm_loss(&inp, None)
+        .unwrap()
+        .mean_loss()
+        .unwrap()
+        .backward()
+        .unwrap();
     let names: Vec<String> = p.named_vars().into_iter().map(|(n, _)| n).collect();
     assert!(names.contains(&"model.layers.1.attn_norm.weight".to_string()));
     assert!(!names.contains(&"model.layers.0.attn_norm.weight".to_string()));

@@ -29,6 +29,8 @@ pub struct RunResult {
     pub eval: Vec<(u64, f64, f64)>,
     /// Mask rate per step.
     pub rates: Vec<(u64, f64)>,
+    /// The last evaluation's held-out ELBO (nats per token), when the run scored it.
+    pub elbo: Option<f64>,
     /// BLiMP overall accuracy (0–1).
     pub blimp: Option<f64>,
     /// GLUE task scores (0–1) by task name.
@@ -48,8 +50,12 @@ pub fn read_run(dir: &Path) -> Result<RunResult> {
                 step,
                 loss,
                 accuracy,
+                eval_elbo,
                 ..
-            } => r.eval.push((step, loss, accuracy)),
+            } => {
+                r.eval.push((step, loss, accuracy));
+                r.elbo = eval_elbo;
+            }
             Record::Train {
                 step, mask_rate, ..
             } => r.rates.push((step, mask_rate)),
@@ -121,6 +127,8 @@ pub struct ScheduleSummary {
     pub eval_loss: (f64, f64),
     /// Final eval accuracy.
     pub eval_acc: (f64, f64),
+    /// Final held-out ELBO (nats per token), for runs that scored it.
+    pub elbo: Option<(f64, f64)>,
     /// BLiMP accuracy (×100).
     pub blimp: Option<(f64, f64)>,
     /// GLUE task scores (×100).
@@ -156,6 +164,7 @@ pub fn summarise(schedule: &str, runs: &[RunResult]) -> ScheduleSummary {
         runs: runs.len(),
         eval_loss: stat(finals.iter().map(|f| f.0).collect()).unwrap_or((f64::NAN, 0.0)),
         eval_acc: stat(finals.iter().map(|f| f.1).collect()).unwrap_or((f64::NAN, 0.0)),
+        elbo: stat(runs.iter().filter_map(|r| r.elbo).collect()),
         blimp: stat(
             runs.iter()
                 .filter_map(|r| r.blimp.map(|b| b * 100.0))
@@ -360,10 +369,19 @@ impl<'a> Report<'a> {
         }
     }
 
+    /// Whether any schedule's runs scored the held-out ELBO (a column then).
+    fn has_elbo(&self) -> bool {
+        self.sums.iter().any(|x| x.elbo.is_some())
+    }
+
     /// One row per schedule: eval loss and accuracy, BLiMP, GLUE, steps to the baseline's loss.
     fn results_table(&self, s: &mut String) {
         let _ = writeln!(s, "\n## Results (mean ± std over seeds)\n");
-        let mut header = String::from("| schedule | runs | eval loss | eval acc | BLiMP |");
+        let mut header = String::from("| schedule | runs | eval loss | eval acc |");
+        if self.has_elbo() {
+            header.push_str(" ELBO (nats/token) |");
+        }
+        header.push_str(" BLiMP |");
         for t in &self.tasks {
             let _ = write!(header, " {t} |");
         }
@@ -391,13 +409,16 @@ impl<'a> Report<'a> {
         let reach = steps_to_reach(&x.curve, self.target);
         let (p_glue, p_speed) = paper(&x.schedule).unzip();
         let mut row = format!(
-            "| `{}` | {} | {} | {} | {} |",
+            "| `{}` | {} | {} | {} |",
             x.schedule,
             x.runs,
             pm(Some(x.eval_loss), 4),
             pm(Some(x.eval_acc), 4),
-            pm(x.blimp, 2)
         );
+        if self.has_elbo() {
+            let _ = write!(row, " {} |", pm(x.elbo, 4));
+        }
+        let _ = write!(row, " {} |", pm(x.blimp, 2));
         for t in &self.tasks {
             let _ = write!(row, " {} |", pm(x.glue.get(t).copied(), 2));
         }
@@ -603,4 +624,31 @@ pub fn write(cfg: &SweepConfig, experiment: &Path) -> Result<String> {
     let text = render(cfg, experiment, &sums, &plots);
     shared::atomic::write_file(&cfg.report, text.as_bytes())?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run's last evaluation's ELBO reaches the schedule's summary (mean, std over seeds);
+    /// runs without one leave it out.
+    #[test]
+    fn the_elbo_of_each_seed_reaches_the_summary() {
+        let run = |elbo: Option<f64>| RunResult {
+            eval: vec![(10, 5.0, 0.1)],
+            elbo,
+            ..Default::default()
+        };
+        let s = summarise(
+            "constant:0.15",
+            &[run(Some(6.0)), run(Some(8.0)), run(None)],
+        );
+        let (mean, std) = s.elbo.unwrap();
+        assert_eq!(mean, 7.0);
+        assert!(
+            (std - 2f64.sqrt()).abs() < 1e-12,
+            "sample std of 6 and 8: {std}"
+        );
+        assert_eq!(summarise("x", &[run(None)]).elbo, None);
+    }
 }

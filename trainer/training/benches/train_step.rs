@@ -83,6 +83,8 @@ fn main() {
             schedule: "constant:0.15".parse().unwrap(),
             masking: MaskingConfig::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         };
         let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&tok), cfg).unwrap();
         let mcfg = BertConfig::from_arch_preset(arch, name, tok.info.vocab_size)
@@ -109,9 +111,10 @@ fn main() {
             let t1 = Instant::now();
             let dropout = Dropout::new(0, &[step as u64], model.config().dropout);
             let out = model.mlm_loss(&inputs, Some(&dropout)).unwrap();
-            let _ = out.loss.to_scalar::<f32>().unwrap();
+            let loss = out.mean_loss().unwrap();
+            let _ = loss.to_scalar::<f32>().unwrap();
             let t2 = Instant::now();
-            let g = out.loss.backward().unwrap();
+            let g = loss.backward().unwrap();
             let grads: Vec<Tensor> = opt
                 .vars()
                 .iter()

@@ -45,6 +45,10 @@ pub enum Record {
         /// With a mixture: each source's held-out loss and accuracy (the fields above pool them).
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         sources: BTreeMap<String, Score>,
+        /// With `--elbo-draws`: the held-out ELBO, a bound on the negative log-likelihood per
+        /// token in nats.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eval_elbo: Option<f64>,
     },
 }
 

@@ -1,10 +1,11 @@
 //! One optimisation step, the same for pretraining and fine-tuning, in three stages:
 //!
-//! 1. [`TrainStep::forward_backward`]: this rank's micro-batches, each loss divided by the
-//!    number of micro-batches over all ranks, backward, gradients accumulated;
+//! 1. [`TrainStep::forward_backward`]: this rank's micro-batches, each loss divided by the step's
+//!    denominator over all ranks (the MLM loss's [`shared::sampler::loss`] normalisation, or the
+//!    micro-batch count for losses that are already means), backward, gradients accumulated;
 //! 2. [`TrainStep::reduce`]: gradients summed across data-parallel ranks by a [`Collective`]
 //!    ([`crate::dist::SingleProcess`], the identity, in one process), which makes them the
-//!    gradient of the mean loss over the global batch;
+//!    gradient of the step's loss over the global batch;
 //! 3. [`TrainStep::update`]: global-norm clipping, AdamW at the step's learning rate.
 //!
 //! Nothing in a step is read back to the host: the loss and the gradient norm stay device
@@ -38,8 +39,8 @@ pub enum Diverged {
 /// What a step measured, on the device.
 #[derive(Debug, Clone)]
 pub struct StepStats {
-    /// This rank's sum over its micro-batches of loss / micro-batches over all ranks (summed over
-    /// ranks, the mean loss of the global batch): an f32 scalar.
+    /// This rank's sum over its micro-batches of loss / the step's denominator (summed over ranks,
+    /// the loss of the global batch): an f32 scalar.
     pub loss: Tensor,
     /// Global gradient norm before clipping: an f64 scalar.
     pub grad_norm: Tensor,
@@ -114,6 +115,12 @@ impl TrainStep {
         Ok(Instant::now())
     }
 
+    /// The denominator of a step whose `micro_batches` per rank each return a mean: their
+    /// count over all ranks (the mean of the means).
+    pub fn micro_batches_over_ranks(&self, micro_batches: usize) -> f64 {
+        (micro_batches * self.comm.world_size()) as f64
+    }
+
     /// The optimizer (moments and step count, for checkpoints).
     pub fn optimizer(&self) -> &AdamW {
         &self.opt
@@ -125,18 +132,22 @@ impl TrainStep {
     }
 
     /// Stage 1: runs `forward(m)` for this rank's micro-batches `m = 0..micro_batches` (each
-    /// returns its mean loss, differentiable), divides each loss by the micro-batches of all ranks
-    /// (`micro_batches` × world size), back-propagates and accumulates the gradients; returns the
-    /// sum of the divided losses, a device scalar.
-    pub fn forward_backward<F>(&mut self, micro_batches: usize, mut forward: F) -> Result<Tensor>
+    /// returns its part of the step's loss before division, differentiable), divides each by
+    /// `denominator` (the step's over all ranks), back-propagates and accumulates the gradients;
+    /// returns the sum of the divided losses, a device scalar.
+    pub fn forward_backward<F>(
+        &mut self,
+        micro_batches: usize,
+        denominator: f64,
+        mut forward: F,
+    ) -> Result<Tensor>
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
         let mut total: Option<Tensor> = None;
-        let all_micro_batches = (micro_batches * self.comm.world_size()) as f64;
         for micro in 0..micro_batches {
             let t = Instant::now();
-            let loss = (forward(micro)? / all_micro_batches)?;
+            let loss = (forward(micro)? / denominator.max(f64::MIN_POSITIVE))?;
             let t = self.phase_end(t, |p| &mut p.forward_sec)?;
             let g = loss.backward()?;
             let loss = loss.detach();
@@ -187,15 +198,22 @@ impl TrainStep {
         Ok(grad_norm)
     }
 
-    /// The three stages in order: one optimisation step at learning rate `lr`.
-    pub fn run<F>(&mut self, micro_batches: usize, lr: f64, forward: F) -> Result<StepStats>
+    /// The three stages in order: one optimisation step at learning rate `lr`, the micro-batches'
+    /// losses divided by `denominator` (see [`TrainStep::forward_backward`]).
+    pub fn run<F>(
+        &mut self,
+        micro_batches: usize,
+        denominator: f64,
+        lr: f64,
+        forward: F,
+    ) -> Result<StepStats>
     where
         F: FnMut(usize) -> Result<Tensor>,
     {
         if let Some((_, times)) = &mut self.profile {
             *times = PhaseTimes::default();
         }
-        let loss = self.forward_backward(micro_batches, forward)?;
+        let loss = self.forward_backward(micro_batches, denominator, forward)?;
         let t = Instant::now();
         let grads = self.reduce()?;
         let sync_sec = t.elapsed().as_secs_f64();

@@ -2,7 +2,6 @@
 //! divergence, separate evaluation shards and bf16 autocast.
 
 use candle_core::{Device, Tensor};
-use clap::Parser;
 use model::fixtures::{inputs, tiny};
 use model::MaskedLm;
 use model::{Bert, BertConfig, ParamStore};
@@ -19,47 +18,12 @@ fn pretrain(
     training::pretrain::pretrain(args, interrupted, one)
 }
 
-#[derive(Parser)]
-struct Cmd {
-    #[command(flatten)]
-    train: TrainArgs,
-}
+mod common;
 
+/// [`common::tiny_args`] with a global batch of 16 in micro-batches of 8.
 fn train_args(shards: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> TrainArgs {
-    let mut argv: Vec<String> = vec![
-        "trainer".into(),
-        "--shards".into(),
-        shards.display().to_string(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for a in [
-        "--model",
-        "tiny",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--intermediate",
-        "64",
-        "--layers",
-        "2",
-        "--seq-len",
-        "32",
-        "--batch-size",
-        "16",
-        "--micro-batch",
-        "8",
-        "--eval-sequences",
-        "32",
-        "--eval-batch",
-        "16",
-        "--quiet",
-    ] {
-        argv.push(a.into());
-    }
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    Cmd::parse_from(argv).train
+    let batch = ["--batch-size", "16", "--micro-batch", "8"];
+    common::tiny_args(shards, out, &[&batch[..], extra].concat())
 }
 
 #[test]
@@ -148,12 +112,13 @@ fn a_tiny_model_overfits_a_fixed_batch() {
     let first = model
         .mlm_loss(&inp, None)
         .unwrap()
-        .loss
+        .mean_loss()
+        .unwrap()
         .to_scalar::<f32>()
         .unwrap();
     let mut last = first;
     for _ in 0..100 {
-        let loss = model.mlm_loss(&inp, None).unwrap().loss;
+        let loss = model.mlm_loss(&inp, None).unwrap().mean_loss().unwrap();
         last = loss.to_scalar::<f32>().unwrap();
         let g = loss.backward().unwrap();
         let grads: Vec<Tensor> = opt

@@ -13,15 +13,18 @@
 mod phased;
 mod plan;
 mod prefetch;
+mod rates;
 mod rows;
 mod stream;
 
 pub use phased::{PhaseSampler, PhaseShape};
 pub use plan::BatchPlan;
+pub use rates::RATE_TAG;
 pub use rows::{BatchOut, IdsOut, WrittenBatch};
 
 use phased::Stretch;
-use rows::{split_rows, BatchRows, Built, RowWriter, TaskRows, WideRows, ROWS_PER_TASK};
+use rates::StepRates;
+use rows::{split_rows, BatchRows, Built, RowWriter, RowsBuilt, TaskRows, WideRows, ROWS_PER_TASK};
 use stream::{StepPlan, StreamOrder};
 
 use super::mask::{mask_sequence, MaskCounts, MaskVocab, MaskingConfig};
@@ -30,6 +33,7 @@ use super::order::Permutation;
 use super::sequence::Sequences;
 use super::shard_blocks::{BlockEpoch, Order, ShardBlocks};
 use crate::error::{Error, Result};
+use crate::rate_dist::RateDist;
 use crate::schedule::MaskSchedule;
 use crate::seed::seed_of;
 use rand_core::SeedableRng;
@@ -52,8 +56,17 @@ pub struct Batch {
     pub step: u64,
     /// Slots of the global batch held here.
     pub slots: Range<usize>,
-    /// Masking rate used (the schedule's rate at `step`).
+    /// Masking rate: the schedule's rate at `step` (with a rate distribution other than
+    /// `point`, the mean of `row_rates`).
     pub rate: f64,
+    /// Each row's masking rate (with `--rate-per-document`, its first document's).
+    pub row_rates: Vec<f64>,
+    /// With `--rate-per-document` (empty otherwise): each segment's rate, aligned with
+    /// `segment_starts`.
+    pub segment_rates: Vec<f64>,
+    /// Each row's maskable tokens (real, non-special): the denominators of the per-token and
+    /// per-sequence loss normalisations.
+    pub row_maskable: Vec<u32>,
     /// Sequence length.
     pub seq_len: usize,
     /// Sequence index (within its source's epoch) of each row.
@@ -88,6 +101,33 @@ impl Batch {
     pub fn realised_rate(&self) -> f64 {
         self.counts.chosen as f64 / self.counts.maskable.max(1) as f64
     }
+
+    /// The rate the token at flat index `flat` (`row·seq_len + col`) was masked at.
+    pub fn rate_of(&self, flat: u32) -> f64 {
+        rate_of_token(
+            flat,
+            self.seq_len,
+            &self.row_rates,
+            &self.segment_starts,
+            &self.segment_rates,
+        )
+    }
+}
+
+/// The rate the token at flat index `flat` was masked at: its segment's rate when rates are per
+/// document (`segment_rates` aligned with `segment_starts`), else its row's.
+pub fn rate_of_token(
+    flat: u32,
+    seq_len: usize,
+    row_rates: &[f64],
+    segment_starts: &[u32],
+    segment_rates: &[f64],
+) -> f64 {
+    if segment_rates.is_empty() {
+        return row_rates[flat as usize / seq_len];
+    }
+    let segment = segment_starts.partition_point(|&s| s <= flat) - 1;
+    segment_rates[segment]
 }
 
 /// Everything that fixes the content of the batches.
@@ -106,6 +146,12 @@ pub struct SamplerConfig {
     /// How each epoch orders the sequences.
     #[serde(default)]
     pub order: Order,
+    /// How each row's rate is drawn (`point`: the schedule's rate for every row).
+    #[serde(default, skip_serializing_if = "RateDist::is_point")]
+    pub rate_dist: RateDist,
+    /// With `pack-docs`: one rate per document (segment) instead of one per row.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_per_document: bool,
 }
 
 /// One source's sequences and the key of its order.
@@ -181,6 +227,17 @@ impl MaskingSampler {
         if vocab.is_special.len() < vocab.vocab_size as usize {
             return Err(Error::Config(
                 "special-token table shorter than the vocabulary".into(),
+            ));
+        }
+        cfg.rate_dist.check_over(cfg.total_steps)?;
+        if cfg.rate_per_document && !sequences.layout().has_segments() {
+            return Err(Error::Config(
+                "--rate-per-document draws a rate per document of a packed row: it needs --layout pack-docs".into(),
+            ));
+        }
+        if cfg.rate_per_document && cfg.rate_dist.is_point() {
+            return Err(Error::Config(
+                "--rate-per-document needs a --rate-dist other than point (every document would take the schedule's rate)".into(),
             ));
         }
         let order = cfg.order;
@@ -365,6 +422,9 @@ impl MaskingSampler {
             step,
             slots,
             rate: built.rate,
+            row_rates: built.row_rates,
+            segment_rates: built.segment_rates,
+            row_maskable: built.row_maskable,
             seq_len: len,
             sequence_ids: built.sequence_ids,
             sources: built.sources,
@@ -422,6 +482,9 @@ impl MaskingSampler {
         let built = self.build(step, slots, writers)?;
         Ok(WrittenBatch {
             rate: built.rate,
+            row_rates: built.row_rates,
+            segment_rates: built.segment_rates,
+            row_maskable: built.row_maskable,
             sequence_ids: built.sequence_ids,
             sources: built.sources,
             segment_starts: built.segment_starts,
@@ -444,34 +507,56 @@ impl MaskingSampler {
         );
         let rows = slots.len();
         debug_assert_eq!(writers.len(), rows.div_ceil(ROWS_PER_TASK));
-        let rate = self.rate_at(step);
+        let point_rate = self.rate_at(step);
+        let rates = StepRates::new(
+            &self.cfg.rate_dist,
+            self.cfg.seed,
+            step,
+            self.schedule_clock(step),
+            point_rate,
+            self.cfg.global_batch,
+        );
         let mut sequence_ids = vec![0u64; rows];
         let mut sources = vec![0u16; rows];
+        let mut row_rates = vec![0f64; rows];
+        let mut row_maskable = vec![0u32; rows];
         let plan = self.step_plan(step);
         self.prefetch_from(step);
-        let parts: Vec<(MaskCounts, Vec<u32>, Vec<u32>)> = writers
+        let parts: Vec<RowsBuilt> = writers
             .into_par_iter()
             .zip(sequence_ids.par_chunks_mut(ROWS_PER_TASK))
             .zip(sources.par_chunks_mut(ROWS_PER_TASK))
+            .zip(row_rates.par_chunks_mut(ROWS_PER_TASK))
+            .zip(row_maskable.par_chunks_mut(ROWS_PER_TASK))
             .enumerate()
-            .map(|(task, ((writer, seq_ids), sources))| {
-                let first_row = task * ROWS_PER_TASK;
-                let rows = TaskRows {
-                    writer,
-                    sequence_ids: seq_ids,
-                    sources,
-                };
-                self.fill_rows(&plan, rate, slots.start + first_row, first_row, rows)
-            })
+            .map(
+                |(task, ((((writer, seq_ids), sources), rates_out), maskable))| {
+                    let first_row = task * ROWS_PER_TASK;
+                    let rows = TaskRows {
+                        writer,
+                        sequence_ids: seq_ids,
+                        sources,
+                        rates: rates_out,
+                        maskable,
+                    };
+                    self.fill_rows(&plan, &rates, slots.start + first_row, first_row, rows)
+                },
+            )
             .collect::<Result<_>>()?;
         let mut counts = MaskCounts::default();
-        let mut masked_positions = Vec::with_capacity(parts.iter().map(|(_, p, _)| p.len()).sum());
-        let mut segment_starts = Vec::new();
-        for (c, p, starts) in &parts {
-            counts.add(c);
-            masked_positions.extend_from_slice(p);
-            segment_starts.extend_from_slice(starts);
+        let mut masked_positions =
+            Vec::with_capacity(parts.iter().map(|p| p.positions.len()).sum());
+        let (mut segment_starts, mut segment_rates) = (Vec::new(), Vec::new());
+        for p in &parts {
+            counts.add(&p.counts);
+            masked_positions.extend_from_slice(&p.positions);
+            segment_starts.extend_from_slice(&p.segment_starts);
+            segment_rates.extend_from_slice(&p.segment_rates);
         }
+        let rate = match rates.is_point() {
+            true => point_rate,
+            false => row_rates.iter().sum::<f64>() / rows.max(1) as f64,
+        };
         if !self.run_sources.is_empty() {
             for s in &mut sources {
                 *s = self.source_index[*s as usize];
@@ -479,6 +564,9 @@ impl MaskingSampler {
         }
         Ok(Built {
             rate,
+            row_rates,
+            segment_rates,
+            row_maskable,
             sequence_ids,
             sources,
             masked_positions,
@@ -491,19 +579,23 @@ impl MaskingSampler {
     /// global batch and row `first_row + r` of the batch being built. Returns the rows' mask counts
     /// and their chosen positions and (`pack-docs`) segment starts as flat indices into the batch.
     /// With `pack-docs`, exact-count and whole-word masking work per segment (independent draws
-    /// per token need no boundaries: the whole row is drawn at once, as with the other layouts).
+    /// per token need no boundaries: the whole row is drawn at once, as with the other layouts),
+    /// and so does masking with a rate per document.
     fn fill_rows<W: RowWriter>(
         &self,
         plan: &StepPlan,
-        rate: f64,
+        rates: &StepRates,
         first_slot: usize,
         first_row: usize,
         mut rows: TaskRows<'_, W>,
-    ) -> Result<(MaskCounts, Vec<u32>, Vec<u32>)> {
+    ) -> Result<RowsBuilt> {
         let len = self.sequences().seq_len();
         let segmented = self.sequences().layout().has_segments();
-        let per_segment = segmented && (self.cfg.masking.exact || self.cfg.masking.whole_word);
-        let (mut starts, mut segment_starts) = (Vec::new(), Vec::new());
+        let per_document = self.cfg.rate_per_document;
+        let per_segment =
+            segmented && (self.cfg.masking.exact || self.cfg.masking.whole_word || per_document);
+        let (mut starts, mut segment_starts, mut segment_rates) =
+            (Vec::new(), Vec::new(), Vec::new());
         let mut part = Vec::with_capacity(len);
         let (mut scratch, mut chosen) = (Vec::with_capacity(len), Vec::with_capacity(len));
         let (mut ids, mut labels) = (vec![0u32; len], vec![0i32; len]);
@@ -528,31 +620,52 @@ impl MaskingSampler {
                 step,
                 slot as u64,
             ]));
+            // The row's rates, each drawn once: one per document, or the row's one.
+            let first = segment_rates.len();
+            if per_document {
+                segment_rates.extend((0..starts.len()).map(|k| rates.rate(slot, k)));
+            }
+            rows.rates[r] = match per_document {
+                true => segment_rates[first],
+                false => rates.rate(slot, 0),
+            };
+            let rate_of = |k: usize| match per_document {
+                true => segment_rates[first + k],
+                false => rows.rates[r],
+            };
             if !per_segment {
                 starts.truncate(1);
             }
+            let mut maskable = 0;
             for (k, &a) in starts.iter().enumerate() {
                 let (a, b) = (a as usize, starts.get(k + 1).map_or(len, |&b| b as usize));
                 let c = mask_sequence(
                     &mut rng,
                     &mut ids[a..b],
                     &mut labels[a..b],
-                    rate,
+                    rate_of(k),
                     &self.cfg.masking,
                     &self.vocab,
                     &mut scratch,
                     &mut part,
                 );
+                maskable += c.maskable;
                 counts.add(&c);
                 if W::POSITIONS {
                     chosen.extend(part.iter().map(|&p| base + a as u32 + p));
                 }
             }
+            rows.maskable[r] = maskable as u32;
             rows.writer.write_row(r, &ids, &labels, used);
             if W::POSITIONS {
                 positions.append(&mut chosen);
             }
         }
-        Ok((counts, positions, segment_starts))
+        Ok(RowsBuilt {
+            counts,
+            positions,
+            segment_starts,
+            segment_rates,
+        })
     }
 }

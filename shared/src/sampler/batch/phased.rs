@@ -244,12 +244,26 @@ impl MaskingSampler {
 
     /// The schedule's masking rate at `step`.
     pub fn rate_at(&self, step: u64) -> f64 {
+        let (t, total) = self.schedule_clock(step);
+        self.at(step).cfg.schedule.rate(t, total)
+    }
+
+    /// The distribution of `step`'s row rates (`point`: every row at [`MaskingSampler::rate_at`]),
+    /// for its mean and quantiles.
+    pub fn rates_at(&self, step: u64) -> crate::rate_dist::RatesAt {
+        let (t, total) = self.schedule_clock(step);
         let p = self.at(step);
-        let s = &p.stretch;
+        p.cfg.rate_dist.at(t, total, p.cfg.schedule.rate(t, total))
+    }
+
+    /// Where `step` is on the masking schedule's clock (and the rate distribution's): (step,
+    /// steps) of the run, or of its phase when the phase set its own schedule.
+    pub fn schedule_clock(&self, step: u64) -> (u64, u64) {
+        let s = &self.at(step).stretch;
         if s.local_schedule {
-            p.cfg.schedule.rate(step - s.first, s.end - s.first)
+            (step - s.first, s.end - s.first)
         } else {
-            p.cfg.schedule.rate(step, s.run_steps)
+            (step, s.run_steps)
         }
     }
 }
@@ -276,6 +290,8 @@ mod tests {
             schedule: schedule.parse().unwrap(),
             masking: Default::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         };
         MaskingSampler::new(seqs, MaskVocab::from_tokenizer(&f.tok), cfg).unwrap()
     }

@@ -23,8 +23,14 @@ pub(super) const ROWS_PER_TASK: usize = 32;
 /// What [`MaskingSampler::batch_into`] tells besides the arrays it wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WrittenBatch {
-    /// Masking rate used (the schedule's rate at the step).
+    /// Masking rate used (the schedule's rate at the step; the rows' mean with a distribution).
     pub rate: f64,
+    /// Each row's masking rate, as in [`super::Batch::row_rates`].
+    pub row_rates: Vec<f64>,
+    /// With `--rate-per-document`: each segment's rate, as in [`super::Batch::segment_rates`].
+    pub segment_rates: Vec<f64>,
+    /// Each row's maskable tokens, as in [`super::Batch::row_maskable`].
+    pub row_maskable: Vec<u32>,
     /// Sequence index (within its source's epoch) of each row.
     pub sequence_ids: Vec<u64>,
     /// Source of each row (an index into [`MaskingSampler::source_names`]).
@@ -38,6 +44,9 @@ pub struct WrittenBatch {
 /// What [`MaskingSampler::build`] returns besides the rows it wrote.
 pub(super) struct Built {
     pub(super) rate: f64,
+    pub(super) row_rates: Vec<f64>,
+    pub(super) segment_rates: Vec<f64>,
+    pub(super) row_maskable: Vec<u32>,
     pub(super) sequence_ids: Vec<u64>,
     pub(super) sources: Vec<u16>,
     pub(super) masked_positions: Vec<u32>,
@@ -50,6 +59,19 @@ pub(super) struct TaskRows<'a, W> {
     pub(super) writer: W,
     pub(super) sequence_ids: &'a mut [u64],
     pub(super) sources: &'a mut [u16],
+    /// Each row's rate.
+    pub(super) rates: &'a mut [f64],
+    /// Each row's maskable tokens.
+    pub(super) maskable: &'a mut [u32],
+}
+
+/// What one task's rows gave besides the rows themselves: counts, chosen positions, and (with
+/// `pack-docs`) segment starts and (per document) their rates, flat indices into the batch.
+pub(super) struct RowsBuilt {
+    pub(super) counts: MaskCounts,
+    pub(super) positions: Vec<u32>,
+    pub(super) segment_starts: Vec<u32>,
+    pub(super) segment_rates: Vec<f64>,
 }
 
 /// Where one task's masked rows are written.

@@ -90,6 +90,8 @@ mod tests {
             schedule: "constant:0.15".parse().unwrap(),
             masking: Default::default(),
             order: Default::default(),
+            rate_dist: Default::default(),
+            rate_per_document: false,
         }
     }
 

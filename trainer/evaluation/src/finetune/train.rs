@@ -143,7 +143,8 @@ pub fn train_seed(
             let items: Vec<&Encoded> = idx.iter().map(|&i| &data.train[i].0).collect();
             let labels: Vec<Label> = idx.iter().map(|&i| data.train[i].1).collect();
             let batch = PairBatch::new(&items, pad, device)?;
-            let stats = train_step.run(1, sched.lr(step), |_| {
+            let mean_of_one = train_step.micro_batches_over_ranks(1);
+            let stats = train_step.run(1, mean_of_one, sched.lr(step), |_| {
                 let dropout = Dropout::new(seed, &[step], start.config.dropout);
                 let out = model.forward(&batch, Some(&dropout))?;
                 loss_of(task, &out, &labels, device)

@@ -1,31 +1,62 @@
-//! Mean cross-entropy with arg-max hits: the CPU kernel (loss, hit and logsumexp per row in one
-//! pass; `softmax − onehot` back) and candle-nn's `cross_entropy` as the composed twin.
+//! Cross-entropy summed over rows, each row weighted, with arg-max hits: the CPU kernel (loss,
+//! hit and logsumexp per row in one pass; `softmax − onehot` back) and, as the composed twin,
+//! log-softmax and a gather in candle ops.
 
 use super::rows::f32_rows;
 use super::{supports, vmath};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-/// Mean cross-entropy of logits `[M, V]` against u32 labels `[M]` (differentiable), and how many
-/// rows' arg-max equals the label (an f32 scalar on the logits' device: nothing is read back).
-pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
-    if supports(logits.device(), logits.dtype()) {
-        let rows = logits
-            .contiguous()?
-            .apply_op2(&labels.contiguous()?, CrossEntropyRows)?;
-        let loss = rows.narrow(1, 0, 1)?.mean_all()?;
-        // Detached: the count must not keep the forward graph (logits and all) alive.
-        let correct = rows.narrow(1, 1, 1)?.sum_all()?.detach();
-        return Ok((loss, correct));
-    }
-    let loss = candle_nn::loss::cross_entropy(logits, labels)?;
+/// `Σᵢ cᵢ·CEᵢ` over the rows of logits `[M, V]` against u32 labels `[M]` (differentiable), with
+/// `coefficients` `[M]` f32 (`None`: all 1, the plain sum), and how many rows' arg-max equals the
+/// label (an f32 scalar on the logits' device: nothing is read back).
+pub fn weighted_cross_entropy_and_correct(
+    logits: &Tensor,
+    labels: &Tensor,
+    coefficients: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (per_row, correct) = match supports(logits.device(), logits.dtype()) {
+        true => per_row_kernel(logits, labels)?,
+        false => per_row_composed(logits, labels)?,
+    };
+    let sum = match coefficients {
+        Some(c) => (per_row * c)?.sum_all()?,
+        None => per_row.sum_all()?,
+    };
+    Ok((sum, correct))
+}
+
+/// Each row's cross-entropy `[M]` and the hits, by the kernel.
+fn per_row_kernel(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+    let rows = logits
+        .contiguous()?
+        .apply_op2(&labels.contiguous()?, CrossEntropyRows)?;
+    // Detached: the count must not keep the forward graph (logits and all) alive.
+    let correct = rows.narrow(1, 1, 1)?.sum_all()?.detach();
+    Ok((rows.narrow(1, 0, 1)?.squeeze(1)?, correct))
+}
+
+/// Each row's cross-entropy `[M]` and the hits, in candle ops (the composed twin).
+fn per_row_composed(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+    let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let per_row = log_p
+        .gather(&labels.unsqueeze(1)?.contiguous()?, 1)?
+        .squeeze(1)?
+        .neg()?;
     let correct = logits
         .argmax(D::Minus1)?
         .eq(labels)?
         .to_dtype(candle_core::DType::F32)?
         .sum_all()?
         .detach();
-    Ok((loss, correct))
+    Ok((per_row, correct))
+}
+
+/// The mean cross-entropy of logits `[M, V]` against labels `[M]` and the arg-max hits: the
+/// unweighted sum over M.
+pub fn cross_entropy_and_correct(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (sum, correct) = weighted_cross_entropy_and_correct(logits, labels, None)?;
+    Ok(((sum / logits.dim(0)?.max(1) as f64)?, correct))
 }
 
 /// Cross-entropy per row of logits `[M, V]` against u32 labels `[M]`, in one pass: output `[M, 3]`
@@ -188,6 +219,44 @@ mod tests {
             gf.get(x.as_tensor()).unwrap(),
             gr.get(x.as_tensor()).unwrap(),
         );
+        assert!(d < 1e-6, "gradient max difference {d}");
+    }
+
+    /// Weighted: the kernel and the composed twin agree (sum and gradient), and both equal the
+    /// hand sum Σ cᵢ·(logsumexp(xᵢ) − xᵢ[labelᵢ]) computed on the host.
+    #[test]
+    fn weighted_kernel_matches_the_composed_twin_and_a_hand_sum() {
+        let (m, v) = (9usize, 257usize);
+        let x = var(&[m, v], 2.0, 5);
+        let labels: Vec<u32> = (0..m as u32).map(|i| (i * 37 + 3) % v as u32).collect();
+        let c: Vec<f32> = (0..m).map(|i| 0.25 + i as f32 * 0.5).collect();
+        let (dev, rows) = (&Device::Cpu, x.as_tensor().to_vec2::<f32>().unwrap());
+        let hand: f64 = rows
+            .iter()
+            .zip(&labels)
+            .zip(&c)
+            .map(|((r, &t), &c)| {
+                let max = r.iter().cloned().fold(f32::MIN, f32::max) as f64;
+                let lse = max + r.iter().map(|&a| (a as f64 - max).exp()).sum::<f64>().ln();
+                c as f64 * (lse - r[t as usize] as f64)
+            })
+            .sum();
+        let labels = Tensor::from_vec(labels, m, dev).unwrap();
+        let c = Tensor::from_vec(c, m, dev).unwrap();
+        let mut results = Vec::new();
+        for per_row in [per_row_kernel, per_row_composed] {
+            let (rows, _) = per_row(x.as_tensor(), &labels).unwrap();
+            let sum = (rows * &c).unwrap().sum_all().unwrap();
+            let g = sum.backward().unwrap().get(x.as_tensor()).unwrap().clone();
+            results.push((sum.to_scalar::<f32>().unwrap() as f64, g));
+        }
+        let (public, _) =
+            weighted_cross_entropy_and_correct(x.as_tensor(), &labels, Some(&c)).unwrap();
+        assert_eq!(public.to_scalar::<f32>().unwrap() as f64, results[0].0);
+        for (sum, _) in &results {
+            assert!((sum - hand).abs() < 1e-5 * hand, "{sum} vs {hand}");
+        }
+        let d = max_abs_diff(&results[0].1, &results[1].1);
         assert!(d < 1e-6, "gradient max difference {d}");
     }
 

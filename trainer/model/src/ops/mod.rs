@@ -27,7 +27,7 @@ pub mod vmath;
 
 pub use attention::{attention, attention_composed, Visibility};
 pub use bias::add_bias;
-pub use cross_entropy::cross_entropy_and_correct;
+pub use cross_entropy::{cross_entropy_and_correct, weighted_cross_entropy_and_correct};
 pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
 pub use geglu::{geglu, geglu_composed};
 pub use gelu::gelu;

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use model::BertConfig;
 use serde::{Deserialize, Serialize};
+use shared::sampler::LossNorm;
 use shared::schedule::{LrDecay, LrSchedule};
 use std::path::PathBuf;
 
@@ -79,6 +80,12 @@ pub struct TrainArgs {
     /// Gradient clipping by global norm (0 = off).
     #[arg(long, default_value_t = 1.0)]
     pub clip: f64,
+    /// What the step's (weighted) loss sum is divided by: masked (its predicted tokens: the MLM
+    /// mean), token (its maskable tokens: LLaDA's b x l, with --loss-weight inverse-rate the ELBO
+    /// per token), sequence (its rows, each row's sum over its maskable tokens) or batch (its rows).
+    #[arg(long, value_enum, default_value = "masked")]
+    #[serde(default)]
+    pub loss_norm: LossNorm,
     /// Matrix products in: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Parameters,
     /// optimizer state, LayerNorm, softmax and the loss stay fp32.
     #[arg(long, default_value = "auto")]
@@ -99,6 +106,12 @@ pub struct TrainArgs {
     /// Evaluate on this separate shard set (same tokenizer) instead of holding out training data.
     #[arg(long, value_name = "DIR")]
     pub eval_shards: Option<PathBuf>,
+    /// (t, mask) draws per held-out sequence for the held-out ELBO (`eval_elbo` in metrics.jsonl:
+    /// the masked-diffusion bound on the negative log-likelihood per token); 0 = none. Default:
+    /// 4 with a --rate-dist other than point, else 0.
+    #[arg(long, value_name = "N")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elbo_draws: Option<usize>,
     /// Sequences per evaluation forward pass.
     #[arg(long, default_value_t = 64)]
     pub eval_batch: usize,
@@ -130,6 +143,17 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The held-out ELBO's draws per sequence: `--elbo-draws`, else 4 for a run with a rate
+    /// distribution and 0 for one without.
+    pub fn elbo_draws(&self) -> usize {
+        self.elbo_draws
+            .unwrap_or(if self.data.config.rate_dist.is_point() {
+                0
+            } else {
+                4
+            })
+    }
+
     /// The model configuration for a vocabulary, refused when it cannot place the run's
     /// `longest` sequence (the longest phase's).
     pub fn model_config(&self, vocab_size: usize, longest: usize) -> Result<BertConfig> {

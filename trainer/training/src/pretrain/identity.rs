@@ -10,7 +10,7 @@ use super::TrainArgs;
 use crate::data::DataArgs;
 use crate::runtime::RuntimeArgs;
 use serde::{Deserialize, Serialize};
-use shared::sampler::{DataConfig, Layout, Order, Phase, ShardSource};
+use shared::sampler::{DataConfig, Layout, LossNorm, Order, Phase, ShardSource};
 use shared::schedule::LrDecay;
 use std::path::PathBuf;
 
@@ -18,6 +18,42 @@ use std::path::PathBuf;
 /// so it compares equal to the identity saved by any earlier version that had the same flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunIdentity {
+    /// The data flags' part, flattened into the same keys.
+    #[serde(flatten)]
+    pub data: DataIdentity,
+    /// `None` for `masked`, the default (so checkpoints from before `--loss-norm` still match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_norm: Option<String>,
+    /// `None` for BERT (so checkpoints from before `--arch` still match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    pub model: String,
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub intermediate: Option<usize>,
+    pub pre_ln: bool,
+    pub dropout: f64,
+    pub micro_batch: usize,
+    pub lr: f64,
+    pub warmup: f64,
+    pub final_lr_ratio: f64,
+    /// `None` for the default linear decay (so checkpoints from before `--lr-schedule` match).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_schedule: Option<String>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub clip: f64,
+    pub precision: String,
+    pub eval_shards: Option<PathBuf>,
+    pub eval_batch: usize,
+}
+
+/// The data flags (`DataConfig`'s) that define a run's numbers: every one but the shard cache's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataIdentity {
     pub shards: Vec<ShardSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mix: Option<String>,
@@ -37,38 +73,94 @@ pub struct RunIdentity {
     /// `None` for the default global order (so checkpoints from before `--order` still match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
-    /// `None` for BERT (so checkpoints from before `--arch` still match).
+    /// `None` for `point`, `false` and `none`: the defaults (so checkpoints from before rates per
+    /// row still match).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<String>,
-    pub model: String,
-    pub layers: Option<usize>,
-    pub hidden: Option<usize>,
-    pub heads: Option<usize>,
-    pub intermediate: Option<usize>,
-    pub pre_ln: bool,
-    pub dropout: f64,
+    pub rate_dist: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rate_per_document: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_weight: Option<String>,
     pub steps: u64,
     pub batch_size: usize,
-    pub micro_batch: usize,
-    pub lr: f64,
-    pub warmup: f64,
-    pub final_lr_ratio: f64,
-    /// `None` for the default linear decay (so checkpoints from before `--lr-schedule` match).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lr_schedule: Option<String>,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    pub clip: f64,
-    pub precision: String,
     pub eval_sequences: u64,
-    pub eval_shards: Option<PathBuf>,
-    pub eval_batch: usize,
     /// The run's phases. On resume, a phase begun before the checkpoint must be unchanged; a
     /// later one may change ([`RunIdentity::differences_at`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phases: Vec<Phase>,
+}
+
+/// The data flags a resumed run may change: the shard cache and the loader's resources.
+struct DataFree {
+    cache_dir: Option<PathBuf>,
+    cache_bytes: Option<u64>,
+    loader_threads: usize,
+    prefetch: usize,
+}
+
+/// `data`'s flags on each side of `--resume`. One exhaustive destructuring: a data flag left
+/// unclassified is a compile error.
+fn split_data(data: DataArgs) -> (DataIdentity, DataFree) {
+    let DataArgs {
+        config,
+        loader_threads,
+        prefetch,
+    } = data;
+    let DataConfig {
+        shards,
+        mix,
+        mix_by_size,
+        join,
+        schedule,
+        steps,
+        batch_size,
+        seq_len,
+        layout,
+        min_doc_tokens,
+        seed,
+        rate_dist,
+        rate_per_document,
+        loss_weight,
+        mask_token_fraction,
+        random_token_fraction,
+        mask_exact,
+        whole_word,
+        eval_sequences,
+        order,
+        cache_dir,
+        cache_bytes,
+        phases,
+    } = config;
+    let identity = DataIdentity {
+        shards,
+        mix: mix.map(|m| m.to_string()),
+        mix_by_size: mix_by_size.map(|m| m.to_string()),
+        join: join.iter().map(|j| j.to_string()).collect(),
+        schedule: schedule.to_string(),
+        seq_len,
+        layout,
+        min_doc_tokens,
+        seed,
+        mask_token_fraction,
+        random_token_fraction,
+        mask_exact,
+        whole_word,
+        order: (order != Order::Global).then(|| order.to_string()),
+        rate_dist: (!rate_dist.is_point()).then(|| rate_dist.to_string()),
+        rate_per_document,
+        loss_weight: (!loss_weight.is_none()).then(|| loss_weight.to_string()),
+        steps,
+        batch_size,
+        eval_sequences,
+        phases,
+    };
+    let free = DataFree {
+        cache_dir,
+        cache_bytes,
+        loader_threads,
+        prefetch,
+    };
+    (identity, free)
 }
 
 /// The flags a resumed run may change: output, cadence, resources and display.
@@ -90,11 +182,13 @@ pub struct ResumeFree {
     pub kernels: model::ops::Kernels,
     pub log_every: u64,
     pub profile: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elbo_draws: Option<usize>,
 }
 
 impl TrainArgs {
-    /// Every flag, on the side of `--resume` it belongs to.
-    /// Kept whole: one exhaustive destructuring is what makes an unclassified flag a compile error.
+    /// Every flag, on the side of `--resume` it belongs to. One exhaustive destructuring here
+    /// and one in `split_data`: a flag left unclassified is a compile error.
     pub fn split(&self) -> (RunIdentity, ResumeFree) {
         let TrainArgs {
             data,
@@ -117,6 +211,7 @@ impl TrainArgs {
             eps,
             weight_decay,
             clip,
+            loss_norm,
             precision,
             save_every,
             keep,
@@ -124,59 +219,22 @@ impl TrainArgs {
             eval_every,
             eval_shards,
             eval_batch,
+            elbo_draws,
             check_every,
             verify_shards,
             log_every,
             profile,
-            runtime,
+            runtime:
+                RuntimeArgs {
+                    device,
+                    quiet,
+                    kernels,
+                },
         } = self.clone();
-        let DataArgs {
-            config,
-            loader_threads,
-            prefetch,
-        } = data;
-        let DataConfig {
-            shards,
-            mix,
-            mix_by_size,
-            join,
-            schedule,
-            steps,
-            batch_size,
-            seq_len,
-            layout,
-            min_doc_tokens,
-            seed,
-            mask_token_fraction,
-            random_token_fraction,
-            mask_exact,
-            whole_word,
-            eval_sequences,
-            order,
-            cache_dir,
-            cache_bytes,
-            phases,
-        } = config;
-        let RuntimeArgs {
-            device,
-            quiet,
-            kernels,
-        } = runtime;
+        let (data, data_free) = split_data(data);
         let identity = RunIdentity {
-            shards,
-            mix: mix.map(|m| m.to_string()),
-            mix_by_size: mix_by_size.map(|m| m.to_string()),
-            join: join.iter().map(|j| j.to_string()).collect(),
-            schedule: schedule.to_string(),
-            seq_len,
-            layout,
-            min_doc_tokens,
-            seed,
-            mask_token_fraction,
-            random_token_fraction,
-            mask_exact,
-            whole_word,
-            order: (order != Order::Global).then(|| order.to_string()),
+            data,
+            loss_norm: (loss_norm != LossNorm::Masked).then(|| loss_norm.name().to_string()),
             arch: (arch != model::Arch::Bert).then(|| arch.name().to_string()),
             model,
             layers,
@@ -185,8 +243,6 @@ impl TrainArgs {
             intermediate,
             pre_ln,
             dropout: dropout.unwrap_or(arch.default_dropout()),
-            steps,
-            batch_size,
             micro_batch,
             lr,
             warmup,
@@ -198,11 +254,15 @@ impl TrainArgs {
             weight_decay,
             clip,
             precision,
-            eval_sequences,
             eval_shards,
             eval_batch,
-            phases,
         };
+        let DataFree {
+            cache_dir,
+            cache_bytes,
+            loader_threads,
+            prefetch,
+        } = data_free;
         let free = ResumeFree {
             out,
             resume,
@@ -220,6 +280,7 @@ impl TrainArgs {
             kernels,
             log_every,
             profile,
+            elbo_draws,
         };
         (identity, free)
     }
@@ -401,6 +462,15 @@ mod tests {
             "wsd:0.1:1-sqrt",
             "--phases",
             r#"{"steps": 10}"#,
+            "--rate-dist",
+            "uniform:0.1:0.9",
+            "--rate-per-document",
+            "--loss-weight",
+            "inverse-rate",
+            "--loss-norm",
+            "token",
+            "--elbo-draws",
+            "2",
         ];
         let mut args = Cli::parse_from(argv).train;
         // --mix conflicts with --mix-by-size on the command line; both are keys all the same.
@@ -486,6 +556,10 @@ mod tests {
             "mask_exact",
             "whole_word",
             "order",
+            "rate_dist",
+            "rate_per_document",
+            "loss_weight",
+            "loss_norm",
             "arch",
             "model",
             "layers",
@@ -529,6 +603,7 @@ mod tests {
             "kernels",
             "log_every",
             "profile",
+            "elbo_draws",
         ];
         let (got_identity, got_free) = all_flags_set().split();
         let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();

@@ -17,7 +17,7 @@ mod run;
 mod setup;
 
 pub use args::TrainArgs;
-pub use identity::{ResumeFree, RunIdentity};
+pub use identity::{DataIdentity, ResumeFree, RunIdentity};
 pub use run::Run;
 
 use crate::dist::Collective;
@@ -44,6 +44,9 @@ pub struct Summary {
     pub tokens_per_sec: f64,
     /// Share of wall time spent waiting for data.
     pub data_wait_share: f64,
+    /// With ELBO draws: the last held-out ELBO (nats per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_elbo: Option<f64>,
     /// With a mixture: each source's last held-out (loss, accuracy).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub final_eval_by_source: BTreeMap<String, Score>,

@@ -20,7 +20,7 @@ use model::ops::Dropout;
 use model::MaskedLm;
 use model::{MlmInputs, ParamStore};
 use shared::atomic::write_file;
-use shared::sampler::{Loader, LoaderConfig};
+use shared::sampler::{Loader, LoaderConfig, LossTerms};
 use shared::schedule::LrSchedule;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -79,6 +79,8 @@ pub struct Run<'a> {
     profiler: Option<Profiler>,
     final_eval: Option<(f64, f64)>,
     final_eval_by_source: std::collections::BTreeMap<String, crate::held_out::Score>,
+    /// The last held-out ELBO, with ELBO draws.
+    final_elbo: Option<f64>,
     last_checkpoint: Option<PathBuf>,
 }
 
@@ -108,7 +110,12 @@ impl<'a> Run<'a> {
             MetricsLog::discard()
         };
         let shards_fingerprint = data.fingerprint();
-        let evaluator = Evaluator::new(data.held_out, &data.tokenizer, args.eval_batch)?;
+        let evaluator = Evaluator::new(
+            data.held_out,
+            &data.tokenizer,
+            args.eval_batch,
+            args.elbo_draws(),
+        )?;
         let loader_cfg = LoaderConfig {
             threads: args.data.loader_threads,
             prefetch: args.data.prefetch,
@@ -155,6 +162,7 @@ impl<'a> Run<'a> {
             profiler,
             final_eval: None,
             final_eval_by_source: Default::default(),
+            final_elbo: None,
             last_checkpoint: None,
         })
     }
@@ -175,42 +183,45 @@ impl<'a> Run<'a> {
             .for_global_batch(self.sampler.global_batch_at(step))
             .accumulation_steps();
         let (rank, seed) = (self.env.comm.rank(), self.args.data.config.seed);
-        let (loader, device, bert, dropout) = (
-            &mut self.loader,
-            &self.env.device,
-            &self.model.bert,
-            self.model.cfg.dropout,
-        );
-        let (mut correct, mut predicted, mut tokens, mut rate) = (None, 0usize, 0u64, 0f64);
-        let stats = self.model.train_step.run(accum, lr, |micro| {
-            let mb = loader.next().context("data loader stopped early")??;
+        let (weight, norm) = (self.args.data.config.loss_weight, self.args.loss_norm);
+        // The step's micro-batches first: the loss's denominator is the whole step's, over ranks.
+        let mut batches = Vec::with_capacity(accum);
+        let mut host = StepHostSums::default();
+        for micro in 0..accum {
+            let mb = self.loader.next().context("data loader stopped early")??;
             debug_assert_eq!((mb.batch.step, mb.micro), (step, micro));
-            rate = mb.batch.rate;
-            tokens += mb
-                .batch
-                .attention_mask
-                .iter()
-                .map(|&m| m as u64)
-                .sum::<u64>();
-            predicted += mb.batch.masked_labels.len();
-            let inputs = MlmInputs::from_batch(&mb.batch, device)?;
-            // Keyed by the micro-batch's index in the global batch: the same masks at any world size.
-            let global_micro = (rank * accum + micro) as u64;
-            let dropout = Dropout::new(seed, &[step, global_micro], dropout);
-            let out = bert.mlm_loss(&inputs, Some(&dropout))?;
-            correct = Some(match correct.take() {
-                Some(c) => (c + out.correct)?,
-                None => out.correct,
-            });
-            if shared::faults::nan_at_step() == Some(step) {
-                return Ok((out.loss * f64::NAN)?);
-            }
-            Ok(out.loss)
-        })?;
+            let terms = LossTerms::of(&mb.batch, weight, norm);
+            host.add(&mb.batch, terms.denominator);
+            batches.push((mb, terms.coefficients));
+        }
+        let mut host_sums = host.to_array();
+        self.env.comm.sum_f64(&mut host_sums)?;
+        let host = StepHostSums::from_array(host_sums);
+        let (device, bert, dropout) = (&self.env.device, &self.model.bert, self.model.cfg.dropout);
+        let mut correct = None;
+        let stats = self
+            .model
+            .train_step
+            .run(accum, host.denominator, lr, |micro| {
+                let (mb, coefficients) = &mut batches[micro];
+                let inputs = MlmInputs::from_batch(&mb.batch, device)?
+                    .with_coefficients(coefficients.take(), device)?;
+                // Keyed by the micro-batch's index in the global batch: the same masks at any world size.
+                let global_micro = (rank * accum + micro) as u64;
+                let dropout = Dropout::new(seed, &[step, global_micro], dropout);
+                let out = bert.mlm_loss(&inputs, Some(&dropout))?;
+                correct = Some(match correct.take() {
+                    Some(c) => (c + out.correct)?,
+                    None => out.correct,
+                });
+                if shared::faults::nan_at_step() == Some(step) {
+                    return Ok((out.loss_sum * f64::NAN)?);
+                }
+                Ok(out.loss_sum)
+            })?;
         let correct = correct.context("a step of no micro-batches")?;
         let data_wait_sec = (self.loader.waited() - wait_before).as_secs_f64();
-        if let (Some(p), Some(mut phases)) = (&mut self.profiler, stats.phases) {
-            phases.forward_sec = (phases.forward_sec - data_wait_sec).max(0.0);
+        if let (Some(p), Some(phases)) = (&mut self.profiler, stats.phases) {
             p.phases(data_wait_sec, phases);
         }
         let sums_started = Instant::now();
@@ -223,23 +234,23 @@ impl<'a> Run<'a> {
             ],
             0,
         )?;
-        let mut host_sums = [
-            predicted as f64,
-            tokens as f64,
-            interrupted.load(Ordering::SeqCst) as u8 as f64,
-        ];
-        self.env.comm.sum_f64(&mut host_sums)?;
-        let [predicted, tokens, stops] = host_sums;
+        // Every row at the schedule's rate: that rate itself (a mean could differ in its last bit).
+        let mask_rate = match self.args.data.config.rate_dist.is_point() {
+            true => self.sampler.rate_at(step),
+            false => host.rate_sum / host.rows.max(1.0),
+        };
+        let mut stops = [interrupted.load(Ordering::SeqCst) as u8 as f64];
+        self.env.comm.sum_f64(&mut stops)?;
         Ok(StepResult {
             lr,
-            mask_rate: rate,
+            mask_rate,
             on_device,
-            predicted: predicted as u64,
-            tokens: tokens as u64,
+            predicted: host.predicted as u64,
+            tokens: host.tokens as u64,
             seconds: started.elapsed().as_secs_f64(),
             data_wait_sec,
             sync_sec: stats.sync_sec + sums_started.elapsed().as_secs_f64(),
-            stop_requested: stops > 0.0,
+            stop_requested: stops[0] > 0.0,
         })
     }
 
@@ -319,15 +330,20 @@ impl<'a> Run<'a> {
         }
         let eval = evaluator.evaluate(&self.model.bert, &self.env.device, &*self.env.comm)?;
         let (loss, accuracy) = (eval.pooled.loss, eval.pooled.accuracy);
+        let elbo = eval
+            .elbo
+            .map(|e| format!("; ELBO {e:.4} nats/token"))
+            .unwrap_or_default();
         let per_source: Vec<String> = eval
             .by_source
             .iter()
             .map(|(name, s)| format!("; {name} {:.4}", s.loss))
             .collect();
         self.bar.println(format!(
-            "step {step}: eval loss {loss:.4} accuracy {accuracy:.4}{}",
+            "step {step}: eval loss {loss:.4} accuracy {accuracy:.4}{}{elbo}",
             per_source.concat()
         ));
+        self.final_elbo = eval.elbo;
         self.final_eval = Some((loss, accuracy));
         self.final_eval_by_source = eval.by_source.clone();
         self.log.write(&Record::Eval {
@@ -335,6 +351,7 @@ impl<'a> Run<'a> {
             loss,
             accuracy,
             sources: eval.by_source,
+            eval_elbo: eval.elbo,
         })?;
         Ok(())
     }
@@ -427,6 +444,7 @@ impl<'a> Run<'a> {
             tokens_per_sec: self.tokens_total as f64 / seconds,
             data_wait_share: waited / seconds.max(1e-9),
             final_eval_by_source: self.final_eval_by_source.clone(),
+            final_elbo: self.final_elbo,
             source_epochs: self
                 .source_names
                 .iter()
@@ -564,5 +582,43 @@ mod tests {
                 .starts_with("parameters differ across ranks after step 7"),
             "{err}"
         );
+    }
+}
+
+/// A step's numbers known on the host, summed over its micro-batches (then over ranks, in one
+/// collective before the step: the loss's denominator is the step's).
+#[derive(Debug, Default, Clone, Copy)]
+struct StepHostSums {
+    /// The loss's denominator ([`LossTerms::denominator`]).
+    denominator: f64,
+    predicted: f64,
+    tokens: f64,
+    rows: f64,
+    /// The rows' masking rates, summed (their mean is the step's `mask_rate`).
+    rate_sum: f64,
+}
+
+impl StepHostSums {
+    fn add(&mut self, b: &shared::sampler::Batch, denominator: f64) {
+        self.denominator += denominator;
+        self.predicted += b.masked_labels.len() as f64;
+        self.tokens += b.attention_mask.iter().map(|&m| m as u64).sum::<u64>() as f64;
+        self.rows += b.rows() as f64;
+        self.rate_sum += b.row_rates.iter().sum::<f64>();
+    }
+
+    fn to_array(self) -> [f64; 5] {
+        let s = self;
+        [s.denominator, s.predicted, s.tokens, s.rows, s.rate_sum]
+    }
+
+    fn from_array([denominator, predicted, tokens, rows, rate_sum]: [f64; 5]) -> Self {
+        StepHostSums {
+            denominator,
+            predicted,
+            tokens,
+            rows,
+            rate_sum,
+        }
     }
 }
