@@ -22,8 +22,11 @@
 #   env          GPU, driver, python, torch and transformers versions
 #   wheel        pip install --no-index the maskrate wheel into a private directory, import it
 #   shards       (checkout only) preprocess the bundled sample with the wheel's `maskrate preprocess`
-#   device-check `trainer device-check`: Philox4x32-10's known answers on the device, and the
-#                device's dropout masks equal to the CPU kernel's bit for bit (f32, bf16, f16)
+#   device-check `trainer device-check`: Philox4x32-10's known answers on the device, the
+#                device's dropout masks equal to the CPU kernel's bit for bit (f32, bf16, f16),
+#                then the per-op table: each fused kernel (GELU, GeGLU, rotary so far) forward and backward
+#                against its CPU twin at BERT-base shapes. If a check fails, the candle
+#                throughput steps are skipped: fix the kernel first.
 #   candle-throughput  candle BERT-base and ModernBERT-base bf16 at 256 x 128 (BERT also with
 #                --dropout 0) and pack-docs at 64 x 512, each with --profile: tokens/s, MFU on the
 #                FLOPs executed (peak by the GPU's exact name), phases, transfers, peak memory
@@ -199,7 +202,9 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
     [ "$cpu_only" = 1 ] && steps=4
     local device=cuda:0
     [ "$cpu_only" = 1 ] && device=cpu
-    step device-check 60 "$trainer" device-check --device "$device" --json "$work/device_check.json"
+    local kernels_ok=1
+    step device-check 60 "$trainer" device-check --device "$device" --json "$work/device_check.json" \
+        || kernels_ok=0
     local tiny="--shards $shards --model tiny --seq-len 64 --batch-size 32 --micro-batch 32 --steps $steps --eval-every 0 --eval-sequences 32 --save-every 1000 --quiet --seed 0"
     if [ "$cpu_only" = 0 ]; then
         # The throughput table first: candle at the PyTorch route's shapes, then the route itself.
@@ -209,12 +214,16 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
         local counter
         counter="$(dirname "$trainer")/liblaunchcount.so"
         [ -f "$counter" ] || counter=""
+        if [ "$kernels_ok" = 0 ]; then
+            skip candle-throughput "device-check failed: a kernel disagrees with its CPU twin (see the table)"
+        else
         step candle-throughput 300 env ${counter:+LD_PRELOAD="$counter"} bash -c "
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/bert-base';
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --dropout 0 --out '$work/bert-base-dropout0';
             '$trainer' $common --arch modernbert --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/modernbert-base';
             '$trainer' $common --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/bert-base-pack512';
             '$trainer' $common --arch modernbert --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/modernbert-base-pack512'"
+        fi
         kill "$sampler" 2>/dev/null
         step torch-route 120 "$python" "$here/gpu_check.py" throughput --shards "$shards" \
             --size base --rows 256 --steps 30 --warmup 5 --workers 4 --json "$work/torch_route.json"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `<name>.ptx`.
-const KERNELS: &[&str] = &["dropout"];
+const KERNELS: &[&str] = &["dropout", "gelu", "rotary"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -25,9 +25,10 @@ fn main() {
     for k in KERNELS {
         let ptx = out.join(format!("{k}.ptx"));
         // PTX for compute capability 8.0 is compiled on load by the driver for any newer GPU
-        // (A100, H100, H200); bf16 conversions need 8.0.
+        // (A100, H100, H200); bf16 conversions need 8.0. `-fmad=false`: no multiply-add is
+        // contracted beyond the kernels' explicit `fmaf`, so they do their CPU twins' arithmetic.
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-arch=compute_80", "-o"])
+            .args(["--ptx", "-O3", "-fmad=false", "-arch=compute_80", "-o"])
             .arg(&ptx)
             .arg(format!("kernels/{k}.cu"))
             .status()

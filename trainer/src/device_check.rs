@@ -1,7 +1,9 @@
 //! `trainer device-check`: this project's device kernels against their CPU twins, in seconds; the
 //! GPU bundle's first step. Philox4x32-10 computes Random123's known answers on the device, and
 //! the device's dropout masks equal the CPU kernel's bit for bit (f32, bf16, f16; sizes that end
-//! mid-block). On a CPU it runs the same code against itself (what CI can check).
+//! mid-block). Then the per-op table: each fused kernel's forward and backward against its CPU
+//! twin on the same inputs at BERT-base shapes (bits identical and the largest relative error).
+//! On a CPU it runs the same code against itself (what CI can check).
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
@@ -69,6 +71,31 @@ pub fn device_check(args: &DeviceCheckArgs) -> Result<DeviceCheck> {
         for (n, p) in [(1_000_003usize, 0.1), (4 * 12 * 128 * 128 + 2, 0.5)] {
             checks.push(dropout_matches_cpu(&device, dtype, n, p)?);
         }
+    }
+    // BERT-base's feed-forward activations: 32 rows of 128 tokens x 3072 (fewer rows on a CPU,
+    // where the check runs against itself).
+    let tokens = if device.is_cpu() { 256 } else { 32 * 128 };
+    let dtypes: &[DType] = if device.is_cpu() {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::BF16]
+    };
+    for &dtype in dtypes {
+        checks.extend(pair_matches_cpu(
+            ("gelu", &device, dtype),
+            ((tokens, 3072), (tokens, 3072)),
+            model::ops::gelu_kernel,
+            model::ops::gelu_backward_kernel,
+        )?);
+        // ModernBERT-base's GeGLU input: 2 x 1152 per token.
+        checks.extend(pair_matches_cpu(
+            ("geglu", &device, dtype),
+            ((tokens, 2 * 1152), (tokens, 1152)),
+            model::ops::geglu_kernel,
+            model::ops::geglu_backward_kernel,
+        )?);
+        // ModernBERT-base's fused projections: 3 x 768, 12 heads of 64.
+        checks.extend(rotary_matches_cpu(&device, dtype, tokens)?);
     }
     let result = DeviceCheck {
         device: training::device::describe(&device),
@@ -147,4 +174,109 @@ fn dropout_matches_cpu(device: &Device, dtype: DType, n: usize, p: f64) -> Resul
         pass: differ == 0,
         detail: format!("{differ} of {n} values differ from the CPU kernel; kept {kept:.4}"),
     })
+}
+
+/// `n` values spread over [-6, 6) in a fixed scrambled order (no two neighbours alike), `seed`
+/// picking the scramble.
+fn spread(n: usize, seed: u64) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| (shared::seed::mix64(i ^ seed) % 12_000) as f32 / 1000.0 - 6.0)
+        .collect();
+    Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
+}
+
+/// How far `device_out` is from `cpu_out` (f32 values of outputs in `dtype`): one row of the
+/// per-op table, passing within `tolerance` relative error (0: bit for bit).
+fn compare(name: String, cpu_out: &Tensor, device_out: &Tensor, tolerance: f64) -> Result<Check> {
+    let a = cpu_out
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let b = device_out
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let same = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| x.to_bits() == y.to_bits())
+        .count();
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(&x, &y)| (x as f64 - y as f64).abs() / (x.abs() as f64).max(1e-6))
+        .fold(0.0, f64::max);
+    Ok(Check {
+        name,
+        pass: worst <= tolerance && a.len() == b.len(),
+        detail: format!(
+            "{same} of {} values bit-identical; max relative error {worst:.2e} (tolerance {tolerance:.0e})",
+            a.len()
+        ),
+    })
+}
+
+/// The rotary kernel forward and backward (the inverse rotation) on `device` against the CPU
+/// kernel, on `tokens` rows of ModernBERT-base's `[3 x 768]` projections with 12 heads, at packed
+/// positions (documents of 100 tokens, so positions restart mid-row) and the global θ.
+fn rotary_matches_cpu(device: &Device, dtype: DType, tokens: usize) -> Result<Vec<Check>> {
+    let (width, heads, dh) = (3 * 768, 12, 64);
+    let x = spread(tokens * width, 5)?
+        .reshape((1, tokens, width))?
+        .to_dtype(dtype)?;
+    let x32 = x.to_dtype(DType::F32)?;
+    let positions: Vec<u32> = (0..tokens as u32).map(|t| t % 100).collect();
+    let on_cpu = model::ops::RotaryTables::new(&positions, dh, 160_000.0, &Device::Cpu)?;
+    let on_device = model::ops::RotaryTables::new(&positions, dh, 160_000.0, device)?;
+    let xd = x.to_device(device)?;
+    let tolerance = tolerance_of(dtype);
+    let what = |dir: &str| format!("rotary {dir} {dtype:?} {tokens}x{width}");
+    let mut checks = Vec::new();
+    for (dir, inverse) in [("forward", false), ("backward", true)] {
+        let cpu = model::ops::rotary_kernel(&x32, heads, &on_cpu, inverse)?.to_dtype(dtype)?;
+        let dev = model::ops::rotary_kernel(&xd, heads, &on_device, inverse)?;
+        checks.push(compare(what(dir), &cpu, &dev, tolerance)?);
+    }
+    Ok(checks)
+}
+
+/// The forward kernel `fwd(x)` and backward kernel `bwd(x, dy)` of an element-wise op named
+/// `op` on `device` against the same kernels on the CPU, on `x` of `x_shape` and `dy` of
+/// `dy_shape` in `dtype` (the CPU twin computes in f32 on the same rounded inputs; its result is
+/// rounded to `dtype` as the device's): the op's two rows of the per-op table.
+fn pair_matches_cpu(
+    (op, device, dtype): (&str, &Device, DType),
+    (x_shape, dy_shape): ((usize, usize), (usize, usize)),
+    fwd: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    bwd: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Vec<Check>> {
+    let x = spread(x_shape.0 * x_shape.1, 1)?
+        .reshape(x_shape)?
+        .to_dtype(dtype)?;
+    let dy = spread(dy_shape.0 * dy_shape.1, 2)?
+        .reshape(dy_shape)?
+        .to_dtype(dtype)?;
+    let (x32, dy32) = (x.to_dtype(DType::F32)?, dy.to_dtype(DType::F32)?);
+    let cpu_fwd = fwd(&x32)?.to_dtype(dtype)?;
+    let cpu_bwd = bwd(&x32, &dy32)?.to_dtype(dtype)?;
+    let (xd, dyd) = (x.to_device(device)?, dy.to_device(device)?);
+    let (dev_fwd, dev_bwd) = (fwd(&xd)?, bwd(&xd, &dyd)?);
+    let tolerance = tolerance_of(dtype);
+    let what = |dir: &str| format!("{op} {dir} {dtype:?} {}x{}", x_shape.0, x_shape.1);
+    Ok(vec![
+        compare(what("forward"), &cpu_fwd, &dev_fwd, tolerance)?,
+        compare(what("backward"), &cpu_bwd, &dev_bwd, tolerance)?,
+    ])
+}
+
+/// The per-op table's tolerance: f32 kernels do their twins' arithmetic, so the same bits are
+/// expected (an ulp allowed); bf16 allows one bf16 ulp (results an f32 ulp apart can round to
+/// neighbouring bf16 values).
+fn tolerance_of(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        1e-6
+    } else {
+        1.0 / 128.0
+    }
 }

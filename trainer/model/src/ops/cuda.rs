@@ -14,6 +14,11 @@ const DROPOUT_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx"))
 /// Its module name in the device's cache.
 const DROPOUT_MODULE: &str = "maskrate_dropout";
 
+/// The GELU module's PTX.
+const GELU_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/gelu.ptx"));
+/// Its module name in the device's cache.
+const GELU_MODULE: &str = "maskrate_gelu";
+
 /// Threads per block of the element-wise kernels.
 const THREADS: u32 = 256;
 
@@ -102,4 +107,303 @@ pub fn philox_blocks(dev: &CudaDevice, cases: &[[u32; 6]]) -> Result<Vec<[u32; 4
     unsafe { builder.launch(grid(n as u64)) }.w()?;
     let words = stream.clone_dtoh(&out).w()?;
     Ok(words.chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect())
+}
+
+/// The contiguous elements of `x` under layout `l`.
+fn elements<'a, T>(
+    x: &'a CudaSlice<T>,
+    l: &Layout,
+    what: &str,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, T>> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: contiguous input only")
+    };
+    Ok(x.slice(a..b))
+}
+
+/// `kernel(x, y, n)` of `module` over `x`'s elements: a fresh `y` of the same length.
+fn map1<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (module, ptx, kernel): (&str, &'static str, &str),
+    x: &CudaSlice<T>,
+    l: &Layout,
+) -> Result<CudaSlice<T>> {
+    let x = elements(x, l, kernel)?;
+    let n = x.len() as u64;
+    let func = dev.get_or_load_custom_func(kernel, module, ptx)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(x.len())? };
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&y);
+    builder.arg(&n);
+    // SAFETY: `(const T *x, T *y, uint64_t n)`, the element-wise kernels' signature.
+    unsafe { builder.launch(grid(n)) }.w()?;
+    Ok(y)
+}
+
+/// `kernel(a, b, y, n)` of `module` over the elements of `a` and `b` (the same length).
+fn map2<T: DeviceRepr>(
+    dev: &CudaDevice,
+    (module, ptx, kernel): (&str, &'static str, &str),
+    (a, la): (&CudaSlice<T>, &Layout),
+    (b, lb): (&CudaSlice<T>, &Layout),
+) -> Result<CudaSlice<T>> {
+    let (a, b) = (elements(a, la, kernel)?, elements(b, lb, kernel)?);
+    if a.len() != b.len() {
+        candle_core::bail!("{kernel}: {} and {} elements", a.len(), b.len());
+    }
+    let n = a.len() as u64;
+    let func = dev.get_or_load_custom_func(kernel, module, ptx)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(a.len())? };
+    let mut builder = func.builder();
+    builder.arg(&a);
+    builder.arg(&b);
+    builder.arg(&y);
+    builder.arg(&n);
+    // SAFETY: `(const T *a, const T *b, T *y, uint64_t n)`.
+    unsafe { builder.launch(grid(n)) }.w()?;
+    Ok(y)
+}
+
+fn storage(slice: CudaStorageSlice, dev: &CudaDevice, l: &Layout) -> (CudaStorage, Shape) {
+    (
+        CudaStorage {
+            slice,
+            device: dev.clone(),
+        },
+        l.shape().clone(),
+    )
+}
+
+/// GELU (erf form) on the device: [`super::gelu`]'s CPU kernel, operation for operation.
+pub(super) fn gelu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let slice = match &s.slice {
+        CudaStorageSlice::F32(x) => {
+            CudaStorageSlice::F32(map1(dev, (GELU_MODULE, GELU_PTX, "gelu_fwd_f32"), x, l)?)
+        }
+        CudaStorageSlice::BF16(x) => {
+            CudaStorageSlice::BF16(map1(dev, (GELU_MODULE, GELU_PTX, "gelu_fwd_bf16"), x, l)?)
+        }
+        _ => candle_core::bail!("gelu: no CUDA kernel for this dtype"),
+    };
+    Ok(storage(slice, dev, l))
+}
+
+/// GELU's backward on the device: dx from (x, dy).
+pub(super) fn gelu_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    dy: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let slice = match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(dy)) => CudaStorageSlice::F32(map2(
+            dev,
+            (GELU_MODULE, GELU_PTX, "gelu_bwd_f32"),
+            (x, lx),
+            (dy, ldy),
+        )?),
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(dy)) => CudaStorageSlice::BF16(map2(
+            dev,
+            (GELU_MODULE, GELU_PTX, "gelu_bwd_bf16"),
+            (x, lx),
+            (dy, ldy),
+        )?),
+        _ => candle_core::bail!("gelu backward: no CUDA kernel for these dtypes"),
+    };
+    Ok(storage(slice, dev, lx))
+}
+
+/// `kernel(inputs.., out, rows, half)` of the GELU module: `out` of `out_len` values.
+fn rows_kernel<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    inputs: &[&candle_core::cuda_backend::cudarc::driver::CudaView<'_, T>],
+    out_len: usize,
+    (rows, half): (u64, u64),
+) -> Result<CudaSlice<T>> {
+    let func = dev.get_or_load_custom_func(kernel, GELU_MODULE, GELU_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<T>(out_len)? };
+    let mut builder = func.builder();
+    for x in inputs {
+        builder.arg(*x);
+    }
+    builder.arg(&out);
+    builder.arg(&rows);
+    builder.arg(&half);
+    // SAFETY: `(const T *x[, const T *dy], T *out, uint64_t rows, uint64_t half)`, the GeGLU
+    // kernels' signatures in kernels/gelu.cu.
+    unsafe { builder.launch(grid(rows * half)) }.w()?;
+    Ok(out)
+}
+
+/// The rows and half-width of a GeGLU input `[.., 2I]`.
+fn geglu_shape(l: &Layout) -> Result<(u64, u64)> {
+    let width = *l.dims().last().unwrap_or(&0);
+    if !width.is_multiple_of(2) {
+        candle_core::bail!("geglu: last dimension {width} is odd");
+    }
+    let rows = l.shape().elem_count() / width.max(1);
+    Ok((rows as u64, (width / 2) as u64))
+}
+
+/// GeGLU on the device: [`super::geglu`]'s CPU kernel, operation for operation.
+pub(super) fn geglu(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let (rows, half) = geglu_shape(l)?;
+    let n = (rows * half) as usize;
+    let slice = match &s.slice {
+        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(rows_kernel(
+            dev,
+            "geglu_fwd_f32",
+            &[&elements(x, l, "geglu")?],
+            n,
+            (rows, half),
+        )?),
+        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(rows_kernel(
+            dev,
+            "geglu_fwd_bf16",
+            &[&elements(x, l, "geglu")?],
+            n,
+            (rows, half),
+        )?),
+        _ => candle_core::bail!("geglu: no CUDA kernel for this dtype"),
+    };
+    let mut dims = l.dims().to_vec();
+    *dims.last_mut().expect("geglu input has dimensions") = half as usize;
+    Ok((
+        CudaStorage {
+            slice,
+            device: dev.clone(),
+        },
+        Shape::from(dims),
+    ))
+}
+
+/// GeGLU's backward on the device: dx `[.., 2I]` from (x `[.., 2I]`, dy `[.., I]`).
+pub(super) fn geglu_backward(
+    x: &CudaStorage,
+    lx: &Layout,
+    dy: &CudaStorage,
+    ldy: &Layout,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let (rows, half) = geglu_shape(lx)?;
+    if ldy.shape().elem_count() as u64 != rows * half {
+        candle_core::bail!("geglu bwd: gradient of the wrong shape");
+    }
+    let n = (2 * rows * half) as usize;
+    let slice = match (&x.slice, &dy.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(dy)) => {
+            CudaStorageSlice::F32(rows_kernel(
+                dev,
+                "geglu_bwd_f32",
+                &[
+                    &elements(x, lx, "geglu bwd")?,
+                    &elements(dy, ldy, "geglu bwd")?,
+                ],
+                n,
+                (rows, half),
+            )?)
+        }
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(dy)) => {
+            CudaStorageSlice::BF16(rows_kernel(
+                dev,
+                "geglu_bwd_bf16",
+                &[
+                    &elements(x, lx, "geglu bwd")?,
+                    &elements(dy, ldy, "geglu bwd")?,
+                ],
+                n,
+                (rows, half),
+            )?)
+        }
+        _ => candle_core::bail!("geglu backward: no CUDA kernel for these dtypes"),
+    };
+    Ok(storage(slice, dev, lx))
+}
+
+/// The rotary module's PTX.
+const ROTARY_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/rotary.ptx"));
+/// Its module name in the device's cache.
+const ROTARY_MODULE: &str = "maskrate_rotary";
+
+fn rotary_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    (cos, sin): (&CudaSlice<f32>, &CudaSlice<f32>),
+    (lc, ls): (&Layout, &Layout),
+    (heads, sign): (usize, f32),
+) -> Result<CudaSlice<T>> {
+    let x = elements(x, l, "rotary")?;
+    let (cos, sin) = (elements(cos, lc, "rotary")?, elements(sin, ls, "rotary")?);
+    let width = *l.dims().last().unwrap_or(&0);
+    let tokens = (x.len() / width.max(1)) as u64;
+    let (h, width) = (width / 3, width as u64);
+    let (qk, dh) = (2 * h as u64, (h / heads.max(1)) as u64);
+    if cos.len() as u64 != tokens * dh / 2 || sin.len() != cos.len() {
+        candle_core::bail!(
+            "rotary: tables for {} values, {tokens} tokens of head size {dh}",
+            cos.len()
+        );
+    }
+    let func = dev.get_or_load_custom_func(kernel, ROTARY_MODULE, ROTARY_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(x.len())? };
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&cos);
+    builder.arg(&sin);
+    builder.arg(&y);
+    builder.arg(&tokens);
+    builder.arg(&width);
+    builder.arg(&qk);
+    builder.arg(&dh);
+    builder.arg(&sign);
+    // SAFETY: the arguments match `ROTARY` in kernels/rotary.cu.
+    unsafe { builder.launch(grid(tokens * width)) }.w()?;
+    Ok(y)
+}
+
+/// The rotary op on the device: [`super::rotary`]'s CPU kernel (`inverse`: the backward), the
+/// tables f32 whatever the activations' type.
+pub(super) fn rotary(
+    (s, l): (&CudaStorage, &Layout),
+    (cos, lc): (&CudaStorage, &Layout),
+    (sin, ls): (&CudaStorage, &Layout),
+    heads: usize,
+    inverse: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let (CudaStorageSlice::F32(cos), CudaStorageSlice::F32(sin)) = (&cos.slice, &sin.slice) else {
+        candle_core::bail!("rotary: f32 tables only")
+    };
+    let sign = if inverse { -1.0f32 } else { 1.0 };
+    let tables = (cos, sin);
+    let slice = match &s.slice {
+        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(rotary_typed(
+            dev,
+            "rotary_f32",
+            (x, l),
+            tables,
+            (lc, ls),
+            (heads, sign),
+        )?),
+        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(rotary_typed(
+            dev,
+            "rotary_bf16",
+            (x, l),
+            tables,
+            (lc, ls),
+            (heads, sign),
+        )?),
+        _ => candle_core::bail!("rotary: no CUDA kernel for this dtype"),
+    };
+    Ok(storage(slice, dev, l))
 }

@@ -47,6 +47,15 @@ impl CustomOp1 for Geglu {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::geglu(s, l)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             arg.contiguous()?
@@ -88,11 +97,36 @@ impl CustomOp2 for GegluBackward {
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::geglu_backward(s1, l1, s2, l2)
+    }
+}
+
+/// This crate's GeGLU kernel on `x`'s device whatever [`supports`] says (the CPU kernel, or the
+/// CUDA one with the `cuda` feature): what `trainer device-check` compares across devices.
+pub fn geglu_kernel(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&Geglu)
+}
+
+/// This crate's GeGLU backward kernel: dx `[.., 2I]` from (x `[.., 2I]`, dy `[.., I]`).
+pub fn geglu_backward_kernel(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &GegluBackward)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{assert_finite_differences, assert_same_op, var};
+    use super::super::testing::{
+        assert_finite_differences, assert_kernels_are_the_op, assert_same_op, var,
+    };
     use super::*;
 
     #[test]
@@ -109,6 +143,18 @@ mod tests {
     #[test]
     fn kernel_gradient_matches_finite_differences() {
         assert_finite_differences(&[4, 6], 1.0, 5, |x| geglu(x).unwrap());
+    }
+
+    /// The kernels `device-check` compares are the op's own: the same values as [`geglu`] and its
+    /// gradient.
+    #[test]
+    fn the_exposed_kernels_are_the_ops() {
+        assert_kernels_are_the_op(
+            |x| geglu(x).unwrap(),
+            |x| geglu_kernel(x).unwrap(),
+            |x, dy| geglu_backward_kernel(x, dy).unwrap(),
+            (&[3, 2 * 5], &[3, 5]),
+        );
     }
 
     /// Hand-computed: GELU(1) = Φ(1) = 0.8413447; GELU(-2)·(-1) = 2·Φ(-2) = 0.0455003.

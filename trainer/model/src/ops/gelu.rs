@@ -28,6 +28,15 @@ impl CustomOp1 for GeluErf {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::gelu(s, l)
+    }
+
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(
             arg.contiguous()?
@@ -56,11 +65,36 @@ impl CustomOp2 for GeluErfBackward {
         let out = map_rows2(x, dy, dim, vmath::gelu_backward);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::gelu_backward(s1, l1, s2, l2)
+    }
+}
+
+/// This crate's GELU kernel on `x`'s device whatever [`supports`] says (the CPU kernel, or the
+/// CUDA one with the `cuda` feature): what `trainer device-check` compares across devices.
+pub fn gelu_kernel(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&GeluErf)
+}
+
+/// This crate's GELU backward kernel: dx from (x, dy), on their device.
+pub fn gelu_backward_kernel(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&dy.contiguous()?, &GeluErfBackward)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{assert_same_op, var};
+    use super::super::testing::{
+        assert_finite_differences, assert_kernels_are_the_op, assert_same_op, var,
+    };
     use super::*;
 
     #[test]
@@ -71,6 +105,24 @@ mod tests {
             || x.as_tensor().gelu_erf().unwrap(),
             &[&x],
             1e-5,
+        );
+    }
+
+    /// The kernel's backward against central finite differences of its forward.
+    #[test]
+    fn kernel_backward_matches_finite_differences() {
+        assert_finite_differences(&[4, 9], 1.5, 3, |x| gelu(x).unwrap());
+    }
+
+    /// The kernels `device-check` compares are the op's own: the same values as [`gelu`] and its
+    /// gradient.
+    #[test]
+    fn the_exposed_kernels_are_the_ops() {
+        assert_kernels_are_the_op(
+            |x| gelu(x).unwrap(),
+            |x| gelu_kernel(x).unwrap(),
+            |x, dy| gelu_backward_kernel(x, dy).unwrap(),
+            (&[5, 7], &[5, 7]),
         );
     }
 }

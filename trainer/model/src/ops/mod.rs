@@ -29,11 +29,11 @@ pub use attention::{attention, attention_composed, Visibility};
 pub use bias::add_bias;
 pub use cross_entropy::{cross_entropy_and_correct, weighted_cross_entropy_and_correct};
 pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
-pub use geglu::{geglu, geglu_composed};
-pub use gelu::gelu;
+pub use geglu::{geglu, geglu_backward_kernel, geglu_composed, geglu_kernel};
+pub use gelu::{gelu, gelu_backward_kernel, gelu_kernel};
 pub use layer_norm::{layer_norm, layer_norm_composed};
 pub use matmul::matmul_in;
-pub use rotary::{rotary, rotary_composed, RotaryTables};
+pub use rotary::{rotary, rotary_composed, rotary_kernel, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 
 use candle_core::{DType, Device};
@@ -72,6 +72,117 @@ pub fn kernels() -> Kernels {
 /// kernel: the CPU's, or the CUDA one with the `cuda` feature.)
 pub fn supports(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && kernels() == Kernels::Fused
+}
+
+/// Every CUDA kernel `ops/cuda.rs` launches, by source file (`kernels/NAME.cu`, compiled to PTX
+/// with the `cuda` feature): what the sources must define, checked by a test without CUDA.
+/// Dropout's kernels serve [`dropout`] on CUDA; the others are compared with their CPU twins by
+/// `trainer device-check` and join [`supports`] once a GPU has passed that check.
+pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
+    (
+        "dropout",
+        &[
+            "dropout_f32",
+            "dropout_bf16",
+            "dropout_f16",
+            "philox_blocks",
+        ],
+    ),
+    (
+        "gelu",
+        &[
+            "gelu_fwd_f32",
+            "gelu_fwd_bf16",
+            "gelu_bwd_f32",
+            "gelu_bwd_bf16",
+            "geglu_fwd_f32",
+            "geglu_fwd_bf16",
+            "geglu_bwd_f32",
+            "geglu_bwd_bf16",
+        ],
+    ),
+    ("rotary", &["rotary_f32", "rotary_bf16"]),
+];
+
+#[cfg(test)]
+mod cuda_kernel_tests {
+    use super::CUDA_KERNELS;
+
+    /// The `extern "C" __global__` functions a kernel source defines.
+    fn defined(source: &str) -> Vec<String> {
+        source
+            .split("extern \"C\" __global__ void ")
+            .skip(1)
+            .filter_map(|rest| rest.split('(').next())
+            .map(|name| name.trim().to_string())
+            .filter(|name| !name.is_empty() && !name.contains(char::is_whitespace))
+            .collect()
+    }
+
+    /// Each kernel source defines exactly the kernels listed for it (macro-made ones through
+    /// their invocations), every source in `kernels/` is listed and compiled by build.rs, and
+    /// every kernel name `ops/cuda.rs` launches is listed: no op can reach a kernel that does
+    /// not exist.
+    #[test]
+    fn the_kernel_sources_define_exactly_the_kernels_launched() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let build = std::fs::read_to_string(root.join("build.rs")).unwrap();
+        let mut on_disk: Vec<String> = std::fs::read_dir(root.join("kernels"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter_map(|f| f.strip_suffix(".cu").map(str::to_string))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = CUDA_KERNELS.iter().map(|(f, _)| f.to_string()).collect();
+        listed.sort();
+        assert_eq!(on_disk, listed, "kernels/*.cu against CUDA_KERNELS");
+        for (file, kernels) in CUDA_KERNELS {
+            assert!(
+                build.contains(&format!("\"{file}\"")),
+                "build.rs compiles {file}.cu"
+            );
+            let source = std::fs::read_to_string(root.join(format!("kernels/{file}.cu"))).unwrap();
+            // Kernels written as `extern "C" __global__ void NAME(`, or made by a macro whose
+            // invocations `MACRO(NAME, ...)` follow its definition.
+            let mut names = defined(&source);
+            for line in source.lines() {
+                let line = line.trim();
+                if let Some((mac, args)) = line.split_once('(') {
+                    let is_invocation = !mac.is_empty()
+                        && mac.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                        && line.ends_with(')')
+                        && source.contains(&format!("#define {mac}("));
+                    if is_invocation {
+                        names.push(args.split(',').next().unwrap().trim().to_string());
+                    }
+                }
+            }
+            names.retain(|n| !n.starts_with("NAME"));
+            names.sort();
+            let mut want: Vec<String> = kernels.iter().map(|k| k.to_string()).collect();
+            want.sort();
+            assert_eq!(names, want, "kernels/{file}.cu");
+        }
+        // Every kernel name cuda.rs quotes is listed.
+        let launcher = std::fs::read_to_string(root.join("src/ops/cuda.rs")).unwrap();
+        let all: Vec<&str> = CUDA_KERNELS
+            .iter()
+            .flat_map(|(_, k)| k.iter().copied())
+            .collect();
+        let quoted = launcher.split('"').skip(1).step_by(2);
+        let kernel_like = |q: &&str| {
+            q.ends_with("_f32")
+                || q.ends_with("_bf16")
+                || q.ends_with("_f16")
+                || *q == "philox_blocks"
+        };
+        for name in quoted.filter(kernel_like) {
+            assert!(
+                all.contains(&name),
+                "ops/cuda.rs launches {name:?}, which no source lists"
+            );
+        }
+    }
 }
 
 /// Helpers for the ops' tests.
@@ -151,6 +262,24 @@ pub(crate) mod testing {
                 "entry {i}: analytic {g}, finite differences {numeric}"
             );
         }
+    }
+
+    /// Checks that an op's exposed kernels (what `trainer device-check` compares across devices)
+    /// are the op: `kernel(x)` equals `op(x)`, and `backward(x, dy)` equals the gradient of
+    /// `<op(x), dy>`, bit for bit, for x and dy of `shapes` drawn from fixed seeds.
+    pub fn assert_kernels_are_the_op(
+        op: impl Fn(&Tensor) -> Tensor,
+        kernel: impl Fn(&Tensor) -> Tensor,
+        backward: impl Fn(&Tensor, &Tensor) -> Tensor,
+        (x_shape, dy_shape): (&[usize], &[usize]),
+    ) {
+        let (x, dy) = (var(x_shape, 2.0, 4), tensor(dy_shape, 1.0, 5));
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = op(x.as_tensor());
+        assert_eq!(flat(&kernel(x.as_tensor())), flat(&y), "forward");
+        let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = grads.get(x.as_tensor()).expect("a gradient for the input");
+        assert_eq!(flat(&backward(x.as_tensor(), &dy)), flat(want), "backward");
     }
 
     /// Checks that `fused` and `composed` give outputs within `tol` of each other, and gradients of

@@ -10,12 +10,8 @@ use super::rows::f32_rows;
 use super::supports;
 use super::tables;
 use crate::transfer::upload;
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, OnceLock};
-
-/// Host cosines and sines, shared by a kernel's forward and backward.
-type HostTables = (Arc<Vec<f32>>, Arc<Vec<f32>>);
 
 /// The cosines and sines of one rotary setting at given token positions: `[T, dh/2]` each on the
 /// device, one row per token (`T` = B·L, in the batch's row-major order).
@@ -24,8 +20,6 @@ pub struct RotaryTables {
     cos: Tensor,
     sin: Tensor,
     half: usize,
-    /// The tables on the host, for the CPU kernel (made once, on first use).
-    host: OnceLock<HostTables>,
 }
 
 /// `inv_freq = 1 / θ^(2i/dh)` in f32, as transformers computes it.
@@ -68,12 +62,7 @@ impl RotaryTables {
     }
 
     fn of(cos: Tensor, sin: Tensor, half: usize) -> Self {
-        RotaryTables {
-            cos,
-            sin,
-            half,
-            host: OnceLock::new(),
-        }
+        RotaryTables { cos, sin, half }
     }
 
     /// Tables for `rows` rows of `len` tokens at `positions` (`[B, L]` u32 on `device`; `None`:
@@ -114,17 +103,10 @@ impl RotaryTables {
         self.cos.dim(0).unwrap_or(0)
     }
 
-    /// The tables on the host (CPU tensors: nothing crosses a bus).
-    fn host(&self) -> Result<HostTables> {
-        if let Some(h) = self.host.get() {
-            return Ok(h.clone());
-        }
-        let h = (
-            Arc::new(self.cos.flatten_all()?.to_vec1::<f32>()?),
-            Arc::new(self.sin.flatten_all()?.to_vec1::<f32>()?),
-        );
-        let _ = self.host.set(h.clone());
-        Ok(h)
+    /// Applies `op` to `qkv` with these tables (the kernel on the tensors' device).
+    fn apply(&self, qkv: &Tensor, op: Rotary) -> Result<Tensor> {
+        let (cos, sin) = (self.cos.contiguous()?, self.sin.contiguous()?);
+        qkv.contiguous()?.apply_op3(&cos, &sin, op)
     }
 }
 
@@ -133,16 +115,24 @@ impl RotaryTables {
 pub fn rotary(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
     check(qkv, heads, tables)?;
     if supports(qkv.device(), qkv.dtype()) {
-        let (cos, sin) = tables.host()?;
-        let op = Rotary {
-            heads,
-            cos,
-            sin,
-            inverse: false,
-        };
-        return qkv.contiguous()?.apply_op1(op);
+        return tables.apply(qkv, Rotary::new(heads));
     }
     rotary_composed(qkv, heads, tables)
+}
+
+/// This crate's rotary kernel on `qkv`'s device whatever [`supports`] says (the CPU kernel, or
+/// the CUDA one with the `cuda` feature), or with `inverse` its backward (the inverse rotation of
+/// a gradient): what `trainer device-check` compares across devices.
+pub fn rotary_kernel(
+    qkv: &Tensor,
+    heads: usize,
+    tables: &RotaryTables,
+    inverse: bool,
+) -> Result<Tensor> {
+    check(qkv, heads, tables)?;
+    let op = Rotary { heads, inverse };
+    let (cos, sin) = (tables.cos.contiguous()?, tables.sin.contiguous()?);
+    qkv.contiguous()?.apply_op3_no_bwd(&cos, &sin, &op)
 }
 
 fn check(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<()> {
@@ -180,21 +170,39 @@ pub fn rotary_composed(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Res
     Tensor::cat(&[rotate(0)?, rotate(1)?, qkv.narrow(2, 2 * h, h)?], 2)
 }
 
-/// The rotation of the query and key blocks (or, `inverse`, its transpose: the backward).
+/// The rotation of the query and key blocks (or, `inverse`, its transpose: the backward), with
+/// the tables (`[T, dh/2]` cosines and sines) as its second and third inputs.
 struct Rotary {
     heads: usize,
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
     inverse: bool,
 }
 
-impl CustomOp1 for Rotary {
+impl Rotary {
+    fn new(heads: usize) -> Self {
+        Rotary {
+            heads,
+            inverse: false,
+        }
+    }
+}
+
+impl CustomOp3 for Rotary {
     fn name(&self) -> &'static str {
         "rotary"
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s: &CpuStorage,
+        l: &Layout,
+        cos: &CpuStorage,
+        lc: &Layout,
+        sin: &CpuStorage,
+        ls: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, width) = f32_rows(s, l, "rotary")?;
+        let (cos, _) = f32_rows(cos, lc, "rotary tables")?;
+        let (sin, _) = f32_rows(sin, ls, "rotary tables")?;
         let h = width / 3;
         let dh = h / self.heads;
         let half = dh / 2;
@@ -203,8 +211,8 @@ impl CustomOp1 for Rotary {
         out.par_chunks_mut(width)
             .enumerate()
             .for_each(|(token, row)| {
-                let cos = &self.cos[token * half..(token + 1) * half];
-                let sin = &self.sin[token * half..(token + 1) * half];
+                let cos = &cos[token * half..(token + 1) * half];
+                let sin = &sin[token * half..(token + 1) * half];
                 // The query and key blocks: 2·heads heads of dh columns.
                 for head in row[..2 * h].chunks_mut(dh) {
                     let (x1, x2) = head.split_at_mut(half);
@@ -218,15 +226,34 @@ impl CustomOp1 for Rotary {
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+        cos: &candle_core::CudaStorage,
+        lc: &Layout,
+        sin: &candle_core::CudaStorage,
+        ls: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::rotary((s, l), (cos, lc), (sin, ls), self.heads, self.inverse)
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // The rotation is orthogonal: its gradient is the inverse rotation of the incoming one.
         let back = Rotary {
             heads: self.heads,
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
             inverse: !self.inverse,
         };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &back)?;
+        Ok((Some(dx), None, None))
     }
 }
 
@@ -286,14 +313,7 @@ mod tests {
         let tables =
             RotaryTables::new(&[3, 90, 4000, 1, 0, 65535], 6, 160_000.0, &Device::Cpu).unwrap();
         let y = rotary(qkv.as_tensor(), 2, &tables).unwrap();
-        let (cos, sin) = tables.host().unwrap();
-        let back = Rotary {
-            heads: 2,
-            cos,
-            sin,
-            inverse: true,
-        };
-        let z = y.apply_op1_no_bwd(&back).unwrap();
+        let z = rotary_kernel(&y, 2, &tables, true).unwrap();
         let d = super::super::testing::max_abs_diff(&z, qkv.as_tensor());
         assert!(d < 1e-5, "inverse rotation differs by {d}");
         let n = |t: &Tensor| {
@@ -319,7 +339,11 @@ mod tests {
         for (positions, host) in [(None, &default[..]), (Some(&p), &packed[..])] {
             let cached = RotaryTables::at(positions, rows, len, dh, theta, &dev).unwrap();
             let built = RotaryTables::new(host, dh, theta, &dev).unwrap();
-            assert_eq!(cached.host().unwrap(), built.host().unwrap());
+            let host = |t: &RotaryTables| {
+                let v = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (v(&t.cos), v(&t.sin))
+            };
+            assert_eq!(host(&cached), host(&built));
         }
     }
 }
