@@ -24,11 +24,13 @@
 #   shards       (checkout only) preprocess the bundled sample with the wheel's `maskrate preprocess`
 #   device-check `trainer device-check`: Philox4x32-10's known answers on the device, the
 #                device's dropout masks equal to the CPU kernel's bit for bit (f32, bf16, f16),
-#                then the per-op table: each fused kernel (GELU, GeGLU, rotary so far) forward and backward
-#                against its CPU twin at BERT-base shapes. If a check fails, the candle
-#                throughput steps are skipped: fix the kernel first.
+#                then the per-op table: each fused kernel (GELU, GeGLU, rotary, attention so far)
+#                forward and backward against its CPU twin at BERT-base and ModernBERT-base
+#                shapes. If a check fails, the candle throughput steps are skipped: fix the
+#                kernel first.
 #   candle-throughput  candle BERT-base and ModernBERT-base bf16 at 256 x 128 (BERT also with
-#                --dropout 0) and pack-docs at 64 x 512, each with --profile: tokens/s, MFU on the
+#                --dropout 0, and with --kernels composed: the path without this project's CUDA
+#                kernels) and pack-docs at 64 x 512, each with --profile: tokens/s, MFU on the
 #                FLOPs executed (peak by the GPU's exact name), phases, transfers, peak memory
 #   torch-route  transformers' BertForMaskedLM and ModernBertForMaskedLM (bf16, SDPA) fed by
 #                maskrate.torch.MaskedDataset through a DataLoader, the same shapes: the yardstick
@@ -220,6 +222,7 @@ print(":".join(sorted(dirs)))' 2>/dev/null || true)"
         step candle-throughput 300 env ${counter:+LD_PRELOAD="$counter"} bash -c "
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/bert-base';
             '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --dropout 0 --out '$work/bert-base-dropout0';
+            '$trainer' $common --seq-len 128 --batch-size 256 --micro-batch 256 --kernels composed --out '$work/bert-base-composed';
             '$trainer' $common --arch modernbert --seq-len 128 --batch-size 256 --micro-batch 256 --out '$work/modernbert-base';
             '$trainer' $common --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/bert-base-pack512';
             '$trainer' $common --arch modernbert --seq-len 512 --layout pack-docs --batch-size 64 --micro-batch 64 --out '$work/modernbert-base-pack512'"

@@ -399,6 +399,7 @@ def sweep_report(s):
 THROUGHPUT_RUNS = [
     ("bert-base", "bert", "base", 256, 128),
     ("bert-base-dropout0", "bert", "base", 256, 128),
+    ("bert-base-composed", "bert", "base", 256, 128),
     ("modernbert-base", "modernbert", "base", 256, 128),
     ("bert-base-pack512", "bert", "base", 64, 512),
     ("modernbert-base-pack512", "modernbert", "base", 64, 512),

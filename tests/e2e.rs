@@ -483,18 +483,21 @@ fn packed_documents_train_like_transformers_packed_path() {
 }
 
 /// The path a GPU runs, on the CPU (`--kernels composed`: candle's tensor ops instead of the CPU
-/// kernels, AdamW over flat buffers with the clip factor applied on the device) against the same
-/// recorded transformers runs: BERT, and ModernBERT with packed documents and local windows.
+/// kernels, AdamW over flat buffers with the clip factor applied on the device; `--kernels
+/// twins`: the same with the CUDA kernels' CPU twins where a GPU runs its kernels) against the
+/// same recorded transformers runs: BERT, and ModernBERT with packed documents and local windows.
 #[test]
 fn the_gpu_op_path_matches_transformers_step_for_step() {
-    assert_matches_recorded_trajectory_with(
-        "reference/transformers-tiny-trajectory.json",
-        &["--kernels", "composed"],
-    );
-    assert_matches_recorded_trajectory_with(
-        "reference/transformers-modernbert-pack-docs-trajectory.json",
-        &["--kernels", "composed"],
-    );
+    for kernels in ["composed", "twins"] {
+        assert_matches_recorded_trajectory_with(
+            "reference/transformers-tiny-trajectory.json",
+            &["--kernels", kernels],
+        );
+        assert_matches_recorded_trajectory_with(
+            "reference/transformers-modernbert-pack-docs-trajectory.json",
+            &["--kernels", kernels],
+        );
+    }
 }
 
 /// Trains with the fixture's flags on the bundled C4 sample and compares every step's loss and

@@ -6,12 +6,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `<name>.ptx`.
-const KERNELS: &[&str] = &["dropout", "gelu", "rotary"];
+const KERNELS: &[&str] = &["attention", "dropout", "gelu", "rotary"];
+/// Headers the kernels include.
+const HEADERS: &[&str] = &["philox.cuh", "vmath.cuh"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     for k in KERNELS {
         println!("cargo:rerun-if-changed=kernels/{k}.cu");
+    }
+    for h in HEADERS {
+        println!("cargo:rerun-if-changed=kernels/{h}");
     }
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {

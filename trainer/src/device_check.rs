@@ -72,31 +72,7 @@ pub fn device_check(args: &DeviceCheckArgs) -> Result<DeviceCheck> {
             checks.push(dropout_matches_cpu(&device, dtype, n, p)?);
         }
     }
-    // BERT-base's feed-forward activations: 32 rows of 128 tokens x 3072 (fewer rows on a CPU,
-    // where the check runs against itself).
-    let tokens = if device.is_cpu() { 256 } else { 32 * 128 };
-    let dtypes: &[DType] = if device.is_cpu() {
-        &[DType::F32]
-    } else {
-        &[DType::F32, DType::BF16]
-    };
-    for &dtype in dtypes {
-        checks.extend(pair_matches_cpu(
-            ("gelu", &device, dtype),
-            ((tokens, 3072), (tokens, 3072)),
-            model::ops::gelu_kernel,
-            model::ops::gelu_backward_kernel,
-        )?);
-        // ModernBERT-base's GeGLU input: 2 x 1152 per token.
-        checks.extend(pair_matches_cpu(
-            ("geglu", &device, dtype),
-            ((tokens, 2 * 1152), (tokens, 1152)),
-            model::ops::geglu_kernel,
-            model::ops::geglu_backward_kernel,
-        )?);
-        // ModernBERT-base's fused projections: 3 x 768, 12 heads of 64.
-        checks.extend(rotary_matches_cpu(&device, dtype, tokens)?);
-    }
+    checks.extend(op_checks(&device, false)?);
     let result = DeviceCheck {
         device: training::device::describe(&device),
         checks,
@@ -109,6 +85,80 @@ pub fn device_check(args: &DeviceCheckArgs) -> Result<DeviceCheck> {
         anyhow::bail!("a device check failed");
     }
     Ok(result)
+}
+
+/// The per-op table on `device`: each CUDA kernel's forward and backward against its CPU twin,
+/// f32 and bf16 (f32 alone on a CPU), at BERT-base and ModernBERT-base shapes, or at smaller
+/// ones with `quick` (what [`guard_kernels`] runs before training).
+fn op_checks(device: &Device, quick: bool) -> Result<Vec<Check>> {
+    // BERT-base's feed-forward activations: 32 rows of 128 tokens x 3072 (fewer rows on a CPU,
+    // where the check runs against itself, and in the quick check).
+    let small = quick || device.is_cpu();
+    let tokens = if small { 256 } else { 32 * 128 };
+    let mut checks = Vec::new();
+    let dtypes: &[DType] = if device.is_cpu() {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::BF16]
+    };
+    for &dtype in dtypes {
+        checks.extend(pair_matches_cpu(
+            ("gelu", device, dtype),
+            ((tokens, 3072), (tokens, 3072)),
+            model::ops::gelu_kernel,
+            model::ops::gelu_backward_kernel,
+        )?);
+        // ModernBERT-base's GeGLU input: 2 x 1152 per token.
+        checks.extend(pair_matches_cpu(
+            ("geglu", device, dtype),
+            ((tokens, 2 * 1152), (tokens, 1152)),
+            model::ops::geglu_kernel,
+            model::ops::geglu_backward_kernel,
+        )?);
+        // ModernBERT-base's fused projections: 3 x 768, 12 heads of 64.
+        checks.extend(rotary_matches_cpu(device, dtype, tokens)?);
+        // Attention at BERT-base's rows (every key, padded keys) and ModernBERT-base's (packed
+        // documents and its local window), both with attention dropout.
+        let (rows_128, long) = if small { (1, 160) } else { (8, 512) };
+        checks.extend(attention_matches_cpu(device, dtype, (rows_128, 128), None)?);
+        checks.extend(attention_matches_cpu(device, dtype, (2, long), Some(64))?);
+    }
+    Ok(checks)
+}
+
+/// Before work on a CUDA device with this project's kernels (`--kernels fused`): the quick
+/// per-op check (about a second). If a kernel disagrees with its CPU twin, the run falls back to
+/// `--kernels composed`, saying which ops failed; elsewhere nothing is checked.
+pub fn guard_kernels(
+    runtime: &mut training::runtime::RuntimeArgs,
+    local_rank: usize,
+) -> Result<()> {
+    if runtime.kernels != model::ops::Kernels::Fused {
+        return Ok(());
+    }
+    let device = runtime.device_for_rank(local_rank)?;
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    let failed = failed_ops(&op_checks(&device, true)?);
+    if !failed.is_empty() {
+        eprintln!(
+            "warning: CUDA kernels disagree with their CPU twins ({}); running candle's composed ops instead (--kernels composed). `trainer device-check --device {}` shows the table.",
+            failed.join("; "),
+            runtime.device
+        );
+        runtime.kernels = model::ops::Kernels::Composed;
+    }
+    Ok(())
+}
+
+/// The names of the failed checks, with what was found.
+fn failed_ops(checks: &[Check]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.pass)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect()
 }
 
 /// Random123's vectors through the device's generator.
@@ -241,6 +291,67 @@ fn rotary_matches_cpu(device: &Device, dtype: DType, tokens: usize) -> Result<Ve
     Ok(checks)
 }
 
+/// Short-row attention forward and backward on `device` against its CPU twin: `rows` x `len`
+/// tokens of BERT-base's projections (12 heads of 64), the last 10 keys of the first row padded,
+/// dropout 0.1 on the probabilities; with `radius`, packed documents (ModernBERT's pack-docs) and
+/// that window.
+fn attention_matches_cpu(
+    device: &Device,
+    dtype: DType,
+    (rows, len): (usize, usize),
+    radius: Option<usize>,
+) -> Result<Vec<Check>> {
+    let (width, heads, hidden) = (3 * 768, 12, 768);
+    let qkv = (spread(rows * len * width, 7)? * 0.25)?
+        .reshape((rows, len, width))?
+        .to_dtype(dtype)?;
+    let dctx = spread(rows * len * hidden, 8)?
+        .reshape((rows, len, hidden))?
+        .to_dtype(dtype)?;
+    let mut bias = vec![0f32; rows * len];
+    bias[len - 10..len].fill(-10000.0);
+    let bias = Tensor::from_vec(bias, (rows, len), &Device::Cpu)?;
+    // Documents of 100, 37, 210, 61, ... tokens, restarting each row.
+    let lengths = [100u32, 37, 210, 61];
+    let segments: Vec<u32> = (0..rows * len)
+        .map(|t| {
+            let (mut at, mut id) = ((t % len) as u32, 0u32);
+            while at >= lengths[id as usize % 4] {
+                at -= lengths[id as usize % 4];
+                id += 1;
+            }
+            id
+        })
+        .collect();
+    let segments = Tensor::from_vec(segments, (rows, len), &Device::Cpu)?;
+    let rule_on = |d: &Device| -> Result<model::ops::Visibility> {
+        Ok(match radius {
+            Some(r) => model::ops::Visibility::new(Some(r), Some(segments.to_device(d)?)),
+            None => model::ops::Visibility::all(),
+        })
+    };
+    let dropout = Some(Dropout::new(11, &[3], 0.1).mask(2, Site::AttentionProbs));
+    let run = |d: &Device| -> Result<(Tensor, Tensor)> {
+        let (x, g, b) = (qkv.to_device(d)?, dctx.to_device(d)?, bias.to_device(d)?);
+        let rule = rule_on(d)?;
+        Ok((
+            model::ops::attention_rows(&x, heads, &b, &rule, dropout)?,
+            model::ops::attention_rows_backward(&x, heads, &b, &rule, dropout, &g)?,
+        ))
+    };
+    let (cpu, dev) = (run(&Device::Cpu)?, run(device)?);
+    let tolerance = tolerance_of(dtype);
+    let rule = match radius {
+        Some(r) => format!("documents, window {r}"),
+        None => "padded keys".to_string(),
+    };
+    let what = |dir: &str| format!("attention {dir} {dtype:?} {rows}x{len} ({rule})");
+    Ok(vec![
+        compare(what("forward"), &cpu.0, &dev.0, tolerance)?,
+        compare(what("backward"), &cpu.1, &dev.1, tolerance)?,
+    ])
+}
+
 /// The forward kernel `fwd(x)` and backward kernel `bwd(x, dy)` of an element-wise op named
 /// `op` on `device` against the same kernels on the CPU, on `x` of `x_shape` and `dy` of
 /// `dy_shape` in `dtype` (the CPU twin computes in f32 on the same rounded inputs; its result is
@@ -278,5 +389,61 @@ fn tolerance_of(dtype: DType) -> f64 {
         1e-6
     } else {
         1.0 / 128.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(device: &str, kernels: model::ops::Kernels) -> training::runtime::RuntimeArgs {
+        training::runtime::RuntimeArgs {
+            device: device.to_string(),
+            quiet: true,
+            kernels,
+        }
+    }
+
+    /// The guard checks only CUDA runs with this project's kernels: a CPU run keeps the kernels
+    /// it chose, and a bad device name is still an error.
+    #[test]
+    fn the_guard_leaves_other_devices_alone() {
+        for k in [
+            model::ops::Kernels::Fused,
+            model::ops::Kernels::Composed,
+            model::ops::Kernels::Twins,
+        ] {
+            let mut r = runtime("cpu", k);
+            guard_kernels(&mut r, 0).unwrap();
+            assert_eq!(r.kernels, k);
+        }
+        assert!(guard_kernels(&mut runtime("tpu", model::ops::Kernels::Fused), 0).is_err());
+    }
+
+    /// The quick per-op check runs every op forward and backward (on a CPU, against itself) and
+    /// a failed row is reported with its finding.
+    #[test]
+    fn the_quick_check_covers_every_op_and_names_failures() {
+        let checks = op_checks(&Device::Cpu, true).unwrap();
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        for op in ["gelu", "geglu", "rotary", "attention"] {
+            for dir in ["forward", "backward"] {
+                let prefix = format!("{op} {dir} ");
+                assert!(
+                    names.iter().any(|n| n.starts_with(&prefix)),
+                    "{prefix}: {names:?}"
+                );
+            }
+        }
+        assert!(failed_ops(&checks).is_empty());
+        let bad = Check {
+            name: "attention forward BF16".into(),
+            pass: false,
+            detail: "max relative error 1".into(),
+        };
+        assert_eq!(
+            failed_ops(&[bad]),
+            ["attention forward BF16: max relative error 1"]
+        );
     }
 }

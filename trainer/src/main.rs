@@ -32,7 +32,7 @@ Examples:
   trainer plan --config experiments/recipes/mmbert-small.toml --plot plan   # the recipe, before training it
   trainer presets --json                            # --model's shapes per --arch, for scripts
   trainer --shards shards/ --device cuda --steps 20 --profile --out runs/prof  # phases and transfers per step
-  trainer --shards shards/ --kernels composed --profile --steps 10 --out runs/gpu-path  # a GPU's op path, on a CPU
+  trainer --shards shards/ --kernels twins --profile --steps 10 --out runs/gpu-path  # a GPU's op path (CUDA kernels' CPU twins), on a CPU
   trainer device-check --device cuda:0              # the device's kernels against the CPU's";
 
 /// Pretrains BERT masked language models on maskrate shards with dynamic masking-rate schedules.
@@ -132,7 +132,7 @@ fn main() {
 
 fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
     let argv = training::config_file::merge_config_file(std::env::args_os().collect())?;
-    let cli = Cli::parse_from(argv);
+    let mut cli = Cli::parse_from(argv);
     if cli.command.is_some() && comm.world_size() > 1 {
         bail!(
             "only training runs data-parallel; start this subcommand as one process (without mpirun/srun)"
@@ -155,11 +155,13 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
                 println!("wrote {}", p.display());
             }
         }
-        Some(Command::Finetune(args)) => {
+        Some(Command::Finetune(mut args)) => {
+            trainer::device_check::guard_kernels(&mut args.opts.runtime, 0)?;
             let r = evaluation::finetune::finetune(&args)?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        Some(Command::Glue(args)) => {
+        Some(Command::Glue(mut args)) => {
+            trainer::device_check::guard_kernels(&mut args.opts.runtime, 0)?;
             let r = evaluation::glue::run_suite(&args)?;
             print!("{}", r.markdown());
         }
@@ -171,6 +173,7 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
         Some(Command::Sample(args)) => print!("{}", trainer::sample::sample(&args)?),
         None => {
             share_cores_between_local_ranks(&*comm);
+            trainer::device_check::guard_kernels(&mut cli.train.runtime, comm.local_rank())?;
             let interrupted = Arc::new(AtomicBool::new(false));
             let flag = interrupted.clone();
             ctrlc::set_handler(move || {

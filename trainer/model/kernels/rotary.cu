@@ -6,12 +6,8 @@
 // Compiled to PTX at build time (trainer/model/build.rs) with the `cuda` feature.
 
 #include <stdint.h>
-#include <cuda_bf16.h>
 
-__device__ __forceinline__ float f32_of(float v) { return v; }
-__device__ __forceinline__ float f32_of(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ void store(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
+#include "vmath.cuh"
 
 // One thread per output value, grid-stride; width = 3H, qk = 2H, cos/sin [tokens, dh/2].
 #define ROTARY(NAME, T)                                                                       \

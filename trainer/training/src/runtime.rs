@@ -14,8 +14,9 @@ pub struct RuntimeArgs {
     #[arg(long)]
     pub quiet: bool,
     /// The ops' implementation: fused (this project's kernels where the device has them: the
-    /// CPU's) or composed (candle's tensor ops everywhere: the path a device without kernels
-    /// runs, to compare or to check a GPU step's transfers on a CPU).
+    /// CPU's, or the CUDA ones), composed (candle's tensor ops everywhere: the path a device
+    /// without kernels runs, to compare or to check a GPU step's transfers on a CPU) or twins (a
+    /// GPU step's path on a CPU, the CUDA kernels' CPU twins in their place).
     #[arg(long, default_value = "fused", value_parser = parse_kernels)]
     #[serde(default = "default_kernels")]
     pub kernels: model::ops::Kernels,
@@ -25,7 +26,10 @@ fn parse_kernels(s: &str) -> Result<model::ops::Kernels, String> {
     match s {
         "fused" => Ok(model::ops::Kernels::Fused),
         "composed" => Ok(model::ops::Kernels::Composed),
-        other => Err(format!("unknown kernels {other:?}: fused or composed")),
+        "twins" => Ok(model::ops::Kernels::Twins),
+        other => Err(format!(
+            "unknown kernels {other:?}: fused, composed or twins"
+        )),
     }
 }
 

@@ -7,7 +7,7 @@
 //! single-threaded through `gemm` on strided views of the fused `[B, L, 3H]` projections, and the
 //! context is written straight into `[B, L, H]`; nothing is transposed or copied.
 
-use super::{matmul_in, softmax_last_dim, supports, DropoutMask};
+use super::{matmul_in, softmax_last_dim, supports, supports_cuda, DropoutMask};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -174,6 +174,12 @@ pub fn attention(
         }
         let op = FusedAttention::new(heads, bias, visible, dropout);
         return qkv.contiguous()?.apply_op1(op);
+    }
+    let (len, head_dim) = (qkv.dim(1)?, qkv.dim(2)? / 3 / heads.max(1));
+    if supports_cuda("attention", qkv.device(), qkv.dtype())
+        && super::attention_rows::fits(len, head_dim)
+    {
+        return super::attention_rows(qkv, heads, key_bias, visible, dropout);
     }
     attention_composed(qkv, heads, key_bias, visible, dropout, compute)
 }

@@ -4,7 +4,7 @@
 
 use super::dropout::DropoutMask;
 use candle_core::cuda_backend::cudarc::driver::{
-    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use candle_core::cuda_backend::{CudaStorageSlice, WrapErr};
 use candle_core::{CudaDevice, CudaStorage, Layout, Result, Shape};
@@ -404,6 +404,192 @@ pub(super) fn rotary(
             (heads, sign),
         )?),
         _ => candle_core::bail!("rotary: no CUDA kernel for this dtype"),
+    };
+    Ok(storage(slice, dev, l))
+}
+
+/// The short-row attention module's PTX.
+const ATTENTION_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/attention.ptx"));
+/// Its module name in the device's cache.
+const ATTENTION_MODULE: &str = "maskrate_attention";
+/// Warps per block of the attention kernels (`WARPS` in kernels/attention.cu): one row each.
+const ATTENTION_WARPS: u32 = 4;
+
+/// One warp per row of `len`, a block per `ATTENTION_WARPS` rows of one (sequence, head), with
+/// `floats` f32 values of shared memory per warp.
+fn attention_config(batch: usize, len: usize, heads: usize, floats: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (
+            (len as u32).div_ceil(ATTENTION_WARPS),
+            heads as u32,
+            batch as u32,
+        ),
+        block_dim: (32 * ATTENTION_WARPS, 1, 1),
+        shared_mem_bytes: ATTENTION_WARPS * floats as u32 * 4,
+    }
+}
+
+/// A call's sizes, from qkv's `[B, L, 3H]` layout: (batch, len, hidden, head size).
+fn attention_dims(l: &Layout, heads: usize) -> Result<(usize, usize, usize, usize)> {
+    let &[batch, len, three_h] = l.dims() else {
+        candle_core::bail!("attention: expected [B, L, 3H], got {:?}", l.dims())
+    };
+    let hidden = three_h / 3;
+    Ok((batch, len, hidden, hidden / heads.max(1)))
+}
+
+/// The kernels' arguments after the tensors: len, hidden, heads, radius, use_segments, the Philox
+/// key (two words), the drop threshold; and the keep factor.
+fn attention_words(
+    op: &super::attention_rows::RowsAttention,
+    (len, hidden): (usize, usize),
+) -> ([u32; 8], f32) {
+    let (k0, k1, threshold, keep) = op.dropout_words();
+    let words = [
+        len as u32,
+        hidden as u32,
+        op.heads as u32,
+        op.radius,
+        op.use_segments as u32,
+        k0,
+        k1,
+        threshold,
+    ];
+    (words, keep)
+}
+
+fn attention_fwd_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (qkv, l): (&CudaSlice<T>, &Layout),
+    (rule, lr): (&CudaSlice<f32>, &Layout),
+    op: &super::attention_rows::RowsAttention,
+) -> Result<CudaSlice<T>> {
+    let (batch, len, hidden, dh) = attention_dims(l, op.heads)?;
+    let (qkv, rule) = (elements(qkv, l, kernel)?, elements(rule, lr, kernel)?);
+    let func = dev.get_or_load_custom_func(kernel, ATTENTION_MODULE, ATTENTION_PTX)?;
+    // SAFETY: the kernel writes every element (each query row's head columns).
+    let ctx = unsafe { dev.alloc::<T>(batch * len * hidden)? };
+    let (words, keep) = attention_words(op, (len, hidden));
+    let mut builder = func.builder();
+    builder.arg(&qkv);
+    builder.arg(&rule);
+    builder.arg(&ctx);
+    for w in &words {
+        builder.arg(w);
+    }
+    builder.arg(&keep);
+    // SAFETY: the arguments match `ATTENTION_FWD` in kernels/attention.cu.
+    unsafe { builder.launch(attention_config(batch, len, op.heads, len + dh)) }.w()?;
+    Ok(ctx)
+}
+
+fn attention_bwd_typed<T: DeviceRepr + ValidAsZeroBits>(
+    dev: &CudaDevice,
+    (kernel_q, kernel_kv): (&str, &str),
+    (qkv, l): (&CudaSlice<T>, &Layout),
+    (rule, lr): (&CudaSlice<f32>, &Layout),
+    (dctx, lg): (&CudaSlice<T>, &Layout),
+    op: &super::attention_rows::RowsAttention,
+) -> Result<CudaSlice<T>> {
+    let (batch, len, hidden, dh) = attention_dims(l, op.heads)?;
+    let (qkv, rule) = (elements(qkv, l, kernel_q)?, elements(rule, lr, kernel_q)?);
+    let dctx = elements(dctx, lg, kernel_q)?;
+    if dctx.len() != batch * len * hidden {
+        candle_core::bail!("attention bwd: gradient of {} values", dctx.len());
+    }
+    let dqkv = dev.alloc_zeros::<T>(qkv.len())?;
+    let stats = dev.alloc_zeros::<f32>(3 * batch * op.heads * len)?;
+    let (words, keep) = attention_words(op, (len, hidden));
+    let config = attention_config(batch, len, op.heads, 2 * len + 2 * dh);
+    for kernel in [kernel_q, kernel_kv] {
+        let func = dev.get_or_load_custom_func(kernel, ATTENTION_MODULE, ATTENTION_PTX)?;
+        let mut builder = func.builder();
+        builder.arg(&qkv);
+        builder.arg(&rule);
+        builder.arg(&dctx);
+        builder.arg(&dqkv);
+        builder.arg(&stats);
+        for w in &words {
+            builder.arg(w);
+        }
+        builder.arg(&keep);
+        // SAFETY: the arguments match `ATTENTION_BWD_Q` and `ATTENTION_BWD_KV` in
+        // kernels/attention.cu; the second reads the stats the first wrote (one stream).
+        unsafe { builder.launch(config) }.w()?;
+    }
+    Ok(dqkv)
+}
+
+/// Short-row attention on the device: [`super::attention_rows`]'s CPU twin, operation for
+/// operation; the rule `[B, L, 2]` is f32.
+pub(super) fn attention_rows(
+    (s, l): (&CudaStorage, &Layout),
+    (rule, lr): (&CudaStorage, &Layout),
+    op: &super::attention_rows::RowsAttention,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let CudaStorageSlice::F32(rule) = &rule.slice else {
+        candle_core::bail!("attention: f32 rule only")
+    };
+    let (batch, len, hidden, _) = attention_dims(l, op.heads)?;
+    let slice = match &s.slice {
+        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(attention_fwd_typed(
+            dev,
+            "attention_fwd_f32",
+            (x, l),
+            (rule, lr),
+            op,
+        )?),
+        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(attention_fwd_typed(
+            dev,
+            "attention_fwd_bf16",
+            (x, l),
+            (rule, lr),
+            op,
+        )?),
+        _ => candle_core::bail!("attention: no CUDA kernel for this dtype"),
+    };
+    let storage = CudaStorage {
+        slice,
+        device: dev.clone(),
+    };
+    Ok((storage, Shape::from((batch, len, hidden))))
+}
+
+/// Short-row attention's backward on the device: d qkv from (qkv, rule, d context).
+pub(super) fn attention_rows_backward(
+    (s, l): (&CudaStorage, &Layout),
+    (rule, lr): (&CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    op: &super::attention_rows::RowsAttention,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let CudaStorageSlice::F32(rule) = &rule.slice else {
+        candle_core::bail!("attention bwd: f32 rule only")
+    };
+    let slice = match (&s.slice, &g.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(g)) => {
+            CudaStorageSlice::F32(attention_bwd_typed(
+                dev,
+                ("attention_bwd_q_f32", "attention_bwd_kv_f32"),
+                (x, l),
+                (rule, lr),
+                (g, lg),
+                op,
+            )?)
+        }
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(g)) => {
+            CudaStorageSlice::BF16(attention_bwd_typed(
+                dev,
+                ("attention_bwd_q_bf16", "attention_bwd_kv_bf16"),
+                (x, l),
+                (rule, lr),
+                (g, lg),
+                op,
+            )?)
+        }
+        _ => candle_core::bail!("attention bwd: no CUDA kernel for these dtypes"),
     };
     Ok(storage(slice, dev, l))
 }

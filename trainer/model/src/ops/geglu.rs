@@ -4,7 +4,7 @@
 //! composed twin is narrow + GELU + multiply.
 
 use super::rows::{f32_rows, map_rows2_to, map_rows_to};
-use super::{gelu, supports, vmath};
+use super::{gelu, supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 
 /// `GELU(x[.., :I]) ⊙ x[.., I:]` for `x` `[.., 2I]`.
@@ -13,7 +13,7 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
     if width % 2 != 0 {
         candle_core::bail!("geglu: last dimension {width} is odd");
     }
-    if supports(x.device(), x.dtype()) {
+    if supports(x.device(), x.dtype()) || supports_cuda("gelu", x.device(), x.dtype()) {
         return x.contiguous()?.apply_op1(Geglu);
     }
     geglu_composed(x)

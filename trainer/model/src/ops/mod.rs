@@ -10,6 +10,7 @@
 //! contiguous input) have no backward: gradients stop there silently. Nothing here uses them.
 
 mod attention;
+mod attention_rows;
 mod bias;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
@@ -26,6 +27,7 @@ pub mod tables;
 pub mod vmath;
 
 pub use attention::{attention, attention_composed, Visibility};
+pub use attention_rows::{attention_rows, attention_rows_backward};
 pub use bias::add_bias;
 pub use cross_entropy::{cross_entropy_and_correct, weighted_cross_entropy_and_correct};
 pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
@@ -37,32 +39,37 @@ pub use rotary::{rotary, rotary_composed, rotary_kernel, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 
 use candle_core::{DType, Device};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which implementation the ops run where this crate has a kernel for the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// This crate's kernels where [`supports`] says so (the default).
+    /// This crate's kernels where [`supports`] and [`supports_cuda`] say so (the default).
     Fused,
     /// The composed candle ops everywhere: what a device without this crate's kernels runs, so a
     /// CPU run with it follows a GPU step's path (and its transfers) exactly.
     Composed,
+    /// A GPU step's path on the CPU with the CUDA kernels' CPU twins: the ops of
+    /// [`CUDA_ROUTED`] run their twins, the rest composed, so a CPU run checks the kernels'
+    /// arithmetic end to end.
+    Twins,
 }
 
-static COMPOSED: AtomicBool = AtomicBool::new(false);
+static KERNELS: AtomicU8 = AtomicU8::new(0);
 
 /// Chooses the ops' implementation for the process (set it before building a model: the
 /// optimizer picks its state's form from it).
 pub fn set_kernels(k: Kernels) {
-    COMPOSED.store(k == Kernels::Composed, Ordering::SeqCst);
+    KERNELS.store(k as u8, Ordering::SeqCst);
 }
 
 /// The implementation chosen by [`set_kernels`].
 pub fn kernels() -> Kernels {
-    match COMPOSED.load(Ordering::SeqCst) {
-        true => Kernels::Composed,
-        false => Kernels::Fused,
+    match KERNELS.load(Ordering::SeqCst) {
+        0 => Kernels::Fused,
+        1 => Kernels::Composed,
+        _ => Kernels::Twins,
     }
 }
 
@@ -74,11 +81,39 @@ pub fn supports(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && kernels() == Kernels::Fused
 }
 
+/// The kernel files (`kernels/NAME.cu`) whose ops run their CUDA kernel on a CUDA device:
+/// short-row attention, GELU and GeGLU (both in `gelu.cu`), rotary.
+pub const CUDA_ROUTED: &[&str] = &["attention", "gelu", "rotary"];
+
+/// Whether the op whose CUDA kernels are in `kernels/{file}.cu` runs them (the op's custom op,
+/// whose `cuda_fwd` launches them and whose `cpu_fwd` is their twin) for tensors of `dtype` on
+/// `device`: f32 or bf16, the file in [`CUDA_ROUTED`], and a CUDA device (with the `cuda`
+/// feature) under [`Kernels::Fused`] or the CPU under [`Kernels::Twins`].
+pub fn supports_cuda(file: &str, device: &Device, dtype: DType) -> bool {
+    let here = match kernels() {
+        Kernels::Fused => cfg!(feature = "cuda") && device.is_cuda(),
+        Kernels::Twins => device.is_cpu(),
+        Kernels::Composed => false,
+    };
+    here && matches!(dtype, DType::F32 | DType::BF16) && CUDA_ROUTED.contains(&file)
+}
+
 /// Every CUDA kernel `ops/cuda.rs` launches, by source file (`kernels/NAME.cu`, compiled to PTX
 /// with the `cuda` feature): what the sources must define, checked by a test without CUDA.
-/// Dropout's kernels serve [`dropout`] on CUDA; the others are compared with their CPU twins by
-/// `trainer device-check` and join [`supports`] once a GPU has passed that check.
+/// Dropout's kernels serve [`dropout`] on CUDA; the ops of [`CUDA_ROUTED`] run theirs there (see
+/// [`supports_cuda`]); `trainer device-check` compares every kernel with its CPU twin.
 pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
+    (
+        "attention",
+        &[
+            "attention_fwd_f32",
+            "attention_fwd_bf16",
+            "attention_bwd_q_f32",
+            "attention_bwd_q_bf16",
+            "attention_bwd_kv_f32",
+            "attention_bwd_kv_bf16",
+        ],
+    ),
     (
         "dropout",
         &[
@@ -162,6 +197,26 @@ mod cuda_kernel_tests {
             let mut want: Vec<String> = kernels.iter().map(|k| k.to_string()).collect();
             want.sort();
             assert_eq!(names, want, "kernels/{file}.cu");
+        }
+        // Every routed file has kernels, and every op's routing names a routed file; each routed
+        // file is routed by some op.
+        let files: Vec<&str> = CUDA_KERNELS.iter().map(|(f, _)| *f).collect();
+        let mut asked = Vec::new();
+        for entry in std::fs::read_dir(root.join("src/ops")).unwrap() {
+            let source = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for rest in source.split("supports_cuda(\"").skip(1) {
+                asked.push(rest.split('"').next().unwrap().to_string());
+            }
+        }
+        for file in super::CUDA_ROUTED {
+            assert!(files.contains(file), "{file} is routed but has no kernels");
+            assert!(asked.iter().any(|a| a == file), "no op routes to {file}");
+        }
+        for a in &asked {
+            assert!(
+                super::CUDA_ROUTED.contains(&a.as_str()),
+                "an op asks supports_cuda({a:?}), which CUDA_ROUTED does not list"
+            );
         }
         // Every kernel name cuda.rs quotes is listed.
         let launcher = std::fs::read_to_string(root.join("src/ops/cuda.rs")).unwrap();

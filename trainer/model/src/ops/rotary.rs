@@ -7,8 +7,8 @@
 //! by the angle `position · θ^(-2i/dh)`; the value block passes through unchanged.
 
 use super::rows::f32_rows;
-use super::supports;
 use super::tables;
+use super::{supports, supports_cuda};
 use crate::transfer::upload;
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -114,7 +114,7 @@ impl RotaryTables {
 /// (B·L tokens, heads of H/heads columns). Returns a new `[B, L, 3H]` tensor.
 pub fn rotary(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
     check(qkv, heads, tables)?;
-    if supports(qkv.device(), qkv.dtype()) {
+    if supports(qkv.device(), qkv.dtype()) || supports_cuda("rotary", qkv.device(), qkv.dtype()) {
         return tables.apply(qkv, Rotary::new(heads));
     }
     rotary_composed(qkv, heads, tables)

@@ -130,6 +130,7 @@ macro_rules! dispatched {
         }
     };
 }
+pub(crate) use dispatched;
 
 dispatched! {
     /// Softmax of each `len`-long row of `rows`, in place.
