@@ -24,8 +24,8 @@
 #   shards       (checkout only) preprocess the bundled sample with the wheel's `maskrate preprocess`
 #   device-check `trainer device-check`: Philox4x32-10's known answers on the device, the
 #                device's dropout masks equal to the CPU kernel's bit for bit (f32, bf16, f16),
-#                then the per-op table: each fused kernel (GELU, GeGLU, rotary, attention so far)
-#                forward and backward against its CPU twin at BERT-base and ModernBERT-base
+#                then the per-op table: each fused kernel (GELU, GeGLU, rotary, layer norm,
+#                embedding, cross-entropy, attention so far) forward and backward against its CPU twin at BERT-base and ModernBERT-base
 #                shapes. If a check fails, the candle throughput steps are skipped: fix the
 #                kernel first.
 #   candle-throughput  candle BERT-base and ModernBERT-base bf16 at 256 x 128 (BERT also with

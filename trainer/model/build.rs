@@ -6,7 +6,15 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The kernel sources, each compiled to `<name>.ptx`.
-const KERNELS: &[&str] = &["attention", "dropout", "gelu", "rotary"];
+const KERNELS: &[&str] = &[
+    "attention",
+    "cross_entropy",
+    "dropout",
+    "embedding",
+    "gelu",
+    "layer_norm",
+    "rotary",
+];
 /// Headers the kernels include.
 const HEADERS: &[&str] = &["philox.cuh", "vmath.cuh"];
 

@@ -117,6 +117,13 @@ fn op_checks(device: &Device, quick: bool) -> Result<Vec<Check>> {
         )?);
         // ModernBERT-base's fused projections: 3 x 768, 12 heads of 64.
         checks.extend(rotary_matches_cpu(device, dtype, tokens)?);
+        // BERT-base's hidden states: rows of 768.
+        checks.extend(layer_norm_matches_cpu(device, dtype, tokens)?);
+        // BERT's word embeddings at the batch's tokens.
+        checks.extend(embedding_matches_cpu(device, dtype, tokens)?);
+        // The MLM head's masked rows over BERT's vocabulary.
+        let masked = if small { 64 } else { 2048 };
+        checks.extend(cross_entropy_matches_cpu(device, dtype, masked)?);
         // Attention at BERT-base's rows (every key, padded keys) and ModernBERT-base's (packed
         // documents and its local window), both with attention dropout.
         let (rows_128, long) = if small { (1, 160) } else { (8, 512) };
@@ -352,6 +359,124 @@ fn attention_matches_cpu(
     ])
 }
 
+/// The layer norm kernel forward and backward (`[rows + 2, 768]`: dx, then the weight's and the
+/// bias's gradients summed over rows) on `device` against the CPU kernel, `tokens` rows of 768.
+fn layer_norm_matches_cpu(device: &Device, dtype: DType, tokens: usize) -> Result<Vec<Check>> {
+    let n = 768;
+    let x = spread(tokens * n, 9)?
+        .reshape((tokens, n))?
+        .to_dtype(dtype)?;
+    let dy = spread(tokens * n, 10)?
+        .reshape((tokens, n))?
+        .to_dtype(dtype)?;
+    let w = ((spread(n, 11)? * 0.1)? + 1.0)?.to_dtype(dtype)?;
+    let b = (spread(n, 12)? * 0.1)?.to_dtype(dtype)?;
+    let eps = 1e-12;
+    let run = |d: &Device, dt: DType| -> Result<(Tensor, Tensor)> {
+        let on = |t: &Tensor| t.to_dtype(dt)?.to_device(d);
+        let (x, dy, w, b) = (on(&x)?, on(&dy)?, on(&w)?, on(&b)?);
+        Ok((
+            model::ops::layer_norm_kernel(&x, &w, &b, eps)?,
+            model::ops::layer_norm_backward_kernel(&x, &w, &dy, eps)?,
+        ))
+    };
+    // The CPU kernel computes in f32 on the same rounded inputs; its results rounded to `dtype`.
+    let cpu = run(&Device::Cpu, DType::F32)?;
+    let cpu = (cpu.0.to_dtype(dtype)?, cpu.1.to_dtype(dtype)?);
+    let dev = run(device, dtype)?;
+    let tolerance = tolerance_of(dtype);
+    let what = |dir: &str| format!("layer norm {dir} {dtype:?} {tokens}x{n}");
+    Ok(vec![
+        compare(what("forward"), &cpu.0, &dev.0, tolerance)?,
+        compare(what("backward"), &cpu.1, &dev.1, tolerance)?,
+    ])
+}
+
+/// The embedding lookup (f32, bf16) and its scatter-add gradient (f32; atomic adds in any order)
+/// on `device` against the CPU kernels: `tokens` ids into BERT's 30522 x 768 word embeddings,
+/// many repeated. The gradients are multiples of 1/8 below 2, so every order of the additions
+/// gives the same sums, and the bits must match.
+fn embedding_matches_cpu(device: &Device, dtype: DType, tokens: usize) -> Result<Vec<Check>> {
+    let (rows, width) = (30522usize, 768usize);
+    let table = spread(rows * width, 14)?
+        .reshape((rows, width))?
+        .to_dtype(dtype)?;
+    // Ids from a scrambled walk over the first 500 rows, and a few far ones.
+    let ids: Vec<u32> = (0..tokens as u64)
+        .map(|t| match t % 50 {
+            0 => rows as u32 - 1 - t as u32 % 7,
+            _ => (shared::seed::mix64(t ^ 15) % 500) as u32,
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, tokens, &Device::Cpu)?;
+    let dy: Vec<f32> = (0..tokens * width)
+        .map(|i| ((i * 7 + i / width) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let dy = Tensor::from_vec(dy, (tokens, width), &Device::Cpu)?;
+    let tolerance = tolerance_of(dtype);
+    let what = |dir: &str| format!("embedding {dir} {dtype:?} {tokens}x{width}");
+    let fwd = |d: &Device| model::ops::embedding_kernel(&table.to_device(d)?, &ids.to_device(d)?);
+    let mut checks = vec![compare(
+        what("forward"),
+        &fwd(&Device::Cpu)?,
+        &fwd(device)?,
+        tolerance,
+    )?];
+    if dtype == DType::F32 {
+        let bwd = |d: &Device| {
+            model::ops::embedding_backward_kernel(&ids.to_device(d)?, &dy.to_device(d)?, rows)
+        };
+        checks.push(compare(
+            what("backward"),
+            &bwd(&Device::Cpu)?,
+            &bwd(device)?,
+            0.0,
+        )?);
+    }
+    Ok(checks)
+}
+
+/// The cross-entropy kernel forward (`[M, 3]`: loss, hit, logsumexp) and backward on `device`
+/// against the CPU kernel, on `rows` rows of BERT's 30522 logits whose peak column is the label
+/// in every other row. The device's logarithm is within an ulp of the CPU's, so f32 allows 1e-4
+/// relative (a small loss is a difference of two larger numbers) rather than the bits.
+fn cross_entropy_matches_cpu(device: &Device, dtype: DType, rows: usize) -> Result<Vec<Check>> {
+    let v = 30522usize;
+    let mut x = (spread(rows * v, 13)? * 0.5)?.to_vec1::<f32>()?;
+    let mut labels = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let peak = (r * 7919) % v;
+        x[r * v + peak] += 10.0;
+        labels.push(if r % 2 == 0 { peak } else { (peak + 1 + r) % v } as u32);
+    }
+    let x = Tensor::from_vec(x, (rows, v), &Device::Cpu)?.to_dtype(dtype)?;
+    let labels = Tensor::from_vec(labels, rows, &Device::Cpu)?;
+    let gl: Vec<f32> = (0..rows)
+        .flat_map(|r| [0.5 + (r % 3) as f32 * 0.25, 0.0])
+        .collect();
+    let run = |d: &Device, dt: DType| -> Result<(Tensor, Tensor)> {
+        let (x, t) = (x.to_dtype(dt)?.to_device(d)?, labels.to_device(d)?);
+        let fwd = model::ops::cross_entropy_kernel(&x, &t)?;
+        // Each row's gradient beside the logsumexp the forward found.
+        let g = Tensor::from_vec(gl.clone(), (rows, 2), &Device::Cpu)?.to_device(d)?;
+        let lse = fwd.narrow(1, 2, 1)?;
+        let g = Tensor::cat(&[g.narrow(1, 0, 1)?, lse], 1)?;
+        Ok((fwd, model::ops::cross_entropy_backward_kernel(&x, &t, &g)?))
+    };
+    let cpu = run(&Device::Cpu, DType::F32)?;
+    let dev = run(device, dtype)?;
+    let tolerance = if dtype == DType::F32 {
+        1e-4
+    } else {
+        tolerance_of(dtype)
+    };
+    let what = |dir: &str| format!("cross-entropy {dir} {dtype:?} {rows}x{v}");
+    Ok(vec![
+        compare(what("forward"), &cpu.0, &dev.0, tolerance)?,
+        compare(what("backward"), &cpu.1.to_dtype(dtype)?, &dev.1, tolerance)?,
+    ])
+}
+
 /// The forward kernel `fwd(x)` and backward kernel `bwd(x, dy)` of an element-wise op named
 /// `op` on `device` against the same kernels on the CPU, on `x` of `x_shape` and `dy` of
 /// `dy_shape` in `dtype` (the CPU twin computes in f32 on the same rounded inputs; its result is
@@ -426,7 +551,15 @@ mod tests {
     fn the_quick_check_covers_every_op_and_names_failures() {
         let checks = op_checks(&Device::Cpu, true).unwrap();
         let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
-        for op in ["gelu", "geglu", "rotary", "attention"] {
+        for op in [
+            "gelu",
+            "geglu",
+            "rotary",
+            "layer norm",
+            "cross-entropy",
+            "embedding",
+            "attention",
+        ] {
             for dir in ["forward", "backward"] {
                 let prefix = format!("{op} {dir} ");
                 assert!(

@@ -4,7 +4,9 @@
 use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
-use crate::ops::{add_bias, attention, gelu, matmul_in, maybe_dropout, Dropout, Site, Visibility};
+use crate::ops::{
+    add_bias, attention, embedding, gelu, matmul_in, maybe_dropout, Dropout, Site, Visibility,
+};
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -149,10 +151,7 @@ impl Bert {
                 self.cfg.max_position_embeddings
             );
         }
-        let words = self
-            .word_embeddings
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
+        let words = embedding(&self.word_embeddings, input_ids)?.reshape((b, l, h))?;
         let x = match &layout.positions {
             None => words.broadcast_add(&self.position_embeddings.narrow(0, 0, l)?)?,
             Some(p) => {
@@ -164,19 +163,12 @@ impl Bert {
                         self.cfg.max_position_embeddings
                     );
                 }
-                (words
-                    + self
-                        .position_embeddings
-                        .index_select(&p.flatten_all()?, 0)?
-                        .reshape((b, l, h))?)?
+                (words + embedding(&self.position_embeddings, p)?.reshape((b, l, h))?)?
             }
         };
         let x = match token_type_ids {
             Some(types) => {
-                (x + self
-                    .token_type_embeddings
-                    .index_select(&types.flatten_all()?, 0)?
-                    .reshape((b, l, h))?)?
+                (x + embedding(&self.token_type_embeddings, types)?.reshape((b, l, h))?)?
             }
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };

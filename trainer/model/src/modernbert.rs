@@ -11,8 +11,8 @@ use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon, ModernSettings
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
-    add_bias, attention, geglu, gelu, matmul_in, maybe_dropout, rotary, Dropout, RotaryTables,
-    Site, Visibility,
+    add_bias, attention, embedding, geglu, gelu, matmul_in, maybe_dropout, rotary, Dropout,
+    RotaryTables, Site, Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
@@ -142,10 +142,7 @@ impl ModernBert {
         let local_tables = RotaryTables::at(positions, b, l, head_dim, m.local_rope_theta, device)?;
         let visible = Visibility::new(None, layout.segments.clone());
         let local = visible.with_radius(Some(m.local_window / 2));
-        let words = self
-            .tok_embeddings
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
+        let words = embedding(&self.tok_embeddings, input_ids)?.reshape((b, l, h))?;
         let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;

@@ -13,6 +13,7 @@
 //! On the CPU the production kernel is `attention.rs`'s (gemm products, faster there); this twin
 //! serves the tests and the device check.
 
+use super::rows::{butterfly, LANES};
 use super::{vmath, DropoutMask, Visibility};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -23,8 +24,6 @@ pub const MAX_LEN: usize = 1024;
 pub const MAX_HEAD_DIM: usize = 256;
 /// `radius` meaning no window.
 const NO_WINDOW: u32 = u32::MAX;
-/// Lanes of a warp.
-const LANES: usize = 32;
 
 /// Whether the kernel takes rows of `len` tokens and heads of `head_dim` columns.
 pub fn fits(len: usize, head_dim: usize) -> bool {
@@ -220,18 +219,6 @@ fn dots<'a>(a: &[f32], row: impl Fn(usize) -> &'a [f32], out: &mut [f32]) {
     for (j, o) in out.iter_mut().enumerate().skip(full) {
         *o = dot(a, row(j));
     }
-}
-
-/// The value every lane holds after the kernel's xor-shuffle butterfly (16, 8, 4, 2, 1) of `op`.
-#[inline(always)]
-fn butterfly(mut v: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
-    for off in [16, 8, 4, 2, 1] {
-        let prev = v;
-        for (l, x) in v.iter_mut().enumerate() {
-            *x = op(prev[l], prev[l ^ off]);
-        }
-    }
-    v[0]
 }
 
 /// Probability from a score and its row's (max, sum): the kernel's `prob`.
@@ -683,23 +670,6 @@ mod tests {
             bits(bwd(&x, &dy)),
             bits(bwd(&x32, &dy32).to_dtype(DType::BF16).unwrap())
         );
-    }
-
-    /// The butterfly is the kernel's: lane 0's value after xor-shuffles 16, 8, 4, 2, 1, which
-    /// differs from a left-to-right sum for values that round differently.
-    #[test]
-    fn the_butterfly_adds_in_the_shuffles_order() {
-        let v: [f32; LANES] =
-            std::array::from_fn(|l| 1.0 + (l as f32) * 1e-7 * 3.0_f32.powi(l as i32 % 5));
-        let mut want = v;
-        for off in [16, 8, 4, 2, 1] {
-            for l in 0..off {
-                want[l] += want[l + off];
-            }
-        }
-        assert_eq!(butterfly(v, |a, b| a + b).to_bits(), want[0].to_bits());
-        let m = butterfly(std::array::from_fn(|l| (l as f32 * 7.0) % 11.0), f32::max);
-        assert_eq!(m, 10.0);
     }
 
     /// Rows longer than the kernel's are refused with the reason.

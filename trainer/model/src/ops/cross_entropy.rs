@@ -3,7 +3,7 @@
 //! log-softmax and a gather in candle ops.
 
 use super::rows::f32_rows;
-use super::{supports, vmath};
+use super::{supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -15,10 +15,12 @@ pub fn weighted_cross_entropy_and_correct(
     labels: &Tensor,
     coefficients: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    let (per_row, correct) = match supports(logits.device(), logits.dtype()) {
-        true => per_row_kernel(logits, labels)?,
-        false => per_row_composed(logits, labels)?,
-    };
+    let (device, dtype) = (logits.device(), logits.dtype());
+    let (per_row, correct) =
+        match supports(device, dtype) || supports_cuda("cross_entropy", device, dtype) {
+            true => per_row_kernel(logits, labels)?,
+            false => per_row_composed(logits, labels)?,
+        };
     let sum = match coefficients {
         Some(c) => (per_row * c)?.sum_all()?,
         None => per_row.sum_all()?,
@@ -34,6 +36,28 @@ fn per_row_kernel(logits: &Tensor, labels: &Tensor) -> Result<(Tensor, Tensor)> 
     // Detached: the count must not keep the forward graph (logits and all) alive.
     let correct = rows.narrow(1, 1, 1)?.sum_all()?.detach();
     Ok((rows.narrow(1, 0, 1)?.squeeze(1)?, correct))
+}
+
+/// The kernel's rows `[M, 3]` (loss, hit, logsumexp) on `logits`' device whatever [`supports`]
+/// says (the CPU kernel, or the CUDA one with the `cuda` feature): what `trainer device-check`
+/// compares across devices.
+pub fn cross_entropy_kernel(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    logits
+        .contiguous()?
+        .apply_op2_no_bwd(&labels.contiguous()?, &CrossEntropyRows)
+}
+
+/// The kernel's backward: d logits from each row's loss gradient and logsumexp (`[M, 2]`).
+pub fn cross_entropy_backward_kernel(
+    logits: &Tensor,
+    labels: &Tensor,
+    grad_and_lse: &Tensor,
+) -> Result<Tensor> {
+    logits.contiguous()?.apply_op3_no_bwd(
+        &labels.contiguous()?,
+        &grad_and_lse.contiguous()?,
+        &CrossEntropyRowsBackward,
+    )
 }
 
 /// Each row's cross-entropy `[M]` and the hits, in candle ops (the composed twin).
@@ -116,6 +140,17 @@ impl CustomOp2 for CrossEntropyRows {
         Ok((CpuStorage::F32(out), Shape::from((rows, 3))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::cross_entropy((s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -123,23 +158,16 @@ impl CustomOp2 for CrossEntropyRows {
         res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let back = CrossEntropyRowsBackward {
-            logsumexp: res.narrow(1, 2, 1)?.flatten_all()?.to_vec1()?,
-        };
-        let g = logits.contiguous()?.apply_op3_no_bwd(
-            &labels.contiguous()?,
-            &grad.contiguous()?,
-            &back,
-        )?;
+        // Each row's loss gradient beside its logsumexp, on the device: nothing is read back.
+        let grad_and_lse = Tensor::cat(&[grad.narrow(1, 0, 1)?, res.narrow(1, 2, 1)?], 1)?;
+        let g = cross_entropy_backward_kernel(logits, labels, &grad_and_lse)?;
         Ok((Some(g), None))
     }
 }
 
-/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, d out `[M, 3]`).
-struct CrossEntropyRowsBackward {
-    /// Each row's logsumexp from the forward pass.
-    logsumexp: Vec<f32>,
-}
+/// d logits = (softmax(x) − onehot(label)) · dloss, row-wise; inputs (x, labels, `[M, 2]` of each
+/// row's dloss and logsumexp).
+struct CrossEntropyRowsBackward;
 
 impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
     fn name(&self) -> &'static str {
@@ -158,24 +186,33 @@ impl candle_core::CustomOp3 for CrossEntropyRowsBackward {
         let (x, dim) = f32_rows(s1, l1, "cross-entropy bwd")?;
         let rows = x.len() / dim.max(1);
         let labels = u32_labels(s2, l2, rows)?;
-        let (dout, _) = f32_rows(s3, l3, "cross-entropy bwd")?;
-        if self.logsumexp.len() != rows {
-            candle_core::bail!(
-                "cross-entropy bwd: {} sums for {rows} rows",
-                self.logsumexp.len()
-            );
+        let (gl, _) = f32_rows(s3, l3, "cross-entropy bwd")?;
+        if gl.len() != 2 * rows {
+            candle_core::bail!("cross-entropy bwd: {} values for {rows} rows", gl.len());
         }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim)
             .zip(x.par_chunks(dim))
-            .zip(labels.par_iter().zip(dout.par_chunks(3)))
-            .zip(self.logsumexp.par_iter())
-            .for_each(|(((o, x), (&t, d)), &lse)| {
-                let g = d[0];
+            .zip(labels.par_iter().zip(gl.par_chunks(2)))
+            .for_each(|((o, x), (&t, gl))| {
+                let (g, lse) = (gl[0], gl[1]);
                 vmath::exp_shifted_scaled(o, x, lse, g);
                 o[t as usize] -= g;
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::cross_entropy_backward((s1, l1), (s2, l2), (s3, l3))
     }
 }
 

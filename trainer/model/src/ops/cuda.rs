@@ -593,3 +593,461 @@ pub(super) fn attention_rows_backward(
     };
     Ok(storage(slice, dev, l))
 }
+
+/// The layer norm module's PTX.
+const LAYER_NORM_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/layer_norm.ptx"));
+/// Its module name in the device's cache.
+const LAYER_NORM_MODULE: &str = "maskrate_layer_norm";
+/// Warps per block of the row kernels (`WARPS` in kernels/layer_norm.cu): one row each.
+const LAYER_NORM_WARPS: u32 = 4;
+
+/// One warp per row.
+fn warp_rows(rows: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(LAYER_NORM_WARPS), 1, 1),
+        block_dim: (32 * LAYER_NORM_WARPS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// The rows and width of x `[.., N]`, checked against the parameters' length.
+fn norm_shape(l: &Layout, params: usize) -> Result<(usize, usize)> {
+    let n = *l.dims().last().unwrap_or(&0);
+    if n != params || n == 0 {
+        candle_core::bail!("layer norm: {params} parameters for rows of {n}");
+    }
+    Ok((l.shape().elem_count() / n, n))
+}
+
+fn layer_norm_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    (w, lw): (&CudaSlice<T>, &Layout),
+    (b, lb): (&CudaSlice<T>, &Layout),
+    eps: f32,
+) -> Result<CudaSlice<T>> {
+    let (x, w, b) = (
+        elements(x, l, kernel)?,
+        elements(w, lw, kernel)?,
+        elements(b, lb, kernel)?,
+    );
+    let (rows, n) = norm_shape(l, w.len())?;
+    if b.len() != n {
+        candle_core::bail!("layer norm: bias of {} for rows of {n}", b.len());
+    }
+    let func = dev.get_or_load_custom_func(kernel, LAYER_NORM_MODULE, LAYER_NORM_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(x.len())? };
+    let (rows64, n32) = (rows as u64, n as u32);
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&w);
+    builder.arg(&b);
+    builder.arg(&y);
+    builder.arg(&rows64);
+    builder.arg(&n32);
+    builder.arg(&eps);
+    // SAFETY: the arguments match `LAYER_NORM_FWD` in kernels/layer_norm.cu.
+    unsafe { builder.launch(warp_rows(rows)) }.w()?;
+    Ok(y)
+}
+
+fn layer_norm_bwd_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    suffix: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    (w, lw): (&CudaSlice<T>, &Layout),
+    (dy, ldy): (&CudaSlice<T>, &Layout),
+    (eps, per_task): (f32, usize),
+) -> Result<CudaSlice<T>> {
+    let (x, w, dy) = (
+        elements(x, l, "layer norm bwd")?,
+        elements(w, lw, "layer norm bwd")?,
+        elements(dy, ldy, "layer norm bwd")?,
+    );
+    let (rows, n) = norm_shape(l, w.len())?;
+    if dy.len() != x.len() {
+        candle_core::bail!(
+            "layer norm bwd: gradient of {} for {} values",
+            dy.len(),
+            x.len()
+        );
+    }
+    let tasks = rows.div_ceil(per_task).max(1);
+    let (rows64, n32, per_task32, tasks32) = (rows as u64, n as u32, per_task as u32, tasks as u32);
+    let load = |name: &str| {
+        dev.get_or_load_custom_func(
+            &format!("{name}_{suffix}"),
+            LAYER_NORM_MODULE,
+            LAYER_NORM_PTX,
+        )
+    };
+    // SAFETY: the row kernel writes the dx rows, the sum kernel the last two rows.
+    let out = unsafe { dev.alloc::<T>((rows + 2) * n)? };
+    let stats = dev.alloc_zeros::<f32>(2 * rows.max(1))?;
+    let partial = dev.alloc_zeros::<f32>(2 * n * tasks)?;
+    let func = load("layer_norm_bwd_rows")?;
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&w);
+    builder.arg(&dy);
+    builder.arg(&out);
+    builder.arg(&stats);
+    builder.arg(&rows64);
+    builder.arg(&n32);
+    builder.arg(&eps);
+    // SAFETY: the arguments match `LAYER_NORM_BWD_ROWS`.
+    unsafe { builder.launch(warp_rows(rows)) }.w()?;
+    let func = load("layer_norm_bwd_params")?;
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&dy);
+    builder.arg(&stats);
+    builder.arg(&partial);
+    builder.arg(&rows64);
+    builder.arg(&n32);
+    builder.arg(&per_task32);
+    let columns = LaunchConfig {
+        grid_dim: ((n as u32).div_ceil(THREADS), tasks as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `LAYER_NORM_BWD_PARAMS`; it reads the stats written above.
+    unsafe { builder.launch(columns) }.w()?;
+    let func = load("layer_norm_bwd_sum")?;
+    let mut builder = func.builder();
+    builder.arg(&partial);
+    builder.arg(&out);
+    builder.arg(&rows64);
+    builder.arg(&n32);
+    builder.arg(&tasks32);
+    // SAFETY: the arguments match `LAYER_NORM_BWD_SUM`.
+    unsafe { builder.launch(grid(2 * n as u64)) }.w()?;
+    Ok(out)
+}
+
+/// LayerNorm on the device: [`super::layer_norm`]'s CPU kernel, operation for operation (x,
+/// weight and bias of one dtype).
+pub(super) fn layer_norm(
+    (x, l): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let slice = match (&x.slice, &w.slice, &b.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w), CudaStorageSlice::F32(b)) => {
+            CudaStorageSlice::F32(layer_norm_typed(
+                dev,
+                "layer_norm_fwd_f32",
+                (x, l),
+                (w, lw),
+                (b, lb),
+                eps,
+            )?)
+        }
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(w), CudaStorageSlice::BF16(b)) => {
+            CudaStorageSlice::BF16(layer_norm_typed(
+                dev,
+                "layer_norm_fwd_bf16",
+                (x, l),
+                (w, lw),
+                (b, lb),
+                eps,
+            )?)
+        }
+        _ => candle_core::bail!("layer norm: no CUDA kernel for these dtypes"),
+    };
+    Ok(storage(slice, dev, l))
+}
+
+/// LayerNorm's backward on the device: `[rows + 2, N]` (dx rows, d weight, d bias) from (x,
+/// weight, dy), the parameters' sums per task of `per_task` rows as the CPU kernel's.
+pub(super) fn layer_norm_backward(
+    (x, l): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (dy, ldy): (&CudaStorage, &Layout),
+    eps: f32,
+    per_task: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let (rows, n) = norm_shape(l, lw.shape().elem_count())?;
+    let slice = match (&x.slice, &w.slice, &dy.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(w), CudaStorageSlice::F32(dy)) => {
+            CudaStorageSlice::F32(layer_norm_bwd_typed(
+                dev,
+                "f32",
+                (x, l),
+                (w, lw),
+                (dy, ldy),
+                (eps, per_task),
+            )?)
+        }
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(w), CudaStorageSlice::BF16(dy)) => {
+            CudaStorageSlice::BF16(layer_norm_bwd_typed(
+                dev,
+                "bf16",
+                (x, l),
+                (w, lw),
+                (dy, ldy),
+                (eps, per_task),
+            )?)
+        }
+        _ => candle_core::bail!("layer norm bwd: no CUDA kernel for these dtypes"),
+    };
+    let storage = CudaStorage {
+        slice,
+        device: dev.clone(),
+    };
+    Ok((storage, Shape::from((rows + 2, n))))
+}
+
+/// The cross-entropy module's PTX.
+const CROSS_ENTROPY_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx"));
+/// Its module name in the device's cache.
+const CROSS_ENTROPY_MODULE: &str = "maskrate_cross_entropy";
+/// Rows per block of the forward kernel (`ROWS` in kernels/cross_entropy.cu), 16 threads each.
+const CROSS_ENTROPY_ROWS: u32 = 16;
+
+/// The u32 labels of a call, one per row.
+fn labels_of<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    rows: usize,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
+    let CudaStorageSlice::U32(labels) = &s.slice else {
+        candle_core::bail!("cross-entropy: u32 labels only")
+    };
+    let labels = elements(labels, l, "cross-entropy labels")?;
+    if labels.len() != rows {
+        candle_core::bail!("cross-entropy: {} labels for {rows} rows", labels.len());
+    }
+    Ok(labels)
+}
+
+/// The rows and classes of logits `[M, V]`.
+fn logits_shape(l: &Layout) -> Result<(usize, usize)> {
+    let v = *l.dims().last().unwrap_or(&0);
+    if v == 0 {
+        candle_core::bail!("cross-entropy: no classes");
+    }
+    Ok((l.shape().elem_count() / v, v))
+}
+
+fn cross_entropy_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    labels: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
+) -> Result<CudaSlice<f32>> {
+    let (rows, v) = logits_shape(l)?;
+    let x = elements(x, l, kernel)?;
+    let func = dev.get_or_load_custom_func(kernel, CROSS_ENTROPY_MODULE, CROSS_ENTROPY_PTX)?;
+    // SAFETY: the kernel writes every row's three values.
+    let out = unsafe { dev.alloc::<f32>(3 * rows)? };
+    let (rows64, v32) = (rows as u64, v as u32);
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(labels);
+    builder.arg(&out);
+    builder.arg(&rows64);
+    builder.arg(&v32);
+    let config = LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(CROSS_ENTROPY_ROWS).max(1), 1, 1),
+        block_dim: (16 * CROSS_ENTROPY_ROWS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the arguments match `CROSS_ENTROPY_FWD` in kernels/cross_entropy.cu.
+    unsafe { builder.launch(config) }.w()?;
+    Ok(out)
+}
+
+/// Cross-entropy rows on the device: `[M, 3]` f32 (loss, hit, logsumexp), as
+/// [`super::cross_entropy`]'s CPU kernel computes them.
+pub(super) fn cross_entropy(
+    (x, l): (&CudaStorage, &Layout),
+    (t, lt): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let (rows, _) = logits_shape(l)?;
+    let labels = labels_of(t, lt, rows)?;
+    let out = match &x.slice {
+        CudaStorageSlice::F32(x) => {
+            cross_entropy_typed(dev, "cross_entropy_fwd_f32", (x, l), &labels)?
+        }
+        CudaStorageSlice::BF16(x) => {
+            cross_entropy_typed(dev, "cross_entropy_fwd_bf16", (x, l), &labels)?
+        }
+        _ => candle_core::bail!("cross-entropy: no CUDA kernel for this dtype"),
+    };
+    let storage = CudaStorage {
+        slice: CudaStorageSlice::F32(out),
+        device: dev.clone(),
+    };
+    Ok((storage, Shape::from((rows, 3))))
+}
+
+fn cross_entropy_bwd_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    labels: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
+    gl: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
+) -> Result<CudaSlice<T>> {
+    let (rows, v) = logits_shape(l)?;
+    let x = elements(x, l, kernel)?;
+    if gl.len() != 2 * rows {
+        candle_core::bail!("cross-entropy bwd: {} values for {rows} rows", gl.len());
+    }
+    let func = dev.get_or_load_custom_func(kernel, CROSS_ENTROPY_MODULE, CROSS_ENTROPY_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let dx = unsafe { dev.alloc::<T>(x.len())? };
+    let (rows64, v32) = (rows as u64, v as u32);
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(labels);
+    builder.arg(gl);
+    builder.arg(&dx);
+    builder.arg(&rows64);
+    builder.arg(&v32);
+    // SAFETY: the arguments match `CROSS_ENTROPY_BWD` in kernels/cross_entropy.cu.
+    unsafe { builder.launch(grid(x.len() as u64)) }.w()?;
+    Ok(dx)
+}
+
+/// Cross-entropy's backward on the device: d logits from (logits, labels, `[M, 2]` of each row's
+/// loss gradient and logsumexp).
+pub(super) fn cross_entropy_backward(
+    (x, l): (&CudaStorage, &Layout),
+    (t, lt): (&CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let (rows, _) = logits_shape(l)?;
+    let labels = labels_of(t, lt, rows)?;
+    let CudaStorageSlice::F32(g) = &g.slice else {
+        candle_core::bail!("cross-entropy bwd: f32 gradient and logsumexp only")
+    };
+    let gl = elements(g, lg, "cross-entropy bwd")?;
+    let slice = match &x.slice {
+        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(cross_entropy_bwd_typed(
+            dev,
+            "cross_entropy_bwd_f32",
+            (x, l),
+            &labels,
+            &gl,
+        )?),
+        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(cross_entropy_bwd_typed(
+            dev,
+            "cross_entropy_bwd_bf16",
+            (x, l),
+            &labels,
+            &gl,
+        )?),
+        _ => candle_core::bail!("cross-entropy bwd: no CUDA kernel for this dtype"),
+    };
+    Ok(storage(slice, dev, l))
+}
+
+/// The embedding module's PTX.
+const EMBEDDING_PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/embedding.ptx"));
+/// Its module name in the device's cache.
+const EMBEDDING_MODULE: &str = "maskrate_embedding";
+
+/// The u32 ids of an embedding call.
+fn ids_of<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+) -> Result<candle_core::cuda_backend::cudarc::driver::CudaView<'a, u32>> {
+    let CudaStorageSlice::U32(ids) = &s.slice else {
+        candle_core::bail!("embedding: u32 ids only")
+    };
+    elements(ids, l, "embedding ids")
+}
+
+fn embedding_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (table, l): (&CudaSlice<T>, &Layout),
+    ids: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
+) -> Result<CudaSlice<T>> {
+    let &[rows, width] = l.dims() else {
+        candle_core::bail!("embedding: a [rows, width] table, got {:?}", l.dims())
+    };
+    let table = elements(table, l, kernel)?;
+    let func = dev.get_or_load_custom_func(kernel, EMBEDDING_MODULE, EMBEDDING_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let y = unsafe { dev.alloc::<T>(ids.len() * width)? };
+    let (tokens, rows32, width32) = (ids.len() as u64, rows as u32, width as u32);
+    let mut builder = func.builder();
+    builder.arg(&table);
+    builder.arg(ids);
+    builder.arg(&y);
+    builder.arg(&tokens);
+    builder.arg(&rows32);
+    builder.arg(&width32);
+    // SAFETY: the arguments match `EMBEDDING_FWD` in kernels/embedding.cu.
+    unsafe { builder.launch(grid(tokens * width as u64)) }.w()?;
+    Ok(y)
+}
+
+/// The embedding lookup on the device: `[N, width]` rows of the table at the ids.
+pub(super) fn embedding(
+    (t, l): (&CudaStorage, &Layout),
+    (ids, li): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &t.device;
+    let ids = ids_of(ids, li)?;
+    let width = *l.dims().last().unwrap_or(&0);
+    let slice = match &t.slice {
+        CudaStorageSlice::F32(t) => {
+            CudaStorageSlice::F32(embedding_typed(dev, "embedding_fwd_f32", (t, l), &ids)?)
+        }
+        CudaStorageSlice::BF16(t) => {
+            CudaStorageSlice::BF16(embedding_typed(dev, "embedding_fwd_bf16", (t, l), &ids)?)
+        }
+        _ => candle_core::bail!("embedding: no CUDA kernel for this dtype"),
+    };
+    let storage = CudaStorage {
+        slice,
+        device: dev.clone(),
+    };
+    Ok((storage, Shape::from((ids.len(), width))))
+}
+
+/// The embedding gradient on the device: `dy` rows added at their ids into a zero `[rows, width]`
+/// f32 table by atomic adds.
+pub(super) fn embedding_backward(
+    (ids, li): (&CudaStorage, &Layout),
+    (dy, ldy): (&CudaStorage, &Layout),
+    rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &dy.device;
+    let ids = ids_of(ids, li)?;
+    let CudaStorageSlice::F32(dy) = &dy.slice else {
+        candle_core::bail!("embedding bwd: f32 gradients only")
+    };
+    let dy = elements(dy, ldy, "embedding bwd")?;
+    let width = dy.len() / ids.len().max(1);
+    if width * ids.len() != dy.len() {
+        candle_core::bail!("embedding bwd: {} values for {} ids", dy.len(), ids.len());
+    }
+    let dtable = dev.alloc_zeros::<f32>(rows * width)?;
+    let func = dev.get_or_load_custom_func("embedding_bwd_f32", EMBEDDING_MODULE, EMBEDDING_PTX)?;
+    let (tokens, rows32, width32) = (ids.len() as u64, rows as u32, width as u32);
+    let mut builder = func.builder();
+    builder.arg(&ids);
+    builder.arg(&dy);
+    builder.arg(&dtable);
+    builder.arg(&tokens);
+    builder.arg(&rows32);
+    builder.arg(&width32);
+    // SAFETY: the arguments match `embedding_bwd_f32` in kernels/embedding.cu.
+    unsafe { builder.launch(grid(tokens * width as u64)) }.w()?;
+    let storage = CudaStorage {
+        slice: CudaStorageSlice::F32(dtable),
+        device: dev.clone(),
+    };
+    Ok((storage, Shape::from((rows, width))))
+}

@@ -1,19 +1,43 @@
 //! LayerNorm over the last dimension with its affine part: the CPU kernel (all three gradients in
-//! one backward pass over the rows) and the composed twin.
+//! one backward pass over the rows), which is also the CUDA kernel's twin (`kernels/layer_norm.cu`:
+//! row sums as a warp makes them, lane partial sums and the shuffle butterfly; the parameters'
+//! gradients summed per task of rows, then over tasks, in order), and the composed twin.
 
-use super::rows::{f32_rows, map_rows, sum_in_order, ROWS_PER_TASK};
-use super::supports;
+use super::rows::{f32_rows, map_rows, sum_in_order, warp_sum, ROWS_PER_TASK};
+use super::{supports, supports_cuda};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    if supports(x.device(), x.dtype()) {
+    if supports(x.device(), x.dtype()) || supports_cuda("layer_norm", x.device(), x.dtype()) {
         return x
             .contiguous()?
             .apply_op3(weight, bias, LayerNorm { eps: eps as f32 });
     }
     layer_norm_composed(x, weight, bias, eps)
+}
+
+/// This crate's layer norm kernel on `x`'s device whatever [`supports`] says (the CPU kernel, or
+/// the CUDA one with the `cuda` feature): what `trainer device-check` compares across devices.
+pub fn layer_norm_kernel(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(weight, bias, &LayerNorm { eps: eps as f32 })
+}
+
+/// The kernel's backward: `[rows + 2, N]`, the dx rows, then d weight and d bias, from (x,
+/// weight, dy).
+pub fn layer_norm_backward_kernel(
+    x: &Tensor,
+    weight: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &dy.contiguous()?,
+        &LayerNormBackward { eps: eps as f32 },
+    )
 }
 
 /// [`layer_norm`] from elementary ops (any device).
@@ -34,10 +58,11 @@ struct LayerNorm {
     eps: f32,
 }
 
+/// A row's (mean, 1 / sqrt(var + eps)), its sums as a warp makes them.
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = warp_sum(x, |_, v| v) / n;
+    let var = warp_sum(x, |_, v| (v - mean) * (v - mean)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -74,6 +99,19 @@ impl candle_core::CustomOp3 for LayerNorm {
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
     }
 
     fn bwd(
@@ -134,16 +172,15 @@ impl candle_core::CustomOp3 for LayerNormBackward {
                 let (dw, db) = acc.split_at_mut(dim);
                 for ((dx, x), dy) in dx.chunks_mut(dim).zip(x.chunks(dim)).zip(dy.chunks(dim)) {
                     let (mean, inv_std) = row_stats(x, eps);
-                    let (mut sum_g, mut sum_g_xhat) = (0f32, 0f32);
-                    let params = w.iter().zip(dw.iter_mut().zip(db.iter_mut()));
-                    for ((&x, &dy), (&w, (dw, db))) in x.iter().zip(dy).zip(params) {
+                    let params = dw.iter_mut().zip(db.iter_mut());
+                    for ((&x, &dy), (dw, db)) in x.iter().zip(dy).zip(params) {
                         let xhat = (x - mean) * inv_std;
-                        let g = dy * w;
-                        sum_g += g;
-                        sum_g_xhat += g * xhat;
                         *dw += dy * xhat;
                         *db += dy;
                     }
+                    let g = |c: usize, dy: f32| dy * w[c];
+                    let sum_g = warp_sum(dy, g);
+                    let sum_g_xhat = warp_sum(dy, |c, dy| g(c, dy) * ((x[c] - mean) * inv_std));
                     let (mean_g, mean_g_xhat) = (sum_g / n, sum_g_xhat / n);
                     for (((dx, &x), &dy), &w) in dx.iter_mut().zip(x).zip(dy).zip(w) {
                         let xhat = (x - mean) * inv_std;
@@ -156,12 +193,65 @@ impl candle_core::CustomOp3 for LayerNormBackward {
         sums.copy_from_slice(&sum_in_order(partial, 2 * dim));
         Ok((CpuStorage::F32(out), Shape::from((rows + 2, dim))))
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::layer_norm_backward((s1, l1), (s2, l2), (s3, l3), self.eps, ROWS_PER_TASK)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{assert_same_op, var};
+    use super::super::testing::{
+        assert_finite_differences, assert_kernels_are_the_op, assert_same_op, var,
+    };
     use super::*;
+
+    /// At rows wider than a warp (100 = 3·32 + 4 columns) and more rows than a task (150 rows:
+    /// three tasks of the parameters' sums), the kernel equals the composed op forward and in
+    /// all three gradients, and its exposed kernels are the op.
+    #[test]
+    fn kernel_matches_composed_across_lanes_and_tasks() {
+        let (x, w, b) = (
+            var(&[150, 100], 2.0, 19),
+            var(&[100], 1.0, 20),
+            var(&[100], 1.0, 21),
+        );
+        assert_same_op(
+            || layer_norm(x.as_tensor(), &w, &b, 1e-12).unwrap(),
+            || layer_norm_composed(x.as_tensor(), &w, &b, 1e-12).unwrap(),
+            &[&x, &w, &b],
+            2e-5,
+        );
+        let (wt, bt) = (w.as_tensor().clone(), b.as_tensor().clone());
+        assert_kernels_are_the_op(
+            |x| layer_norm(x, &wt, &bt, 1e-12).unwrap(),
+            |x| layer_norm_kernel(x, &wt, &bt, 1e-12).unwrap(),
+            |x, dy| {
+                layer_norm_backward_kernel(x, &wt, dy, 1e-12)
+                    .unwrap()
+                    .narrow(0, 0, 150)
+                    .unwrap()
+            },
+            (&[150, 100], &[150, 100]),
+        );
+    }
+
+    /// The backward against central finite differences.
+    #[test]
+    fn backward_matches_finite_differences() {
+        let (w, b) = (var(&[40], 1.0, 22), var(&[40], 1.0, 23));
+        let (w, b) = (w.as_tensor().clone(), b.as_tensor().clone());
+        assert_finite_differences(&[3, 40], 1.0, 24, |x| layer_norm(x, &w, &b, 1e-5).unwrap());
+    }
 
     #[test]
     fn kernel_matches_composed_forward_and_backward() {

@@ -16,6 +16,7 @@ mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod dropout;
+mod embedding;
 mod geglu;
 mod gelu;
 mod layer_norm;
@@ -29,11 +30,17 @@ pub mod vmath;
 pub use attention::{attention, attention_composed, Visibility};
 pub use attention_rows::{attention_rows, attention_rows_backward};
 pub use bias::add_bias;
-pub use cross_entropy::{cross_entropy_and_correct, weighted_cross_entropy_and_correct};
+pub use cross_entropy::{
+    cross_entropy_and_correct, cross_entropy_backward_kernel, cross_entropy_kernel,
+    weighted_cross_entropy_and_correct,
+};
 pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
+pub use embedding::{embedding, embedding_backward_kernel, embedding_kernel};
 pub use geglu::{geglu, geglu_backward_kernel, geglu_composed, geglu_kernel};
 pub use gelu::{gelu, gelu_backward_kernel, gelu_kernel};
-pub use layer_norm::{layer_norm, layer_norm_composed};
+pub use layer_norm::{
+    layer_norm, layer_norm_backward_kernel, layer_norm_composed, layer_norm_kernel,
+};
 pub use matmul::matmul_in;
 pub use rotary::{rotary, rotary_composed, rotary_kernel, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
@@ -82,8 +89,16 @@ pub fn supports(device: &Device, dtype: DType) -> bool {
 }
 
 /// The kernel files (`kernels/NAME.cu`) whose ops run their CUDA kernel on a CUDA device:
-/// short-row attention, GELU and GeGLU (both in `gelu.cu`), rotary.
-pub const CUDA_ROUTED: &[&str] = &["attention", "gelu", "rotary"];
+/// short-row attention, cross-entropy, the embedding lookup, GELU and GeGLU (both in `gelu.cu`),
+/// layer norm, rotary.
+pub const CUDA_ROUTED: &[&str] = &[
+    "attention",
+    "cross_entropy",
+    "embedding",
+    "gelu",
+    "layer_norm",
+    "rotary",
+];
 
 /// Whether the op whose CUDA kernels are in `kernels/{file}.cu` runs them (the op's custom op,
 /// whose `cuda_fwd` launches them and whose `cpu_fwd` is their twin) for tensors of `dtype` on
@@ -115,12 +130,29 @@ pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "cross_entropy",
+        &[
+            "cross_entropy_fwd_f32",
+            "cross_entropy_fwd_bf16",
+            "cross_entropy_bwd_f32",
+            "cross_entropy_bwd_bf16",
+        ],
+    ),
+    (
         "dropout",
         &[
             "dropout_f32",
             "dropout_bf16",
             "dropout_f16",
             "philox_blocks",
+        ],
+    ),
+    (
+        "embedding",
+        &[
+            "embedding_fwd_f32",
+            "embedding_fwd_bf16",
+            "embedding_bwd_f32",
         ],
     ),
     (
@@ -134,6 +166,19 @@ pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
             "geglu_fwd_bf16",
             "geglu_bwd_f32",
             "geglu_bwd_bf16",
+        ],
+    ),
+    (
+        "layer_norm",
+        &[
+            "layer_norm_fwd_f32",
+            "layer_norm_fwd_bf16",
+            "layer_norm_bwd_rows_f32",
+            "layer_norm_bwd_rows_bf16",
+            "layer_norm_bwd_params_f32",
+            "layer_norm_bwd_params_bf16",
+            "layer_norm_bwd_sum_f32",
+            "layer_norm_bwd_sum_bf16",
         ],
     ),
     ("rotary", &["rotary_f32", "rotary_bf16"]),

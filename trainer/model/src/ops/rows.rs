@@ -87,3 +87,70 @@ pub(super) fn map_rows2_to(
         });
     out
 }
+
+/// Lanes of a CUDA warp: the CPU twins of the warp kernels sum lane by lane.
+pub(super) const LANES: usize = 32;
+
+/// The value every lane holds after a warp's xor-shuffle butterfly (16, 8, 4, 2, 1) of `op`
+/// over the lanes' values `v`: how the CUDA kernels combine their lanes' partial results.
+#[inline(always)]
+pub(super) fn butterfly(mut v: [f32; LANES], op: impl Fn(f32, f32) -> f32) -> f32 {
+    for off in [16, 8, 4, 2, 1] {
+        let prev = v;
+        for (l, x) in v.iter_mut().enumerate() {
+            *x = op(prev[l], prev[l ^ off]);
+        }
+    }
+    v[0]
+}
+
+/// Σ f(i, x[i]) as a warp sums it: lane l adds the terms i ≡ l (mod 32) in order from 0, then
+/// the lanes combine by [`butterfly`].
+#[inline(always)]
+pub(super) fn warp_sum(x: &[f32], f: impl Fn(usize, f32) -> f32) -> f32 {
+    let mut parts = [0f32; LANES];
+    for (c, chunk) in x.chunks(LANES).enumerate() {
+        for (l, (p, &v)) in parts.iter_mut().zip(chunk).enumerate() {
+            *p += f(c * LANES + l, v);
+        }
+    }
+    butterfly(parts, |a, b| a + b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The butterfly is the warp's: lane 0's value after xor-shuffles 16, 8, 4, 2, 1, which
+    /// differs from a left-to-right sum for values that round differently; `warp_sum` feeds it
+    /// lane l's terms l, l + 32, … in order.
+    #[test]
+    fn warp_sums_add_in_the_shuffles_order() {
+        // ±0.1, ∓0.2, …: a left-to-right sum rounds to -1.6000001, the butterfly to -1.6000004.
+        let v: [f32; LANES] =
+            std::array::from_fn(|l| (l as f32 + 1.0) * 0.1 * if l % 2 == 0 { 1.0 } else { -1.0 });
+        let mut want = v;
+        for off in [16, 8, 4, 2, 1] {
+            for l in 0..off {
+                want[l] += want[l + off];
+            }
+        }
+        assert_eq!(butterfly(v, |a, b| a + b).to_bits(), want[0].to_bits());
+        let sequential = v.iter().sum::<f32>();
+        assert_ne!(
+            sequential.to_bits(),
+            want[0].to_bits(),
+            "the orders differ here"
+        );
+        let m = butterfly(std::array::from_fn(|l| (l as f32 * 7.0) % 11.0), f32::max);
+        assert_eq!(m, 10.0);
+        // 70 values: lanes 0-5 take three terms, the rest two.
+        let x: Vec<f32> = (0..70).map(|i| 1.0 + i as f32 * 1e-3).collect();
+        let mut parts = [0f32; LANES];
+        for (i, &v) in x.iter().enumerate() {
+            parts[i % LANES] += v * 2.0;
+        }
+        let want = butterfly(parts, |a, b| a + b);
+        assert_eq!(warp_sum(&x, |_, v| v * 2.0).to_bits(), want.to_bits());
+    }
+}
