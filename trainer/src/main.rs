@@ -19,6 +19,7 @@ Examples:
       --mask-token-fraction 1 --random-token-fraction 0 --loss-weight inverse-rate --loss-norm token --out runs/mdlm
   trainer --shards shards/ --rate-dist 'uniform:0.001:[linear:0.1:0.8]' --out runs/curriculum   # rates per row
   trainer sample runs/mdlm --steps 64 --length 64 --prompt 'the city of' --seed 1   # text by unmasking
+  trainer eval runs/mdlm --elbo-draws 8             # held-out loss at 15% and ELBO of a run
   trainer plot runs/constant runs/linear --out plots/
   trainer export runs/linear --out hf/linear       # loads with transformers BertForMaskedLM
   trainer glue --checkpoint runs/linear --data ../shared/data/glue --seeds 5   # fine-tune, dev table
@@ -71,6 +72,9 @@ enum Command {
     /// Print text from a masked-diffusion model: MDLM's ancestral unmasking from all-[MASK]
     /// (T steps, an optional prompt, a seed).
     Sample(Box<trainer::sample::SampleArgs>),
+    /// Score a run's checkpoint on its held-out sequences: the MLM loss and accuracy at 15% (per
+    /// source with a mixture) and the masked-diffusion ELBO, as the trainer's evaluations do
+    Eval(Box<trainer::eval::EvalArgs>),
     /// Run an experiment (experiments/*.toml): preprocess once, train every schedule x seed,
     /// evaluate, write the report. Resumable; finished parts are skipped.
     Sweep(trainer::sweep::SweepArgs),
@@ -170,7 +174,14 @@ fn real_main(comm: Rc<dyn Collective>) -> Result<()> {
             print!("{}", r.markdown());
         }
         Some(Command::Sweep(args)) => trainer::sweep::run_experiment(&args)?,
-        Some(Command::Sample(args)) => print!("{}", trainer::sample::sample(&args)?),
+        Some(Command::Sample(mut args)) => {
+            trainer::device_check::guard_kernels(&mut args.runtime, 0)?;
+            print!("{}", trainer::sample::sample(&args)?)
+        }
+        Some(Command::Eval(mut args)) => {
+            trainer::device_check::guard_kernels(&mut args.runtime, 0)?;
+            trainer::eval::eval(&args)?;
+        }
         None => {
             share_cores_between_local_ranks(&*comm);
             trainer::device_check::guard_kernels(&mut cli.train.runtime, comm.local_rank())?;

@@ -19,6 +19,7 @@ mod setup;
 pub use args::TrainArgs;
 pub use identity::{DataIdentity, ResumeFree, RunIdentity};
 pub use run::Run;
+pub use setup::open_data;
 
 use crate::dist::Collective;
 use crate::held_out::Score;
@@ -73,7 +74,7 @@ pub fn pretrain(
 ) -> Result<Summary> {
     let out = args.out.clone().context("--out RUN_DIR is required")?;
     let env = setup::Environment::new(args, &out, comm)?;
-    let data = setup::open_data(args, &env)?;
+    let data = setup::open_data(args, args.runtime.quiet || !env.writer)?;
     let mut model = setup::Model::new(args, &data, &env)?;
     let start = resume::resume_point(args, &out, &data, &mut model, env.writer)?;
     let mut run = Run::start(args, out, env, data, model, start)?;

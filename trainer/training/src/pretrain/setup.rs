@@ -75,8 +75,8 @@ impl Environment {
 }
 
 /// The shards, sampler and held-out sequences (from `--eval-shards` when given), checked
-/// against the manifests' checksums with `--verify-shards`.
-pub fn open_data(args: &TrainArgs, env: &Environment) -> Result<Data> {
+/// against the manifests' checksums with `--verify-shards` (a progress bar unless `quiet`).
+pub fn open_data(args: &TrainArgs, quiet: bool) -> Result<Data> {
     let config = &args.data.config;
     let held_out_of_training = if args.eval_shards.is_some() {
         0
@@ -89,7 +89,7 @@ pub fn open_data(args: &TrainArgs, env: &Environment) -> Result<Data> {
     }
     if args.verify_shards {
         for (_, shards) in &data.sources {
-            verify_shards(shards, args.runtime.quiet || !env.writer)?;
+            verify_shards(shards, quiet)?;
         }
     }
     Ok(data)
