@@ -2,6 +2,9 @@
 //! batch at rate 0.3, on 1 and 2 threads; and the 4096×128 batch drawn from a mixture of three
 //! sources (one of them with a scheduled weight) against one source of the same documents.
 //!
+//! The `rate_dist` group: the 4096×128 batch with a rate per row (`stratified`) and its
+//! inverse-rate loss coefficients, against one rate per batch (`point`) at the same mean rate.
+//!
 //! Run: `cargo bench -p maskrate-shared --bench sampler`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -51,6 +54,58 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
     mixture(c, &tok);
+    rates_per_row(c, &tok);
+}
+
+/// 4096×128 on 2 threads at rate 0.3: `point` (the batch alone, as before rates per row)
+/// against `stratified:0.2:0.4` (the same mean rate) with each predicted token's `inverse-rate`
+/// coefficient, and `stratified:0.001:1` (mean 0.5: more tokens to mask) for scale.
+fn rates_per_row(c: &mut Criterion, tok: &LoadedTokenizer) {
+    use shared::sampler::{LossNorm, LossTerms, LossWeight};
+    let dir = tempfile::tempdir().unwrap();
+    let set = shared::fixtures::write_set(dir.path(), &shared::fixtures::sample_docs(), 100);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("rate_dist");
+    group.throughput(Throughput::Elements(4096 * 128));
+    for (label, dist, weight) in [
+        ("point", "point", "none"),
+        (
+            "stratified_0.2_0.4_unweighted",
+            "stratified:0.2:0.4",
+            "none",
+        ),
+        ("stratified_0.2_0.4", "stratified:0.2:0.4", "inverse-rate"),
+        ("stratified_0.001_1", "stratified:0.001:1", "inverse-rate"),
+    ] {
+        let seqs = Sequences::new(set.clone(), &tok.info, Layout::Truncate, 128, 1).unwrap();
+        let cfg = SamplerConfig {
+            seed: 0,
+            global_batch: 4096,
+            total_steps: 1000,
+            schedule: "constant:0.3".parse().unwrap(),
+            masking: MaskingConfig::default(),
+            order: Default::default(),
+            rate_dist: dist.parse().unwrap(),
+            rate_per_document: false,
+        };
+        let sampler = MaskingSampler::new(seqs, MaskVocab::from_tokenizer(tok), cfg).unwrap();
+        let weight: LossWeight = weight.parse().unwrap();
+        let mut step = 0u64;
+        group.bench_function(BenchmarkId::new("4096x128_2_threads", label), |b| {
+            b.iter(|| {
+                step += 1;
+                pool.install(|| {
+                    let batch = sampler.global_batch(step).unwrap();
+                    let terms = LossTerms::of(&batch, weight, LossNorm::Masked);
+                    (batch, terms)
+                })
+            })
+        });
+    }
+    group.finish();
 }
 
 /// 4096×128 from three named sources (the sample split in three) vs the same documents as one.

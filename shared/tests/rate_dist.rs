@@ -244,3 +244,49 @@ fn a_rate_per_document_needs_packed_documents_and_a_distribution() {
         .to_string();
     assert!(e.contains("needs --layout pack-docs"), "{e}");
 }
+
+/// Each predicted token's loss coefficient is its own rate's weight over its row's share, token
+/// by token (`Batch::rate_of`: the row's rate, or its document's under pack-docs), for every
+/// normalisation: what `LossTerms::of` spreads by row and document.
+#[test]
+fn loss_coefficients_follow_each_tokens_rate() {
+    use shared::sampler::{LossNorm, LossTerms, LossWeight};
+    let f = SampleSet::new(64);
+    for (layout, per_document) in [(Layout::Truncate, false), (Layout::PackDocs, true)] {
+        let s = sampler(
+            &f,
+            layout,
+            (64, 24, 10),
+            "uniform:0.05:0.95",
+            per_document,
+            false,
+        );
+        let b = s.global_batch(2).unwrap();
+        assert!(!b.masked_positions.is_empty());
+        if per_document {
+            assert!(b.segment_rates.len() > b.rows(), "documents share rows");
+        }
+        let weight = LossWeight::InverseRate { eps: 1e-3 };
+        for norm in [
+            LossNorm::Masked,
+            LossNorm::Token,
+            LossNorm::Sequence,
+            LossNorm::Batch,
+        ] {
+            let got = LossTerms::of(&b, weight, norm).coefficients.unwrap();
+            let want: Vec<f32> = b
+                .masked_positions
+                .iter()
+                .map(|&p| {
+                    let share = match norm {
+                        LossNorm::Sequence => b.row_maskable[p as usize / b.seq_len].max(1) as f64,
+                        _ => 1.0,
+                    };
+                    (weight.of(b.rate_of(p)) / share) as f32
+                })
+                .collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{layout:?} {norm:?}");
+        }
+    }
+}

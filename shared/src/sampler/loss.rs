@@ -175,18 +175,43 @@ impl LossTerms {
                 denominator,
             };
         }
-        let coefficients = b
-            .masked_positions
-            .iter()
-            .map(|&p| {
-                let w = weight.of(b.rate_of(p));
-                let per_row = match norm {
-                    LossNorm::Sequence => b.row_maskable[p as usize / b.seq_len].max(1) as f64,
-                    _ => 1.0,
-                };
-                (w / per_row) as f32
-            })
-            .collect();
+        // Each token's coefficient is its row's (or document's) weight over its row's share (the
+        // positions ascend: rows, then tokens within a row):
+        // computed once per row and per document, then spread over the masked positions (in
+        // ascending order) by cursors, not per token.
+        let per_row = |row: usize| match norm {
+            LossNorm::Sequence => b.row_maskable[row].max(1) as f64,
+            _ => 1.0,
+        };
+        let row_weight: Vec<f64> = b.row_rates.iter().map(|&r| weight.of(r)).collect();
+        let segment_weight: Vec<f64> = b.segment_rates.iter().map(|&r| weight.of(r)).collect();
+        let mut coefficients = Vec::with_capacity(b.masked_positions.len());
+        let (mut row, mut row_end) = (0usize, b.seq_len);
+        let mut segment = 0usize;
+        let weight_at = |row: usize, segment: usize| match segment_weight.is_empty() {
+            true => row_weight[row],
+            false => segment_weight[segment],
+        };
+        // The coefficient of the current (row, document), recomputed when either changes.
+        let mut current = (weight_at(0, 0) / per_row(0)) as f32;
+        for &p in &b.masked_positions {
+            let mut moved = false;
+            while p as usize >= row_end {
+                row += 1;
+                row_end += b.seq_len;
+                moved = true;
+            }
+            while !segment_weight.is_empty()
+                && b.segment_starts.get(segment + 1).is_some_and(|&s| s <= p)
+            {
+                segment += 1;
+                moved = true;
+            }
+            if moved {
+                current = (weight_at(row, segment) / per_row(row)) as f32;
+            }
+            coefficients.push(current);
+        }
         LossTerms {
             coefficients: Some(coefficients),
             denominator,
