@@ -2,7 +2,7 @@
 //! hit and logsumexp per row in one pass; `softmax − onehot` back) and, as the composed twin,
 //! log-softmax and a gather in candle ops.
 
-use super::rows::f32_rows;
+use super::rows::{f32_rows, u32_values};
 use super::{supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -97,16 +97,11 @@ fn ce_row(x: &[f32], label: usize) -> (f32, f32, usize) {
 }
 
 fn u32_labels<'a>(s: &'a CpuStorage, l: &Layout, rows: usize) -> Result<&'a [u32]> {
-    let CpuStorage::U32(data) = s else {
-        candle_core::bail!("cross-entropy: u32 labels only")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("cross-entropy: contiguous labels only")
-    };
-    if b - a != rows {
-        candle_core::bail!("cross-entropy: {} labels for {rows} rows", b - a);
+    let labels = u32_values(s, l, "cross-entropy labels")?;
+    if labels.len() != rows {
+        candle_core::bail!("cross-entropy: {} labels for {rows} rows", labels.len());
     }
-    Ok(&data[a..b])
+    Ok(labels)
 }
 
 impl CustomOp2 for CrossEntropyRows {

@@ -3,7 +3,7 @@
 //! instead of candle's `index_add`, which walks the ids serially) have this file's CPU twin
 //! (tokens added in order). Elsewhere candle's `index_select` serves.
 
-use super::rows::f32_rows;
+use super::rows::{f32_rows, u32_values};
 use super::supports_cuda;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
@@ -35,16 +35,6 @@ pub fn embedding_backward_kernel(ids: &Tensor, dy: &Tensor, rows: usize) -> Resu
 /// (table `[V, H]`, ids `[N]`) → `[N, H]`.
 struct Embedding;
 
-fn u32_ids<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [u32]> {
-    let CpuStorage::U32(ids) = s else {
-        candle_core::bail!("embedding: u32 ids only")
-    };
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("embedding: contiguous ids only")
-    };
-    Ok(&ids[a..b])
-}
-
 impl CustomOp2 for Embedding {
     fn name(&self) -> &'static str {
         "embedding"
@@ -58,7 +48,7 @@ impl CustomOp2 for Embedding {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (table, width) = f32_rows(s1, l1, "embedding")?;
-        let ids = u32_ids(s2, l2)?;
+        let ids = u32_values(s2, l2, "embedding ids")?;
         let rows = table.len() / width.max(1);
         let mut out = Vec::with_capacity(ids.len() * width);
         for &id in ids {
@@ -111,7 +101,7 @@ impl CustomOp2 for EmbeddingBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ids = u32_ids(s1, l1)?;
+        let ids = u32_values(s1, l1, "embedding ids")?;
         let (dy, width) = f32_rows(s2, l2, "embedding bwd")?;
         if dy.len() != ids.len() * width {
             candle_core::bail!("embedding bwd: {} values for {} ids", dy.len(), ids.len());

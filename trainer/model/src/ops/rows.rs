@@ -20,6 +20,17 @@ pub(super) fn f32_rows<'a>(
     Ok((&data[a..b], dim))
 }
 
+/// The contiguous u32 data of a CPU tensor (ids, labels).
+pub(super) fn u32_values<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    let CpuStorage::U32(data) = s else {
+        candle_core::bail!("{what}: u32 only")
+    };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: contiguous input only")
+    };
+    Ok(&data[a..b])
+}
+
 pub(super) const ROWS_PER_TASK: usize = 64;
 
 /// Σ of per-block partial sums, added in block order: rayon's `reduce` combines in a tree shaped
