@@ -54,8 +54,7 @@ pub fn attention_rows_backward(
     dctx: &Tensor,
 ) -> Result<Tensor> {
     let (op, rule) = RowsAttention::of(qkv, heads, key_bias, visible, dropout)?;
-    qkv.contiguous()?
-        .apply_op3_no_bwd(&rule, &dctx.contiguous()?, &RowsAttentionBackward(op))
+    op.backward(qkv, &rule, dctx)
 }
 
 /// One call's constants: heads, the window, whether segments restrict, the dropout key.
@@ -103,6 +102,12 @@ impl RowsAttention {
             dropout: dropout.filter(|m| m.p > 0.0),
         };
         Ok((op, rule))
+    }
+
+    /// d qkv from (qkv, the rule, d context): the backward kernels.
+    fn backward(self, qkv: &Tensor, rule: &Tensor, dctx: &Tensor) -> Result<Tensor> {
+        qkv.contiguous()?
+            .apply_op3_no_bwd(rule, &dctx.contiguous()?, &RowsAttentionBackward(self))
     }
 
     /// The Philox key words, the drop threshold and the keep factor (threshold 0: no dropout).
@@ -493,8 +498,7 @@ impl CustomOp2 for RowsAttention {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dqkv =
-            qkv.apply_op3_no_bwd(rule, &grad.contiguous()?, &RowsAttentionBackward(*self))?;
+        let dqkv = self.backward(qkv, rule, grad)?;
         Ok((Some(dqkv), None))
     }
 }

@@ -57,10 +57,7 @@ impl CustomOp1 for Geglu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.contiguous()?
-                .apply_op2_no_bwd(&grad.contiguous()?, &GegluBackward)?,
-        ))
+        Ok(Some(geglu_backward_kernel(arg, grad)?))
     }
 }
 

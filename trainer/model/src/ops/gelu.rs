@@ -38,10 +38,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            arg.contiguous()?
-                .apply_op2_no_bwd(&grad.contiguous()?, &GeluErfBackward)?,
-        ))
+        Ok(Some(gelu_backward_kernel(arg, grad)?))
     }
 }
 
