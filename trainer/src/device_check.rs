@@ -108,6 +108,14 @@ fn op_checks(device: &Device, quick: bool) -> Result<Vec<Check>> {
             model::ops::gelu_kernel,
             model::ops::gelu_backward_kernel,
         )?);
+        // BERT-base's feed-forward product plus its bias, through GELU in one pass.
+        let bias = (spread(3072, 3)? * 0.5)?.to_dtype(dtype)?;
+        checks.extend(pair_matches_cpu(
+            ("bias+gelu", device, dtype),
+            ((tokens, 3072), (tokens, 3072)),
+            |x| model::ops::bias_gelu_kernel(x, &on(&bias, x)?),
+            |x, dy| model::ops::bias_gelu_backward_kernel(x, &on(&bias, x)?, dy),
+        )?);
         // ModernBERT-base's GeGLU input: 2 x 1152 per token.
         checks.extend(pair_matches_cpu(
             ("geglu", device, dtype),
@@ -235,6 +243,11 @@ fn dropout_matches_cpu(device: &Device, dtype: DType, n: usize, p: f64) -> Resul
 
 /// `n` values spread over [-6, 6) in a fixed scrambled order (no two neighbours alike), `seed`
 /// picking the scramble.
+/// `t` in `like`'s dtype on its device (a parameter beside the CPU twin's f32 input: exact).
+fn on(t: &Tensor, like: &Tensor) -> candle_core::Result<Tensor> {
+    t.to_dtype(like.dtype())?.to_device(like.device())
+}
+
 fn spread(n: usize, seed: u64) -> Result<Tensor> {
     let v: Vec<f32> = (0..n as u64)
         .map(|i| (shared::seed::mix64(i ^ seed) % 12_000) as f32 / 1000.0 - 6.0)
@@ -437,7 +450,8 @@ fn embedding_matches_cpu(device: &Device, dtype: DType, tokens: usize) -> Result
 }
 
 /// The cross-entropy kernel forward (`[M, 3]`: loss, hit, logsumexp) and backward on `device`
-/// against the CPU kernel, on `rows` rows of BERT's 30522 logits whose peak column is the label
+/// against the CPU kernel, on `rows` rows of BERT's 30522 logits plus a decoder bias (added
+/// inside the kernel) whose peak column is the label
 /// in every other row. The device's logarithm is within an ulp of the CPU's, so f32 allows 1e-4
 /// relative (a small loss is a difference of two larger numbers) rather than the bits.
 fn cross_entropy_matches_cpu(device: &Device, dtype: DType, rows: usize) -> Result<Vec<Check>> {
@@ -451,17 +465,24 @@ fn cross_entropy_matches_cpu(device: &Device, dtype: DType, rows: usize) -> Resu
     }
     let x = Tensor::from_vec(x, (rows, v), &Device::Cpu)?.to_dtype(dtype)?;
     let labels = Tensor::from_vec(labels, rows, &Device::Cpu)?;
+    // The decoder's bias, added inside the kernel.
+    let bias = (spread(v, 14)? * 0.25)?.to_dtype(dtype)?;
     let gl: Vec<f32> = (0..rows)
         .flat_map(|r| [0.5 + (r % 3) as f32 * 0.25, 0.0])
         .collect();
     let run = |d: &Device, dt: DType| -> Result<(Tensor, Tensor)> {
         let (x, t) = (x.to_dtype(dt)?.to_device(d)?, labels.to_device(d)?);
-        let fwd = model::ops::cross_entropy_kernel(&x, &t)?;
-        // Each row's gradient beside the logsumexp the forward found.
+        let b = bias.to_dtype(dt)?.to_device(d)?;
+        let fwd = model::ops::cross_entropy_kernel(&x, &b, &t)?;
+        // Each row's gradient beside the logsumexp the forward found and the label.
         let g = Tensor::from_vec(gl.clone(), (rows, 2), &Device::Cpu)?.to_device(d)?;
         let lse = fwd.narrow(1, 2, 1)?;
-        let g = Tensor::cat(&[g.narrow(1, 0, 1)?, lse], 1)?;
-        Ok((fwd, model::ops::cross_entropy_backward_kernel(&x, &t, &g)?))
+        let label = t.to_dtype(DType::F32)?.unsqueeze(1)?;
+        let terms = Tensor::cat(&[g.narrow(1, 0, 1)?, lse, label], 1)?;
+        Ok((
+            fwd,
+            model::ops::cross_entropy_backward_kernel(&x, &b, &terms)?,
+        ))
     };
     let cpu = run(&Device::Cpu, DType::F32)?;
     let dev = run(device, dtype)?;
@@ -553,6 +574,7 @@ mod tests {
         let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
         for op in [
             "gelu",
+            "bias+gelu",
             "geglu",
             "rotary",
             "layer norm",

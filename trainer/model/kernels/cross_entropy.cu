@@ -1,11 +1,13 @@
-// Cross-entropy per row of logits [M, V] against u32 labels, with the arg-max hit, forward and
+// Cross-entropy per row of logits [M, V] plus a bias [V] (the MLM decoder's, added here and never
+// stored; zeros where there is none) against u32 labels, with the arg-max hit, forward and
 // backward: the CUDA twin of trainer/model/src/ops/cross_entropy.rs, whose CPU kernel sums over
 // vmath.rs's 16 fixed lanes (lane l takes columns l, l + 16, ... in order; then the lanes' sums
 // are added in lane order from 0). Here 16 threads (half a warp) take one row in that layout, so
 // the sums are the same; exp is vmath's polynomial. The logarithm is the device's logf (within an
 // ulp of the CPU's ln), so the loss and logsumexp agree to an ulp, not always to the bit.
-// Forward: out[3 r ..] = (logsumexp - x[label], 1 if the row's first arg-max is the label else 0,
-// logsumexp). Backward: dx = e^(x - logsumexp) * g - [j = label] g, g the loss's gradient.
+// With z = x + b (the sum in f32): forward out[3 r ..] = (logsumexp - z[label], 1 if the row's
+// first arg-max is the label else 0, logsumexp); backward dx = e^(z - logsumexp) * g - [j = label] g,
+// g the loss's gradient, from each row's terms (g, logsumexp, label as an f32).
 // Compiled to PTX at build time (trainer/model/build.rs) with the `cuda` feature.
 
 #include <stdint.h>
@@ -18,8 +20,8 @@
 #define ROWS 16
 
 template <typename T>
-__device__ void cross_entropy_fwd(const T *x, const uint32_t *labels, float *out, uint64_t rows,
-                                  uint32_t v) {
+__device__ void cross_entropy_fwd(const T *x, const T *b, const uint32_t *labels, float *out,
+                                  uint64_t rows, uint32_t v) {
     const uint32_t lane = threadIdx.x % LANES;
     const uint64_t r = (uint64_t)blockIdx.x * ROWS + threadIdx.x / LANES;
     // Half-warp shuffles: the group's 16 threads, within their warp.
@@ -29,7 +31,7 @@ __device__ void cross_entropy_fwd(const T *x, const uint32_t *labels, float *out
     float m = -INFINITY;
     if (live)
         for (uint32_t j = lane; j < v; j += LANES) {
-            const float xj = f32_of(xr[j]);
+            const float xj = f32_of(xr[j]) + f32_of(b[j]);
             m = xj > m ? xj : m;
         }
     for (int off = LANES / 2; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(group, m, off));
@@ -37,7 +39,7 @@ __device__ void cross_entropy_fwd(const T *x, const uint32_t *labels, float *out
     uint32_t first = 0xFFFFFFFFu;
     if (live)
         for (uint32_t j = lane; j < v; j += LANES) {
-            const float xj = f32_of(xr[j]);
+            const float xj = f32_of(xr[j]) + f32_of(b[j]);
             part = part + exp_poly(xj - m);
             if (xj == m && first == 0xFFFFFFFFu) first = j;
         }
@@ -50,38 +52,39 @@ __device__ void cross_entropy_fwd(const T *x, const uint32_t *labels, float *out
         const uint32_t t = labels[r];
         const float lse = m + logf(sum);
         // A label outside the classes gives a NaN loss (the step's next read stops the run).
-        out[3 * r] = t < v ? lse - f32_of(xr[t]) : NAN;
+        out[3 * r] = t < v ? lse - (f32_of(xr[t]) + f32_of(b[t])) : NAN;
         out[3 * r + 1] = first == t ? 1.0f : 0.0f;
         out[3 * r + 2] = lse;
     }
 }
 
-// gl [M, 2]: each row's loss gradient g and logsumexp; one thread per logit, grid-stride.
+// terms [M, 3]: each row's loss gradient g, logsumexp and label; one thread per logit,
+// grid-stride.
 template <typename T>
-__device__ void cross_entropy_bwd(const T *x, const uint32_t *labels, const float *gl, T *dx,
+__device__ void cross_entropy_bwd(const T *x, const T *b, const float *terms, T *dx,
                                   uint64_t rows, uint32_t v) {
     const uint64_t n = rows * v;
     for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (uint64_t)gridDim.x * blockDim.x) {
         const uint64_t r = i / v;
         const uint32_t j = (uint32_t)(i % v);
-        const float g = gl[2 * r];
-        float d = exp_poly(f32_of(x[i]) - gl[2 * r + 1]) * g;
-        if (j == labels[r]) d = d - g;
+        const float g = terms[3 * r];
+        float d = exp_poly((f32_of(x[i]) + f32_of(b[j])) - terms[3 * r + 1]) * g;
+        if (j == (uint32_t)terms[3 * r + 2]) d = d - g;
         store(&dx[i], d);
     }
 }
 
 #define CROSS_ENTROPY_FWD(NAME, T)                                                            \
-    extern "C" __global__ void NAME(const T *x, const uint32_t *labels, float *out,          \
-                                    uint64_t rows, uint32_t v) {                              \
-        cross_entropy_fwd(x, labels, out, rows, v);                                           \
+    extern "C" __global__ void NAME(const T *x, const T *b, const uint32_t *labels,          \
+                                    float *out, uint64_t rows, uint32_t v) {                  \
+        cross_entropy_fwd(x, b, labels, out, rows, v);                                        \
     }
 
 #define CROSS_ENTROPY_BWD(NAME, T)                                                            \
-    extern "C" __global__ void NAME(const T *x, const uint32_t *labels, const float *gl,     \
-                                    T *dx, uint64_t rows, uint32_t v) {                       \
-        cross_entropy_bwd(x, labels, gl, dx, rows, v);                                        \
+    extern "C" __global__ void NAME(const T *x, const T *b, const float *terms, T *dx,        \
+                                    uint64_t rows, uint32_t v) {                              \
+        cross_entropy_bwd(x, b, terms, dx, rows, v);                                          \
     }
 
 CROSS_ENTROPY_FWD(cross_entropy_fwd_f32, float)

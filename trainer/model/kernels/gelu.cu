@@ -89,3 +89,28 @@ GEGLU_FWD(geglu_fwd_f32, float)
 GEGLU_FWD(geglu_fwd_bf16, __nv_bfloat16)
 GEGLU_BWD(geglu_bwd_f32, float)
 GEGLU_BWD(geglu_bwd_bf16, __nv_bfloat16)
+
+// Bias + GELU, the twin of trainer/model/src/ops/bias_gelu.rs: y = GELU(x + b[column]) over rows
+// of `width` values, the sum in f32 and never stored (one pass instead of the bias add's and
+// GELU's two), one thread per value, grid-stride.
+#define BIAS_GELU_FWD(NAME, T)                                                                \
+    extern "C" __global__ void NAME(const T *x, const T *b, T *y, uint64_t n, uint64_t width) { \
+        for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;             \
+             i += (uint64_t)gridDim.x * blockDim.x)                                           \
+            store(&y[i], gelu_f(f32_of(x[i]) + f32_of(b[i % width])));                        \
+    }
+
+// Its backward's dx = dy · GELU'(x + b), the pre-activation recomputed (the bias gradient is the
+// column sums of dx, taken after).
+#define BIAS_GELU_BWD(NAME, T)                                                                \
+    extern "C" __global__ void NAME(const T *x, const T *b, const T *dy, T *dx, uint64_t n,   \
+                                    uint64_t width) {                                         \
+        for (uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;             \
+             i += (uint64_t)gridDim.x * blockDim.x)                                           \
+            store(&dx[i], gelu_grad_f(f32_of(x[i]) + f32_of(b[i % width]), f32_of(dy[i])));   \
+    }
+
+BIAS_GELU_FWD(bias_gelu_fwd_f32, float)
+BIAS_GELU_FWD(bias_gelu_fwd_bf16, __nv_bfloat16)
+BIAS_GELU_BWD(bias_gelu_bwd_f32, float)
+BIAS_GELU_BWD(bias_gelu_bwd_bf16, __nv_bfloat16)

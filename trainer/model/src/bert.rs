@@ -4,9 +4,7 @@
 use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
-use crate::ops::{
-    add_bias, attention, embedding, gelu, matmul_in, maybe_dropout, Dropout, Site, Visibility,
-};
+use crate::ops::{attention, embedding, matmul_in, maybe_dropout, Dropout, Site, Visibility};
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -172,7 +170,10 @@ impl Bert {
             }
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };
-        let mut x = maybe_dropout(self.emb_norm.forward(&x)?, dropout, 0, Site::Embeddings)?;
+        // The embeddings' sum and norm in f32 (the tables' dtype); the activations from here on
+        // in the compute dtype (bf16 end to end under `--precision bf16`).
+        let x = self.emb_norm.forward(&x)?.to_dtype(self.compute)?;
+        let mut x = maybe_dropout(x, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         let visible = Visibility::new(None, layout.segments.clone());
@@ -200,7 +201,7 @@ impl Bert {
             };
             let ffn = layer
                 .output
-                .forward(&gelu(&layer.intermediate.forward(&ffn_in)?)?)?;
+                .forward(&layer.intermediate.forward_gelu(&ffn_in)?)?;
             let ffn = maybe_dropout(ffn, dropout, i, Site::FeedForward)?;
             x = if self.cfg.pre_ln {
                 (x + ffn)?
@@ -223,13 +224,13 @@ impl MaskedLm for Bert {
         )
     }
 
-    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    fn mlm_decoder(&self, hidden: &Tensor, positions: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let picked = masked_rows(hidden, positions)?;
         let t = self
             .head_norm
-            .forward(&gelu(&self.head_dense.forward(&picked)?)?)?;
-        let logits = matmul_in(&t, &self.word_embeddings.t()?, self.compute)?;
-        add_bias(&logits, &self.head_bias)
+            .forward(&self.head_dense.forward_gelu(&picked)?)?;
+        let product = matmul_in(&t, &self.word_embeddings.t()?, self.compute)?;
+        Ok((product, Some(self.head_bias.clone())))
     }
 }
 

@@ -69,10 +69,10 @@ impl MaskedLm for Encoder {
         }
     }
 
-    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    fn mlm_decoder(&self, hidden: &Tensor, positions: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         match self {
-            Encoder::Bert(m) => m.mlm_logits(hidden, positions),
-            Encoder::ModernBert(m) => m.mlm_logits(hidden, positions),
+            Encoder::Bert(m) => m.mlm_decoder(hidden, positions),
+            Encoder::ModernBert(m) => m.mlm_decoder(hidden, positions),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The dense layer and the layer norm both architectures build on, with transformers' parameter
 //! names (`name.weight`, and `name.bias` where the layer has one).
 
-use crate::ops::{add_bias, layer_norm, matmul_in};
+use crate::ops::{add_bias, bias_gelu, gelu, layer_norm, matmul_in};
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
 
@@ -54,20 +54,42 @@ impl Linear {
 
     /// Applies the layer to `[N, inp]` or `[B, L, inp]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.product(x)?;
+        match &self.bias {
+            Some(b) => add_bias(&y, b),
+            None => Ok(y),
+        }
+    }
+
+    /// `GELU(forward(x))`, the bias added inside the activation's kernel ([`bias_gelu`]: one pass
+    /// over the output instead of two).
+    pub fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.product(x)?;
+        match &self.bias {
+            Some(b) => bias_gelu(&y, b),
+            None => gelu(&y),
+        }
+    }
+
+    /// `x·Wᵀ` without the bias.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
         let w = self.weight.t()?;
-        let y = match x.dims() {
+        Ok(match x.dims() {
             [b, l, h] => matmul_in(&x.reshape((b * l, *h))?, &w, self.compute)?.reshape((
                 *b,
                 *l,
                 self.weight.dim(0)?,
             ))?,
             _ => matmul_in(x, &w, self.compute)?,
-        };
-        match &self.bias {
-            Some(b) => add_bias(&y, b),
-            None => Ok(y),
-        }
+        })
     }
+}
+
+/// A parameter in the dtype of the activations `x` it meets: the f32 parameter itself, or its
+/// bf16 copy for this forward pass under `--precision bf16`, whose backward hands the gradient
+/// back to the f32 parameter in f32 (PyTorch autocast's weight cast).
+pub fn param_for(param: &Tensor, x: &Tensor) -> Result<Tensor> {
+    param.to_dtype(x.dtype())
 }
 
 /// A layer norm over the last dimension: `nn.LayerNorm`, with or without its bias.
@@ -98,6 +120,7 @@ impl Norm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.weight, &self.bias, self.eps)
+        let (weight, bias) = (param_for(&self.weight, x)?, param_for(&self.bias, x)?);
+        layer_norm(x, &weight, &bias, self.eps)
     }
 }

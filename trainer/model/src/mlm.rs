@@ -2,7 +2,7 @@
 //! padding, predicted positions and labels, the tokens' layout), its output, and the one MLM loss.
 //! The models own their encoders and heads ([`MaskedLm`]); what is learned from them is here.
 
-use crate::ops::{weighted_cross_entropy_and_correct, Dropout};
+use crate::ops::{add_bias, weighted_cross_entropy_and_correct, Dropout};
 use crate::transfer::upload;
 use candle_core::{Device, Result, Tensor};
 
@@ -139,17 +139,28 @@ pub trait MaskedLm {
     /// for evaluation.
     fn hidden_states(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<Tensor>;
 
-    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`.
-    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor>;
+    /// The MLM decoder's product `[M, V]` at flat positions `positions` of hidden states
+    /// `[B, L, H]`, and its bias `[V]` (if any), which the loss adds inside its kernel.
+    fn mlm_decoder(&self, hidden: &Tensor, positions: &Tensor) -> Result<(Tensor, Option<Tensor>)>;
+
+    /// MLM logits `[M, V]` at flat positions `positions` of hidden states `[B, L, H]`: the
+    /// decoder's product plus its bias.
+    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+        match self.mlm_decoder(hidden, positions)? {
+            (product, Some(bias)) => add_bias(&product, &bias),
+            (product, None) => Ok(product),
+        }
+    }
 
     /// Forward pass and MLM loss on one micro-batch, the same for every architecture: the
     /// cross-entropy of the predictions at the masked positions against their labels, weighted
     /// by the inputs' loss coefficients and summed, with the count of correct arg-maxes.
     fn mlm_loss(&self, inputs: &MlmInputs, dropout: Option<&Dropout>) -> Result<MlmOutput> {
         let hidden = self.hidden_states(inputs, dropout)?;
-        let logits = self.mlm_logits(&hidden, &inputs.masked_positions)?;
+        let (product, bias) = self.mlm_decoder(&hidden, &inputs.masked_positions)?;
         let (loss_sum, correct) = weighted_cross_entropy_and_correct(
-            &logits,
+            &product,
+            bias.as_ref(),
             &inputs.masked_labels,
             inputs.loss_coefficients.as_ref(),
         )?;

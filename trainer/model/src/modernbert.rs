@@ -11,8 +11,8 @@ use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon, ModernSettings
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
-    add_bias, attention, embedding, geglu, gelu, matmul_in, maybe_dropout, rotary, Dropout,
-    RotaryTables, Site, Visibility,
+    attention, embedding, geglu, matmul_in, maybe_dropout, rotary, Dropout, RotaryTables, Site,
+    Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
@@ -143,7 +143,10 @@ impl ModernBert {
         let visible = Visibility::new(None, layout.segments.clone());
         let local = visible.with_radius(Some(m.local_window / 2));
         let words = embedding(&self.tok_embeddings, input_ids)?.reshape((b, l, h))?;
-        let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout, 0, Site::Embeddings)?;
+        // The lookup and its norm in f32 (the table's dtype); the activations from here on in the
+        // compute dtype (bf16 end to end under `--precision bf16`).
+        let x = self.emb_norm.forward(&words)?.to_dtype(self.compute)?;
+        let mut x = maybe_dropout(x, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -172,7 +175,7 @@ impl ModernBert {
     /// transform, which transformers' `ModernBertForSequenceClassification` also applies to its
     /// pooled output (loading it from the pretrained model).
     pub fn prediction_head(&self, x: &Tensor) -> Result<Tensor> {
-        self.head_norm.forward(&gelu(&self.head_dense.forward(x)?)?)
+        self.head_norm.forward(&self.head_dense.forward_gelu(x)?)
     }
 }
 
@@ -186,10 +189,10 @@ impl MaskedLm for ModernBert {
         )
     }
 
-    fn mlm_logits(&self, hidden: &Tensor, positions: &Tensor) -> Result<Tensor> {
+    fn mlm_decoder(&self, hidden: &Tensor, positions: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
         let t = self.prediction_head(&masked_rows(hidden, positions)?)?;
-        let logits = matmul_in(&t, &self.tok_embeddings.t()?, self.compute)?;
-        add_bias(&logits, &self.decoder_bias)
+        let product = matmul_in(&t, &self.tok_embeddings.t()?, self.compute)?;
+        Ok((product, Some(self.decoder_bias.clone())))
     }
 }
 

@@ -102,14 +102,17 @@ impl ParamStore {
         }
     }
 
-    /// Models built from this store run their matrix products in `dtype` (autocast: parameters
-    /// stay f32, products are cast in and their results back to f32; `F32` = no casting).
+    /// Models built from this store compute in `dtype`: with `BF16`, the activations are bf16
+    /// end to end from the embeddings' norm on (every product, norm, activation, attention and
+    /// the logits; the kernels accumulate in f32), while the parameters, their gradients and the
+    /// optimizer stay f32: each parameter is cast for the pass where it is used, and the cast's
+    /// backward returns its gradient in f32 (PyTorch autocast's weight casts). `F32`: no casts.
     pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
         self.compute_dtype = dtype;
         self
     }
 
-    /// The dtype of matrix products (see [`ParamStore::with_compute_dtype`]).
+    /// The dtype of activations and matrix products (see [`ParamStore::with_compute_dtype`]).
     pub fn compute_dtype(&self) -> DType {
         self.compute_dtype
     }

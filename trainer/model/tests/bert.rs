@@ -1,5 +1,5 @@
 //! The BERT model on tiny configurations (CPU): gradients reach every parameter and match finite
-//! differences, bf16 autocast keeps f32 gradients, and results do not depend on the thread count.
+//! differences, and results do not depend on the thread count.
 
 use candle_core::{DType, Device, Tensor};
 use model::fixtures::{inputs, tiny};
@@ -109,67 +109,6 @@ fn gradients_match_finite_differences() {
         checked += 1;
     }
     assert!(checked >= 20, "only {checked} parameters checked");
-}
-
-/// bf16 autocast (the GPU default) on the CPU: products really run in bf16 (the loss differs from
-/// fp32's, within bf16's precision), every gradient is f32, non-zero and close to fp32's.
-#[test]
-fn bf16_autocast_keeps_f32_parameters_and_gradients() {
-    let dev = Device::Cpu;
-    let cfg = BertConfig {
-        dropout: 0.0,
-        initializer_range: 0.3,
-        ..tiny(50)
-    };
-    let run = |dtype: DType| {
-        let params = ParamStore::new(&dev, 4).with_compute_dtype(dtype);
-        let model = Bert::new(cfg, &params).unwrap();
-        let loss = model
-            .mlm_loss(&inputs(&dev, 50), None)
-            .unwrap()
-            .mean_loss()
-            .unwrap();
-        let grads = loss.backward().unwrap();
-        let grads: Vec<(String, Tensor)> = params
-            .named_vars()
-            .into_iter()
-            .map(|(name, v)| {
-                assert_eq!(v.dtype(), DType::F32, "{name}: parameter not f32");
-                (name, grads.get(v.as_tensor()).unwrap().clone())
-            })
-            .collect();
-        (loss.to_scalar::<f32>().unwrap(), grads)
-    };
-    let (loss32, grads32) = run(DType::F32);
-    let (loss16, grads16) = run(DType::BF16);
-    assert_ne!(loss32, loss16, "bf16 products should round differently");
-    assert!(
-        (loss32 - loss16).abs() < 1e-2 * loss32,
-        "{loss32} vs {loss16}"
-    );
-    for ((name, g32), (_, g16)) in grads32.iter().zip(&grads16) {
-        assert_eq!(g16.dtype(), DType::F32, "{name}");
-        let norm = |t: &Tensor| {
-            t.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .sqrt()
-        };
-        let (n32, diff) = (norm(g32), norm(&(g32 - g16).unwrap()));
-        assert!(norm(g16) > 0.0, "{name}: zero gradient under bf16");
-        // The key bias adds a constant to each query's scores, which softmax ignores: its true
-        // gradient is zero and both runs hold only rounding noise there.
-        if name.ends_with("attention.self.key.bias") {
-            continue;
-        }
-        assert!(
-            diff < 0.1 * n32,
-            "{name}: gradient differs by {diff} (norm {n32})"
-        );
-    }
 }
 
 /// A training step's gradients are bit-identical whatever the thread count (row-block partial sums

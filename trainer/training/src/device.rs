@@ -1,5 +1,5 @@
 //! `--device auto|cpu|cuda:N`: the device is a parameter everywhere; CUDA needs the `cuda` feature.
-//! `--precision auto|fp32|bf16`: the dtype of matrix products on that device.
+//! `--precision auto|fp32|bf16`: the dtype of activations and matrix products on that device.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device};
@@ -13,9 +13,10 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// Parses a precision spec for `device`: `fp32`; `bf16` (autocast: f32 parameters, optimizer and
-/// reductions, bf16 matrix products); `auto` = bf16 on CUDA, fp32 on the CPU (candle has no bf16
-/// CPU matmul kernel: it widens to f32, so bf16 there is slower and only useful for testing).
+/// Parses a precision spec for `device`: `fp32`; `bf16` (activations bf16 end to end, the
+/// kernels accumulating in f32; parameters, their gradients and the optimizer f32); `auto` = bf16
+/// on CUDA, fp32 on the CPU (candle has no bf16 CPU matmul kernel: it widens to f32, so bf16
+/// there is slower and only useful for testing).
 pub fn compute_dtype(spec: &str, device: &Device) -> Result<DType> {
     match spec {
         "fp32" | "f32" => Ok(DType::F32),

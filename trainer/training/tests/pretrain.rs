@@ -232,7 +232,7 @@ fn bf16_precision_trains_and_a_bad_spec_is_refused() {
     assert!(summary.final_train_loss.is_finite());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["matmul_dtype"], "bf16", "{config}");
+    assert_eq!(config["compute_dtype"], "bf16", "{config}");
     let bad = train_args(&shards, &root.path().join("x"), &["--precision", "fp16"]);
     let err = pretrain(&bad, Default::default()).unwrap_err();
     assert!(

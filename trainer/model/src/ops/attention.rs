@@ -204,8 +204,10 @@ pub fn attention_composed(
     };
     let (q, k, v) = (split(0)?, split(1)?, split(2)?);
     let scale = 1.0 / (dh as f64).sqrt();
-    let scores = (matmul_in(&q, &k.t()?.contiguous()?, compute)? * scale)?
-        .broadcast_add(&key_bias.reshape((b, 1, 1, l))?)?;
+    // Scores, softmax and dropout in f32 whatever the activations' dtype (bf16 rounds the
+    // probabilities once, for the value product).
+    let scores = (matmul_in(&q, &k.t()?.contiguous()?, compute)?.to_dtype(DType::F32)? * scale)?
+        .broadcast_add(&key_bias.to_dtype(DType::F32)?.reshape((b, 1, 1, l))?)?;
     let scores = match visible.dense(b, l, qkv.device())? {
         Some(mask) => scores.broadcast_add(&mask)?,
         None => scores,
@@ -214,7 +216,7 @@ pub fn attention_composed(
     if let Some(mask) = dropout {
         probs = mask.apply(&probs)?;
     }
-    matmul_in(&probs, &v, compute)?
+    matmul_in(&probs.to_dtype(qkv.dtype())?, &v, compute)?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((b, l, h))

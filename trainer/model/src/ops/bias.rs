@@ -6,12 +6,13 @@ use super::supports;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `x + bias` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`.
+/// `x + bias` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`, in `x`'s dtype (an f32
+/// bias meeting bf16 activations is cast for the pass; its gradient comes back in f32).
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if supports(x.device(), x.dtype()) {
         return x.contiguous()?.apply_op2(bias, AddBias);
     }
-    x.broadcast_add(bias)
+    x.broadcast_add(&bias.to_dtype(x.dtype())?)
 }
 
 /// `x + b` with `b` broadcast over the rows of `x` (`[.., N]` + `[N]`). Its backward sums the
@@ -56,6 +57,21 @@ impl CustomOp2 for AddBias {
         let db = grad.apply_op1_no_bwd(&SumRows)?.reshape(b.shape())?;
         Ok((Some(grad), Some(db)))
     }
+}
+
+/// The column sums of `grad` `[.., N]` → `[N]` (a bias's gradient), in `grad`'s dtype: the CPU
+/// kernel's in-order partial sums for f32 on the CPU under the default kernels, candle's sum in
+/// f32 elsewhere.
+pub(super) fn sum_rows(grad: &Tensor) -> Result<Tensor> {
+    let grad = grad.contiguous()?;
+    if supports(grad.device(), grad.dtype()) {
+        return grad.apply_op1_no_bwd(&SumRows);
+    }
+    let n = grad.dim(candle_core::D::Minus1)?;
+    grad.to_dtype(candle_core::DType::F32)?
+        .reshape(((), n))?
+        .sum(0)?
+        .to_dtype(grad.dtype())
 }
 
 /// Sum over all leading dimensions: `[.., N]` → `[N]`, reading memory in order.

@@ -839,16 +839,21 @@ fn cross_entropy_typed<T: DeviceRepr>(
     dev: &CudaDevice,
     kernel: &str,
     (x, l): (&CudaSlice<T>, &Layout),
+    (b, lb): (&CudaSlice<T>, &Layout),
     labels: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
 ) -> Result<CudaSlice<f32>> {
     let (rows, v) = logits_shape(l)?;
-    let x = elements(x, l, kernel)?;
+    let (x, b) = (elements(x, l, kernel)?, elements(b, lb, kernel)?);
+    if b.len() != v {
+        candle_core::bail!("cross-entropy: bias of {} for {v} classes", b.len());
+    }
     let func = dev.get_or_load_custom_func(kernel, CROSS_ENTROPY_MODULE, CROSS_ENTROPY_PTX)?;
     // SAFETY: the kernel writes every row's three values.
     let out = unsafe { dev.alloc::<f32>(3 * rows)? };
     let (rows64, v32) = (rows as u64, v as u32);
     let mut builder = func.builder();
     builder.arg(&x);
+    builder.arg(&b);
     builder.arg(labels);
     builder.arg(&out);
     builder.arg(&rows64);
@@ -863,23 +868,24 @@ fn cross_entropy_typed<T: DeviceRepr>(
     Ok(out)
 }
 
-/// Cross-entropy rows on the device: `[M, 3]` f32 (loss, hit, logsumexp), as
+/// Cross-entropy rows of logits + bias on the device: `[M, 3]` f32 (loss, hit, logsumexp), as
 /// [`super::cross_entropy`]'s CPU kernel computes them.
 pub(super) fn cross_entropy(
     (x, l): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
     (t, lt): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &x.device;
     let (rows, _) = logits_shape(l)?;
     let labels = labels_of(t, lt, rows)?;
-    let out = match &x.slice {
-        CudaStorageSlice::F32(x) => {
-            cross_entropy_typed(dev, "cross_entropy_fwd_f32", (x, l), &labels)?
+    let out = match (&x.slice, &b.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(b)) => {
+            cross_entropy_typed(dev, "cross_entropy_fwd_f32", (x, l), (b, lb), &labels)?
         }
-        CudaStorageSlice::BF16(x) => {
-            cross_entropy_typed(dev, "cross_entropy_fwd_bf16", (x, l), &labels)?
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(b)) => {
+            cross_entropy_typed(dev, "cross_entropy_fwd_bf16", (x, l), (b, lb), &labels)?
         }
-        _ => candle_core::bail!("cross-entropy: no CUDA kernel for this dtype"),
+        _ => candle_core::bail!("cross-entropy: no CUDA kernel for these dtypes"),
     };
     let storage = CudaStorage {
         slice: CudaStorageSlice::F32(out),
@@ -892,13 +898,17 @@ fn cross_entropy_bwd_typed<T: DeviceRepr>(
     dev: &CudaDevice,
     kernel: &str,
     (x, l): (&CudaSlice<T>, &Layout),
-    labels: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, u32>,
-    gl: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
+    (b, lb): (&CudaSlice<T>, &Layout),
+    terms: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
 ) -> Result<CudaSlice<T>> {
     let (rows, v) = logits_shape(l)?;
-    let x = elements(x, l, kernel)?;
-    if gl.len() != 2 * rows {
-        candle_core::bail!("cross-entropy bwd: {} values for {rows} rows", gl.len());
+    let (x, b) = (elements(x, l, kernel)?, elements(b, lb, kernel)?);
+    if terms.len() != 3 * rows || b.len() != v {
+        candle_core::bail!(
+            "cross-entropy bwd: {} terms for {rows} rows, bias of {} for {v} classes",
+            terms.len(),
+            b.len()
+        );
     }
     let func = dev.get_or_load_custom_func(kernel, CROSS_ENTROPY_MODULE, CROSS_ENTROPY_PTX)?;
     // SAFETY: the kernel writes every element.
@@ -906,8 +916,8 @@ fn cross_entropy_bwd_typed<T: DeviceRepr>(
     let (rows64, v32) = (rows as u64, v as u32);
     let mut builder = func.builder();
     builder.arg(&x);
-    builder.arg(labels);
-    builder.arg(gl);
+    builder.arg(&b);
+    builder.arg(terms);
     builder.arg(&dx);
     builder.arg(&rows64);
     builder.arg(&v32);
@@ -916,36 +926,26 @@ fn cross_entropy_bwd_typed<T: DeviceRepr>(
     Ok(dx)
 }
 
-/// Cross-entropy's backward on the device: d logits from (logits, labels, `[M, 2]` of each row's
-/// loss gradient and logsumexp).
+/// Cross-entropy's backward on the device: d logits from (logits, bias, `[M, 3]` of each row's
+/// loss gradient, logsumexp and label).
 pub(super) fn cross_entropy_backward(
     (x, l): (&CudaStorage, &Layout),
-    (t, lt): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
     (g, lg): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &x.device;
-    let (rows, _) = logits_shape(l)?;
-    let labels = labels_of(t, lt, rows)?;
     let CudaStorageSlice::F32(g) = &g.slice else {
-        candle_core::bail!("cross-entropy bwd: f32 gradient and logsumexp only")
+        candle_core::bail!("cross-entropy bwd: f32 row terms only")
     };
-    let gl = elements(g, lg, "cross-entropy bwd")?;
-    let slice = match &x.slice {
-        CudaStorageSlice::F32(x) => CudaStorageSlice::F32(cross_entropy_bwd_typed(
-            dev,
-            "cross_entropy_bwd_f32",
-            (x, l),
-            &labels,
-            &gl,
-        )?),
-        CudaStorageSlice::BF16(x) => CudaStorageSlice::BF16(cross_entropy_bwd_typed(
-            dev,
-            "cross_entropy_bwd_bf16",
-            (x, l),
-            &labels,
-            &gl,
-        )?),
-        _ => candle_core::bail!("cross-entropy bwd: no CUDA kernel for this dtype"),
+    let terms = elements(g, lg, "cross-entropy bwd")?;
+    let slice = match (&x.slice, &b.slice) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(b)) => CudaStorageSlice::F32(
+            cross_entropy_bwd_typed(dev, "cross_entropy_bwd_f32", (x, l), (b, lb), &terms)?,
+        ),
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(b)) => CudaStorageSlice::BF16(
+            cross_entropy_bwd_typed(dev, "cross_entropy_bwd_bf16", (x, l), (b, lb), &terms)?,
+        ),
+        _ => candle_core::bail!("cross-entropy bwd: no CUDA kernel for these dtypes"),
     };
     Ok(storage(slice, dev, l))
 }
@@ -1050,4 +1050,84 @@ pub(super) fn embedding_backward(
         device: dev.clone(),
     };
     Ok((storage, Shape::from((rows, width))))
+}
+
+/// `kernel(x, b, [dy,] out, n, width)` of the GELU module: bias + GELU's forward (no `dy`) or
+/// backward, over x `[.., width]` with b `[width]` (and dy like x); `out` like x.
+fn bias_gelu_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (x, l): (&CudaSlice<T>, &Layout),
+    (b, lb): (&CudaSlice<T>, &Layout),
+    dy: Option<(&CudaSlice<T>, &Layout)>,
+) -> Result<CudaSlice<T>> {
+    let (x, b) = (elements(x, l, kernel)?, elements(b, lb, kernel)?);
+    let width = *l.dims().last().unwrap_or(&0);
+    if b.len() != width || width == 0 {
+        candle_core::bail!("{kernel}: bias of {} for rows of {width}", b.len());
+    }
+    let dy = dy.map(|(dy, ldy)| elements(dy, ldy, kernel)).transpose()?;
+    if let Some(dy) = &dy {
+        if dy.len() != x.len() {
+            candle_core::bail!("{kernel}: gradient of {} for {} values", dy.len(), x.len());
+        }
+    }
+    let (n, width) = (x.len() as u64, width as u64);
+    let func = dev.get_or_load_custom_func(kernel, GELU_MODULE, GELU_PTX)?;
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<T>(x.len())? };
+    let mut builder = func.builder();
+    builder.arg(&x);
+    builder.arg(&b);
+    if let Some(dy) = &dy {
+        builder.arg(dy);
+    }
+    builder.arg(&out);
+    builder.arg(&n);
+    builder.arg(&width);
+    // SAFETY: the arguments match `BIAS_GELU_FWD` / `BIAS_GELU_BWD` in kernels/gelu.cu.
+    unsafe { builder.launch(grid(n)) }.w()?;
+    Ok(out)
+}
+
+/// Bias + GELU on the device: [`super::bias_gelu`]'s CPU kernel (`dy`: its backward's dx).
+pub(super) fn bias_gelu(
+    (x, l): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    dy: Option<(&CudaStorage, &Layout)>,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.device;
+    let pass = if dy.is_some() { "bwd" } else { "fwd" };
+    let slice = match (&x.slice, &b.slice, dy.map(|(s, l)| (&s.slice, l))) {
+        (CudaStorageSlice::F32(x), CudaStorageSlice::F32(b), None) => CudaStorageSlice::F32(
+            bias_gelu_typed(dev, "bias_gelu_fwd_f32", (x, l), (b, lb), None)?,
+        ),
+        (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(b), None) => CudaStorageSlice::BF16(
+            bias_gelu_typed(dev, "bias_gelu_fwd_bf16", (x, l), (b, lb), None)?,
+        ),
+        (
+            CudaStorageSlice::F32(x),
+            CudaStorageSlice::F32(b),
+            Some((CudaStorageSlice::F32(d), ld)),
+        ) => CudaStorageSlice::F32(bias_gelu_typed(
+            dev,
+            "bias_gelu_bwd_f32",
+            (x, l),
+            (b, lb),
+            Some((d, ld)),
+        )?),
+        (
+            CudaStorageSlice::BF16(x),
+            CudaStorageSlice::BF16(b),
+            Some((CudaStorageSlice::BF16(d), ld)),
+        ) => CudaStorageSlice::BF16(bias_gelu_typed(
+            dev,
+            "bias_gelu_bwd_bf16",
+            (x, l),
+            (b, lb),
+            Some((d, ld)),
+        )?),
+        _ => candle_core::bail!("bias + gelu {pass}: no CUDA kernel for these dtypes"),
+    };
+    Ok(storage(slice, dev, l))
 }

@@ -4,7 +4,7 @@
 //! composed twin is narrow + GELU + multiply.
 
 use super::rows::{f32_rows, map_rows2_to, map_rows_to};
-use super::{gelu, supports, supports_cuda, vmath};
+use super::{bf16_twin, gelu, supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, D};
 
 /// `GELU(x[.., :I]) ⊙ x[.., I:]` for `x` `[.., 2I]`.
@@ -14,6 +14,9 @@ pub fn geglu(x: &Tensor) -> Result<Tensor> {
         candle_core::bail!("geglu: last dimension {width} is odd");
     }
     if supports(x.device(), x.dtype()) || supports_cuda("gelu", x.device(), x.dtype()) {
+        if let Some(y) = bf16_twin(&[x], |w| geglu(&w[0]))? {
+            return Ok(y);
+        }
         return x.contiguous()?.apply_op1(Geglu);
     }
     geglu_composed(x)

@@ -2,12 +2,15 @@
 //! `gelu_erf` as the composed twin.
 
 use super::rows::{f32_rows, map_rows, map_rows2};
-use super::{supports, supports_cuda, vmath};
+use super::{bf16_twin, supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// GELU, exact erf form (BERT's `gelu`).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     if supports(x.device(), x.dtype()) || supports_cuda("gelu", x.device(), x.dtype()) {
+        if let Some(y) = bf16_twin(&[x], |w| gelu(&w[0]))? {
+            return Ok(y);
+        }
         return x.contiguous()?.apply_op1(GeluErf);
     }
     x.gelu_erf()

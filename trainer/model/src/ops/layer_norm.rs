@@ -4,13 +4,16 @@
 //! gradients summed per task of rows, then over tasks, in order), and the composed twin.
 
 use super::rows::{f32_rows, map_rows, sum_in_order, warp_sum, ROWS_PER_TASK};
-use super::{supports, supports_cuda};
+use super::{bf16_twin, supports, supports_cuda};
 use candle_core::{CpuStorage, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     if supports(x.device(), x.dtype()) || supports_cuda("layer_norm", x.device(), x.dtype()) {
+        if let Some(y) = bf16_twin(&[x, weight, bias], |w| layer_norm(&w[0], &w[1], &w[2], eps))? {
+            return Ok(y);
+        }
         return x
             .contiguous()?
             .apply_op3(weight, bias, LayerNorm { eps: eps as f32 });
@@ -42,6 +45,12 @@ pub fn layer_norm_backward_kernel(
 
 /// [`layer_norm`] from elementary ops (any device).
 pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() != candle_core::DType::F32 {
+        // The statistics in f32, as the kernels keep them; the result in x's dtype.
+        let f32 = candle_core::DType::F32;
+        let (w, b) = (weight.to_dtype(f32)?, bias.to_dtype(f32)?);
+        return layer_norm_composed(&x.to_dtype(f32)?, &w, &b, eps)?.to_dtype(x.dtype());
+    }
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;

@@ -12,6 +12,7 @@
 mod attention;
 mod attention_rows;
 mod bias;
+mod bias_gelu;
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -30,6 +31,7 @@ pub mod vmath;
 pub use attention::{attention, attention_composed, Visibility};
 pub use attention_rows::{attention_rows, attention_rows_backward};
 pub use bias::add_bias;
+pub use bias_gelu::{bias_gelu, bias_gelu_backward_kernel, bias_gelu_kernel};
 pub use cross_entropy::{
     cross_entropy_and_correct, cross_entropy_backward_kernel, cross_entropy_kernel,
     weighted_cross_entropy_and_correct,
@@ -41,11 +43,11 @@ pub use gelu::{gelu, gelu_backward_kernel, gelu_kernel};
 pub use layer_norm::{
     layer_norm, layer_norm_backward_kernel, layer_norm_composed, layer_norm_kernel,
 };
-pub use matmul::matmul_in;
+pub use matmul::{activation_casts, matmul_in};
 pub use rotary::{rotary, rotary_composed, rotary_kernel, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which implementation the ops run where this crate has a kernel for the device.
@@ -88,9 +90,30 @@ pub fn supports(device: &Device, dtype: DType) -> bool {
     device.is_cpu() && dtype == DType::F32 && kernels() == Kernels::Fused
 }
 
+/// A bf16 op on the CPU under [`Kernels::Twins`] runs as its CUDA bf16 kernel computes: the f32
+/// twin on the inputs widened from bf16 (exact), each output rounded to bf16 once, as the
+/// kernel's stores round (gradients alike, through the casts' backward). `Some` of that for bf16
+/// CPU `inputs`, `None` otherwise: the caller then runs its kernel.
+pub(crate) fn bf16_twin(
+    inputs: &[&Tensor],
+    op: impl FnOnce(&[Tensor]) -> candle_core::Result<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    let Some(first) = inputs.first() else {
+        return Ok(None);
+    };
+    if !(first.device().is_cpu() && first.dtype() == DType::BF16) {
+        return Ok(None);
+    }
+    let wide = inputs
+        .iter()
+        .map(|t| t.to_dtype(DType::F32))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    op(&wide)?.to_dtype(DType::BF16).map(Some)
+}
+
 /// The kernel files (`kernels/NAME.cu`) whose ops run their CUDA kernel on a CUDA device:
-/// short-row attention, cross-entropy, the embedding lookup, GELU and GeGLU (both in `gelu.cu`),
-/// layer norm, rotary.
+/// short-row attention, cross-entropy, the embedding lookup, GELU, bias + GELU and GeGLU (all in
+/// `gelu.cu`), layer norm, rotary.
 pub const CUDA_ROUTED: &[&str] = &[
     "attention",
     "cross_entropy",
@@ -166,6 +189,10 @@ pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
             "geglu_fwd_bf16",
             "geglu_bwd_f32",
             "geglu_bwd_bf16",
+            "bias_gelu_fwd_f32",
+            "bias_gelu_fwd_bf16",
+            "bias_gelu_bwd_f32",
+            "bias_gelu_bwd_bf16",
         ],
     ),
     (

@@ -8,7 +8,7 @@
 
 use super::rows::f32_rows;
 use super::tables;
-use super::{supports, supports_cuda};
+use super::{bf16_twin, supports, supports_cuda};
 use crate::transfer::upload;
 use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -115,6 +115,9 @@ impl RotaryTables {
 pub fn rotary(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
     check(qkv, heads, tables)?;
     if supports(qkv.device(), qkv.dtype()) || supports_cuda("rotary", qkv.device(), qkv.dtype()) {
+        if let Some(y) = bf16_twin(&[qkv], |w| rotary(&w[0], heads, tables))? {
+            return Ok(y);
+        }
         return tables.apply(qkv, Rotary::new(heads));
     }
     rotary_composed(qkv, heads, tables)
@@ -153,6 +156,11 @@ fn check(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<()> {
 /// [`rotary`] from tensor ops (any device).
 pub fn rotary_composed(qkv: &Tensor, heads: usize, tables: &RotaryTables) -> Result<Tensor> {
     check(qkv, heads, tables)?;
+    if qkv.dtype() != candle_core::DType::F32 {
+        // In f32 with the f32 tables, as the kernels compute; the result in qkv's dtype.
+        let wide = qkv.to_dtype(candle_core::DType::F32)?;
+        return rotary_composed(&wide, heads, tables)?.to_dtype(qkv.dtype());
+    }
     let (b, l, three_h) = qkv.dims3()?;
     let h = three_h / 3;
     let (dh, half) = (h / heads, tables.half);

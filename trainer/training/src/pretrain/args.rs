@@ -86,8 +86,9 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value = "masked")]
     #[serde(default)]
     pub loss_norm: LossNorm,
-    /// Matrix products in: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. Parameters,
-    /// optimizer state, LayerNorm, softmax and the loss stay fp32.
+    /// Activations and matrix products in: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16. With
+    /// bf16 the activations are bf16 end to end (norm statistics, softmax and the loss accumulate
+    /// in f32 inside the ops); parameters, gradients and optimizer state stay fp32.
     #[arg(long, default_value = "auto")]
     #[serde(default = "default_precision")]
     pub precision: String,

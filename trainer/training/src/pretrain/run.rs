@@ -101,7 +101,7 @@ impl<'a> Run<'a> {
             "device": device::describe(&env.device),
             "world_size": env.comm.world_size(),
             "launch": env.comm.describe(),
-            "matmul_dtype": env.compute.as_str(),
+            "compute_dtype": env.compute.as_str(),
         });
         let log = if env.writer {
             write_run_files(args, &out, &data, &config_json)?;

@@ -60,7 +60,7 @@ impl Environment {
         if compute != DType::F32 && device.is_cpu() {
             eprintln!(
                 "warning: --precision {} on the CPU: candle widens bf16 products to f32 there, so \
-                 this is slower than fp32 (useful to test the autocast path)",
+                 this is slower than fp32 (useful to test the bf16 path)",
                 args.precision
             );
         }

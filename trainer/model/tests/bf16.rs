@@ -1,0 +1,141 @@
+//! `--precision bf16` end to end on both architectures (packed rows, the local window), on the
+//! composed path and with the CUDA kernels' CPU twins: the activations are bf16 from the
+//! embeddings' norm to the logits, no product casts an activation, and the parameters and their
+//! gradients stay f32, close to an f32 run's.
+
+use candle_core::{DType, Device, Tensor};
+use model::fixtures::tiny;
+use model::ops::{activation_casts, set_kernels, Kernels};
+use model::MaskedLm;
+use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
+use std::sync::Mutex;
+
+/// The kernels' choice is the process's: the tests of this file take turns.
+static KERNELS: Mutex<()> = Mutex::new(());
+
+fn configs() -> Vec<BertConfig> {
+    let bert = BertConfig {
+        dropout: 0.0,
+        initializer_range: 0.2,
+        ..tiny(60)
+    };
+    let mut modern = BertConfig::from_arch_preset(Arch::ModernBert, "tiny", 60).unwrap();
+    (modern.hidden_size, modern.num_attention_heads) = (16, 2);
+    (modern.intermediate_size, modern.num_hidden_layers) = (24, 3);
+    modern.initializer_range = 0.2;
+    modern.modern.local_window = 4;
+    vec![bert, modern]
+}
+
+/// Two packed rows of 12 tokens (four documents), the last two positions of row 1 padding.
+fn inputs() -> MlmInputs {
+    let dev = Device::Cpu;
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 7 + 3) % 60).collect();
+    let mut mask = vec![1f32; 24];
+    mask[22..].fill(0.0);
+    let masked: Vec<u32> = vec![1, 4, 6, 9, 13, 17, 20];
+    let labels: Vec<u32> = masked.iter().map(|&p| (p * 5 + 1) % 60).collect();
+    MlmInputs {
+        input_ids: Tensor::from_vec(ids, (2, 12), &dev).unwrap(),
+        attention_mask: Tensor::from_vec(mask, (2, 12), &dev).unwrap(),
+        masked_positions: Tensor::from_vec(masked, 7, &dev).unwrap(),
+        masked_labels: Tensor::from_vec(labels, 7, &dev).unwrap(),
+        layout: TokenLayout::of_segments(&[0, 5, 12, 15], 2, 12, &dev).unwrap(),
+        loss_coefficients: None,
+    }
+}
+
+struct Pass {
+    loss: f32,
+    hidden: DType,
+    logits: DType,
+    casts: u64,
+    grads: Vec<(String, Tensor)>,
+}
+
+fn pass(cfg: BertConfig, compute: DType) -> Pass {
+    let params = ParamStore::new(&Device::Cpu, 4).with_compute_dtype(compute);
+    let model = Encoder::new(cfg, &params).unwrap();
+    let inp = inputs();
+    let casts = activation_casts();
+    let hidden = model.hidden_states(&inp, None).unwrap();
+    let logits = model.mlm_logits(&hidden, &inp.masked_positions).unwrap();
+    let out = model.mlm_loss(&inp, None).unwrap();
+    let loss = out.mean_loss().unwrap();
+    let grads = loss.backward().unwrap();
+    let casts = activation_casts() - casts;
+    let grads = params
+        .named_vars()
+        .into_iter()
+        .map(|(name, v)| {
+            assert_eq!(v.dtype(), DType::F32, "{name}: parameter not f32");
+            let g = grads.get(v.as_tensor()).unwrap().clone();
+            assert_eq!(g.dtype(), DType::F32, "{name}: gradient not f32");
+            (name, g)
+        })
+        .collect();
+    Pass {
+        loss: loss.to_scalar::<f32>().unwrap(),
+        hidden: hidden.dtype(),
+        logits: logits.dtype(),
+        casts,
+        grads,
+    }
+}
+
+fn norm(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
+
+fn check(kernels: Kernels) {
+    let _turn = KERNELS.lock().unwrap_or_else(|e| e.into_inner());
+    set_kernels(kernels);
+    for cfg in configs() {
+        let arch = cfg.arch;
+        let (f32_pass, bf16) = (pass(cfg, DType::F32), pass(cfg, DType::BF16));
+        assert_eq!(f32_pass.hidden, DType::F32, "{arch:?}");
+        assert_eq!(bf16.hidden, DType::BF16, "{arch:?}: hidden states");
+        assert_eq!(bf16.logits, DType::BF16, "{arch:?}: logits");
+        assert_eq!(bf16.casts, 0, "{arch:?}: products cast activations");
+        assert_ne!(f32_pass.loss, bf16.loss, "{arch:?}: bf16 should round");
+        let rel = (f32_pass.loss - bf16.loss).abs() / f32_pass.loss;
+        assert!(
+            rel < 1e-2,
+            "{arch:?}: loss {} vs {}",
+            f32_pass.loss,
+            bf16.loss
+        );
+        for ((name, g32), (_, g16)) in f32_pass.grads.iter().zip(&bf16.grads) {
+            let (n32, diff) = (norm(g32), norm(&(g32 - g16).unwrap()));
+            assert!(norm(g16) > 0.0, "{arch:?} {name}: zero gradient under bf16");
+            // The key bias adds a constant to each query's scores, which softmax ignores: its
+            // true gradient is zero and both runs hold only rounding noise there.
+            if name.ends_with("attention.self.key.bias") {
+                continue;
+            }
+            assert!(
+                diff < 0.1 * n32,
+                "{arch:?} {name}: gradient differs by {diff} (norm {n32})"
+            );
+        }
+    }
+    set_kernels(Kernels::Fused);
+}
+
+/// The composed path (what a device without this crate's kernels runs in bf16).
+#[test]
+fn bf16_runs_end_to_end_on_the_composed_path() {
+    check(Kernels::Composed);
+}
+
+/// The GPU step's path with the CUDA kernels' CPU twins in bf16.
+#[test]
+fn bf16_runs_end_to_end_with_the_kernels_twins() {
+    check(Kernels::Twins);
+}
