@@ -55,11 +55,13 @@ def test_cpu_only_check_writes_every_section(tmp_path, trainer_bin):
     assert result["env"]["cpu_only"] is True
     # The device check ran every check (here the CPU against itself) and passed them.
     checks = result["device_check"]["checks"]
-    assert len(checks) == 23 and all(c["pass"] for c in checks), checks
+    assert len(checks) == 27 and all(c["pass"] for c in checks), checks
     assert checks[0]["name"] == "Philox4x32-10 known answers"
     # The per-op table: each kernel's forward and backward against its CPU twin.
     assert [c["name"] for c in checks[7:]] == [
         "gelu forward F32 256x3072", "gelu backward F32 256x3072",
+        "bias+gelu forward F32 256x3072", "bias+gelu backward F32 256x3072",
+        "residual dropout forward F32 256x768", "residual dropout backward F32 256x768",
         "geglu forward F32 256x2304", "geglu backward F32 256x2304",
         "rotary forward F32 256x2304", "rotary backward F32 256x2304",
         "layer norm forward F32 256x768", "layer norm backward F32 256x768",

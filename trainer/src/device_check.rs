@@ -116,6 +116,18 @@ fn op_checks(device: &Device, quick: bool) -> Result<Vec<Check>> {
             |x| model::ops::bias_gelu_kernel(x, &on(&bias, x)?),
             |x, dy| model::ops::bias_gelu_backward_kernel(x, &on(&bias, x)?, dy),
         )?);
+        // The residual connection after a dropped block (BERT-base's hidden states); its
+        // backward passes the gradient to the residual and the mask to the block.
+        let mask = Dropout::new(5, &[2, 1], 0.1).mask(3, Site::FeedForward);
+        let residual = (spread(tokens * 768, 4)? * 0.5)?
+            .reshape((tokens, 768))?
+            .to_dtype(dtype)?;
+        checks.extend(pair_matches_cpu(
+            ("residual dropout", device, dtype),
+            ((tokens, 768), (tokens, 768)),
+            |x| mask.add_to_kernel(&on(&residual, x)?, x),
+            |_, dy| mask.apply(dy),
+        )?);
         // ModernBERT-base's GeGLU input: 2 x 1152 per token.
         checks.extend(pair_matches_cpu(
             ("geglu", device, dtype),
@@ -575,6 +587,7 @@ mod tests {
         for op in [
             "gelu",
             "bias+gelu",
+            "residual dropout",
             "geglu",
             "rotary",
             "layer norm",

@@ -4,7 +4,9 @@
 use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon};
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
-use crate::ops::{attention, embedding, matmul_in, maybe_dropout, Dropout, Site, Visibility};
+use crate::ops::{
+    attention, embedding, matmul_in, maybe_dropout, residual_dropout, Dropout, Site, Visibility,
+};
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -188,11 +190,11 @@ impl Bert {
             let qkv = layer.qkv.forward(&attn_in)?;
             let ctx = attention(&qkv, heads, &key_bias, &visible, probs_mask, self.compute)?;
             let attn = layer.attn_out.forward(&ctx)?;
-            let attn = maybe_dropout(attn, dropout, i, Site::AttentionOutput)?;
+            let sum = residual_dropout(&x, attn, dropout, i, Site::AttentionOutput)?;
             x = if self.cfg.pre_ln {
-                (x + attn)?
+                sum
             } else {
-                layer.attn_norm.forward(&(x + attn)?)?
+                layer.attn_norm.forward(&sum)?
             };
             let ffn_in = if self.cfg.pre_ln {
                 layer.out_norm.forward(&x)?
@@ -202,11 +204,11 @@ impl Bert {
             let ffn = layer
                 .output
                 .forward(&layer.intermediate.forward_gelu(&ffn_in)?)?;
-            let ffn = maybe_dropout(ffn, dropout, i, Site::FeedForward)?;
+            let sum = residual_dropout(&x, ffn, dropout, i, Site::FeedForward)?;
             x = if self.cfg.pre_ln {
-                (x + ffn)?
+                sum
             } else {
-                layer.out_norm.forward(&(x + ffn)?)?
+                layer.out_norm.forward(&sum)?
             };
         }
         Ok(x)

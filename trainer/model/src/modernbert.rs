@@ -11,8 +11,8 @@ use crate::bert_config::{hf_defaults, Arch, BertConfig, HfCommon, ModernSettings
 use crate::layers::{Linear, Norm};
 use crate::mlm::{masked_rows, MaskedLm, MlmInputs, TokenLayout};
 use crate::ops::{
-    attention, embedding, geglu, matmul_in, maybe_dropout, rotary, Dropout, RotaryTables, Site,
-    Visibility,
+    attention, embedding, geglu, matmul_in, maybe_dropout, residual_dropout, rotary, Dropout,
+    RotaryTables, Site, Visibility,
 };
 use crate::params::{Init, ParamStore};
 use candle_core::{DType, Result, Tensor};
@@ -162,7 +162,7 @@ impl ModernBert {
             let probs_mask = dropout.map(|d| d.mask(i, Site::AttentionProbs));
             let ctx = attention(&qkv, heads, &key_bias, rule, probs_mask, self.compute)?;
             let attn = layer.attn_out.forward(&ctx)?;
-            x = (x + maybe_dropout(attn, dropout, i, Site::AttentionOutput)?)?;
+            x = residual_dropout(&x, attn, dropout, i, Site::AttentionOutput)?;
             let gated = geglu(&layer.mlp_in.forward(&layer.mlp_norm.forward(&x)?)?)?;
             let gated = maybe_dropout(gated, dropout, i, Site::FeedForward)?;
             let mlp = layer.mlp_out.forward(&gated)?;

@@ -27,6 +27,8 @@ pub struct Visibility {
     pub segments: Option<Tensor>,
     /// The expanded mask, once built.
     dense: std::sync::OnceLock<Option<Tensor>>,
+    /// The short-row kernel's `[B, L, 2]` rule for a key bias (its tensor id), once built.
+    rows_rule: std::sync::OnceLock<(candle_core::TensorId, Tensor)>,
 }
 
 impl Visibility {
@@ -42,12 +44,38 @@ impl Visibility {
             radius,
             segments,
             dense: Default::default(),
+            rows_rule: Default::default(),
         }
     }
 
     /// This rule with keys limited to `radius` positions either side (`None`: no limit).
     pub fn with_radius(&self, radius: Option<usize>) -> Self {
         Visibility::new(radius, self.segments.clone())
+    }
+
+    /// The short-row kernel's rule `[B, L, 2]` f32 (each token's key bias and segment id) for
+    /// `key_bias` `[B, L]`: built by three device ops the first time a layer asks, then reused
+    /// by every layer of this rule that passes the same key bias tensor (a different one gets its
+    /// own, uncached).
+    pub(super) fn rows_rule(&self, key_bias: &Tensor, batch: usize, len: usize) -> Result<Tensor> {
+        if let Some((id, rule)) = self.rows_rule.get() {
+            if *id == key_bias.id() {
+                return Ok(rule.clone());
+            }
+            return self.build_rows_rule(key_bias, batch, len);
+        }
+        let rule = self.build_rows_rule(key_bias, batch, len)?;
+        let _ = self.rows_rule.set((key_bias.id(), rule.clone()));
+        Ok(rule)
+    }
+
+    fn build_rows_rule(&self, key_bias: &Tensor, batch: usize, len: usize) -> Result<Tensor> {
+        let bias = key_bias.reshape((batch, len, 1))?.to_dtype(DType::F32)?;
+        let segments = match &self.segments {
+            Some(s) => s.reshape((batch, len, 1))?.to_dtype(DType::F32)?,
+            None => bias.zeros_like()?,
+        };
+        Tensor::cat(&[&bias, &segments], 2)?.contiguous()
     }
 
     /// The rule as an additive `[B, 1, L, L]` (or `[1, 1, L, L]` for a window alone) mask of 0 and
@@ -685,5 +713,26 @@ mod tests {
         let (y0, y1) = (run(&flat(base)), run(&flat(changed)));
         assert_eq!(y0[0][1], y1[0][1]);
         assert_ne!(y0[0][3], y1[0][3], "the test must be able to fail");
+    }
+
+    /// The short-row kernel's rule (key bias, segment id per token) is built once per rule and
+    /// key bias: a second layer gets the same tensor; another key bias its own values.
+    #[test]
+    fn the_rows_rule_is_built_once_per_key_bias() {
+        let dev = Device::Cpu;
+        let segments = Tensor::from_vec(vec![0u32, 0, 1, 1], (1, 4), &dev).unwrap();
+        let rule = Visibility::new(None, Some(segments));
+        let bias = Tensor::from_vec(vec![0f32, 0.0, -1e4, 0.0], (1, 4), &dev).unwrap();
+        let first = rule.rows_rule(&bias, 1, 4).unwrap();
+        let again = rule.rows_rule(&bias, 1, 4).unwrap();
+        assert_eq!(first.id(), again.id());
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&first), [0.0, 0.0, 0.0, 0.0, -1e4, 1.0, 0.0, 1.0]);
+        let other = (&bias * 2.0).unwrap();
+        let built = rule.rows_rule(&other, 1, 4).unwrap();
+        assert_eq!(flat(&built), [0.0, 0.0, 0.0, 0.0, -2e4, 1.0, 0.0, 1.0]);
+        // Without segments, every token's segment is 0.
+        let plain = Visibility::all().rows_rule(&bias, 1, 4).unwrap();
+        assert_eq!(flat(&plain), [0.0, 0.0, 0.0, 0.0, -1e4, 0.0, 0.0, 0.0]);
     }
 }

@@ -85,12 +85,7 @@ impl RowsAttention {
                 three_h / 3 / heads
             );
         }
-        let bias = key_bias.reshape((b, l, 1))?.to_dtype(DType::F32)?;
-        let segments = match &visible.segments {
-            Some(s) => s.reshape((b, l, 1))?.to_dtype(DType::F32)?,
-            None => bias.zeros_like()?,
-        };
-        let rule = Tensor::cat(&[&bias, &segments], 2)?.contiguous()?;
+        let rule = visible.rows_rule(key_bias, b, l)?;
         let radius = match visible.radius {
             Some(r) => u32::try_from(r).unwrap_or(NO_WINDOW - 1),
             None => NO_WINDOW,

@@ -90,6 +90,59 @@ pub(super) fn dropout(
     ))
 }
 
+fn dropout_add_typed<T: DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    (r, lr): (&CudaSlice<T>, &Layout),
+    (x, lx): (&CudaSlice<T>, &Layout),
+    mask: &DropoutMask,
+) -> Result<CudaSlice<T>> {
+    let (r, x) = (elements(r, lr, kernel)?, elements(x, lx, kernel)?);
+    if r.len() != x.len() {
+        candle_core::bail!("residual dropout: {} and {} values", r.len(), x.len());
+    }
+    let n = x.len() as u64;
+    let func = dev.get_or_load_custom_func(kernel, DROPOUT_MODULE, DROPOUT_PTX)?;
+    // SAFETY: every element is written by the kernel below.
+    let y = unsafe { dev.alloc::<T>(x.len())? };
+    let (threshold, keep) = mask.threshold_and_keep();
+    let (k0, k1) = (mask.key as u32, (mask.key >> 32) as u32);
+    let mut builder = func.builder();
+    builder.arg(&r);
+    builder.arg(&x);
+    builder.arg(&y);
+    builder.arg(&n);
+    builder.arg(&k0);
+    builder.arg(&k1);
+    builder.arg(&threshold);
+    builder.arg(&keep);
+    // SAFETY: the arguments match `DROPOUT_ADD_KERNEL` in kernels/dropout.cu.
+    unsafe { builder.launch(grid(n.div_ceil(4))) }.w()?;
+    Ok(y)
+}
+
+/// Residual + dropout on the device: [`super::residual_dropout`]'s CPU kernel, word for word.
+pub(super) fn residual_dropout(
+    (r, lr): (&CudaStorage, &Layout),
+    (x, lx): (&CudaStorage, &Layout),
+    mask: &DropoutMask,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &r.device;
+    let slice = match (&r.slice, &x.slice) {
+        (CudaStorageSlice::F32(r), CudaStorageSlice::F32(x)) => CudaStorageSlice::F32(
+            dropout_add_typed(dev, "dropout_add_f32", (r, lr), (x, lx), mask)?,
+        ),
+        (CudaStorageSlice::BF16(r), CudaStorageSlice::BF16(x)) => CudaStorageSlice::BF16(
+            dropout_add_typed(dev, "dropout_add_bf16", (r, lr), (x, lx), mask)?,
+        ),
+        (CudaStorageSlice::F16(r), CudaStorageSlice::F16(x)) => CudaStorageSlice::F16(
+            dropout_add_typed(dev, "dropout_add_f16", (r, lr), (x, lx), mask)?,
+        ),
+        _ => candle_core::bail!("residual dropout: no CUDA kernel for these dtypes"),
+    };
+    Ok(storage(slice, dev, lr))
+}
+
 /// Philox4x32-10 blocks on the device: `cases` holds (counter[4], key[2]) per case; returns four
 /// words per case. The known-answer check of the device's generator.
 pub fn philox_blocks(dev: &CudaDevice, cases: &[[u32; 6]]) -> Result<Vec<[u32; 4]>> {

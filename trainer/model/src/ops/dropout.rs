@@ -8,7 +8,7 @@
 //! same masks, and the backward regenerates the mask instead of storing it (the op's backward is
 //! the op itself applied to the incoming gradient).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use shared::philox::PhiloxStream;
 use shared::seed::seed_of;
@@ -85,6 +85,35 @@ impl DropoutMask {
         x.contiguous()?.apply_op1(PhiloxDropout(*self))
     }
 
+    /// `residual + apply(x)` in one op (differentiable: `residual`'s gradient passes through, and
+    /// `x`'s is the mask applied to it); the two ops under [`super::Kernels::Composed`].
+    pub fn add_to(&self, residual: &Tensor, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 {
+            return residual + x;
+        }
+        if super::kernels() == super::Kernels::Composed {
+            return residual + self.apply(x)?;
+        }
+        if residual.shape() != x.shape() {
+            candle_core::bail!(
+                "residual dropout: residual {:?} for values {:?}",
+                residual.dims(),
+                x.dims()
+            );
+        }
+        residual
+            .contiguous()?
+            .apply_op2(&x.contiguous()?, PhiloxResidualDropout(*self))
+    }
+
+    /// The residual dropout's kernel on the tensors' device (no gradient): what `trainer
+    /// device-check` compares across devices.
+    pub fn add_to_kernel(&self, residual: &Tensor, x: &Tensor) -> Result<Tensor> {
+        residual
+            .contiguous()?
+            .apply_op2_no_bwd(&x.contiguous()?, &PhiloxResidualDropout(*self))
+    }
+
     /// The factors (0 or 1/(1−p)) of elements `first .. first + n`, computed on the host: the
     /// reference the kernels are tested against, and what the CPU attention kernel multiplies by.
     pub fn factors(&self, first: u64, n: usize) -> Vec<f32> {
@@ -103,6 +132,23 @@ impl DropoutMask {
     pub(crate) fn threshold_and_keep(&self) -> (u32, f32) {
         let threshold = (self.p * 4_294_967_296.0).min(u32::MAX as f64) as u32;
         (threshold, (1.0 / (1.0 - self.p)) as f32)
+    }
+}
+
+/// `residual + x` with `x` through `dropout`'s mask at (`layer`, `site`) when training (`Some`),
+/// `residual + x` when evaluating (`None`): the residual connection after a dropped block, one
+/// pass over memory instead of the mask's and the sum's two (the sum in f32, rounded once; under
+/// `--kernels composed`, the two ops).
+pub fn residual_dropout(
+    residual: &Tensor,
+    x: Tensor,
+    dropout: Option<&Dropout>,
+    layer: usize,
+    site: Site,
+) -> Result<Tensor> {
+    match dropout {
+        Some(d) => d.mask(layer, site).add_to(residual, &x),
+        None => residual + x,
     }
 }
 
@@ -133,20 +179,111 @@ fn drop_slice<T: Copy + Send + Sync>(
     to_f32: impl Fn(T) -> f32 + Sync,
     from_f32: impl Fn(f32) -> T + Sync,
 ) -> Vec<T> {
+    drop_map(x, mask, |_, v, factor| from_f32(to_f32(v) * factor))
+}
+
+/// `y[i] = residual[i] + x[i] · factor(i)`, the arithmetic in f32 and rounded back once.
+fn drop_add_slice<T: Copy + Send + Sync>(
+    residual: &[T],
+    x: &[T],
+    mask: &DropoutMask,
+    to_f32: impl Fn(T) -> f32 + Sync,
+    from_f32: impl Fn(f32) -> T + Sync,
+) -> Vec<T> {
+    drop_map(x, mask, |i, v, factor| {
+        from_f32(to_f32(residual[i]) + to_f32(v) * factor)
+    })
+}
+
+/// `y[i] = f(i, x[i], factor(i))` over the Philox stream of `mask`, in parallel chunks.
+fn drop_map<T: Copy + Send + Sync>(
+    x: &[T],
+    mask: &DropoutMask,
+    f: impl Fn(usize, T, f32) -> T + Sync,
+) -> Vec<T> {
     let stream = PhiloxStream::new(mask.key);
     let (threshold, keep) = mask.threshold_and_keep();
     let mut y = x.to_vec();
     y.par_chunks_mut(CHUNK).enumerate().for_each(|(c, ys)| {
-        let first = (c * CHUNK) as u64;
+        let first = c * CHUNK;
         for (j, quad) in ys.chunks_mut(4).enumerate() {
-            let words = stream.block(first / 4 + j as u64);
-            for (y, w) in quad.iter_mut().zip(words) {
+            let words = stream.block((first / 4 + j) as u64);
+            for (k, (y, w)) in quad.iter_mut().zip(words).enumerate() {
                 let factor = if w < threshold { 0.0 } else { keep };
-                *y = from_f32(to_f32(*y) * factor);
+                *y = f(first + 4 * j + k, *y, factor);
             }
         }
     });
     y
+}
+
+/// The op: `residual + x ⊙ factors(key)` over contiguous inputs, element `i` taking word `i`.
+struct PhiloxResidualDropout(DropoutMask);
+
+impl CustomOp2 for PhiloxResidualDropout {
+    fn name(&self) -> &'static str {
+        "philox-residual-dropout"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("residual dropout: contiguous inputs only")
+        };
+        if b1 - a1 != b2 - a2 {
+            candle_core::bail!("residual dropout: {} and {} values", b1 - a1, b2 - a2);
+        }
+        let m = &self.0;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(r), CpuStorage::F32(x)) => {
+                CpuStorage::F32(drop_add_slice(&r[a1..b1], &x[a2..b2], m, |v| v, |v| v))
+            }
+            (CpuStorage::BF16(r), CpuStorage::BF16(x)) => CpuStorage::BF16(drop_add_slice(
+                &r[a1..b1],
+                &x[a2..b2],
+                m,
+                half::bf16::to_f32,
+                half::bf16::from_f32,
+            )),
+            (CpuStorage::F16(r), CpuStorage::F16(x)) => CpuStorage::F16(drop_add_slice(
+                &r[a1..b1],
+                &x[a2..b2],
+                m,
+                half::f16::to_f32,
+                half::f16::from_f32,
+            )),
+            _ => candle_core::bail!("residual dropout: no CPU kernel for these dtypes"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::residual_dropout((s1, l1), (s2, l2), &self.0)
+    }
+
+    fn bwd(
+        &self,
+        _residual: &Tensor,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = grad.contiguous()?.apply_op1(PhiloxDropout(self.0))?;
+        Ok((Some(grad.clone()), Some(dx)))
+    }
 }
 
 impl CustomOp1 for PhiloxDropout {
@@ -286,5 +423,57 @@ mod tests {
                 .unwrap()[0]
                 == 1.0
         );
+    }
+
+    /// Residual + dropout in one op: `r + x · factor` from the host factors (f32: bit for bit
+    /// the mask then the sum; bf16: the f32 sum of the bf16 inputs rounded once), whatever the
+    /// chunking; `r`'s gradient passes through and `x`'s is the mask.
+    #[test]
+    fn residual_dropout_is_the_sum_with_the_same_mask() {
+        let n = 2 * CHUNK + 7;
+        let m = mask(0.25);
+        let values = |k: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * k + 3) % 17) as f32 * 0.37 - 2.9)
+                .collect()
+        };
+        let (rv, xv, pv) = (values(5), values(11), values(3));
+        let (r, x) = (
+            Var::from_vec(rv.clone(), n, &Device::Cpu).unwrap(),
+            Var::from_vec(xv.clone(), n, &Device::Cpu).unwrap(),
+        );
+        let y = m.add_to(r.as_tensor(), x.as_tensor()).unwrap();
+        let unfused = (r.as_tensor() + m.apply(x.as_tensor()).unwrap()).unwrap();
+        let f = m.factors(0, n);
+        let expect: Vec<f32> = (0..n).map(|i| rv[i] + xv[i] * f[i]).collect();
+        assert!(y.to_vec1::<f32>().unwrap() == expect, "forward");
+        assert!(unfused.to_vec1::<f32>().unwrap() == expect, "unfused");
+        let probe = Tensor::from_vec(pv.clone(), n, &Device::Cpu).unwrap();
+        let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let (gr, gx) = (
+            g.get(r.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+            g.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(),
+        );
+        assert!(gr == pv, "residual's gradient");
+        let want_x: Vec<f32> = (0..n).map(|i| pv[i] * f[i]).collect();
+        assert!(gx == want_x, "x's gradient");
+        // bf16: the sum of the rounded inputs in f32, rounded once.
+        let bf = |v: &Var| v.as_tensor().to_dtype(DType::BF16).unwrap();
+        let yb = m
+            .add_to(&bf(&r), &bf(&x))
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let round = |v: f32| half::bf16::from_f32(v).to_f32();
+        let expect_b: Vec<f32> = (0..n)
+            .map(|i| round(round(rv[i]) + round(xv[i]) * f[i]))
+            .collect();
+        assert!(yb.to_vec1::<f32>().unwrap() == expect_b, "bf16");
+        // The exposed kernel is the op; p = 0 is the plain sum.
+        let k = m.add_to_kernel(r.as_tensor(), x.as_tensor()).unwrap();
+        assert!(k.to_vec1::<f32>().unwrap() == expect, "kernel");
+        let plain = mask(0.0).add_to(r.as_tensor(), x.as_tensor()).unwrap();
+        let sum: Vec<f32> = (0..n).map(|i| rv[i] + xv[i]).collect();
+        assert!(plain.to_vec1::<f32>().unwrap() == sum, "p = 0");
     }
 }

@@ -36,7 +36,7 @@ pub use cross_entropy::{
     cross_entropy_and_correct, cross_entropy_backward_kernel, cross_entropy_kernel,
     weighted_cross_entropy_and_correct,
 };
-pub use dropout::{maybe_dropout, Dropout, DropoutMask, Site};
+pub use dropout::{maybe_dropout, residual_dropout, Dropout, DropoutMask, Site};
 pub use embedding::{embedding, embedding_backward_kernel, embedding_kernel};
 pub use geglu::{geglu, geglu_backward_kernel, geglu_composed, geglu_kernel};
 pub use gelu::{gelu, gelu_backward_kernel, gelu_kernel};
@@ -167,6 +167,9 @@ pub const CUDA_KERNELS: &[(&str, &[&str])] = &[
             "dropout_f32",
             "dropout_bf16",
             "dropout_f16",
+            "dropout_add_f32",
+            "dropout_add_bf16",
+            "dropout_add_f16",
             "philox_blocks",
         ],
     ),
