@@ -172,10 +172,8 @@ impl Bert {
             }
             None => x.broadcast_add(&self.token_type_embeddings.narrow(0, 0, 1)?)?,
         };
-        // The embeddings' sum and norm in f32 (the tables' dtype); the activations from here on
-        // in the compute dtype (bf16 end to end under `--precision bf16`).
-        let x = self.emb_norm.forward(&x)?.to_dtype(self.compute)?;
-        let mut x = maybe_dropout(x, dropout, 0, Site::Embeddings)?;
+        // In the tables' dtype, the compute dtype (bf16 end to end under `--precision bf16`).
+        let mut x = maybe_dropout(self.emb_norm.forward(&x)?, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         let visible = Visibility::new(None, layout.segments.clone());

@@ -85,9 +85,9 @@ impl Linear {
     }
 }
 
-/// A parameter in the dtype of the activations `x` it meets: the f32 parameter itself, or its
-/// bf16 copy for this forward pass under `--precision bf16`, whose backward hands the gradient
-/// back to the f32 parameter in f32 (PyTorch autocast's weight cast).
+/// A parameter in the dtype of the activations `x` it meets: itself, as the models hold their
+/// parameters in the compute dtype; a cast (whose backward returns the gradient in the
+/// parameter's dtype) for a caller mixing dtypes.
 pub fn param_for(param: &Tensor, x: &Tensor) -> Result<Tensor> {
     param.to_dtype(x.dtype())
 }

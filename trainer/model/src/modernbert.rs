@@ -143,10 +143,8 @@ impl ModernBert {
         let visible = Visibility::new(None, layout.segments.clone());
         let local = visible.with_radius(Some(m.local_window / 2));
         let words = embedding(&self.tok_embeddings, input_ids)?.reshape((b, l, h))?;
-        // The lookup and its norm in f32 (the table's dtype); the activations from here on in the
-        // compute dtype (bf16 end to end under `--precision bf16`).
-        let x = self.emb_norm.forward(&words)?.to_dtype(self.compute)?;
-        let mut x = maybe_dropout(x, dropout, 0, Site::Embeddings)?;
+        // In the table's dtype, the compute dtype (bf16 end to end under `--precision bf16`).
+        let mut x = maybe_dropout(self.emb_norm.forward(&words)?, dropout, 0, Site::Embeddings)?;
         // Additive key bias: 0 for tokens, -10000 for padding.
         let key_bias = ((attention_mask - 1.0)? * 10000.0)?;
         for (i, layer) in self.layers.iter().enumerate() {

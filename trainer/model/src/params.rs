@@ -38,10 +38,14 @@ pub enum Unmatched {
     Shape,
 }
 
-/// Creates (or returns existing) named variables in a `VarMap`.
+/// Creates (or returns existing) named variables in a `VarMap`: the f32 parameters (what the
+/// optimizer updates, checkpoints hold and weights load into) and, when the compute dtype is not
+/// f32, each one's copy in that dtype, which is what the models compute with.
 pub struct ParamStore {
-    /// The variables, by HF name.
+    /// The f32 variables, by HF name.
     pub varmap: VarMap,
+    /// The compute-dtype copies by name (none under f32).
+    copies: std::sync::Mutex<HashMap<String, Var>>,
     device: Device,
     seed: u64,
     compute_dtype: DType,
@@ -99,14 +103,17 @@ impl ParamStore {
             device: device.clone(),
             seed,
             compute_dtype: DType::F32,
+            copies: Default::default(),
         }
     }
 
-    /// Models built from this store compute in `dtype`: with `BF16`, the activations are bf16
-    /// end to end from the embeddings' norm on (every product, norm, activation, attention and
-    /// the logits; the kernels accumulate in f32), while the parameters, their gradients and the
-    /// optimizer stay f32: each parameter is cast for the pass where it is used, and the cast's
-    /// backward returns its gradient in f32 (PyTorch autocast's weight casts). `F32`: no casts.
+    /// Models built from this store compute in `dtype`: with `BF16`, every parameter the models
+    /// read is a bf16 copy of its f32 variable ([`ParamStore::named_compute_vars`]), so the
+    /// activations are bf16 end to end (every product, norm, activation, attention and the
+    /// logits; the kernels accumulate in f32) and no product casts its inputs. The f32 variables
+    /// ([`ParamStore::named_vars`]) stay the masters: the optimizer updates them from the
+    /// copies' gradients (accumulated in f32) and refreshes the copies
+    /// ([`ParamStore::refresh_copies`]); checkpoints and loads use them. `F32`: no copies.
     pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
         self.compute_dtype = dtype;
         self
@@ -122,8 +129,24 @@ impl ParamStore {
         &self.device
     }
 
-    /// The parameter `name`, created with `init` if absent.
+    /// The parameter `name` as the models compute with it (its compute-dtype copy, or the f32
+    /// variable itself under f32), created with `init` if absent.
     pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let master = self.master(name, shape, init)?;
+        if self.compute_dtype == DType::F32 {
+            return Ok(master);
+        }
+        let mut copies = self.copies.lock().expect("param lock");
+        if let Some(c) = copies.get(name) {
+            return Ok(c.as_tensor().clone());
+        }
+        let copy = Var::from_tensor(&master.to_dtype(self.compute_dtype)?)?;
+        copies.insert(name.to_string(), copy.clone());
+        Ok(copy.as_tensor().clone())
+    }
+
+    /// The f32 variable `name`, created with `init` if absent.
+    fn master(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let mut data = self.varmap.data().lock().expect("param lock");
         if let Some(v) = data.get(name) {
             if v.dims() != shape {
@@ -186,10 +209,40 @@ impl ParamStore {
             }
             fresh.push(name);
         }
+        self.refresh_copies()
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         Ok(fresh)
     }
 
-    /// All variables sorted by name.
+    /// Sets every compute-dtype copy from its f32 variable (after an update or a load).
+    pub fn refresh_copies(&self) -> Result<()> {
+        let copies = self.copies.lock().expect("param lock");
+        if copies.is_empty() {
+            return Ok(());
+        }
+        for (name, master) in self.named_vars() {
+            if let Some(copy) = copies.get(&name) {
+                copy.set(&master.as_tensor().to_dtype(copy.dtype())?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables the models compute with, sorted by name as [`ParamStore::named_vars`]:
+    /// the compute-dtype copies (the f32 variables under f32). Their gradients are the
+    /// parameters' gradients.
+    pub fn named_compute_vars(&self) -> Vec<(String, Var)> {
+        let copies = self.copies.lock().expect("param lock");
+        self.named_vars()
+            .into_iter()
+            .map(|(name, master)| {
+                let var = copies.get(&name).cloned().unwrap_or(master);
+                (name, var)
+            })
+            .collect()
+    }
+
+    /// All f32 variables sorted by name.
     pub fn named_vars(&self) -> Vec<(String, Var)> {
         let data = self.varmap.data().lock().expect("param lock");
         let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -262,5 +315,59 @@ mod tests {
             .load_by_name(&source, "src", |_, _| false)
             .unwrap_err();
         assert_eq!(err.to_string(), "src: missing parameter pooler");
+    }
+
+    /// Under bf16 the models get bf16 copies of the f32 parameters (drawn in f32, then rounded),
+    /// in the same order; a load sets the f32 parameters and refreshes the copies.
+    #[test]
+    fn a_bf16_store_hands_out_copies_of_its_f32_parameters() {
+        let p = ParamStore::new(&Device::Cpu, 5).with_compute_dtype(DType::BF16);
+        let w = p.get("w", &[4, 3], Init::Normal(1.0)).unwrap();
+        let b = p.get("b", &[3], Init::Zeros).unwrap();
+        assert_eq!((w.dtype(), b.dtype()), (DType::BF16, DType::BF16));
+        // The same copy again.
+        assert_eq!(p.get("w", &[4, 3], Init::Normal(1.0)).unwrap().id(), w.id());
+        let masters = p.named_vars();
+        let copies = p.named_compute_vars();
+        let names = |v: &[(String, Var)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&masters), ["b", "w"]);
+        assert_eq!(names(&copies), names(&masters));
+        let f32_of = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        // The master holds the f32 draw (not representable in bf16); the copy its rounding.
+        let master_w = f32_of(masters[1].1.as_tensor());
+        let round = |v: &[f32]| -> Vec<f32> {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        };
+        assert_ne!(master_w, round(&master_w));
+        assert_eq!(f32_of(copies[1].1.as_tensor()), round(&master_w));
+        // A load sets the masters and refreshes the copies.
+        let loaded: Vec<f32> = (0..12).map(|i| 1.0 + i as f32 / 3.0).collect();
+        let tensors = HashMap::from([
+            (
+                "w".to_string(),
+                Tensor::from_vec(loaded.clone(), (4, 3), &Device::Cpu).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
+            ),
+        ]);
+        p.load_by_name(&tensors, "src", |_, _| false).unwrap();
+        assert_eq!(f32_of(p.named_vars()[1].1.as_tensor()), loaded);
+        assert_eq!(f32_of(&w), round(&loaded));
+        assert_eq!(f32_of(&b), [1.0, 1.0, 1.0]);
+        // f32: the parameters themselves.
+        let plain = ParamStore::new(&Device::Cpu, 5);
+        let t = plain.get("w", &[2], Init::Ones).unwrap();
+        assert_eq!(plain.named_compute_vars()[0].1.as_tensor().id(), t.id());
     }
 }

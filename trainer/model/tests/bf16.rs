@@ -1,11 +1,11 @@
 //! `--precision bf16` end to end on both architectures (packed rows, the local window), on the
-//! composed path and with the CUDA kernels' CPU twins: the activations are bf16 from the
-//! embeddings' norm to the logits, no product casts an activation, and the parameters and their
-//! gradients stay f32, close to an f32 run's.
+//! composed path and with the CUDA kernels' CPU twins: the models compute with bf16 copies of
+//! the f32 parameters, the activations are bf16 from the embeddings to the logits, no product
+//! casts an operand, and the gradients (the copies') are close to an f32 run's.
 
 use candle_core::{DType, Device, Tensor};
 use model::fixtures::tiny;
-use model::ops::{activation_casts, set_kernels, Kernels};
+use model::ops::{product_casts, set_kernels, Kernels};
 use model::MaskedLm;
 use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
 use std::sync::Mutex;
@@ -57,21 +57,24 @@ fn pass(cfg: BertConfig, compute: DType) -> Pass {
     let params = ParamStore::new(&Device::Cpu, 4).with_compute_dtype(compute);
     let model = Encoder::new(cfg, &params).unwrap();
     let inp = inputs();
-    let casts = activation_casts();
+    let casts = product_casts();
     let hidden = model.hidden_states(&inp, None).unwrap();
     let logits = model.mlm_logits(&hidden, &inp.masked_positions).unwrap();
     let out = model.mlm_loss(&inp, None).unwrap();
     let loss = out.mean_loss().unwrap();
     let grads = loss.backward().unwrap();
-    let casts = activation_casts() - casts;
+    let casts = product_casts() - casts;
+    let masters = params.named_vars();
     let grads = params
-        .named_vars()
+        .named_compute_vars()
         .into_iter()
-        .map(|(name, v)| {
-            assert_eq!(v.dtype(), DType::F32, "{name}: parameter not f32");
-            let g = grads.get(v.as_tensor()).unwrap().clone();
-            assert_eq!(g.dtype(), DType::F32, "{name}: gradient not f32");
-            (name, g)
+        .zip(masters)
+        .map(|((name, v), (_, master))| {
+            assert_eq!(master.dtype(), DType::F32, "{name}: parameter not f32");
+            assert_eq!(v.dtype(), compute, "{name}: the model's copy");
+            let g = grads.get(v.as_tensor()).unwrap();
+            assert_eq!(g.dtype(), compute, "{name}: gradient");
+            (name, g.to_dtype(DType::F32).unwrap())
         })
         .collect();
     Pass {
@@ -102,7 +105,8 @@ fn check(kernels: Kernels) {
         assert_eq!(f32_pass.hidden, DType::F32, "{arch:?}");
         assert_eq!(bf16.hidden, DType::BF16, "{arch:?}: hidden states");
         assert_eq!(bf16.logits, DType::BF16, "{arch:?}: logits");
-        assert_eq!(bf16.casts, 0, "{arch:?}: products cast activations");
+        assert_eq!(f32_pass.casts, 0, "{arch:?}: f32 products cast");
+        assert_eq!(bf16.casts, 0, "{arch:?}: bf16 products cast");
         assert_ne!(f32_pass.loss, bf16.loss, "{arch:?}: bf16 should round");
         let rel = (f32_pass.loss - bf16.loss).abs() / f32_pass.loss;
         assert!(

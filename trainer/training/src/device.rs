@@ -13,8 +13,9 @@ pub fn describe(device: &Device) -> String {
     }
 }
 
-/// Parses a precision spec for `device`: `fp32`; `bf16` (activations bf16 end to end, the
-/// kernels accumulating in f32; parameters, their gradients and the optimizer f32); `auto` = bf16
+/// Parses a precision spec for `device`: `fp32`; `bf16` (bf16 copies of the parameters and bf16
+/// activations end to end, the kernels accumulating in f32; the f32 parameters are the masters
+/// the optimizer updates, gradients accumulating in f32); `auto` = bf16
 /// on CUDA, fp32 on the CPU (candle has no bf16 CPU matmul kernel: it widens to f32, so bf16
 /// there is slower and only useful for testing).
 pub fn compute_dtype(spec: &str, device: &Device) -> Result<DType> {

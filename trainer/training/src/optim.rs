@@ -40,6 +40,9 @@ pub enum StateForm {
 struct Slot {
     name: String,
     var: Var,
+    /// The copy the model computes with when its dtype is not the parameter's (bf16): its
+    /// gradient is the parameter's, and each update sets it from the parameter.
+    copy: Option<Var>,
     decay: bool,
     host: Option<(Vec<f32>, Vec<f32>)>,
 }
@@ -165,6 +168,7 @@ impl AdamW {
                 let n = var.elem_count();
                 Slot {
                     decay: decays(var.shape()),
+                    copy: None,
                     name,
                     host: (form == StateForm::Host).then(|| (vec![0.0; n], vec![0.0; n])),
                     var,
@@ -209,6 +213,38 @@ impl AdamW {
         self.slots.iter().map(|s| &s.var).collect()
     }
 
+    /// This optimizer with the model's compute-dtype copies of its variables
+    /// ([`model::ParamStore::named_compute_vars`], the same names): gradients are read from them
+    /// and every update sets them from the variables. Copies of the variables' own dtype (an f32
+    /// model) are the variables themselves and are ignored.
+    pub fn with_copies(mut self, copies: Vec<(String, Var)>) -> Result<Self> {
+        if copies.len() != self.slots.len() {
+            candle_core::bail!(
+                "{} copies for {} parameters",
+                copies.len(),
+                self.slots.len()
+            );
+        }
+        for (slot, (name, copy)) in self.slots.iter_mut().zip(copies) {
+            if name != slot.name || copy.dims() != slot.var.dims() {
+                candle_core::bail!("copy {name} {:?} for {}", copy.dims(), slot.name);
+            }
+            if copy.dtype() != slot.var.dtype() {
+                slot.copy = Some(copy);
+            }
+        }
+        Ok(self)
+    }
+
+    /// The tensors whose gradients are the parameters' (the copies the model computes with, or
+    /// the variables), in optimisation order.
+    pub fn grad_sources(&self) -> Vec<&Tensor> {
+        self.slots
+            .iter()
+            .map(|s| s.copy.as_ref().unwrap_or(&s.var).as_tensor())
+            .collect()
+    }
+
     /// Applies one update with gradients `grads` (aligned with [`AdamW::vars`]) at learning rate `lr`.
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         self.step_scaled(grads, None, lr)
@@ -242,11 +278,24 @@ impl AdamW {
             let update = ((&group.m / c1)? / ((&group.v / c2)?.sqrt()? + self.cfg.eps)?)?;
             let d = if group.decay { decay } else { 1.0 };
             let p = ((p * d)? - (update * lr)?)?;
+            // The copies' dtype (bf16), cast once for the whole group.
+            let copies = match group
+                .slots
+                .iter()
+                .find_map(|&i| self.slots[i].copy.as_ref())
+            {
+                Some(c) => Some(p.to_dtype(c.dtype())?),
+                None => None,
+            };
             let mut offset = 0;
             for &i in &group.slots {
-                let var = &self.slots[i].var;
-                let n = var.elem_count();
-                var.set(&p.narrow(0, offset, n)?.reshape(var.shape())?)?;
+                let slot = &self.slots[i];
+                let n = slot.var.elem_count();
+                slot.var
+                    .set(&p.narrow(0, offset, n)?.reshape(slot.var.shape())?)?;
+                if let (Some(copy), Some(cast)) = (&slot.copy, &copies) {
+                    copy.set(&cast.narrow(0, offset, n)?.reshape(slot.var.shape())?)?;
+                }
                 offset += n;
             }
         }
@@ -273,6 +322,9 @@ impl AdamW {
                 scale: host_scale,
             };
             slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+            if let Some(copy) = &slot.copy {
+                copy.set(&slot.var.as_tensor().to_dtype(copy.dtype())?)?;
+            }
         }
         Ok(())
     }
@@ -631,5 +683,78 @@ mod tests {
         flat.step(&g, 0.005).unwrap();
         resumed.step(&g, 0.005).unwrap();
         assert_eq!(values(&flat_p), values(&resumed_p));
+    }
+
+    /// With bf16 copies (the model under `--precision bf16`), both forms update the f32
+    /// parameters exactly as without copies, set every copy to its parameter rounded to bf16, and
+    /// read gradients from the copies.
+    #[test]
+    fn updates_set_the_bf16_copies_from_the_f32_parameters() {
+        let cfg = AdamWConfig {
+            peak_lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        let copies_of = |params: &[(String, Var)]| -> Vec<(String, Var)> {
+            params
+                .iter()
+                .map(|(n, v)| {
+                    let c = v.as_tensor().to_dtype(candle_core::DType::BF16).unwrap();
+                    (n.clone(), Var::from_tensor(&c).unwrap())
+                })
+                .collect()
+        };
+        let round = |v: Vec<f32>| -> Vec<f32> {
+            let n = v.len();
+            Tensor::from_vec(v, n, &Device::Cpu)
+                .and_then(|t| t.to_dtype(candle_core::DType::BF16))
+                .and_then(|t| t.to_dtype(candle_core::DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())
+                .unwrap()
+        };
+        let copy_values = |copies: &[(String, Var)]| -> Vec<f32> {
+            copies
+                .iter()
+                .flat_map(|(_, v)| {
+                    let t = v.as_tensor().to_dtype(candle_core::DType::F32).unwrap();
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect()
+        };
+        for form in [StateForm::Host, StateForm::Flat] {
+            let (plain_p, p) = (three_params(1), three_params(1));
+            let copies = copies_of(&p);
+            let mut plain = AdamW::with_form(plain_p.clone(), cfg, form).unwrap();
+            let mut opt = AdamW::with_form(p.clone(), cfg, form)
+                .unwrap()
+                .with_copies(copies.clone())
+                .unwrap();
+            for (source, (_, copy)) in opt.grad_sources().into_iter().zip(&copies) {
+                assert_eq!(source.id(), copy.as_tensor().id(), "{form:?}");
+            }
+            for step in 0..2u64 {
+                let g: Vec<Tensor> = three_params(10 * step + 5)
+                    .iter()
+                    .map(|(_, v)| v.as_tensor().clone())
+                    .collect();
+                plain.step(&g, 0.01).unwrap();
+                opt.step(&g, 0.01).unwrap();
+                assert_eq!(values(&p), values(&plain_p), "{form:?} step {step}");
+                assert_eq!(
+                    copy_values(&copies),
+                    round(values(&p)),
+                    "{form:?} step {step}"
+                );
+            }
+        }
+        // f32 copies are the parameters themselves: ignored.
+        let p = three_params(1);
+        let opt = AdamW::with_form(p.clone(), cfg, StateForm::Flat)
+            .unwrap()
+            .with_copies(p.clone())
+            .unwrap();
+        assert_eq!(opt.grad_sources()[0].id(), p[0].1.as_tensor().id());
     }
 }

@@ -155,11 +155,14 @@ impl TrainStep {
                 Some(t) => (t + loss)?,
                 None => loss,
             });
-            for (acc, var) in self.grads.iter_mut().zip(self.opt.vars()) {
-                if let Some(gv) = g.get(var.as_tensor()) {
+            let sources = self.opt.grad_sources();
+            for ((acc, source), var) in self.grads.iter_mut().zip(sources).zip(self.opt.vars()) {
+                if let Some(gv) = g.get(source) {
+                    // Accumulated in the parameter's dtype (f32 for a bf16 copy's gradient).
+                    let gv = gv.to_dtype(var.dtype())?;
                     *acc = Some(match acc.take() {
                         Some(a) => (a + gv)?,
-                        None => gv.clone(),
+                        None => gv,
                     });
                 }
             }

@@ -217,22 +217,55 @@ fn export_writes_hf_names_shapes_and_config() {
     assert!(out.join("tokenizer.json").exists() && out.join("maskrate_check.safetensors").exists());
 }
 
-/// A training run with `--precision bf16` records it and trains; a bad spec is refused.
+/// A training run with `--precision bf16` records it, trains, checkpoints its f32 parameters
+/// (not their bf16 copies) and resumes exactly; a bad spec is refused.
 #[test]
-fn bf16_precision_trains_and_a_bad_spec_is_refused() {
+fn bf16_precision_trains_resumes_exactly_and_a_bad_spec_is_refused() {
     let (_keep, shards) = sample_shards();
     let root = tempfile::tempdir().unwrap();
-    let out = root.path().join("bf16");
-    let args = train_args(
-        &shards,
-        &out,
-        &["--steps", "2", "--precision", "bf16", "--device", "cpu"],
-    );
-    let summary = pretrain(&args, Default::default()).unwrap();
+    let (out, resumed) = (root.path().join("bf16"), root.path().join("resumed"));
+    let common = [
+        "--steps",
+        "4",
+        "--save-every",
+        "2",
+        "--keep",
+        "0",
+        "--lr",
+        "1e-3",
+        "--precision",
+        "bf16",
+        "--device",
+        "cpu",
+    ];
+    let summary = pretrain(&train_args(&shards, &out, &common), Default::default()).unwrap();
     assert!(summary.final_train_loss.is_finite());
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["compute_dtype"], "bf16", "{config}");
+    // The checkpoint holds the f32 parameters: after updates, values bf16 cannot represent.
+    let saved = training::checkpoint::load(&out.join("checkpoints/step-0000004")).unwrap();
+    let w = &saved.model["bert.encoder.layer.0.attention.self.query.weight"];
+    assert_eq!(w.dtype(), candle_core::DType::F32);
+    let rounded = w.to_dtype(candle_core::DType::BF16).unwrap();
+    let rounded = rounded.to_dtype(candle_core::DType::F32).unwrap();
+    let differ = (w - rounded).unwrap().abs().unwrap().max_all().unwrap();
+    assert!(
+        differ.to_scalar::<f32>().unwrap() > 0.0,
+        "parameters rounded to bf16"
+    );
+    // Resumed from step 2, the run takes the same steps: the copies follow the loaded values.
+    pretrain(&train_args(&shards, &resumed, &common), Default::default()).unwrap();
+    std::fs::remove_dir_all(resumed.join("checkpoints/step-0000004")).unwrap();
+    let mut resume = common.to_vec();
+    resume.push("--resume");
+    pretrain(&train_args(&shards, &resumed, &resume), Default::default()).unwrap();
+    let (la, lb) = (
+        train_losses(&out.join("metrics.jsonl")).unwrap(),
+        train_losses(&resumed.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(la.len(), 4);
+    assert_eq!(la, lb, "bit-identical bf16 losses after resuming");
     let bad = train_args(&shards, &root.path().join("x"), &["--precision", "fp16"]);
     let err = pretrain(&bad, Default::default()).unwrap_err();
     assert!(

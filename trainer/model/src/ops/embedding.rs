@@ -4,7 +4,7 @@
 //! (tokens added in order). Elsewhere candle's `index_select` serves.
 
 use super::rows::{f32_rows, u32_values};
-use super::supports_cuda;
+use super::{bf16_twin, supports_cuda};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 
 /// The rows of `table` `[V, H]` at `ids` (u32, any shape, flattened): `[N, H]`, differentiable in
@@ -12,7 +12,10 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let ids = ids.flatten_all()?;
     let (device, dtype) = (table.device(), table.dtype());
-    if dtype == DType::F32 && supports_cuda("embedding", device, dtype) {
+    if supports_cuda("embedding", device, dtype) {
+        if let Some(y) = bf16_twin(&[table], |w| embedding(&w[0], &ids))? {
+            return Ok(y);
+        }
         return table.contiguous()?.apply_op2(&ids.contiguous()?, Embedding);
     }
     table.index_select(&ids, 0)
@@ -79,7 +82,9 @@ impl CustomOp2 for Embedding {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let d = embedding_backward_kernel(ids, grad, table.dim(0)?)?;
+        // The scatter-add sums in f32 (a bf16 table's gradient is rounded once, at the end).
+        let grad = grad.to_dtype(DType::F32)?;
+        let d = embedding_backward_kernel(ids, &grad, table.dim(0)?)?.to_dtype(table.dtype())?;
         Ok((Some(d), None))
     }
 }

@@ -43,7 +43,7 @@ pub use gelu::{gelu, gelu_backward_kernel, gelu_kernel};
 pub use layer_norm::{
     layer_norm, layer_norm_backward_kernel, layer_norm_composed, layer_norm_kernel,
 };
-pub use matmul::{activation_casts, matmul_in};
+pub use matmul::{matmul_in, product_casts};
 pub use rotary::{rotary, rotary_composed, rotary_kernel, RotaryTables};
 pub use softmax::{softmax_composed, softmax_last_dim};
 

@@ -87,8 +87,9 @@ pub struct TrainArgs {
     #[serde(default)]
     pub loss_norm: LossNorm,
     /// Activations and matrix products in: auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16. With
-    /// bf16 the activations are bf16 end to end (norm statistics, softmax and the loss accumulate
-    /// in f32 inside the ops); parameters, gradients and optimizer state stay fp32.
+    /// bf16 the model computes with bf16 copies of its fp32 parameters, bf16 end to end (norm
+    /// statistics, softmax and the loss accumulate in f32 inside the ops); gradients accumulate,
+    /// the optimizer updates and checkpoints hold fp32.
     #[arg(long, default_value = "auto")]
     #[serde(default = "default_precision")]
     pub precision: String,

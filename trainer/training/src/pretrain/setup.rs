@@ -187,7 +187,8 @@ impl Model {
                 eps: args.eps,
                 weight_decay: args.weight_decay,
             },
-        )?;
+        )?
+        .with_copies(params.named_compute_vars())?;
         let train_step = TrainStep::new(opt, args.clip, env.comm.clone());
         Ok(Model {
             cfg,
