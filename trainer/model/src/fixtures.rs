@@ -23,6 +23,26 @@ pub fn tiny(vocab: usize) -> BertConfig {
     }
 }
 
+/// Both architectures at tiny sizes over a vocabulary of `vocab`, without dropout and with a wide
+/// initialisation (so outputs move visibly): BERT as [`tiny`]; ModernBERT with hidden size 16, 2
+/// heads, 3 layers and a local window of 4 (narrower than the tests' rows, so local layers hide
+/// keys of their own document).
+pub fn tiny_architectures(vocab: usize) -> Vec<BertConfig> {
+    let bert = BertConfig {
+        dropout: 0.0,
+        initializer_range: 0.2,
+        ..tiny(vocab)
+    };
+    let mut modern =
+        BertConfig::from_arch_preset(crate::bert_config::Arch::ModernBert, "tiny", vocab)
+            .expect("the tiny preset");
+    (modern.hidden_size, modern.num_attention_heads) = (16, 2);
+    (modern.intermediate_size, modern.num_hidden_layers) = (24, 3);
+    modern.initializer_range = 0.2;
+    modern.modern.local_window = 4;
+    vec![bert, modern]
+}
+
 /// Three rows of eight tokens (the last row ends in two padding positions) with five masked
 /// positions, for a vocabulary of at least `vocab`.
 pub fn inputs(dev: &Device, vocab: u32) -> MlmInputs {

@@ -4,27 +4,17 @@
 //! casts an operand, and the gradients (the copies') are close to an f32 run's.
 
 use candle_core::{DType, Device, Tensor};
-use model::fixtures::tiny;
+use model::fixtures::tiny_architectures;
 use model::ops::{product_casts, set_kernels, Kernels};
 use model::MaskedLm;
-use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
+use model::{BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
 use std::sync::Mutex;
 
 /// The kernels' choice is the process's: the tests of this file take turns.
 static KERNELS: Mutex<()> = Mutex::new(());
 
 fn configs() -> Vec<BertConfig> {
-    let bert = BertConfig {
-        dropout: 0.0,
-        initializer_range: 0.2,
-        ..tiny(60)
-    };
-    let mut modern = BertConfig::from_arch_preset(Arch::ModernBert, "tiny", 60).unwrap();
-    (modern.hidden_size, modern.num_attention_heads) = (16, 2);
-    (modern.intermediate_size, modern.num_hidden_layers) = (24, 3);
-    modern.initializer_range = 0.2;
-    modern.modern.local_window = 4;
-    vec![bert, modern]
+    tiny_architectures(60)
 }
 
 /// Two packed rows of 12 tokens (four documents), the last two positions of row 1 padding.

@@ -2,23 +2,12 @@
 //! documents in its row, and every ModernBERT parameter learns.
 
 use candle_core::{Device, Tensor};
-use model::fixtures::tiny;
+use model::fixtures::tiny_architectures;
 use model::MaskedLm;
-use model::{Arch, BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
+use model::{BertConfig, Encoder, MlmInputs, ParamStore, TokenLayout};
 
 fn configs() -> Vec<BertConfig> {
-    let bert = BertConfig {
-        dropout: 0.0,
-        initializer_range: 0.2,
-        ..tiny(60)
-    };
-    let mut modern = BertConfig::from_arch_preset(Arch::ModernBert, "tiny", 60).unwrap();
-    (modern.hidden_size, modern.num_attention_heads) = (16, 2);
-    (modern.intermediate_size, modern.num_hidden_layers) = (24, 3);
-    modern.initializer_range = 0.2;
-    // A local window narrower than the row, so the local layers hide keys of their own document.
-    modern.modern.local_window = 4;
-    vec![bert, modern]
+    tiny_architectures(60)
 }
 
 /// Two rows of 12 tokens: row 0 holds documents [0, 5) and [5, 12); row 1 a continuation [0, 3)

@@ -32,24 +32,33 @@ fn grid(units: u64) -> LaunchConfig {
     }
 }
 
+/// `kernel` of the dropout module over `x` (and, for residual dropout, `residual` beside it).
 fn dropout_typed<T: DeviceRepr>(
     dev: &CudaDevice,
     kernel: &str,
-    x: &CudaSlice<T>,
-    l: &Layout,
+    residual: Option<(&CudaSlice<T>, &Layout)>,
+    (x, l): (&CudaSlice<T>, &Layout),
     mask: &DropoutMask,
 ) -> Result<CudaSlice<T>> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("dropout: contiguous input only")
-    };
-    let n = (b - a) as u64;
-    let x = x.slice(a..b);
+    let x = elements(x, l, kernel)?;
+    let residual = residual
+        .map(|(r, lr)| elements(r, lr, kernel))
+        .transpose()?;
+    if let Some(r) = &residual {
+        if r.len() != x.len() {
+            candle_core::bail!("residual dropout: {} and {} values", r.len(), x.len());
+        }
+    }
+    let n = x.len() as u64;
     let func = dev.get_or_load_custom_func(kernel, DROPOUT_MODULE, DROPOUT_PTX)?;
     // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(b - a)? };
+    let y = unsafe { dev.alloc::<T>(x.len())? };
     let (threshold, keep) = mask.threshold_and_keep();
     let (k0, k1) = (mask.key as u32, (mask.key >> 32) as u32);
     let mut builder = func.builder();
+    if let Some(r) = &residual {
+        builder.arg(r);
+    }
     builder.arg(&x);
     builder.arg(&y);
     builder.arg(&n);
@@ -57,7 +66,8 @@ fn dropout_typed<T: DeviceRepr>(
     builder.arg(&k1);
     builder.arg(&threshold);
     builder.arg(&keep);
-    // SAFETY: the arguments match the kernel's signature in kernels/dropout.cu.
+    // SAFETY: the arguments match `DROPOUT_KERNEL` (no residual) or `DROPOUT_ADD_KERNEL` in
+    // kernels/dropout.cu.
     unsafe { builder.launch(grid(n.div_ceil(4))) }.w()?;
     Ok(y)
 }
@@ -71,13 +81,13 @@ pub(super) fn dropout(
     let dev = &s.device;
     let slice = match &s.slice {
         CudaStorageSlice::F32(x) => {
-            CudaStorageSlice::F32(dropout_typed(dev, "dropout_f32", x, l, mask)?)
+            CudaStorageSlice::F32(dropout_typed(dev, "dropout_f32", None, (x, l), mask)?)
         }
         CudaStorageSlice::BF16(x) => {
-            CudaStorageSlice::BF16(dropout_typed(dev, "dropout_bf16", x, l, mask)?)
+            CudaStorageSlice::BF16(dropout_typed(dev, "dropout_bf16", None, (x, l), mask)?)
         }
         CudaStorageSlice::F16(x) => {
-            CudaStorageSlice::F16(dropout_typed(dev, "dropout_f16", x, l, mask)?)
+            CudaStorageSlice::F16(dropout_typed(dev, "dropout_f16", None, (x, l), mask)?)
         }
         _ => candle_core::bail!("dropout: no CUDA kernel for this dtype"),
     };
@@ -90,37 +100,6 @@ pub(super) fn dropout(
     ))
 }
 
-fn dropout_add_typed<T: DeviceRepr>(
-    dev: &CudaDevice,
-    kernel: &str,
-    (r, lr): (&CudaSlice<T>, &Layout),
-    (x, lx): (&CudaSlice<T>, &Layout),
-    mask: &DropoutMask,
-) -> Result<CudaSlice<T>> {
-    let (r, x) = (elements(r, lr, kernel)?, elements(x, lx, kernel)?);
-    if r.len() != x.len() {
-        candle_core::bail!("residual dropout: {} and {} values", r.len(), x.len());
-    }
-    let n = x.len() as u64;
-    let func = dev.get_or_load_custom_func(kernel, DROPOUT_MODULE, DROPOUT_PTX)?;
-    // SAFETY: every element is written by the kernel below.
-    let y = unsafe { dev.alloc::<T>(x.len())? };
-    let (threshold, keep) = mask.threshold_and_keep();
-    let (k0, k1) = (mask.key as u32, (mask.key >> 32) as u32);
-    let mut builder = func.builder();
-    builder.arg(&r);
-    builder.arg(&x);
-    builder.arg(&y);
-    builder.arg(&n);
-    builder.arg(&k0);
-    builder.arg(&k1);
-    builder.arg(&threshold);
-    builder.arg(&keep);
-    // SAFETY: the arguments match `DROPOUT_ADD_KERNEL` in kernels/dropout.cu.
-    unsafe { builder.launch(grid(n.div_ceil(4))) }.w()?;
-    Ok(y)
-}
-
 /// Residual + dropout on the device: [`super::residual_dropout`]'s CPU kernel, word for word.
 pub(super) fn residual_dropout(
     (r, lr): (&CudaStorage, &Layout),
@@ -130,13 +109,13 @@ pub(super) fn residual_dropout(
     let dev = &r.device;
     let slice = match (&r.slice, &x.slice) {
         (CudaStorageSlice::F32(r), CudaStorageSlice::F32(x)) => CudaStorageSlice::F32(
-            dropout_add_typed(dev, "dropout_add_f32", (r, lr), (x, lx), mask)?,
+            dropout_typed(dev, "dropout_add_f32", Some((r, lr)), (x, lx), mask)?,
         ),
         (CudaStorageSlice::BF16(r), CudaStorageSlice::BF16(x)) => CudaStorageSlice::BF16(
-            dropout_add_typed(dev, "dropout_add_bf16", (r, lr), (x, lx), mask)?,
+            dropout_typed(dev, "dropout_add_bf16", Some((r, lr)), (x, lx), mask)?,
         ),
         (CudaStorageSlice::F16(r), CudaStorageSlice::F16(x)) => CudaStorageSlice::F16(
-            dropout_add_typed(dev, "dropout_add_f16", (r, lr), (x, lx), mask)?,
+            dropout_typed(dev, "dropout_add_f16", Some((r, lr)), (x, lx), mask)?,
         ),
         _ => candle_core::bail!("residual dropout: no CUDA kernel for these dtypes"),
     };
