@@ -253,12 +253,61 @@ impl AdamW {
     /// [`AdamW::step`] with the gradients multiplied by `scale` (a scalar tensor on their device:
     /// the clip factor) inside the update.
     pub fn step_scaled(&mut self, grads: &[Tensor], scale: Option<&Tensor>, lr: f64) -> Result<()> {
+        self.step_with(grads, None, scale, lr)
+    }
+
+    /// One clipped update: the global norm of `grads` (an f64 scalar on their device, returned),
+    /// the factor that scales them to at most `max_norm` (0: no clipping), and the step with it.
+    /// In the flat form the norm is taken over each group's gradients laid end to end, which the
+    /// step then reuses: a few launches per group instead of three per parameter.
+    pub fn clip_and_step(&mut self, grads: &[Tensor], max_norm: f64, lr: f64) -> Result<Tensor> {
+        let flat = self.flat_grads(grads)?;
+        let norm = match flat.is_empty() {
+            true => global_norm(grads)?,
+            false => flat_global_norm(&flat)?,
+        };
+        let scale = match max_norm > 0.0 {
+            true => Some(clip_scale(&norm, max_norm)?),
+            false => None,
+        };
+        let flat = (!flat.is_empty()).then_some(flat);
+        self.step_with(grads, flat, scale.as_ref(), lr)?;
+        Ok(norm)
+    }
+
+    /// Each flat group's gradients laid end to end (none in the host form).
+    fn flat_grads(&self, grads: &[Tensor]) -> Result<Vec<Tensor>> {
+        self.flat
+            .iter()
+            .map(|group| {
+                let parts = group
+                    .slots
+                    .iter()
+                    .map(|&i| grads[i].flatten_all())
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)
+            })
+            .collect()
+    }
+
+    /// The update, with the flat groups' gradients already laid end to end when `flat` is given.
+    fn step_with(
+        &mut self,
+        grads: &[Tensor],
+        flat: Option<Vec<Tensor>>,
+        scale: Option<&Tensor>,
+        lr: f64,
+    ) -> Result<()> {
         self.t += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         let decay = 1.0 - self.cfg.weight_decay * lr / self.cfg.peak_lr;
-        for group in &mut self.flat {
+        let flat = match flat {
+            Some(f) => f,
+            None => self.flat_grads(grads)?,
+        };
+        for (group, g) in self.flat.iter_mut().zip(flat) {
             // Gradients and parameters end to end; the update in ~16 ops over the whole buffer.
             let cat = |f: &dyn Fn(usize) -> Result<Tensor>| -> Result<Tensor> {
                 let parts = group
@@ -268,7 +317,7 @@ impl AdamW {
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 0)
             };
-            let mut g = cat(&|i| Ok(grads[i].clone()))?;
+            let mut g = g;
             if let Some(s) = scale {
                 g = g.broadcast_mul(&s.to_dtype(g.dtype())?)?;
             }
@@ -451,6 +500,27 @@ pub fn global_norm(grads: &[Tensor]) -> Result<Tensor> {
         .map(|g| g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all())
         .collect::<Result<Vec<_>>>()?;
     Tensor::stack(&squares, 0)?.sum_all()?.sqrt()
+}
+
+/// Values per f64 chunk of [`flat_global_norm`]: its f64 temporaries stay at 128 MB.
+const NORM_CHUNK: usize = 1 << 24;
+
+/// [`global_norm`] over flat gradient buffers: each chunk of up to [`NORM_CHUNK`] values squared
+/// and summed in f64 on the device, the chunks' sums added.
+fn flat_global_norm(flat: &[Tensor]) -> Result<Tensor> {
+    flat_global_norm_in(flat, NORM_CHUNK)
+}
+
+fn flat_global_norm_in(flat: &[Tensor], chunk_len: usize) -> Result<Tensor> {
+    let mut sums = Vec::new();
+    for g in flat {
+        let n = g.elem_count();
+        for start in (0..n).step_by(chunk_len) {
+            let chunk = g.narrow(0, start, chunk_len.min(n - start))?;
+            sums.push(chunk.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?);
+        }
+    }
+    Tensor::stack(&sums, 0)?.sum_all()?.sqrt()
 }
 
 /// The factor that scales gradients of global norm `norm` (an f64 scalar tensor) to at most
@@ -756,5 +826,50 @@ mod tests {
             .with_copies(p.clone())
             .unwrap();
         assert_eq!(opt.grad_sources()[0].id(), p[0].1.as_tensor().id());
+    }
+
+    /// The clipped update in one call equals the norm, the clip factor and the scaled step taken
+    /// apart, in both forms; the flat norm over chunks (here of 7 values, ending mid-chunk) is the
+    /// per-tensor norm.
+    #[test]
+    fn clip_and_step_is_the_norm_the_clip_and_the_step() {
+        let cfg = AdamWConfig {
+            peak_lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        let g: Vec<Tensor> = three_params(15)
+            .iter()
+            .map(|(_, v)| v.as_tensor().clone())
+            .collect();
+        let scalar = |t: &Tensor| t.to_scalar::<f64>().unwrap();
+        let flat: Vec<Tensor> = g.iter().map(|t| t.flatten_all().unwrap()).collect();
+        let by_tensor = scalar(&global_norm(&g).unwrap());
+        let by_chunks = scalar(&flat_global_norm_in(&flat, 7).unwrap());
+        assert!((by_tensor - by_chunks).abs() < 1e-12 * by_tensor);
+        for form in [StateForm::Host, StateForm::Flat] {
+            for limit in [2.0, 100.0, 0.0] {
+                let (apart_p, joint_p) = (three_params(1), three_params(1));
+                let mut apart = AdamW::with_form(apart_p.clone(), cfg, form).unwrap();
+                let mut joint = AdamW::with_form(joint_p.clone(), cfg, form).unwrap();
+                let norm = global_norm(&g).unwrap();
+                let scale = (limit > 0.0).then(|| clip_scale(&norm, limit).unwrap());
+                apart.step_scaled(&g, scale.as_ref(), 0.01).unwrap();
+                let joint_norm = joint.clip_and_step(&g, limit, 0.01).unwrap();
+                let (n0, n1) = (scalar(&norm), scalar(&joint_norm));
+                assert!(
+                    (n0 - n1).abs() < 1e-12 * n0,
+                    "{form:?} {limit}: {n0} vs {n1}"
+                );
+                let d = values(&apart_p)
+                    .iter()
+                    .zip(values(&joint_p))
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-7, "{form:?} {limit}: parameters differ by {d}");
+            }
+        }
     }
 }

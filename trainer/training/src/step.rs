@@ -18,7 +18,7 @@
 //! and a run at another world size draw the same masks.
 
 use crate::dist::Collective;
-use crate::optim::{clip_scale, global_norm, AdamW};
+use crate::optim::AdamW;
 use crate::profile::PhaseTimes;
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -192,13 +192,7 @@ impl TrainStep {
     /// learning rate `lr` with the factor applied inside the update. Returns the norm before
     /// clipping, a device scalar.
     pub fn update(&mut self, grads: Vec<Tensor>, lr: f64) -> Result<Tensor> {
-        let grad_norm = global_norm(&grads)?;
-        let scale = match self.clip > 0.0 {
-            true => Some(clip_scale(&grad_norm, self.clip)?),
-            false => None,
-        };
-        self.opt.step_scaled(&grads, scale.as_ref(), lr)?;
-        Ok(grad_norm)
+        Ok(self.opt.clip_and_step(&grads, self.clip, lr)?)
     }
 
     /// The three stages in order: one optimisation step at learning rate `lr`, the micro-batches'
