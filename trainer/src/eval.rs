@@ -27,6 +27,10 @@ pub struct EvalArgs {
     /// Also write the result as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Compute in: auto, fp32 or bf16 (default: the run's `--precision`, so a run's scores
+    /// repeat; pass the run's `--kernels` too where it chose them).
+    #[arg(long)]
+    pub precision: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -100,7 +104,11 @@ pub fn eval(args: &EvalArgs) -> Result<EvalReport> {
     let weights = args.checkpoint.clone().unwrap_or_else(|| args.run.clone());
     let pre = training::saved_model::load(&weights, None)?;
     let device = args.runtime.device()?;
-    let model = pre.mlm_model(&device)?;
+    let precision = args.precision.as_deref().unwrap_or(&train.precision);
+    let model = pre.mlm_model_in(
+        &device,
+        training::device::compute_dtype(precision, &device)?,
+    )?;
     let comm = training::dist::SingleProcess;
     let evaluation = evaluator.evaluate(&model, &device, &comm)?;
     let report = EvalReport {

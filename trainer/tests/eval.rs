@@ -25,8 +25,9 @@ fn assert_ok(out: &std::process::Output) {
 }
 
 /// Trains 6 steps of the tiny model with rates per row (so the run scores an ELBO) into `out`,
-/// holding out `held_out` sequences, evaluating (if any) and saving at the end.
-fn train(shards: &Path, out: &Path, held_out: usize) {
+/// holding out `held_out` sequences, evaluating (if any) and saving at the end, with `extra`
+/// flags.
+fn train(shards: &Path, out: &Path, held_out: usize, extra: &[&str]) {
     let mut args = common::tiny_flags();
     let at = args.iter().position(|a| a == "--eval-sequences").unwrap();
     args[at + 1] = held_out.to_string();
@@ -48,6 +49,7 @@ fn train(shards: &Path, out: &Path, held_out: usize) {
         ]
         .map(String::from),
     );
+    args.extend(extra.iter().map(|a| a.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_ok(&trainer(&refs));
 }
@@ -67,22 +69,8 @@ fn eval_scores_a_run_as_its_own_last_evaluation() {
     let (_keep, shards) = sample_shards();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train(&shards, &run, 8);
-    let last_eval = read(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            Record::Eval {
-                step,
-                loss,
-                accuracy,
-                eval_elbo,
-                ..
-            } => Some((step, loss, accuracy, eval_elbo)),
-            _ => None,
-        })
-        .next_back()
-        .expect("an evaluation");
+    train(&shards, &run, 8, &[]);
+    let last_eval = last_evaluation(&run);
     assert_eq!(last_eval.0, 6);
     let logged_elbo = last_eval.3.expect("a rate distribution scores the ELBO");
 
@@ -126,12 +114,74 @@ fn eval_scores_a_run_as_its_own_last_evaluation() {
     assert_eq!(scores(&json).2, None);
 }
 
+/// A `--precision bf16` run is scored in bf16, as it evaluated itself: the same loss; in fp32
+/// (`--precision fp32`) the loss moves.
+#[test]
+fn eval_scores_a_bf16_run_in_bf16() {
+    let (_keep, shards) = sample_shards();
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train(&shards, &run, 8, &["--precision", "bf16"]);
+    let (_, logged, _, _) = last_evaluation(&run);
+    let json = dir.path().join("eval.json");
+    let (run_arg, json_arg) = (run.display().to_string(), json.display().to_string());
+    assert_ok(&trainer(&[
+        "eval",
+        &run_arg,
+        "--json",
+        &json_arg,
+        "--elbo-draws",
+        "0",
+    ]));
+    let (bf16_loss, _, _) = scores(&json);
+    assert!(
+        (bf16_loss - logged).abs() <= 1e-6 * logged,
+        "{bf16_loss} vs logged {logged}"
+    );
+    let f32_args = [
+        "eval",
+        &run_arg,
+        "--json",
+        &json_arg,
+        "--elbo-draws",
+        "0",
+        "--precision",
+        "fp32",
+    ];
+    assert_ok(&trainer(&f32_args));
+    let (f32_loss, _, _) = scores(&json);
+    assert_ne!(
+        f32_loss, bf16_loss,
+        "fp32 scores differ from bf16 in the last places"
+    );
+    assert!((f32_loss - logged).abs() < 1e-2 * logged);
+}
+
+/// (step, loss, accuracy, ELBO) of the run's last evaluation.
+fn last_evaluation(run: &Path) -> (u64, f64, f64, Option<f64>) {
+    read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Eval {
+                step,
+                loss,
+                accuracy,
+                eval_elbo,
+                ..
+            } => Some((step, loss, accuracy, eval_elbo)),
+            _ => None,
+        })
+        .next_back()
+        .expect("an evaluation")
+}
+
 #[test]
 fn a_run_without_held_out_sequences_is_refused() {
     let (_keep, shards) = sample_shards();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    train(&shards, &run, 0);
+    train(&shards, &run, 0, &[]);
     let out = trainer(&["eval", &run.display().to_string()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);

@@ -45,7 +45,17 @@ impl Pretrained {
 
     /// The masked-LM model with these weights on `device`, for evaluation (no dropout state).
     pub fn mlm_model(&self, device: &Device) -> Result<model::Encoder> {
-        let params = model::ParamStore::new(device, 0);
+        self.mlm_model_in(device, candle_core::DType::F32)
+    }
+
+    /// [`Pretrained::mlm_model`] computing in `dtype` (bf16: the model's bf16 copies of these
+    /// weights, as a `--precision bf16` run evaluates).
+    pub fn mlm_model_in(
+        &self,
+        device: &Device,
+        dtype: candle_core::DType,
+    ) -> Result<model::Encoder> {
+        let params = model::ParamStore::new(device, 0).with_compute_dtype(dtype);
         let model = model::Encoder::new(self.config, &params)?;
         params
             .load_by_name(&self.tensors, &self.source.display().to_string(), |_, _| {
