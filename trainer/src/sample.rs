@@ -118,14 +118,11 @@ pub fn sample_ids(
         };
         let inputs = MlmInputs::from_batch(&batch, device)?;
         let hidden = model.hidden_states(&inputs, None)?;
-        let logits: Vec<Vec<f32>> = model::transfer::read::<f32>(
-            &model
-                .mlm_logits(&hidden, &inputs.masked_positions)?
-                .to_dtype(candle_core::DType::F32)?,
-        )?
-        .chunks(pre.config.vocab_size)
-        .map(<[f32]>::to_vec)
-        .collect();
+        let logits: Vec<Vec<f32>> =
+            model::transfer::read::<f32>(&model.mlm_logits(&hidden, &inputs.masked_positions)?)?
+                .chunks(pre.config.vocab_size)
+                .map(<[f32]>::to_vec)
+                .collect();
         for (row, &p) in logits.iter().zip(&masked) {
             let key =
                 |what: u64| seed_of(&[opts.seed, SAMPLE_TAG, index, k as u64, p as u64, what]);

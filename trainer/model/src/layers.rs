@@ -85,13 +85,6 @@ impl Linear {
     }
 }
 
-/// A parameter in the dtype of the activations `x` it meets: itself, as the models hold their
-/// parameters in the compute dtype; a cast (whose backward returns the gradient in the
-/// parameter's dtype) for a caller mixing dtypes.
-pub fn param_for(param: &Tensor, x: &Tensor) -> Result<Tensor> {
-    param.to_dtype(x.dtype())
-}
-
 /// A layer norm over the last dimension: `nn.LayerNorm`, with or without its bias.
 pub struct Norm {
     weight: Tensor,
@@ -120,7 +113,6 @@ impl Norm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = (param_for(&self.weight, x)?, param_for(&self.bias, x)?);
-        layer_norm(x, &weight, &bias, self.eps)
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }

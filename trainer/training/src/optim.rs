@@ -279,14 +279,7 @@ impl AdamW {
     fn flat_grads(&self, grads: &[Tensor]) -> Result<Vec<Tensor>> {
         self.flat
             .iter()
-            .map(|group| {
-                let parts = group
-                    .slots
-                    .iter()
-                    .map(|&i| grads[i].flatten_all())
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 0)
-            })
+            .map(|group| end_to_end(&group.slots, |i| &grads[i]))
             .collect()
     }
 
@@ -307,38 +300,26 @@ impl AdamW {
             Some(f) => f,
             None => self.flat_grads(grads)?,
         };
-        for (group, g) in self.flat.iter_mut().zip(flat) {
+        let slots = &self.slots;
+        for (group, mut g) in self.flat.iter_mut().zip(flat) {
             // Gradients and parameters end to end; the update in ~16 ops over the whole buffer.
-            let cat = |f: &dyn Fn(usize) -> Result<Tensor>| -> Result<Tensor> {
-                let parts = group
-                    .slots
-                    .iter()
-                    .map(|&i| f(i)?.flatten_all())
-                    .collect::<Result<Vec<_>>>()?;
-                Tensor::cat(&parts, 0)
-            };
-            let mut g = g;
             if let Some(s) = scale {
                 g = g.broadcast_mul(&s.to_dtype(g.dtype())?)?;
             }
-            let p = cat(&|i| Ok(self.slots[i].var.as_tensor().clone()))?;
+            let p = end_to_end(&group.slots, |i| slots[i].var.as_tensor())?;
             group.m = ((&group.m * b1)? + (&g * (1.0 - b1))?)?;
             group.v = ((&group.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&group.m / c1)? / ((&group.v / c2)?.sqrt()? + self.cfg.eps)?)?;
             let d = if group.decay { decay } else { 1.0 };
             let p = ((p * d)? - (update * lr)?)?;
             // The copies' dtype (bf16), cast once for the whole group.
-            let copies = match group
-                .slots
-                .iter()
-                .find_map(|&i| self.slots[i].copy.as_ref())
-            {
+            let copies = match group.slots.iter().find_map(|&i| slots[i].copy.as_ref()) {
                 Some(c) => Some(p.to_dtype(c.dtype())?),
                 None => None,
             };
             let mut offset = 0;
             for &i in &group.slots {
-                let slot = &self.slots[i];
+                let slot = &slots[i];
                 let n = slot.var.elem_count();
                 slot.var
                     .set(&p.narrow(0, offset, n)?.reshape(slot.var.shape())?)?;
@@ -500,6 +481,15 @@ pub fn global_norm(grads: &[Tensor]) -> Result<Tensor> {
         .map(|g| g.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all())
         .collect::<Result<Vec<_>>>()?;
     Tensor::stack(&squares, 0)?.sum_all()?.sqrt()
+}
+
+/// The tensors of `slots` flattened and laid end to end.
+fn end_to_end<'a>(slots: &[usize], tensor: impl Fn(usize) -> &'a Tensor) -> Result<Tensor> {
+    let parts = slots
+        .iter()
+        .map(|&i| tensor(i).flatten_all())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&parts, 0)
 }
 
 /// Values per f64 chunk of [`flat_global_norm`]: its f64 temporaries stay at 128 MB.

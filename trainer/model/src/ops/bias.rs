@@ -6,13 +6,12 @@ use super::supports;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// `x + bias` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`, in `x`'s dtype (an f32
-/// bias meeting bf16 activations is cast for the pass; its gradient comes back in f32).
+/// `x + bias` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`.
 pub fn add_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     if supports(x.device(), x.dtype()) {
         return x.contiguous()?.apply_op2(bias, AddBias);
     }
-    x.broadcast_add(&bias.to_dtype(x.dtype())?)
+    x.broadcast_add(bias)
 }
 
 /// `x + b` with `b` broadcast over the rows of `x` (`[.., N]` + `[N]`). Its backward sums the
@@ -53,9 +52,8 @@ impl CustomOp2 for AddBias {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let db = grad.apply_op1_no_bwd(&SumRows)?.reshape(b.shape())?;
-        Ok((Some(grad), Some(db)))
+        let db = sum_rows(grad)?.reshape(b.shape())?;
+        Ok((Some(grad.contiguous()?), Some(db)))
     }
 }
 

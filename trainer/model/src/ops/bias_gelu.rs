@@ -8,17 +8,15 @@ use super::rows::{f32_rows, map_rows};
 use super::{add_bias, bf16_twin, gelu, supports, supports_cuda, vmath};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// `GELU(x + bias)` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`, in `x`'s dtype
-/// (an f32 bias meeting bf16 activations is cast for the pass).
+/// `GELU(x + bias)` with `bias` `[N]` broadcast over the rows of `x` `[.., N]`.
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let bias = bias.to_dtype(x.dtype())?;
     if supports(x.device(), x.dtype()) || supports_cuda("gelu", x.device(), x.dtype()) {
-        if let Some(y) = bf16_twin(&[x, &bias], |w| bias_gelu(&w[0], &w[1]))? {
+        if let Some(y) = bf16_twin(&[x, bias], |w| bias_gelu(&w[0], &w[1]))? {
             return Ok(y);
         }
         return x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu);
     }
-    gelu(&add_bias(x, &bias)?)
+    gelu(&add_bias(x, bias)?)
 }
 
 /// This crate's bias + GELU kernel on `x`'s device whatever [`supports`] says: what `trainer

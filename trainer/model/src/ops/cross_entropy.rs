@@ -42,9 +42,7 @@ fn per_row_kernel(
     labels: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     if logits.device().is_cpu() && logits.dtype() == DType::BF16 {
-        let bias = bias
-            .map(|b| b.to_dtype(DType::BF16)?.to_dtype(DType::F32))
-            .transpose()?;
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
         return per_row_kernel(&logits.to_dtype(DType::F32)?, bias.as_ref(), labels);
     }
     let op = CrossEntropyRows {
@@ -59,10 +57,10 @@ fn per_row_kernel(
     Ok((rows.narrow(1, 0, 1)?.squeeze(1)?, correct))
 }
 
-/// The bias the kernel adds, in the logits' dtype: `bias`, or zeros (adding 0 changes no value).
+/// The bias the kernel adds: `bias`, or zeros (adding 0 changes no value).
 fn bias_of(logits: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
-        Some(b) => b.to_dtype(logits.dtype())?.contiguous(),
+        Some(b) => b.contiguous(),
         None => Tensor::zeros(logits.dim(D::Minus1)?, logits.dtype(), logits.device()),
     }
 }
@@ -99,7 +97,7 @@ fn per_row_composed(
     labels: &Tensor,
 ) -> Result<(Tensor, Tensor)> {
     let logits = match bias {
-        Some(b) => logits.broadcast_add(&b.to_dtype(logits.dtype())?)?,
+        Some(b) => logits.broadcast_add(b)?,
         None => logits.clone(),
     };
     // In f32 whatever the logits' dtype, as the kernels compute it.

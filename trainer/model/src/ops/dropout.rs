@@ -8,7 +8,7 @@
 //! same masks, and the backward regenerates the mask instead of storing it (the op's backward is
 //! the op itself applied to the incoming gradient).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 use shared::philox::PhiloxStream;
 use shared::seed::seed_of;
@@ -172,27 +172,62 @@ struct PhiloxDropout(DropoutMask);
 /// Elements per rayon task (a multiple of 4: each Philox block serves four elements).
 const CHUNK: usize = 1 << 14;
 
-/// `y[i] = x[i] · factor(i)`, the arithmetic in f32 and rounded back through `to`/`from`.
-fn drop_slice<T: Copy + Send + Sync>(
-    x: &[T],
+/// Both dropout ops' CPU kernel: `x ⊙ factors` (no `residual`) or `residual + x ⊙ factors`, the
+/// arithmetic in f32 and rounded back to the tensors' dtype once.
+fn drop_cpu(
+    residual: Option<(&CpuStorage, &Layout)>,
+    x: (&CpuStorage, &Layout),
     mask: &DropoutMask,
-    to_f32: impl Fn(T) -> f32 + Sync,
-    from_f32: impl Fn(f32) -> T + Sync,
-) -> Vec<T> {
-    drop_map(x, mask, |_, v, factor| from_f32(to_f32(v) * factor))
+) -> Result<CpuStorage> {
+    Ok(match x.0 {
+        CpuStorage::F32(_) => CpuStorage::F32(drop_typed(residual, x, mask, |v| v, |v| v)?),
+        CpuStorage::BF16(_) => CpuStorage::BF16(drop_typed(
+            residual,
+            x,
+            mask,
+            half::bf16::to_f32,
+            half::bf16::from_f32,
+        )?),
+        CpuStorage::F16(_) => CpuStorage::F16(drop_typed(
+            residual,
+            x,
+            mask,
+            half::f16::to_f32,
+            half::f16::from_f32,
+        )?),
+        _ => candle_core::bail!("dropout: no CPU kernel for this dtype"),
+    })
 }
 
-/// `y[i] = residual[i] + x[i] · factor(i)`, the arithmetic in f32 and rounded back once.
-fn drop_add_slice<T: Copy + Send + Sync>(
-    residual: &[T],
-    x: &[T],
+/// [`drop_cpu`] for values of type `T`, converted through `to_f32` / `from_f32`.
+fn drop_typed<T: WithDType>(
+    residual: Option<(&CpuStorage, &Layout)>,
+    (s, l): (&CpuStorage, &Layout),
     mask: &DropoutMask,
-    to_f32: impl Fn(T) -> f32 + Sync,
-    from_f32: impl Fn(f32) -> T + Sync,
-) -> Vec<T> {
-    drop_map(x, mask, |i, v, factor| {
-        from_f32(to_f32(residual[i]) + to_f32(v) * factor)
+    to_f32: fn(T) -> f32,
+    from_f32: fn(f32) -> T,
+) -> Result<Vec<T>> {
+    let x = contiguous_values::<T>(s, l)?;
+    Ok(match residual {
+        None => drop_map(x, mask, |_, v, factor| from_f32(to_f32(v) * factor)),
+        Some((rs, rl)) => {
+            let r = contiguous_values::<T>(rs, rl)?;
+            if r.len() != x.len() {
+                candle_core::bail!("residual dropout: {} and {} values", r.len(), x.len());
+            }
+            drop_map(x, mask, |i, v, factor| {
+                from_f32(to_f32(r[i]) + to_f32(v) * factor)
+            })
+        }
     })
+}
+
+/// The contiguous values of a CPU tensor of `T`s.
+fn contiguous_values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("dropout: contiguous input only")
+    };
+    Ok(&s.as_slice::<T>()?[a..b])
 }
 
 /// `y[i] = f(i, x[i], factor(i))` over the Philox stream of `mask`, in parallel chunks.
@@ -232,34 +267,7 @@ impl CustomOp2 for PhiloxResidualDropout {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("residual dropout: contiguous inputs only")
-        };
-        if b1 - a1 != b2 - a2 {
-            candle_core::bail!("residual dropout: {} and {} values", b1 - a1, b2 - a2);
-        }
-        let m = &self.0;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(r), CpuStorage::F32(x)) => {
-                CpuStorage::F32(drop_add_slice(&r[a1..b1], &x[a2..b2], m, |v| v, |v| v))
-            }
-            (CpuStorage::BF16(r), CpuStorage::BF16(x)) => CpuStorage::BF16(drop_add_slice(
-                &r[a1..b1],
-                &x[a2..b2],
-                m,
-                half::bf16::to_f32,
-                half::bf16::from_f32,
-            )),
-            (CpuStorage::F16(r), CpuStorage::F16(x)) => CpuStorage::F16(drop_add_slice(
-                &r[a1..b1],
-                &x[a2..b2],
-                m,
-                half::f16::to_f32,
-                half::f16::from_f32,
-            )),
-            _ => candle_core::bail!("residual dropout: no CPU kernel for these dtypes"),
-        };
+        let out = drop_cpu(Some((s1, l1)), (s2, l2), &self.0)?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -292,26 +300,7 @@ impl CustomOp1 for PhiloxDropout {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("dropout: contiguous input only")
-        };
-        let m = &self.0;
-        let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(drop_slice(&x[a..b], m, |v| v, |v| v)),
-            CpuStorage::BF16(x) => CpuStorage::BF16(drop_slice(
-                &x[a..b],
-                m,
-                half::bf16::to_f32,
-                half::bf16::from_f32,
-            )),
-            CpuStorage::F16(x) => CpuStorage::F16(drop_slice(
-                &x[a..b],
-                m,
-                half::f16::to_f32,
-                half::f16::from_f32,
-            )),
-            _ => candle_core::bail!("dropout: no CPU kernel for this dtype"),
-        };
+        let out = drop_cpu(None, (s, l), &self.0)?;
         Ok((out, l.shape().clone()))
     }
 
